@@ -1,0 +1,15 @@
+//! Bulwark's policy snapshot: the one schema both the control plane and the engine use.
+//!
+//! A snapshot is an immutable byte image: a fixed header (magic, schema version,
+//! generation, payload length, CRC-32 of the payload) followed by an rkyv archive of
+//! [`Policy`]. The builder side turns a [`Policy`] into such an image; the reader side
+//! ([`Snapshot::from_bytes`]) checks every field of the header and the archive before any
+//! lookup is made, so a corrupt or truncated image is refused and never half-applied.
+
+mod schema;
+mod snapshot;
+
+pub use schema::{
+    ArchivedDomain, ArchivedLimits, ArchivedPolicy, ArchivedRoute, Domain, Limits, Policy, Route,
+};
+pub use snapshot::{HEADER_LEN, MAGIC, SCHEMA_VERSION, Snapshot, SnapshotError, encode};
