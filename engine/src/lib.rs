@@ -1,0 +1,3 @@
+//! Bulwark's data plane.
+
+pub mod smtp;
