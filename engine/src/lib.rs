@@ -1,3 +1,4 @@
 //! Bulwark's data plane.
 
+pub mod config;
 pub mod smtp;

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use memchr::memchr;
+
 
 use super::command::{self, Body, Command, MailParams, SyntaxError};
 use super::data::{ChunkChecker, ContentError, DataScanner};

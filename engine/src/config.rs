@@ -1,0 +1,686 @@
+//! The engine's TOML configuration. Parsing keeps source spans, so every error names its
+//! key and line; validation collects all errors instead of stopping at the first.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::de::{DeArray, DeTable, DeValue};
+use toml::Spanned;
+
+use bulwark_policy::{Domain, Limits, Policy, Route};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub spool: Spool,
+    pub queue: Queue,
+    pub limits: LimitsConfig,
+    pub smtp: Smtp,
+    pub delivery: Delivery,
+    pub tls: Option<Tls>,
+    pub dns: Dns,
+    pub domains: Vec<DomainConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub hostname: String,
+    pub listen: Vec<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    /// Executors to run; `None` means one per online CPU.
+    pub cores: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spool {
+    pub dir: PathBuf,
+    /// A spool segment is closed for new messages past this size.
+    pub segment_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Queue {
+    pub lifetime: Duration,
+    /// Delay before each retry; the last repeats.
+    pub retry: Vec<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub message_size: u64,
+    pub recipients: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub session_time: Duration,
+    pub max_errors: u32,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub connections_per_destination: usize,
+    pub idle_time: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dns {
+    /// Empty: the system resolver (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Config {
+    /// The first policy snapshot, built from this file.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            generation: 1,
+            domains: self
+                .domains
+                .iter()
+                .map(|d| Domain { name: d.name.clone(), route: Route { host: d.host.clone(), port: d.port } })
+                .collect(),
+            limits: Limits { message_size: self.limits.message_size, recipients: self.limits.recipients },
+        }
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            errors: vec![ConfigError { key: String::new(), line: None, message: format!("cannot read {}: {e}", path.display()) }],
+        })?;
+        Config::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let root = DeTable::parse(text).map_err(|e| ConfigErrors {
+            errors: vec![ConfigError {
+                key: String::new(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                message: format!("TOML syntax: {}", e.message()),
+            }],
+        })?;
+        let mut v = Validator { text, errors: Vec::new() };
+        let cfg = v.config(root.get_ref());
+        if v.errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors { errors: v.errors }) }
+    }
+}
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, such as `domains[2].route`.
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.key.is_empty()) {
+            (Some(l), false) => write!(f, "line {l}: {}: {}", self.key, self.message),
+            (Some(l), true) => write!(f, "line {l}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.key, self.message),
+            (None, true) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    pub errors: Vec<ConfigError>,
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+type Table<'a> = DeTable<'a>;
+type Value<'a> = Spanned<DeValue<'a>>;
+
+struct Validator<'t> {
+    text: &'t str,
+    errors: Vec<ConfigError>,
+}
+
+/// Reads one table: looks keys up, remembers which were used, reports the unknown ones.
+struct Section<'a, 'b> {
+    path: String,
+    table: Option<&'b Table<'a>>,
+    /// Line of the table header, for errors about missing keys.
+    line: Option<usize>,
+    used: Vec<&'static str>,
+}
+
+impl<'t> Validator<'t> {
+    fn err(&mut self, key: &str, span: Option<std::ops::Range<usize>>, message: impl Into<String>) {
+        let line = span.map(|s| line_of(self.text, s.start));
+        self.errors.push(ConfigError { key: key.to_string(), line, message: message.into() });
+    }
+
+    fn section<'a, 'b>(&mut self, root: &'b Table<'a>, name: &str) -> Section<'a, 'b> {
+        match root.get_key_value(name) {
+            None => Section { path: name.to_string(), table: None, line: None, used: Vec::new() },
+            Some((k, v)) => match v.get_ref() {
+                DeValue::Table(t) => {
+                    Section { path: name.to_string(), table: Some(t), line: Some(line_of(self.text, k.span().start)), used: Vec::new() }
+                }
+                _ => {
+                    self.err(name, Some(v.span()), "must be a table");
+                    Section { path: name.to_string(), table: None, line: None, used: Vec::new() }
+                }
+            },
+        }
+    }
+
+    fn finish(&mut self, s: Section<'_, '_>) {
+        let Some(t) = s.table else { return };
+        for (k, _) in t.iter() {
+            if !s.used.contains(&k.get_ref().as_ref()) {
+                let key = format!("{}.{}", s.path, k.get_ref());
+                self.err(&key, Some(k.span()), "unknown key");
+            }
+        }
+    }
+
+    fn get<'a, 'b>(&mut self, s: &mut Section<'a, 'b>, key: &'static str) -> Option<&'b Value<'a>> {
+        s.used.push(key);
+        s.table?.get(key)
+    }
+
+    fn string(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<(String, std::ops::Range<usize>)> {
+        let v = self.get(s, key)?;
+        match v.get_ref() {
+            DeValue::String(x) => Some((x.to_string(), v.span())),
+            _ => {
+                let path = format!("{}.{key}", s.path);
+                self.err(&path, Some(v.span()), "must be a string");
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<(String, std::ops::Range<usize>)> {
+        let present = s.table.is_some_and(|t| t.get(key).is_some());
+        if !present {
+            let path = format!("{}.{key}", s.path);
+            let line = s.line;
+            self.errors.push(ConfigError { key: path, line, message: "is required".into() });
+            s.used.push(key);
+            return None;
+        }
+        self.string(s, key)
+    }
+
+    fn integer(&mut self, s: &mut Section<'_, '_>, key: &'static str, min: u64, max: u64) -> Option<u64> {
+        let v = self.get(s, key)?;
+        let path = format!("{}.{key}", s.path);
+        let n = match v.get_ref() {
+            DeValue::Integer(i) => u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok(),
+            _ => None,
+        };
+        match n {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            Some(n) => {
+                self.err(&path, Some(v.span()), format!("{n} is out of range {min}..={max}"));
+                None
+            }
+            None => {
+                self.err(&path, Some(v.span()), "must be a non-negative integer");
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<Duration> {
+        let (text, span) = self.string(s, key)?;
+        let path = format!("{}.{key}", s.path);
+        match parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(&path, Some(span), e);
+                None
+            }
+        }
+    }
+
+    fn array<'a, 'b>(&mut self, s: &mut Section<'a, 'b>, key: &'static str) -> Option<(&'b DeArray<'a>, std::ops::Range<usize>)> {
+        let v = self.get(s, key)?;
+        match v.get_ref() {
+            DeValue::Array(a) => Some((a, v.span())),
+            _ => {
+                let path = format!("{}.{key}", s.path);
+                self.err(&path, Some(v.span()), "must be an array");
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<Vec<(String, std::ops::Range<usize>)>> {
+        let (arr, _) = self.array(s, key)?;
+        let mut out = Vec::new();
+        for (i, item) in arr.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::String(x) => out.push((x.to_string(), item.span())),
+                _ => {
+                    let path = format!("{}.{key}[{i}]", s.path);
+                    self.err(&path, Some(item.span()), "must be a string");
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn socket_addrs(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<Vec<SocketAddr>> {
+        let items = self.string_list(s, key)?;
+        let mut out = Vec::new();
+        for (i, (text, span)) in items.into_iter().enumerate() {
+            match text.parse::<SocketAddr>() {
+                Ok(a) => out.push(a),
+                Err(_) => {
+                    let path = format!("{}.{key}[{i}]", s.path);
+                    self.err(&path, Some(span), format!("{text:?} is not an IP:port address"));
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn config(&mut self, root: &Table<'_>) -> Config {
+        const SECTIONS: [&str; 9] = ["server", "spool", "queue", "limits", "smtp", "delivery", "tls", "dns", "domains"];
+        for (k, _) in root.iter() {
+            if !SECTIONS.contains(&k.get_ref().as_ref()) {
+                let key = k.get_ref().to_string();
+                self.err(&key, Some(k.span()), "unknown section");
+            }
+        }
+        let server = self.server(root);
+        let spool = self.spool(root);
+        let queue = self.queue(root);
+        let limits = self.limits(root);
+        let smtp = self.smtp(root);
+        let delivery = self.delivery(root);
+        let tls = self.tls(root);
+        let dns = self.dns(root);
+        let domains = self.domains(root);
+        Config { server, spool, queue, limits, smtp, delivery, tls, dns, domains }
+    }
+
+    fn server(&mut self, root: &Table<'_>) -> Server {
+        let mut s = self.section(root, "server");
+        let hostname = match self.string(&mut s, "hostname") {
+            Some((h, span)) => {
+                if is_hostname(&h) {
+                    h
+                } else {
+                    self.err("server.hostname", Some(span), format!("{h:?} is not a valid host name"));
+                    h
+                }
+            }
+            None => system_hostname(),
+        };
+        let before = self.errors.len();
+        let listen = self.socket_addrs(&mut s, "listen").unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 2525))]);
+        if listen.is_empty() && self.errors.len() == before {
+            let line = s.line;
+            self.errors.push(ConfigError { key: "server.listen".into(), line, message: "needs at least one address".into() });
+        }
+        let metrics = match self.string(&mut s, "metrics") {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9425))),
+            Some((m, _)) if m.is_empty() => None,
+            Some((m, span)) => match m.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.err("server.metrics", Some(span), format!("{m:?} is not an IP:port address"));
+                    None
+                }
+            },
+        };
+        let cores = self.integer(&mut s, "cores", 1, 1024).map(|n| n as usize);
+        self.finish(s);
+        Server { hostname, listen, metrics, cores }
+    }
+
+    fn spool(&mut self, root: &Table<'_>) -> Spool {
+        let mut s = self.section(root, "spool");
+        let dir = self.string(&mut s, "dir").map(|(d, _)| PathBuf::from(d)).unwrap_or_else(|| PathBuf::from("/var/spool/bulwark"));
+        let segment_size = self.integer(&mut s, "segment_size", 1 << 16, 1 << 34).unwrap_or(64 << 20);
+        self.finish(s);
+        Spool { dir, segment_size }
+    }
+
+    fn queue(&mut self, root: &Table<'_>) -> Queue {
+        let mut s = self.section(root, "queue");
+        let lifetime = self.duration(&mut s, "lifetime").unwrap_or(Duration::from_secs(10 * 86400));
+        let retry = match self.string_list(&mut s, "retry") {
+            None => ["1m", "5m", "15m", "30m", "1h"].iter().filter_map(|t| parse_duration(t).ok()).collect(),
+            Some(items) => {
+                let mut out = Vec::new();
+                for (i, (text, span)) in items.into_iter().enumerate() {
+                    match parse_duration(&text) {
+                        Ok(d) => out.push(d),
+                        Err(e) => self.err(&format!("queue.retry[{i}]"), Some(span), e),
+                    }
+                }
+                if out.is_empty() {
+                    let line = s.line;
+                    self.errors.push(ConfigError { key: "queue.retry".into(), line, message: "needs at least one delay".into() });
+                }
+                out
+            }
+        };
+        self.finish(s);
+        Queue { lifetime, retry }
+    }
+
+    fn limits(&mut self, root: &Table<'_>) -> LimitsConfig {
+        let mut s = self.section(root, "limits");
+        let message_size = self.integer(&mut s, "message_size", 1024, 1 << 32).unwrap_or(52_428_800);
+        let recipients = self.integer(&mut s, "recipients", 1, 100_000).unwrap_or(1000) as u32;
+        self.finish(s);
+        LimitsConfig { message_size, recipients }
+    }
+
+    fn smtp(&mut self, root: &Table<'_>) -> Smtp {
+        let mut s = self.section(root, "smtp");
+        let command_timeout = self.duration(&mut s, "command_timeout").unwrap_or(Duration::from_secs(300));
+        let data_timeout = self.duration(&mut s, "data_timeout").unwrap_or(Duration::from_secs(180));
+        let session_time = self.duration(&mut s, "session_time").unwrap_or(Duration::from_secs(1800));
+        let max_errors = self.integer(&mut s, "max_errors", 1, 1000).unwrap_or(10) as u32;
+        let max_connections = self.integer(&mut s, "max_connections", 1, 10_000_000).unwrap_or(100_000) as usize;
+        self.finish(s);
+        Smtp { command_timeout, data_timeout, session_time, max_errors, max_connections }
+    }
+
+    fn delivery(&mut self, root: &Table<'_>) -> Delivery {
+        let mut s = self.section(root, "delivery");
+        let connect_timeout = self.duration(&mut s, "connect_timeout").unwrap_or(Duration::from_secs(30));
+        let command_timeout = self.duration(&mut s, "command_timeout").unwrap_or(Duration::from_secs(300));
+        let data_timeout = self.duration(&mut s, "data_timeout").unwrap_or(Duration::from_secs(600));
+        let connections_per_destination = self.integer(&mut s, "connections_per_destination", 1, 1000).unwrap_or(8) as usize;
+        let idle_time = self.duration(&mut s, "idle_time").unwrap_or(Duration::from_secs(2));
+        self.finish(s);
+        Delivery { connect_timeout, command_timeout, data_timeout, connections_per_destination, idle_time }
+    }
+
+    fn tls(&mut self, root: &Table<'_>) -> Option<Tls> {
+        let mut s = self.section(root, "tls");
+        s.table?;
+        let cert = self.required_string(&mut s, "cert");
+        let key = self.required_string(&mut s, "key");
+        let mut ok = true;
+        for (name, v) in [("tls.cert", &cert), ("tls.key", &key)] {
+            if let Some((path, span)) = v
+                && let Err(e) = std::fs::metadata(path)
+            {
+                self.err(name, Some(span.clone()), format!("cannot read {path:?}: {e}"));
+                ok = false;
+            }
+        }
+        self.finish(s);
+        match (cert, key) {
+            (Some((c, _)), Some((k, _))) if ok => Some(Tls { cert: c.into(), key: k.into() }),
+            _ => None,
+        }
+    }
+
+    fn dns(&mut self, root: &Table<'_>) -> Dns {
+        let mut s = self.section(root, "dns");
+        let mut nameservers = Vec::new();
+        if let Some(items) = self.string_list(&mut s, "nameservers") {
+            for (i, (text, span)) in items.into_iter().enumerate() {
+                let parsed = text
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+                match parsed {
+                    Some(a) => nameservers.push(a),
+                    None => self.err(&format!("dns.nameservers[{i}]"), Some(span), format!("{text:?} is not an IP or IP:port")),
+                }
+            }
+        }
+        self.finish(s);
+        Dns { nameservers }
+    }
+
+    fn domains(&mut self, root: &Table<'_>) -> Vec<DomainConfig> {
+        let Some(v) = root.get("domains") else { return Vec::new() };
+        let DeValue::Array(arr) = v.get_ref() else {
+            self.err("domains", Some(v.span()), "must be an array of tables ([[domains]])");
+            return Vec::new();
+        };
+        let mut out: Vec<DomainConfig> = Vec::new();
+        for (i, item) in arr.iter().enumerate() {
+            let path = format!("domains[{i}]");
+            let DeValue::Table(t) = item.get_ref() else {
+                self.err(&path, Some(item.span()), "must be a table");
+                continue;
+            };
+            let mut s = Section { path: path.clone(), table: Some(t), line: Some(line_of(self.text, item.span().start)), used: Vec::new() };
+            let name = self.required_string(&mut s, "name");
+            let route = self.required_string(&mut s, "route");
+            self.finish(s);
+            let (Some((name, nspan)), Some((route, rspan))) = (name, route) else { continue };
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if !is_hostname(&name) {
+                self.err(&format!("{path}.name"), Some(nspan), format!("{name:?} is not a valid domain name"));
+                continue;
+            }
+            if out.iter().any(|d| d.name == name) {
+                self.err(&format!("{path}.name"), Some(nspan), format!("domain {name:?} is listed twice"));
+                continue;
+            }
+            match parse_route(&route) {
+                Ok((host, port)) => out.push(DomainConfig { name, host, port }),
+                Err(e) => self.err(&format!("{path}.route"), Some(rspan), e),
+            }
+        }
+        out
+    }
+}
+
+/// `host:port`, `[v6]:port`, or a bare host (port 25).
+pub fn parse_route(route: &str) -> Result<(String, u16), String> {
+    if let Ok(sa) = route.parse::<SocketAddr>() {
+        return Ok((sa.ip().to_string(), sa.port()));
+    }
+    if let Ok(ip) = route.parse::<IpAddr>() {
+        return Ok((ip.to_string(), 25));
+    }
+    let (host, port) = match route.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => (h, p),
+            _ => return Err(format!("{route:?}: port must be 1..=65535")),
+        },
+        None => (route, 25),
+    };
+    if !is_hostname(host) {
+        return Err(format!("{route:?}: host must be an IP address or a host name"));
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+fn is_hostname(h: &str) -> bool {
+    let h = h.strip_suffix('.').unwrap_or(h);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|h| is_hostname(h))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A humantime duration such as "10d" or "1m 30s"; zero is refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err(format!("{text:?} must be longer than zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{text:?} is not a duration ({e}); use forms like \"30s\", \"5m\", \"10d\"")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../examples/bulwark.toml");
+        let c = Config::parse(text).unwrap();
+        assert!(!c.domains.is_empty());
+        assert_eq!(c.queue.lifetime, Duration::from_secs(10 * 86400));
+    }
+
+    #[test]
+    fn full_config() {
+        let text = r#"
+[server]
+hostname = "mx.bulwark.test"
+listen = ["127.0.0.1:2525", "[::1]:2525"]
+metrics = "127.0.0.1:9425"
+cores = 2
+
+[spool]
+dir = "/tmp/spool"
+
+[queue]
+lifetime = "10d"
+retry = ["1m", "5m", "15m", "30m", "1h"]
+
+[limits]
+message_size = 52428800
+recipients = 1000
+
+[dns]
+nameservers = ["127.0.0.1:5353", "10.0.0.1"]
+
+[[domains]]
+name = "Example.Test"
+route = "127.0.0.1:2526"
+
+[[domains]]
+name = "other.test"
+route = "mail.other.test"
+"#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.server.listen.len(), 2);
+        assert_eq!(c.server.cores, Some(2));
+        assert_eq!(c.queue.retry.len(), 5);
+        assert_eq!(c.queue.retry[4], Duration::from_secs(3600));
+        assert_eq!(c.dns.nameservers[1], "10.0.0.1:53".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.domains[0].name, "example.test");
+        assert_eq!(c.domains[0].port, 2526);
+        assert_eq!(c.domains[1].host, "mail.other.test");
+        assert_eq!(c.domains[1].port, 25);
+        let p = c.policy();
+        assert_eq!(p.domains.len(), 2);
+        assert_eq!(p.limits.recipients, 1000);
+    }
+
+    #[test]
+    fn every_error_is_named_with_key_and_line() {
+        let text = r#"[server]
+listen = ["nonsense"]
+cores = 0
+colour = "blue"
+
+[queue]
+lifetime = "ten days"
+retry = ["1m", 5]
+
+[limits]
+message_size = "big"
+
+[[domains]]
+name = "ok.test"
+route = "host:99999"
+
+[[domains]]
+route = "127.0.0.1:25"
+
+[mystery]
+"#;
+        let errs = Config::parse(text).unwrap_err().errors;
+        let found: Vec<(String, Option<usize>)> = errs.iter().map(|e| (e.key.clone(), e.line)).collect();
+        let expect = [
+            ("mystery", 20),
+            ("server.listen[0]", 2),
+            ("server.cores", 3),
+            ("server.colour", 4),
+            ("queue.lifetime", 7),
+            ("queue.retry[1]", 8),
+            ("limits.message_size", 11),
+            ("domains[0].route", 15),
+            ("domains[1].name", 17),
+        ];
+        for (key, line) in expect {
+            assert!(found.contains(&(key.to_string(), Some(line))), "missing {key} at line {line} in {found:?}");
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let errs = Config::parse("[server]\nhostname = \n").unwrap_err().errors;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, Some(2));
+        assert!(errs[0].to_string().starts_with("line 2: TOML syntax"));
+    }
+
+    #[test]
+    fn duplicate_domains_and_bad_names() {
+        let text = "[[domains]]\nname = \"a.test\"\nroute = \"127.0.0.1:25\"\n[[domains]]\nname = \"A.test\"\nroute = \"127.0.0.1:25\"\n[[domains]]\nname = \"bad name\"\nroute = \"x\"\n";
+        let errs = Config::parse(text).unwrap_err().errors;
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!(errs[0].key, "domains[1].name");
+        assert_eq!(errs[1].key, "domains[2].name");
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(parse_route("10.0.0.1:2525").unwrap(), ("10.0.0.1".into(), 2525));
+        assert_eq!(parse_route("[::1]:26").unwrap(), ("::1".into(), 26));
+        assert_eq!(parse_route("10.0.0.1").unwrap(), ("10.0.0.1".into(), 25));
+        assert_eq!(parse_route("Mail.Example.test:587").unwrap(), ("mail.example.test".into(), 587));
+        assert!(parse_route("mail.example.test:0").is_err());
+        assert!(parse_route("bad host:25").is_err());
+    }
+}
