@@ -1,4 +1,5 @@
 //! Bulwark's data plane.
 
 pub mod config;
+pub mod queue;
 pub mod smtp;

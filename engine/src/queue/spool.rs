@@ -1,0 +1,590 @@
+//! One core's durable spool: append-only segment files with group commit.
+//!
+//! Sessions hand complete messages to [`Spool::append_message`]; a single committer task
+//! per core takes everything that arrived since its last sync, writes it with one write
+//! per segment and one `fdatasync` per segment, then answers every waiter at once. So
+//! durability is paid per batch, not per message. Delivery progress (`Delivered`,
+//! `Done`) is appended to the segment that holds the message, which keeps each segment
+//! self-contained: when its last message is done the file is unlinked.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use futures_channel::oneshot;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::io::{BufferedFile, Directory, OpenOptions};
+use tracing::{error, info, warn};
+
+use super::record::{self, ReadError, Record};
+
+/// Where a message's content lives on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A message found on disk at start.
+#[derive(Debug)]
+pub struct Recovered {
+    pub id: String,
+    pub arrival: u64,
+    pub flags: u8,
+    pub sender: String,
+    pub rcpts: Vec<String>,
+    /// Recipients already finished before the restart.
+    pub finished: Vec<bool>,
+    pub location: Location,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool write failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("spool committer is gone")]
+    Gone,
+}
+
+impl SpoolError {
+    /// True when the disk is full (or over quota): the client should retry later.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, SpoolError::Io(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}
+
+struct Segment {
+    path: PathBuf,
+    file: Rc<BufferedFile>,
+    /// Octets written (and, after the batch's sync, durable).
+    len: u64,
+    /// Messages in the segment not yet done.
+    live: u64,
+}
+
+enum Target {
+    Active,
+    Segment(u64),
+}
+
+struct Request {
+    target: Target,
+    bytes: Vec<u8>,
+    /// Offset of the content within `bytes`, for message appends.
+    content_at: u64,
+    /// This record finishes a message of its segment.
+    finishes: bool,
+    /// This record adds a message to its segment.
+    adds: bool,
+    reply: Option<oneshot::Sender<Result<Location, SpoolError>>>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    segment_size: u64,
+    segments: RefCell<HashMap<u64, Segment>>,
+    active: Cell<Option<u64>>,
+    /// Next segment file number in this core's own directory.
+    next_file: Cell<u64>,
+    /// Next local segment key.
+    next_key: Cell<u64>,
+    pending: RefCell<Vec<Request>>,
+    wake: LocalSender<()>,
+    /// Commits so far and messages in them: the group-commit ratio.
+    stats: Cell<(u64, u64)>,
+}
+
+/// Handle to the core's spool; cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Rc<Inner>,
+}
+
+fn core_dir(base: &Path, core: usize) -> PathBuf {
+    base.join(format!("core-{core}"))
+}
+
+fn segment_name(n: u64) -> String {
+    format!("{n:016x}.seg")
+}
+
+impl Spool {
+    /// Opens (creating if needed) this core's spool, recovers what is on disk (including
+    /// the directories of cores beyond `cores`, which this core adopts when `core` is
+    /// their index modulo `cores`) and starts the committer.
+    pub async fn open(base: &Path, core: usize, cores: usize, segment_size: u64) -> io::Result<(Spool, Vec<Recovered>)> {
+        std::fs::create_dir_all(base)?;
+        let dir = core_dir(base, core);
+        std::fs::create_dir_all(&dir)?;
+        let (wake, wake_rx) = local_channel::new_bounded(1);
+        let inner = Rc::new(Inner {
+            dir: dir.clone(),
+            segment_size,
+            segments: RefCell::new(HashMap::new()),
+            active: Cell::new(None),
+            next_file: Cell::new(0),
+            next_key: Cell::new(0),
+            pending: RefCell::new(Vec::new()),
+            wake,
+            stats: Cell::new((0, 0)),
+        });
+        let spool = Spool { inner };
+        let mut dirs = vec![dir.clone()];
+        for entry in std::fs::read_dir(base)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(n) = name.to_str().and_then(|n| n.strip_prefix("core-")).and_then(|n| n.parse::<usize>().ok()) else {
+                continue;
+            };
+            if n >= cores && n % cores == core {
+                dirs.push(entry.path());
+            }
+        }
+        let mut recovered = Vec::new();
+        for d in dirs {
+            spool.recover_dir(&d, d == dir, &mut recovered).await?;
+        }
+        let s = spool.clone();
+        glommio::spawn_local(async move { s.committer(wake_rx).await }).detach();
+        Ok((spool, recovered))
+    }
+
+    async fn recover_dir(&self, dir: &Path, own: bool, out: &mut Vec<Recovered>) -> io::Result<()> {
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| u64::from_str_radix(n, 16).ok()) else {
+                continue;
+            };
+            names.push((n, entry.path()));
+        }
+        names.sort();
+        for (n, path) in names {
+            if own && n >= self.inner.next_file.get() {
+                self.inner.next_file.set(n + 1);
+            }
+            self.recover_segment(&path, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads one segment; keeps it open if it still holds unfinished messages.
+    async fn recover_segment(&self, path: &Path, out: &mut Vec<Recovered>) -> io::Result<()> {
+        let data = std::fs::read(path)?;
+        let key = self.inner.next_key.get();
+        let mut msgs: Vec<Recovered> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut done: Vec<bool> = Vec::new();
+        let mut at = 0usize;
+        while at < data.len() {
+            match record::decode(&data[at..]) {
+                Ok((rec, n)) => {
+                    match rec {
+                        Record::Message(m) => {
+                            index.insert(m.id.to_string(), msgs.len());
+                            done.push(false);
+                            msgs.push(Recovered {
+                                id: m.id.to_string(),
+                                arrival: m.arrival,
+                                flags: m.flags,
+                                sender: m.sender.to_string(),
+                                rcpts: m.rcpts.iter().map(|r| r.to_string()).collect(),
+                                finished: vec![false; m.rcpts.len()],
+                                location: Location { segment: key, offset: (at + m.content_offset) as u64, len: m.content.len() as u64 },
+                            });
+                        }
+                        Record::Delivered { id, rcpts } => {
+                            if let Some(&i) = index.get(id) {
+                                for r in rcpts {
+                                    if let Some(f) = msgs[i].finished.get_mut(r as usize) {
+                                        *f = true;
+                                    }
+                                }
+                            }
+                        }
+                        Record::Done { id } => {
+                            if let Some(&i) = index.get(id) {
+                                done[i] = true;
+                            }
+                        }
+                    }
+                    at += n;
+                }
+                Err(e) => {
+                    // Nothing after a torn or damaged record was acknowledged by a sync
+                    // that covered it alone; keep what precedes it.
+                    let what = if e == ReadError::Truncated { "torn" } else { "damaged" };
+                    warn!(segment = %path.display(), offset = at, dropped = data.len() - at, "spool segment has a {what} record; truncating");
+                    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+                    f.set_len(at as u64)?;
+                    f.sync_all()?;
+                    break;
+                }
+            }
+        }
+        let live: Vec<Recovered> = msgs
+            .into_iter()
+            .zip(done)
+            .filter(|(m, d)| !*d && m.finished.iter().any(|f| !f))
+            .map(|(m, _)| m)
+            .collect();
+        if live.is_empty() {
+            std::fs::remove_file(path)?;
+            return Ok(());
+        }
+        let file = OpenOptions::new().read(true).write(true).buffered_open(path).await?;
+        self.inner.next_key.set(key + 1);
+        self.inner.segments.borrow_mut().insert(
+            key,
+            Segment { path: path.to_path_buf(), file: Rc::new(file), len: at as u64, live: live.len() as u64 },
+        );
+        info!(segment = %path.display(), messages = live.len(), "recovered spool segment");
+        out.extend(live);
+        Ok(())
+    }
+
+    /// Appends a message record and waits until it is durable.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append_message(
+        &self,
+        id: &str,
+        arrival: u64,
+        flags: u8,
+        sender: &str,
+        rcpts: &[String],
+        header: &[u8],
+        body: &[u8],
+    ) -> Result<Location, SpoolError> {
+        let mut bytes = Vec::with_capacity(record::HEADER_LEN + 64 + sender.len() + rcpts.iter().map(|r| r.len() + 2).sum::<usize>() + header.len() + body.len());
+        let content_at = record::encode_message(&mut bytes, id, arrival, flags, sender, rcpts, header, body);
+        let (tx, rx) = oneshot::channel();
+        self.push(Request { target: Target::Active, bytes, content_at: content_at as u64, finishes: false, adds: true, reply: Some(tx) });
+        rx.await.map_err(|_| SpoolError::Gone)?
+    }
+
+    /// Records that some recipients are finished. Durable with the next batch.
+    pub fn mark_delivered(&self, loc: Location, id: &str, rcpts: &[u32]) {
+        let mut bytes = Vec::with_capacity(64);
+        record::encode_delivered(&mut bytes, id, rcpts);
+        self.push(Request { target: Target::Segment(loc.segment), bytes, content_at: 0, finishes: false, adds: false, reply: None });
+    }
+
+    /// Records that the message is finished; its segment may then be reclaimed.
+    pub fn mark_done(&self, loc: Location, id: &str) {
+        let mut bytes = Vec::with_capacity(48);
+        record::encode_done(&mut bytes, id);
+        self.push(Request { target: Target::Segment(loc.segment), bytes, content_at: 0, finishes: true, adds: false, reply: None });
+    }
+
+    /// Reads a message's content back from disk.
+    pub async fn read_content(&self, loc: Location) -> io::Result<Vec<u8>> {
+        let file = {
+            let segs = self.inner.segments.borrow();
+            let seg = segs.get(&loc.segment).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "spool segment is gone"))?;
+            seg.file.clone()
+        };
+        let r = file.read_at(loc.offset, loc.len as usize).await?;
+        if r.len() as u64 != loc.len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read from spool"));
+        }
+        Ok(r.to_vec())
+    }
+
+    /// (commits, messages committed) since start.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        self.inner.stats.get()
+    }
+
+    fn push(&self, r: Request) {
+        self.inner.pending.borrow_mut().push(r);
+        // A full channel means the committer is already due to run.
+        let _ = self.inner.wake.try_send(());
+    }
+
+    async fn committer(self, wake: LocalReceiver<()>) {
+        while wake.recv().await.is_some() {
+            loop {
+                let batch = std::mem::take(&mut *self.inner.pending.borrow_mut());
+                if batch.is_empty() {
+                    break;
+                }
+                self.commit(batch).await;
+            }
+        }
+    }
+
+    async fn new_segment(&self) -> io::Result<u64> {
+        let n = self.inner.next_file.get();
+        self.inner.next_file.set(n + 1);
+        let path = self.inner.dir.join(segment_name(n));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).buffered_open(&path).await?;
+        // The new directory entry must be durable before anything in it is acknowledged.
+        Directory::open(&self.inner.dir).await?.sync().await?;
+        let key = self.inner.next_key.get();
+        self.inner.next_key.set(key + 1);
+        self.inner.segments.borrow_mut().insert(key, Segment { path, file: Rc::new(file), len: 0, live: 0 });
+        Ok(key)
+    }
+
+    async fn active_segment(&self) -> io::Result<u64> {
+        if let Some(k) = self.inner.active.get() {
+            let full = self.inner.segments.borrow().get(&k).is_none_or(|s| s.len >= self.inner.segment_size);
+            if !full {
+                return Ok(k);
+            }
+            self.inner.active.set(None);
+            self.reclaim(k).await;
+        }
+        let k = self.new_segment().await?;
+        self.inner.active.set(Some(k));
+        Ok(k)
+    }
+
+    /// Unlinks a segment that is neither active nor holding live messages.
+    async fn reclaim(&self, key: u64) {
+        let removable = {
+            let segs = self.inner.segments.borrow();
+            segs.get(&key).is_some_and(|s| s.live == 0) && self.inner.active.get() != Some(key)
+        };
+        if !removable {
+            return;
+        }
+        let seg = self.inner.segments.borrow_mut().remove(&key);
+        if let Some(seg) = seg {
+            if let Err(e) = std::fs::remove_file(&seg.path) {
+                warn!(segment = %seg.path.display(), "cannot remove finished spool segment: {e}");
+            }
+        }
+    }
+
+    async fn commit(&self, batch: Vec<Request>) {
+        // Group by segment, keeping arrival order within each.
+        let active = match batch.iter().any(|r| matches!(r.target, Target::Active)) {
+            true => match self.active_segment().await {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    error!("cannot open a spool segment: {e}");
+                    let kind = e.kind();
+                    let raw = e.raw_os_error();
+                    for r in batch {
+                        if let Some(tx) = r.reply {
+                            let err = match raw {
+                                Some(code) => io::Error::from_raw_os_error(code),
+                                None => io::Error::new(kind, "spool segment unavailable"),
+                            };
+                            let _ = tx.send(Err(SpoolError::Io(err)));
+                        }
+                    }
+                    return;
+                }
+            },
+            false => None,
+        };
+        let mut groups: Vec<(u64, Vec<Request>)> = Vec::new();
+        for r in batch {
+            let key = match r.target {
+                Target::Active => active.unwrap_or_default(),
+                Target::Segment(k) => k,
+            };
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(r),
+                None => groups.push((key, vec![r])),
+            }
+        }
+        let mut finished_segments = Vec::new();
+        for (key, reqs) in groups {
+            let (file, start) = {
+                let segs = self.inner.segments.borrow();
+                match segs.get(&key) {
+                    Some(s) => (s.file.clone(), s.len),
+                    None => {
+                        warn!(segment = key, "spool record for a segment that is gone; dropped");
+                        continue;
+                    }
+                }
+            };
+            let total: usize = reqs.iter().map(|r| r.bytes.len()).sum();
+            let mut buf = Vec::with_capacity(total);
+            let mut offsets = Vec::with_capacity(reqs.len());
+            for r in &reqs {
+                offsets.push(start + buf.len() as u64);
+                buf.extend_from_slice(&r.bytes);
+            }
+            let result = write_all_and_sync(&file, buf, start).await;
+            match result {
+                Ok(()) => {
+                    let mut added = 0u64;
+                    let mut finished = 0u64;
+                    for (r, off) in reqs.into_iter().zip(offsets) {
+                        added += r.adds as u64;
+                        finished += r.finishes as u64;
+                        if let Some(tx) = r.reply {
+                            let loc = Location {
+                                segment: key,
+                                offset: off + r.content_at,
+                                len: r.bytes.len() as u64 - r.content_at,
+                            };
+                            let _ = tx.send(Ok(loc));
+                        }
+                    }
+                    let mut segs = self.inner.segments.borrow_mut();
+                    if let Some(s) = segs.get_mut(&key) {
+                        s.len = start + total as u64;
+                        s.live = (s.live + added).saturating_sub(finished);
+                        if s.live == 0 {
+                            finished_segments.push(key);
+                        }
+                    }
+                    let (c, m) = self.inner.stats.get();
+                    self.inner.stats.set((c + 1, m + added));
+                }
+                Err(e) => {
+                    error!(segment = key, "spool write failed: {e}");
+                    // The file may now hold a partial batch past `len`; the next batch
+                    // overwrites it from `len`, and recovery stops at the first bad record.
+                    for r in reqs {
+                        if let Some(tx) = r.reply {
+                            let err = match e.raw_os_error() {
+                                Some(code) => io::Error::from_raw_os_error(code),
+                                None => io::Error::new(e.kind(), e.to_string()),
+                            };
+                            let _ = tx.send(Err(SpoolError::Io(err)));
+                        }
+                    }
+                }
+            }
+        }
+        for key in finished_segments {
+            self.reclaim(key).await;
+        }
+    }
+}
+
+async fn write_all_and_sync(file: &BufferedFile, buf: Vec<u8>, start: u64) -> io::Result<()> {
+    let total = buf.len();
+    let n = file.write_at(buf, start).await?;
+    if n < total {
+        // A regular file writes short only when the device is full.
+        warn!(written = n, total, "short spool write");
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    file.fdatasync().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::LocalExecutorBuilder;
+
+    fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+        LocalExecutorBuilder::default().spawn(move || async move { f().await }).unwrap().join().unwrap();
+    }
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bulwark-spool-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn concurrent_appends_share_commits_and_survive_restart() {
+        let dir = tmpdir("group");
+        let d = dir.clone();
+        run(move || async move {
+            let (spool, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            assert!(rec.is_empty());
+            let mut tasks = Vec::new();
+            for i in 0..200 {
+                let s = spool.clone();
+                tasks.push(glommio::spawn_local(async move {
+                    let id = format!("ID{i:04}");
+                    let rcpts = vec![format!("u{i}@example.test"), "x@example.test".to_string()];
+                    let loc = s.append_message(&id, 100 + i, 0, "s@x.test", &rcpts, b"Received: r\r\n", format!("body {i}\r\n").as_bytes()).await.unwrap();
+                    (id, loc)
+                }));
+            }
+            let mut locs = Vec::new();
+            for t in tasks {
+                locs.push(t.await);
+            }
+            let (commits, msgs) = spool.commit_stats();
+            assert_eq!(msgs, 200);
+            assert!(commits < 200, "no group commit: {commits} commits for 200 messages");
+            for (id, loc) in &locs[..3] {
+                let content = spool.read_content(*loc).await.unwrap();
+                assert!(content.starts_with(b"Received: r\r\nbody "), "{id}");
+            }
+            // Finish 100 messages, deliver one recipient of another.
+            for (id, loc) in &locs[..100] {
+                spool.mark_done(*loc, id);
+            }
+            spool.mark_delivered(locs[100].1, &locs[100].0, &[1]);
+            // Let the committer write those.
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        });
+        let d = dir.clone();
+        run(move || async move {
+            let (spool, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            assert_eq!(rec.len(), 100);
+            let m = rec.iter().find(|m| m.id == "ID0100").unwrap();
+            assert_eq!(m.finished, [false, true]);
+            assert_eq!(m.arrival, 200);
+            let content = spool.read_content(m.location).await.unwrap();
+            assert_eq!(content, b"Received: r\r\nbody 100\r\n");
+            for m in &rec {
+                spool.mark_done(m.location, &m.id);
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+            // Every segment is finished and none is active: all reclaimed.
+            let left = std::fs::read_dir(d.join("core-0")).unwrap().count();
+            assert_eq!(left, 0, "finished segments were not reclaimed");
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_and_earlier_messages_kept() {
+        let dir = tmpdir("torn");
+        let d = dir.clone();
+        run(move || async move {
+            let (spool, _) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            spool.append_message("A", 1, 0, "", &["a@example.test".into()], b"", b"one\r\n").await.unwrap();
+            spool.append_message("B", 1, 0, "", &["b@example.test".into()], b"", b"two\r\n").await.unwrap();
+        });
+        let seg = std::fs::read_dir(dir.join("core-0")).unwrap().next().unwrap().unwrap().path();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        // Cut the second record in half, as a crash mid-write would.
+        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 10).unwrap();
+        let d = dir.clone();
+        run(move || async move {
+            let (_, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            assert_eq!(rec.len(), 1);
+            assert_eq!(rec[0].id, "A");
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn directories_of_removed_cores_are_adopted() {
+        let dir = tmpdir("adopt");
+        let d = dir.clone();
+        run(move || async move {
+            let (spool, _) = Spool::open(&d, 3, 4, 1 << 20).await.unwrap();
+            spool.append_message("C3", 1, 0, "", &["a@example.test".into()], b"", b"x\r\n").await.unwrap();
+        });
+        let d = dir.clone();
+        run(move || async move {
+            // Now with 2 cores: core 1 owns core-3 (3 % 2 == 1).
+            let (_, rec0) = Spool::open(&d, 0, 2, 1 << 20).await.unwrap();
+            assert!(rec0.is_empty());
+            let (_, rec1) = Spool::open(&d, 1, 2, 1 << 20).await.unwrap();
+            assert_eq!(rec1.len(), 1);
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
