@@ -1,0 +1,377 @@
+//! Metrics: one shard per core, written only by its core with relaxed atomics (no lock,
+//! no shared cache line), summed when Prometheus scrapes. The scrape endpoint runs on its
+//! own thread, never on an executor.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Encoder, Registry, TextEncoder};
+use tracing::{info, warn};
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn set(&self, n: i64) {
+        self.0.store(n, Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A histogram with fixed upper bounds (seconds).
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Box<[AtomicU64]>,
+    sum_micros: AtomicU64,
+}
+
+const LATENCY: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const RESIDENCE: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0, 864000.0];
+const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram { bounds, counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0) }
+    }
+
+    pub fn observe(&self, value: f64) {
+        let i = self.bounds.iter().position(|&b| value <= b).unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((value * 1e6) as u64, Relaxed);
+    }
+
+    pub fn observe_duration(&self, d: std::time::Duration) {
+        self.observe(d.as_secs_f64());
+    }
+}
+
+/// Why the engine refused something; the `reason` label of `bulwark_smtp_rejections_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum Reject {
+    RelayDenied,
+    MessageSize,
+    BareLineEnd,
+    LineTooLong,
+    SpoolFailed,
+    TooManyConnections,
+}
+
+impl Reject {
+    const ALL: [Reject; 6] = [
+        Reject::RelayDenied,
+        Reject::MessageSize,
+        Reject::BareLineEnd,
+        Reject::LineTooLong,
+        Reject::SpoolFailed,
+        Reject::TooManyConnections,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Reject::RelayDenied => "relay_denied",
+            Reject::MessageSize => "message_size",
+            Reject::BareLineEnd => "bare_line_end",
+            Reject::LineTooLong => "line_too_long",
+            Reject::SpoolFailed => "spool_failed",
+            Reject::TooManyConnections => "too_many_connections",
+        }
+    }
+}
+
+/// Delivery outcome per recipient; the `result` label of `bulwark_deliveries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    Deferred,
+    Failed,
+}
+
+/// One core's metrics.
+pub struct Shard {
+    pub connections: Counter,
+    pub sessions_active: Gauge,
+    pub messages_received: Counter,
+    pub bytes_received: Counter,
+    pub rejections: [Counter; 6],
+    pub tls_handshakes_ok: Counter,
+    pub tls_handshakes_failed: Counter,
+    pub deliveries: [Counter; 3],
+    pub dsns: Counter,
+    pub queue_messages: Gauge,
+    pub spool_commits: Counter,
+    /// Seconds from the end of DATA to the `250`: the spool's group commit.
+    pub accept_latency: Histogram,
+    /// Messages made durable per commit.
+    pub commit_batch: Histogram,
+    /// Seconds of one delivery transaction to the next hop.
+    pub delivery_latency: Histogram,
+    /// Seconds from arrival to the final outcome.
+    pub queue_residence: Histogram,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            connections: Counter::default(),
+            sessions_active: Gauge::default(),
+            messages_received: Counter::default(),
+            bytes_received: Counter::default(),
+            rejections: Default::default(),
+            tls_handshakes_ok: Counter::default(),
+            tls_handshakes_failed: Counter::default(),
+            deliveries: Default::default(),
+            dsns: Counter::default(),
+            queue_messages: Gauge::default(),
+            spool_commits: Counter::default(),
+            accept_latency: Histogram::new(LATENCY),
+            commit_batch: Histogram::new(BATCH),
+            delivery_latency: Histogram::new(LATENCY),
+            queue_residence: Histogram::new(RESIDENCE),
+        }
+    }
+
+    pub fn reject(&self, r: Reject) {
+        self.rejections[r as usize].inc();
+    }
+
+    pub fn delivery(&self, d: Delivery, n: u64) {
+        self.deliveries[d as usize].add(n);
+    }
+}
+
+/// Cache-line aligned so two cores never write the same line.
+#[repr(align(128))]
+struct Padded(Shard);
+
+/// All shards, plus engine-wide facts.
+pub struct Metrics {
+    shards: Box<[Padded]>,
+    pub policy_generation: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(cores: usize) -> Arc<Self> {
+        Arc::new(Metrics { shards: (0..cores).map(|_| Padded(Shard::new())).collect(), policy_generation: AtomicU64::new(0) })
+    }
+
+    pub fn shard(&self, core: usize) -> &Shard {
+        &self.shards[core].0
+    }
+
+    fn sum(&self, f: impl Fn(&Shard) -> u64) -> f64 {
+        self.shards.iter().map(|s| f(&s.0)).sum::<u64>() as f64
+    }
+
+    fn sum_i(&self, f: impl Fn(&Shard) -> i64) -> f64 {
+        self.shards.iter().map(|s| f(&s.0)).sum::<i64>() as f64
+    }
+
+    /// Renders the Prometheus text exposition (engine metrics and process metrics).
+    pub fn render(self: &Arc<Self>) -> Vec<u8> {
+        let registry = Registry::new();
+        let _ = registry.register(Box::new(Families(self.clone())));
+        let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        let mut out = Vec::with_capacity(8192);
+        if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut out) {
+            warn!("metrics encoding failed: {e}");
+        }
+        out
+    }
+}
+
+struct Families(Arc<Metrics>);
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<proto::LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = proto::LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
+}
+
+fn counter(value: f64, pairs: &[(&str, &str)]) -> proto::Metric {
+    let mut c = proto::Counter::default();
+    c.set_value(value);
+    let mut m = proto::Metric::default();
+    m.set_label(labels(pairs));
+    m.set_counter(c);
+    m
+}
+
+fn gauge(value: f64) -> proto::Metric {
+    let mut g = proto::Gauge::default();
+    g.set_value(value);
+    proto::Metric::from_gauge(g)
+}
+
+impl Families {
+    fn histogram(&self, name: &str, help: &str, pick: impl Fn(&Shard) -> &Histogram) -> MetricFamily {
+        let shards = &self.0.shards;
+        let bounds = pick(&shards[0].0).bounds;
+        let mut cumulative = 0u64;
+        let mut buckets = Vec::with_capacity(bounds.len());
+        for (i, b) in bounds.iter().enumerate() {
+            cumulative += shards.iter().map(|s| pick(&s.0).counts[i].load(Relaxed)).sum::<u64>();
+            let mut bucket = proto::Bucket::default();
+            bucket.set_upper_bound(*b);
+            bucket.set_cumulative_count(cumulative);
+            buckets.push(bucket);
+        }
+        let total = cumulative + shards.iter().map(|s| pick(&s.0).counts[bounds.len()].load(Relaxed)).sum::<u64>();
+        let sum = shards.iter().map(|s| pick(&s.0).sum_micros.load(Relaxed)).sum::<u64>() as f64 / 1e6;
+        let mut h = proto::Histogram::default();
+        h.set_bucket(buckets);
+        h.set_sample_count(total);
+        h.set_sample_sum(sum);
+        let mut m = proto::Metric::default();
+        m.set_histogram(h);
+        family(name, help, MetricType::HISTOGRAM, vec![m])
+    }
+}
+
+impl Collector for Families {
+    fn desc(&self) -> Vec<&Desc> {
+        Vec::new()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let m = &self.0;
+        let c = MetricType::COUNTER;
+        let g = MetricType::GAUGE;
+        vec![
+            family("bulwark_smtp_connections_total", "SMTP connections accepted.", c, vec![counter(m.sum(|s| s.connections.get()), &[])]),
+            family("bulwark_smtp_sessions_active", "SMTP sessions open now.", g, vec![gauge(m.sum_i(|s| s.sessions_active.get()))]),
+            family("bulwark_messages_received_total", "Messages accepted with 250 after being spooled durably.", c, vec![counter(m.sum(|s| s.messages_received.get()), &[])]),
+            family("bulwark_message_bytes_received_total", "Octets of message content received.", c, vec![counter(m.sum(|s| s.bytes_received.get()), &[])]),
+            family(
+                "bulwark_smtp_rejections_total",
+                "Refusals in the SMTP session, by reason.",
+                c,
+                Reject::ALL.iter().map(|r| counter(m.sum(|s| s.rejections[*r as usize].get()), &[("reason", r.label())])).collect(),
+            ),
+            family(
+                "bulwark_tls_handshakes_total",
+                "Inbound STARTTLS handshakes, by result.",
+                c,
+                vec![
+                    counter(m.sum(|s| s.tls_handshakes_ok.get()), &[("result", "ok")]),
+                    counter(m.sum(|s| s.tls_handshakes_failed.get()), &[("result", "failed")]),
+                ],
+            ),
+            family(
+                "bulwark_deliveries_total",
+                "Per-recipient delivery outcomes.",
+                c,
+                [("delivered", Delivery::Delivered), ("deferred", Delivery::Deferred), ("failed", Delivery::Failed)]
+                    .iter()
+                    .map(|(l, d)| counter(m.sum(|s| s.deliveries[*d as usize].get()), &[("result", l)]))
+                    .collect(),
+            ),
+            family("bulwark_dsns_total", "Delivery status notifications (bounces) generated.", c, vec![counter(m.sum(|s| s.dsns.get()), &[])]),
+            family("bulwark_queue_messages", "Messages in the queue (spooled, not yet finished).", g, vec![gauge(m.sum_i(|s| s.queue_messages.get()))]),
+            family("bulwark_spool_commits_total", "Spool group commits (one fdatasync per segment each).", c, vec![counter(m.sum(|s| s.spool_commits.get()), &[])]),
+            family("bulwark_policy_generation", "Generation of the policy snapshot in force.", g, vec![gauge(m.policy_generation.load(Relaxed) as f64)]),
+            self.histogram("bulwark_accept_latency_seconds", "End of DATA to the 250 reply (includes the spool sync).", |s| &s.accept_latency),
+            self.histogram("bulwark_spool_commit_batch_messages", "Messages made durable by one group commit.", |s| &s.commit_batch),
+            self.histogram("bulwark_delivery_latency_seconds", "Duration of one delivery transaction to the next hop.", |s| &s.delivery_latency),
+            self.histogram("bulwark_queue_residence_seconds", "Arrival to final outcome (delivered or bounced).", |s| &s.queue_residence),
+        ]
+    }
+}
+
+/// Serves `GET /metrics` on `addr` from a dedicated thread.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    info!(%addr, "metrics endpoint listening");
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut stream) = conn else { continue };
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut reader = BufReader::new(match stream.try_clone() {
+                Ok(s) => s,
+                Err(_) => continue,
+            });
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            // Drain the headers.
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                line.clear();
+            }
+            let mut parts = request_line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (status, ctype, body) = match (method, path) {
+                ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+                ("GET", "/healthz") => ("200 OK", "text/plain", b"ok\n".to_vec()),
+                ("GET", _) => ("404 Not Found", "text/plain", b"not found: try /metrics\n".to_vec()),
+                _ => ("405 Method Not Allowed", "text/plain", b"only GET is served\n".to_vec()),
+            };
+            let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body));
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_summed() {
+        let m = Metrics::new(2);
+        m.shard(0).connections.inc();
+        m.shard(1).connections.add(2);
+        m.shard(0).delivery(Delivery::Deferred, 3);
+        m.shard(1).queue_messages.add(5);
+        m.shard(0).queue_messages.add(-1);
+        m.shard(1).accept_latency.observe(0.002);
+        m.shard(0).accept_latency.observe(100.0);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("bulwark_smtp_connections_total 3\n"), "{text}");
+        assert!(text.contains("bulwark_deliveries_total{result=\"deferred\"} 3\n"));
+        assert!(text.contains("bulwark_deliveries_total{result=\"delivered\"} 0\n"));
+        assert!(text.contains("bulwark_queue_messages 4\n"));
+        assert!(text.contains("bulwark_accept_latency_seconds_bucket{le=\"0.0025\"} 1\n"));
+        assert!(text.contains("bulwark_accept_latency_seconds_count 2\n"));
+        assert!(text.contains("process_resident_memory_bytes"));
+    }
+}
