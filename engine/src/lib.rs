@@ -1,6 +1,11 @@
 //! Bulwark's data plane.
 
 pub mod config;
+pub mod deliver;
 pub mod metrics;
+pub mod net;
+pub mod policy;
 pub mod queue;
+pub mod runtime;
 pub mod smtp;
+pub mod util;

@@ -68,6 +68,15 @@ pub enum Event {
     Close,
 }
 
+/// Refusals in this session, by reason, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionStats {
+    pub relay_denied: u32,
+    pub message_size: u32,
+    pub bare_line_end: u32,
+    pub line_too_long: u32,
+}
+
 /// What [`Session::feed`] did.
 #[derive(Debug)]
 pub struct Progress {
@@ -120,6 +129,7 @@ pub struct Session {
     /// Size announced with MAIL SIZE=, or 0.
     declared_size: u64,
     bytes_received: u64,
+    stats: SessionStats,
 }
 
 impl Session {
@@ -138,6 +148,7 @@ impl Session {
             bdat_failed: false,
             declared_size: 0,
             bytes_received: 0,
+            stats: SessionStats::default(),
         };
         let _ = write!(Reply(&mut s.out), "220 {} ESMTP Bulwark\r\n", s.cfg.hostname);
         s
@@ -173,6 +184,10 @@ impl Session {
     /// Octets of message content received in this session.
     pub fn bytes_received(&self) -> u64 {
         self.bytes_received
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        self.stats
     }
 
     pub fn waiting(&self) -> Waiting {
@@ -258,6 +273,7 @@ impl Session {
                         consumed += i + 1;
                         self.state = if self.helo.is_empty() { State::Fresh } else { State::Ready };
                         self.reset_transaction();
+                        self.stats.line_too_long += 1;
                         if self.error_reply("500 5.5.2 Line too long") {
                             return Progress { consumed, event: Some(Event::Close) };
                         }
@@ -285,6 +301,7 @@ impl Session {
     fn command_line(&mut self, line: &[u8], policy: &impl EnvelopePolicy) -> Option<Event> {
         let text = &line[..line.len() - 2];
         if memchr::memchr2(b'\r', b'\n', text).is_some() {
+            self.stats.bare_line_end += 1;
             return self.fail("500 5.5.2 Bare CR or LF in command line refused");
         }
         let is_bdat = text.len() >= 4 && text[..4].eq_ignore_ascii_case(b"BDAT");
@@ -326,6 +343,7 @@ impl Session {
             _ => MAX_COMMAND_LINE,
         };
         if line.len() > limit {
+            self.stats.line_too_long += 1;
             return self.fail("500 5.5.2 Line too long");
         }
         self.command(cmd, policy)
@@ -421,6 +439,7 @@ impl Session {
         if let Some(size) = params.size
             && size > self.cfg.max_message_size
         {
+            self.stats.message_size += 1;
             return self.fail("552 5.3.4 Message size exceeds fixed maximum message size");
         }
         self.reset_transaction();
@@ -462,7 +481,10 @@ impl Session {
                 self.reply("250 2.1.5 Recipient OK");
                 None
             }
-            RcptVerdict::RelayDenied => self.fail("550 5.7.1 Relaying denied: recipient domain is not served here"),
+            RcptVerdict::RelayDenied => {
+                self.stats.relay_denied += 1;
+                self.fail("550 5.7.1 Relaying denied: recipient domain is not served here")
+            }
         }
     }
 
@@ -513,6 +535,7 @@ impl Session {
             if let Some(e) = error {
                 self.bdat_failed = true;
                 self.tx.body.clear();
+                self.stats.count(e);
                 return self.fail(content_reply(e));
             }
             let mut r = Reply(&mut self.out);
@@ -529,6 +552,7 @@ impl Session {
     /// End of content (DATA's terminator or BDAT LAST).
     fn finish_content(&mut self, error: Option<ContentError>) -> Option<Event> {
         if let Some(e) = error {
+            self.stats.count(e);
             self.reset_transaction();
             self.state = State::Ready;
             return self.fail(content_reply(e));
@@ -585,6 +609,16 @@ impl Session {
 /// it stays inside the line, which is then refused as a whole.
 fn find_crlf(buf: &[u8]) -> Option<usize> {
     memchr::memchr_iter(b'\n', buf).find(|&i| i > 0 && buf[i - 1] == b'\r')
+}
+
+impl SessionStats {
+    fn count(&mut self, e: ContentError) {
+        match e {
+            ContentError::BareCrLf => self.bare_line_end += 1,
+            ContentError::LineTooLong => self.line_too_long += 1,
+            ContentError::TooBig => self.message_size += 1,
+        }
+    }
 }
 
 fn content_reply(e: ContentError) -> &'static str {

@@ -1,0 +1,441 @@
+//! The SMTP client that relays to the next hop: EHLO, opportunistic STARTTLS, pipelined
+//! envelopes, dot-stuffed content, per-recipient replies, connection reuse.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use rustls::ClientConfig;
+use tracing::debug;
+
+use crate::net::stream::Stream;
+use crate::net::tls::server_name;
+
+/// A reply from the remote server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// All lines, joined with a space, code included on the first (`550 5.1.1 unknown`).
+    pub text: String,
+}
+
+impl Reply {
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+    /// A reply of our own making, for failures that produced none.
+    pub fn local(code: u16, text: &str) -> Reply {
+        Reply { code, text: format!("{code} {text}") }
+    }
+}
+
+/// Why a connection could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnError {
+    #[error("{0}")]
+    Io(String),
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("{}", .0.text)]
+    Refused(Reply),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ConnError {
+    /// The reply to report for recipients this failure affects.
+    pub fn as_reply(&self) -> Reply {
+        match self {
+            ConnError::Refused(r) => r.clone(),
+            other => Reply::local(451, &format!("4.4.2 {other}")),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Caps {
+    pub pipelining: bool,
+    pub starttls: bool,
+    pub size: Option<u64>,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub command: Duration,
+    pub data: Duration,
+}
+
+/// The replies of one transaction.
+#[derive(Debug)]
+pub struct TxReplies {
+    pub mail: Reply,
+    /// One per recipient, in order; absent when MAIL was refused.
+    pub rcpts: Vec<Reply>,
+    /// The final reply to the content, when any recipient was accepted.
+    pub data: Option<Reply>,
+}
+
+pub struct Connection {
+    stream: Stream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    pub caps: Caps,
+    /// `host[ip]` of the peer, for reports.
+    pub remote: String,
+    timeouts: Timeouts,
+}
+
+const MAX_REPLY_LINE: usize = 4096;
+const MAX_REPLY_LINES: usize = 200;
+
+async fn deadline<T>(d: Duration, what: &'static str, f: impl Future<Output = Result<T, ConnError>>) -> Result<T, ConnError> {
+    futures_lite::future::or(f, async {
+        glommio::timer::sleep(d).await;
+        Err(ConnError::Timeout(what))
+    })
+    .await
+}
+
+fn io_err(e: io::Error) -> ConnError {
+    ConnError::Io(e.to_string())
+}
+
+impl Connection {
+    /// Connects to `addr`, reads the greeting and says EHLO; upgrades with STARTTLS when
+    /// the server offers it and `tls` is given.
+    pub async fn open(
+        host: &str,
+        addr: SocketAddr,
+        helo: &str,
+        tls: Option<&Arc<ClientConfig>>,
+        timeouts: Timeouts,
+    ) -> Result<Connection, ConnError> {
+        let tcp = deadline(timeouts.connect, "connecting", async { TcpStream::connect(addr).await.map_err(|e| ConnError::Io(e.to_string())) }).await?;
+        let _ = tcp.set_nodelay(true);
+        let mut c = Connection {
+            stream: Stream::Plain(tcp),
+            buf: vec![0u8; 8192],
+            start: 0,
+            end: 0,
+            caps: Caps::default(),
+            remote: format!("{host}[{}]", addr.ip()),
+            timeouts,
+        };
+        let greeting = c.read_reply(timeouts.command).await?;
+        if greeting.code != 220 {
+            return Err(ConnError::Refused(greeting));
+        }
+        c.ehlo(helo).await?;
+        if c.caps.starttls
+            && let Some(cfg) = tls
+        {
+            c.write(b"STARTTLS\r\n").await?;
+            let r = c.read_reply(timeouts.command).await?;
+            if r.code == 220 {
+                if c.start != c.end {
+                    return Err(ConnError::Protocol("server sent data after its STARTTLS reply".into()));
+                }
+                let Stream::Plain(tcp) = c.stream else {
+                    return Err(ConnError::Protocol("STARTTLS on a TLS connection".into()));
+                };
+                let name = server_name(host).or_else(|| server_name(&addr.ip().to_string()));
+                let Some(name) = name else {
+                    return Err(ConnError::Protocol(format!("{host} is not usable as a TLS server name")));
+                };
+                let connector = futures_rustls::TlsConnector::from(cfg.clone());
+                let tls_stream = deadline(timeouts.command, "in the TLS handshake", async {
+                    connector.connect(name, tcp).await.map_err(|e| ConnError::Io(format!("TLS handshake failed: {e}")))
+                })
+                .await?;
+                c.stream = Stream::Client(Box::new(tls_stream));
+                c.caps = Caps::default();
+                c.ehlo(helo).await?;
+            }
+        }
+        debug!(remote = %c.remote, tls = c.stream.is_tls(), "connected for delivery");
+        Ok(c)
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    async fn ehlo(&mut self, helo: &str) -> Result<(), ConnError> {
+        self.write(format!("EHLO {helo}\r\n").as_bytes()).await?;
+        let r = self.read_reply(self.timeouts.command).await?;
+        if r.code == 250 {
+            self.caps = parse_caps(&r.text);
+            return Ok(());
+        }
+        if r.code >= 500 {
+            self.write(format!("HELO {helo}\r\n").as_bytes()).await?;
+            let r = self.read_reply(self.timeouts.command).await?;
+            if r.code == 250 {
+                self.caps = Caps::default();
+                return Ok(());
+            }
+            return Err(ConnError::Refused(r));
+        }
+        Err(ConnError::Refused(r))
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        let timeout = self.timeouts.command;
+        let stream = &mut self.stream;
+        deadline(timeout, "writing", async {
+            stream.write_all(bytes).await.map_err(io_err)?;
+            stream.flush().await.map_err(io_err)
+        })
+        .await
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    async fn read_reply(&mut self, timeout: Duration) -> Result<Reply, ConnError> {
+        let mut text = String::new();
+        let mut code = 0u16;
+        for n in 0.. {
+            if n >= MAX_REPLY_LINES {
+                return Err(ConnError::Protocol("reply has too many lines".into()));
+            }
+            let line = self.read_line(timeout).await?;
+            if line.len() < 3 || !line.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
+                return Err(ConnError::Protocol(format!("malformed reply line {:?}", truncate(&line))));
+            }
+            let this_code: u16 = line[..3].parse().map_err(|_| ConnError::Protocol("bad reply code".into()))?;
+            if n == 0 {
+                code = this_code;
+                text.push_str(&line);
+            } else {
+                if this_code != code {
+                    return Err(ConnError::Protocol("reply lines disagree on the code".into()));
+                }
+                text.push(' ');
+                text.push_str(line.get(4..).unwrap_or(""));
+            }
+            match line.as_bytes().get(3) {
+                None | Some(b' ') => break,
+                Some(b'-') => continue,
+                Some(_) => return Err(ConnError::Protocol(format!("malformed reply line {:?}", truncate(&line)))),
+            }
+        }
+        Ok(Reply { code, text: text.trim_end().to_string() })
+    }
+
+    async fn read_line(&mut self, timeout: Duration) -> Result<String, ConnError> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+                let line = &self.buf[self.start..self.start + i];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let s = String::from_utf8_lossy(line).into_owned();
+                self.start += i + 1;
+                return Ok(s);
+            }
+            if self.end - self.start > MAX_REPLY_LINE {
+                return Err(ConnError::Protocol("reply line too long".into()));
+            }
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let (stream, buf, end) = (&mut self.stream, &mut self.buf, self.end);
+            let n = deadline(timeout, "waiting for a reply", async { stream.read(&mut buf[end..]).await.map_err(io_err) }).await?;
+            if n == 0 {
+                return Err(ConnError::Io("connection closed by the server".into()));
+            }
+            self.end += n;
+        }
+    }
+
+    /// Runs one mail transaction. Connection-level failures come back as `Err`; the
+    /// connection must then be dropped.
+    pub async fn send(&mut self, from: &str, rcpts: &[&str], content: &[u8], eight_bit: bool, smtputf8: bool) -> Result<TxReplies, ConnError> {
+        if let Some(max) = self.caps.size
+            && max > 0
+            && content.len() as u64 > max
+        {
+            let r = Reply::local(552, &format!("5.3.4 message of {} octets exceeds the remote limit of {max}", content.len()));
+            return Ok(TxReplies { mail: r, rcpts: Vec::new(), data: None });
+        }
+        let mut mail = format!("MAIL FROM:<{from}>");
+        if self.caps.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", content.len()));
+        }
+        if eight_bit && self.caps.eight_bit {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if smtputf8 && self.caps.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        mail.push_str("\r\n");
+        let cmd = self.timeouts.command;
+        let mut replies = TxReplies { mail: Reply::local(0, ""), rcpts: Vec::with_capacity(rcpts.len()), data: None };
+        let data_reply;
+        if self.caps.pipelining {
+            let mut batch = mail.into_bytes();
+            for r in rcpts {
+                batch.extend_from_slice(format!("RCPT TO:<{r}>\r\n").as_bytes());
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            self.write(&batch).await?;
+            replies.mail = self.read_reply(cmd).await?;
+            for _ in rcpts {
+                replies.rcpts.push(self.read_reply(cmd).await?);
+            }
+            data_reply = self.read_reply(cmd).await?;
+            if !replies.mail.is_positive() {
+                replies.rcpts.clear();
+            }
+        } else {
+            self.write(mail.as_bytes()).await?;
+            replies.mail = self.read_reply(cmd).await?;
+            if !replies.mail.is_positive() {
+                self.reset().await?;
+                return Ok(replies);
+            }
+            for r in rcpts {
+                self.write(format!("RCPT TO:<{r}>\r\n").as_bytes()).await?;
+                replies.rcpts.push(self.read_reply(cmd).await?);
+            }
+            if !replies.rcpts.iter().any(Reply::is_positive) {
+                self.reset().await?;
+                return Ok(replies);
+            }
+            self.write(b"DATA\r\n").await?;
+            data_reply = self.read_reply(cmd).await?;
+        }
+        let accepted = replies.mail.is_positive() && replies.rcpts.iter().any(Reply::is_positive);
+        if data_reply.code != 354 {
+            if accepted {
+                replies.data = Some(data_reply);
+            }
+            self.reset().await?;
+            return Ok(replies);
+        }
+        if !accepted {
+            // RFC 2920 §3.1: a 354 after no accepted recipient: end the empty message.
+            self.write(b".\r\n").await?;
+            let _ = self.read_reply(cmd).await?;
+            self.reset().await?;
+            return Ok(replies);
+        }
+        let framed = dot_stuff(content);
+        let timeout = self.timeouts.data;
+        let stream = &mut self.stream;
+        deadline(timeout, "sending content", async {
+            stream.write_all(&framed).await.map_err(io_err)?;
+            stream.flush().await.map_err(io_err)
+        })
+        .await?;
+        replies.data = Some(self.read_reply(self.timeouts.data).await?);
+        Ok(replies)
+    }
+
+    async fn reset(&mut self) -> Result<(), ConnError> {
+        self.write(b"RSET\r\n").await?;
+        let r = self.read_reply(self.timeouts.command).await?;
+        if r.code != 250 {
+            return Err(ConnError::Refused(r));
+        }
+        Ok(())
+    }
+
+    /// Says goodbye; errors do not matter any more.
+    pub async fn quit(mut self) {
+        if self.write(b"QUIT\r\n").await.is_ok() {
+            let _ = self.read_reply(Duration::from_secs(5)).await;
+        }
+        let _ = self.stream.close().await;
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(80) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn parse_caps(ehlo: &str) -> Caps {
+    // The joined text is "250 host greeting KEYWORD ARGS KEYWORD ..."; keywords were at
+    // line starts, so look at the tokens.
+    let mut caps = Caps::default();
+    let mut tokens = ehlo.split(' ').peekable();
+    while let Some(t) = tokens.next() {
+        match t.to_ascii_uppercase().as_str() {
+            "PIPELINING" => caps.pipelining = true,
+            "STARTTLS" => caps.starttls = true,
+            "8BITMIME" => caps.eight_bit = true,
+            "SMTPUTF8" => caps.smtputf8 = true,
+            "SIZE" => {
+                caps.size = Some(tokens.peek().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0));
+            }
+            _ => {}
+        }
+    }
+    caps
+}
+
+/// Frames content for DATA: a dot doubled at every line start, CRLF before the final
+/// `.` if the content does not end with one.
+pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 512 + 8);
+    let mut from = 0;
+    if content.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    for i in memchr::memmem::find_iter(content, b"\r\n.") {
+        out.extend_from_slice(&content[from..i + 2]);
+        out.push(b'.');
+        from = i + 2;
+    }
+    out.extend_from_slice(&content[from..]);
+    if !content.is_empty() && !content.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::data::DataScanner;
+
+    #[test]
+    fn stuffing_round_trips_through_the_server_reader() {
+        let cases: &[&[u8]] = &[b"", b"a\r\n", b".\r\n", b"..\r\n", b"x\r\n.\r\n.x\r\n", b"no final crlf", b".start\r\n\r\n..\r\n"];
+        for c in cases {
+            let framed = dot_stuff(c);
+            let mut s = DataScanner::new(1 << 20);
+            let mut body = Vec::new();
+            let r = s.scan(&framed, &mut body);
+            assert!(r.done, "{c:?}");
+            assert_eq!(r.consumed, framed.len(), "{c:?}");
+            let mut expect = c.to_vec();
+            if !expect.is_empty() && !expect.ends_with(b"\r\n") {
+                expect.extend_from_slice(b"\r\n");
+            }
+            assert_eq!(body, expect, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn capabilities() {
+        let c = parse_caps("250 mx.test Hello x PIPELINING SIZE 1000 8BITMIME STARTTLS ENHANCEDSTATUSCODES");
+        assert!(c.pipelining && c.eight_bit && c.starttls && !c.smtputf8);
+        assert_eq!(c.size, Some(1000));
+        assert_eq!(parse_caps("250 mx.test SIZE").size, Some(0));
+    }
+}

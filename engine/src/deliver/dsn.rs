@@ -1,0 +1,150 @@
+//! Delivery status notifications (RFC 3464): the bounce sent to the envelope sender when
+//! recipients fail for good or the queue lifetime runs out.
+
+use std::fmt::Write as _;
+
+use crate::util::rfc5322_date;
+
+/// One recipient the report is about.
+#[derive(Debug, Clone)]
+pub struct FailedRecipient {
+    pub rcpt: String,
+    /// Enhanced status code, e.g. `5.1.1`.
+    pub status: String,
+    /// The remote server's reply, or our own explanation.
+    pub diagnostic: String,
+    /// The server that gave the reply, if any.
+    pub remote_mta: Option<String>,
+}
+
+pub struct Report<'a> {
+    pub reporting_mta: &'a str,
+    pub queue_id: &'a str,
+    pub dsn_id: &'a str,
+    pub original_sender: &'a str,
+    pub arrival: u64,
+    pub now: u64,
+    pub failed: &'a [FailedRecipient],
+    /// The original message (its header is returned).
+    pub original: &'a [u8],
+}
+
+/// The enhanced status code of a reply text (`550 5.1.1 ...` → `5.1.1`), or one derived
+/// from the basic code.
+pub fn status_of(code: u16, text: &str) -> String {
+    let candidate = text.split_whitespace().find(|w| {
+        let parts: Vec<&str> = w.split('.').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    match candidate {
+        Some(c) if c.starts_with(&(code / 100).to_string()) => c.to_string(),
+        _ => format!("{}.0.0", code / 100),
+    }
+}
+
+/// Builds the complete DSN message (headers and body, CRLF line ends).
+pub fn build(r: &Report<'_>) -> Vec<u8> {
+    let boundary = format!("{}/{}", r.dsn_id, r.reporting_mta);
+    let mut m = String::with_capacity(2048);
+    let _ = write!(m, "From: Mail Delivery System <MAILER-DAEMON@{}>\r\n", r.reporting_mta);
+    let _ = write!(m, "To: <{}>\r\n", r.original_sender);
+    m.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    let _ = write!(m, "Date: {}\r\n", rfc5322_date(r.now));
+    let _ = write!(m, "Message-ID: <{}@{}>\r\n", r.dsn_id, r.reporting_mta);
+    m.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
+    let _ = write!(m, "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n");
+    m.push_str("This is a MIME-encapsulated message.\r\n\r\n");
+    let _ = write!(m, "--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n");
+    let _ = write!(m, "This is the mail system at host {}.\r\n\r\n", r.reporting_mta);
+    m.push_str("I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n\r\n");
+    for f in r.failed {
+        let _ = write!(m, "<{}>: {}\r\n", ascii(&f.rcpt), ascii(&f.diagnostic));
+    }
+    let _ = write!(m, "\r\n--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n");
+    let _ = write!(m, "Reporting-MTA: dns; {}\r\n", r.reporting_mta);
+    let _ = write!(m, "X-Bulwark-Queue-ID: {}\r\n", r.queue_id);
+    let _ = write!(m, "Arrival-Date: {}\r\n", rfc5322_date(r.arrival));
+    for f in r.failed {
+        let _ = write!(m, "\r\nFinal-Recipient: rfc822; {}\r\n", ascii(&f.rcpt));
+        m.push_str("Action: failed\r\n");
+        let _ = write!(m, "Status: {}\r\n", f.status);
+        if let Some(mta) = &f.remote_mta {
+            let _ = write!(m, "Remote-MTA: dns; {}\r\n", ascii(mta));
+        }
+        let _ = write!(m, "Diagnostic-Code: smtp; {}\r\n", ascii(&f.diagnostic));
+    }
+    let _ = write!(m, "\r\n--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n");
+    let mut out = m.into_bytes();
+    out.extend_from_slice(original_header(r.original));
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(Tail(&mut out), "\r\n--{boundary}--\r\n");
+    out
+}
+
+struct Tail<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Tail<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// The header section of a message: up to, not including, the first empty line.
+fn original_header(msg: &[u8]) -> &[u8] {
+    match memchr::memmem::find(msg, b"\r\n\r\n") {
+        Some(i) => &msg[..i + 2],
+        None => msg,
+    }
+}
+
+/// Keeps report fields printable ASCII on one line.
+fn ascii(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_from_replies() {
+        assert_eq!(status_of(550, "550 5.1.1 <u@x>: unknown user"), "5.1.1");
+        assert_eq!(status_of(550, "550 no such user"), "5.0.0");
+        assert_eq!(status_of(451, "451 4.3.0 try later"), "4.3.0");
+        assert_eq!(status_of(550, "550 4.3.0 inconsistent"), "5.0.0");
+    }
+
+    #[test]
+    fn report_structure() {
+        let failed = vec![FailedRecipient {
+            rcpt: "u@example.test".into(),
+            status: "5.1.1".into(),
+            diagnostic: "550 5.1.1 unknown user".into(),
+            remote_mta: Some("127.0.0.1".into()),
+        }];
+        let original = b"Received: x\r\nSubject: hello\r\nMessage-ID: <m1@x>\r\n\r\nsecret body\r\n";
+        let dsn = build(&Report {
+            reporting_mta: "mx.bulwark.test",
+            queue_id: "Q1",
+            dsn_id: "Q2",
+            original_sender: "s@sender.test",
+            arrival: 1_700_000_000,
+            now: 1_700_000_100,
+            failed: &failed,
+            original,
+        });
+        let text = String::from_utf8(dsn).unwrap();
+        assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
+        assert!(text.contains("Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.bulwark.test\r\n"));
+        assert!(text.contains("Final-Recipient: rfc822; u@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; 127.0.0.1\r\nDiagnostic-Code: smtp; 550 5.1.1 unknown user\r\n"));
+        assert!(text.contains("Content-Type: text/rfc822-headers\r\n\r\nReceived: x\r\nSubject: hello\r\nMessage-ID: <m1@x>\r\n"));
+        assert!(!text.contains("secret body"));
+        assert!(text.contains("To: <s@sender.test>\r\n"));
+        assert!(text.ends_with("--Q2/mx.bulwark.test--\r\n"));
+        assert!(text.split("\r\n").all(|l| l.len() <= 998));
+        assert!(!text.replace("\r\n", "").contains('\n'));
+    }
+}

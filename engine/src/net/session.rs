@@ -1,0 +1,265 @@
+//! Drives one SMTP session: socket reads into the sans-IO [`Session`], its replies back
+//! out, its events to the spool, TLS and the delivery queue. While the client is silent
+//! the task is parked on the socket and costs memory only.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Reject;
+use crate::net::stream::Stream;
+use crate::policy::SnapshotPolicy;
+use crate::queue::record::{FLAG_8BIT, FLAG_SMTPUTF8};
+use crate::queue::unix_now;
+use crate::runtime::Core;
+use crate::smtp::{Event, Session, Transaction, Waiting};
+use crate::util::rfc5322_date;
+
+/// Read buffer while reading commands; enough for any command line.
+const COMMAND_BUFFER: usize = 4096;
+/// Read buffer while reading message content.
+const DATA_BUFFER: usize = 64 * 1024;
+
+enum ReadOutcome {
+    Data(usize),
+    Eof,
+    Timeout,
+    Error(std::io::Error),
+}
+
+/// Counts the session while it lives.
+struct Active<'a>(&'a Core);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.sessions.set(self.0.sessions.get() - 1);
+        self.0.shard().sessions_active.add(-1);
+    }
+}
+
+pub async fn run(core: Rc<Core>, tcp: TcpStream) {
+    let peer = match tcp.peer_addr() {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let _ = tcp.set_nodelay(true);
+    let shard = core.shard();
+    shard.connections.inc();
+    core.sessions.set(core.sessions.get() + 1);
+    shard.sessions_active.add(1);
+    let _active = Active(&core);
+    let mut stream = Stream::Plain(tcp);
+    if core.sessions.get() > core.max_sessions {
+        shard.reject(Reject::TooManyConnections);
+        let _ = stream.write_all(b"421 4.7.0 Too many connections, try again later\r\n").await;
+        let _ = stream.close().await;
+        return;
+    }
+    debug!(%peer, "connection");
+    let mut session = Session::new(core.session_cfg.clone());
+    let deadline = Instant::now() + core.smtp.session_time;
+    let mut buf = vec![0u8; COMMAND_BUFFER];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut snapshot = core.policy.current();
+    'session: loop {
+        loop {
+            let progress = session.feed(&buf[start..end], &SnapshotPolicy(&snapshot));
+            start += progress.consumed;
+            match progress.event {
+                None => break,
+                Some(Event::Message(tx)) => {
+                    let t0 = Instant::now();
+                    match accept_message(&core, &session, &stream, peer, tx).await {
+                        Ok(id) => session.spooled(&id),
+                        Err(reply) => session.spool_failed(reply),
+                    }
+                    shard.accept_latency.observe_duration(t0.elapsed());
+                    // The next transaction decides with the newest policy.
+                    snapshot = core.policy.current();
+                }
+                Some(Event::StartTls) => {
+                    if !flush(&mut stream, &mut session).await {
+                        break 'session;
+                    }
+                    // Anything pipelined after STARTTLS was sent in the clear: drop it.
+                    start = end;
+                    let Some(acceptor) = core.tls.clone() else { break 'session };
+                    let Stream::Plain(tcp) = stream else { break 'session };
+                    let handshake = futures_lite::future::or(async { Some(acceptor.accept(tcp).await) }, async {
+                        glommio::timer::sleep(core.smtp.command_timeout).await;
+                        None
+                    })
+                    .await;
+                    match handshake {
+                        Some(Ok(tls)) => {
+                            shard.tls_handshakes_ok.inc();
+                            stream = Stream::Server(Box::new(tls));
+                            session.tls_started();
+                        }
+                        Some(Err(e)) => {
+                            shard.tls_handshakes_failed.inc();
+                            debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        None => {
+                            shard.tls_handshakes_failed.inc();
+                            return;
+                        }
+                    }
+                }
+                Some(Event::Close) => {
+                    let _ = flush(&mut stream, &mut session).await;
+                    break 'session;
+                }
+            }
+        }
+        if !flush(&mut stream, &mut session).await || session.is_closed() {
+            break;
+        }
+        // Keep the unconsumed tail at the front; size the buffer for the phase.
+        if start == end {
+            start = 0;
+            end = 0;
+        } else if start > 0 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        let want = match session.waiting() {
+            Waiting::Data => DATA_BUFFER,
+            Waiting::Command => COMMAND_BUFFER,
+        };
+        if buf.len() != want && end <= want {
+            buf.resize(want, 0);
+            buf.shrink_to(want);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            session.session_expired();
+            let _ = flush(&mut stream, &mut session).await;
+            break;
+        }
+        let phase_timeout = match session.waiting() {
+            Waiting::Command => core.smtp.command_timeout,
+            Waiting::Data => core.smtp.data_timeout,
+        };
+        let timeout = phase_timeout.min(deadline - now);
+        match read(&mut stream, &mut buf[end..], timeout).await {
+            ReadOutcome::Data(n) => end += n,
+            ReadOutcome::Eof => break,
+            ReadOutcome::Error(e) => {
+                debug!(%peer, "read error: {e}");
+                break;
+            }
+            ReadOutcome::Timeout => {
+                if Instant::now() >= deadline {
+                    session.session_expired();
+                } else {
+                    session.timed_out();
+                }
+                let _ = flush(&mut stream, &mut session).await;
+                break;
+            }
+        }
+    }
+    let stats = session.stats();
+    for (n, r) in [
+        (stats.relay_denied, Reject::RelayDenied),
+        (stats.message_size, Reject::MessageSize),
+        (stats.bare_line_end, Reject::BareLineEnd),
+        (stats.line_too_long, Reject::LineTooLong),
+    ] {
+        shard.rejections[r as usize].add(n as u64);
+    }
+    shard.bytes_received.add(session.bytes_received());
+    let _ = stream.close().await;
+}
+
+async fn read(stream: &mut Stream, buf: &mut [u8], timeout: Duration) -> ReadOutcome {
+    futures_lite::future::or(
+        async {
+            match stream.read(buf).await {
+                Ok(0) => ReadOutcome::Eof,
+                Ok(n) => ReadOutcome::Data(n),
+                Err(e) => ReadOutcome::Error(e),
+            }
+        },
+        async {
+            glommio::timer::sleep(timeout).await;
+            ReadOutcome::Timeout
+        },
+    )
+    .await
+}
+
+/// Writes pending replies. False when the connection is gone.
+async fn flush(stream: &mut Stream, session: &mut Session) -> bool {
+    if session.output().is_empty() {
+        return true;
+    }
+    let ok = stream.write_all(session.output()).await.is_ok() && stream.flush().await.is_ok();
+    session.clear_output();
+    ok
+}
+
+/// Spools a complete message and queues it for delivery. The `Err` is the reply.
+async fn accept_message(core: &Rc<Core>, session: &Session, stream: &Stream, peer: SocketAddr, tx: Transaction) -> Result<String, &'static str> {
+    let id = core.ids.next();
+    let now = unix_now();
+    let mut content = Vec::with_capacity(tx.body.len() + 256);
+    received_header(&mut content, core, session, stream, peer, &id, &tx, now);
+    content.extend_from_slice(&tx.body);
+    drop(tx.body);
+    let flags = if tx.eight_bit { FLAG_8BIT } else { 0 } | if tx.smtputf8 { FLAG_SMTPUTF8 } else { 0 };
+    match core.spool.append_message(&id, now, flags, &tx.mail_from, &tx.rcpts, b"", &content).await {
+        Ok(location) => {
+            core.shard().messages_received.inc();
+            info!(%id, %peer, from = %tx.mail_from, rcpts = tx.rcpts.len(), size = content.len(), "accepted");
+            let msg = crate::deliver::Message::new(id.clone(), now, flags, tx.mail_from, tx.rcpts, None, location, Some(Rc::new(content)));
+            core.deliverer.enqueue(msg);
+            Ok(id)
+        }
+        Err(e) => {
+            core.shard().reject(Reject::SpoolFailed);
+            warn!(%peer, "message not accepted: {e}");
+            if e.is_no_space() {
+                Err("452 4.3.1 Insufficient system storage")
+            } else {
+                Err("451 4.3.0 Local error in processing; try again later")
+            }
+        }
+    }
+}
+
+/// `Received:` (RFC 5321 §4.4) with the queue id, folded on several lines.
+#[allow(clippy::too_many_arguments)]
+fn received_header(out: &mut Vec<u8>, core: &Core, session: &Session, stream: &Stream, peer: SocketAddr, id: &str, tx: &Transaction, now: u64) {
+    use std::fmt::Write as _;
+    let mut h = String::with_capacity(256);
+    let ip = match peer.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("IPv6:{v6}"),
+    };
+    let helo = if session.helo().is_empty() { "unknown" } else { session.helo() };
+    let mut proto = String::from(if session.is_esmtp() { "ESMTP" } else { "SMTP" });
+    if tx.smtputf8 {
+        proto = String::from("UTF8SMTP");
+    }
+    if stream.is_tls() {
+        proto.push('S');
+    }
+    let _ = write!(h, "Received: from {helo} ([{ip}])\r\n\tby {} (Bulwark)", core.session_cfg.hostname);
+    if let Some(t) = stream.tls_description() {
+        let _ = write!(h, "\r\n\t({t})");
+    }
+    let _ = write!(h, " with {proto} id {id}");
+    if tx.rcpts.len() == 1 {
+        let _ = write!(h, "\r\n\tfor <{}>", tx.rcpts[0]);
+    }
+    let _ = write!(h, "; {}\r\n", rfc5322_date(now));
+    out.extend_from_slice(h.as_bytes());
+}

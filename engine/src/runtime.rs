@@ -1,0 +1,203 @@
+//! The engine's executors: one glommio executor per core, pinned, each with its own
+//! listening sockets (SO_REUSEPORT), sessions, spool, delivery queues and metric shard.
+//! Cores share nothing mutable.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bulwark_policy::Snapshot;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Smtp};
+use crate::deliver::client::Timeouts;
+use crate::deliver::dns::Dns;
+use crate::deliver::{self, Deliverer, Message};
+use crate::metrics::{Metrics, Shard};
+use crate::net::{session, tls};
+use crate::policy::CorePolicy;
+use crate::queue::{QueueIds, Spool};
+use crate::smtp::SessionConfig;
+
+/// Everything one core owns.
+pub struct Core {
+    pub id: usize,
+    pub session_cfg: SessionConfig,
+    pub smtp: Smtp,
+    pub policy: Rc<CorePolicy>,
+    pub spool: Spool,
+    pub ids: Rc<QueueIds>,
+    pub metrics: Arc<Metrics>,
+    pub tls: Option<futures_rustls::TlsAcceptor>,
+    pub deliverer: Rc<Deliverer>,
+    pub sessions: Cell<usize>,
+    pub max_sessions: usize,
+}
+
+impl Core {
+    pub fn shard(&self) -> &Shard {
+        self.metrics.shard(self.id)
+    }
+}
+
+/// What every core starts from; shared read-only.
+struct Shared {
+    config: Config,
+    cores: usize,
+    snapshot_image: Vec<u8>,
+    metrics: Arc<Metrics>,
+    dns: Dns,
+    server_tls: Option<Arc<rustls::ServerConfig>>,
+    client_tls: Arc<rustls::ClientConfig>,
+}
+
+/// Number of executors for a configuration.
+pub fn core_count(config: &Config) -> usize {
+    config.server.cores.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// Runs the engine until the process is stopped.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let cores = core_count(&config);
+    let metrics = Metrics::new(cores);
+    let policy = config.policy();
+    let snapshot_image = bulwark_policy::encode(&policy).context("building the policy snapshot")?;
+    let generation = Snapshot::from_bytes(&snapshot_image).context("checking the policy snapshot")?.generation();
+    metrics.policy_generation.store(generation, std::sync::atomic::Ordering::Relaxed);
+    let server_tls = match &config.tls {
+        Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
+        None => None,
+    };
+    let dns = Dns::start(&config.dns.nameservers).context("starting the DNS resolver")?;
+    if let Some(addr) = config.server.metrics {
+        crate::metrics::serve(addr, metrics.clone()).with_context(|| format!("server.metrics: cannot listen on {addr}"))?;
+    }
+    std::fs::create_dir_all(&config.spool.dir).with_context(|| format!("spool.dir: cannot create {}", config.spool.dir.display()))?;
+    let shared = Arc::new(Shared {
+        config,
+        cores,
+        snapshot_image,
+        metrics,
+        dns,
+        server_tls,
+        client_tls: tls::opportunistic_client_config(),
+    });
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    info!(cores, domains = policy.domains.len(), generation, "starting Bulwark");
+    let mut handles = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    for id in 0..cores {
+        let shared = shared.clone();
+        let ready = ready_tx.clone();
+        let placement = if cores <= cpus { Placement::Fixed(id) } else { Placement::Unbound };
+        let h = LocalExecutorBuilder::new(placement)
+            .name(&format!("core-{id}"))
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                if let Err(e) = run_core(id, shared, ready.clone()).await {
+                    let _ = ready.send(Err(format!("core {id}: {e:#}")));
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("starting executor for core {id}: {e}"))?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+    for _ in 0..cores {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("{e}"),
+            Err(_) => anyhow::bail!("an executor stopped during start-up"),
+        }
+    }
+    let addrs: Vec<String> = shared.config.server.listen.iter().map(|a| a.to_string()).collect();
+    info!(listen = %addrs.join(","), "accepting mail");
+    for h in handles {
+        if let Err(e) = h.join() {
+            error!("executor ended: {e}");
+        }
+    }
+    Ok(())
+}
+
+async fn run_core(id: usize, shared: Arc<Shared>, ready: std::sync::mpsc::Sender<Result<usize, String>>) -> anyhow::Result<()> {
+    let cfg = &shared.config;
+    let snapshot = Snapshot::from_bytes(&shared.snapshot_image)?;
+    let limits = (snapshot.policy().limits.message_size.to_native(), snapshot.policy().limits.recipients.to_native());
+    let policy = Rc::new(CorePolicy::new(snapshot));
+    let (spool, recovered) = Spool::open(&cfg.spool.dir, id, shared.cores, cfg.spool.segment_size)
+        .await
+        .with_context(|| format!("spool.dir: cannot open {}", cfg.spool.dir.display()))?;
+    let ids = Rc::new(QueueIds::new(id));
+    let settings = deliver::Settings {
+        hostname: cfg.server.hostname.clone(),
+        lifetime: cfg.queue.lifetime,
+        retry: cfg.queue.retry.clone(),
+        timeouts: Timeouts { connect: cfg.delivery.connect_timeout, command: cfg.delivery.command_timeout, data: cfg.delivery.data_timeout },
+        connections_per_destination: cfg.delivery.connections_per_destination,
+        idle_time: cfg.delivery.idle_time,
+    };
+    let deliverer = Deliverer::new(id, settings, spool.clone(), ids.clone(), shared.metrics.clone(), policy.clone(), shared.dns.clone(), shared.client_tls.clone());
+    let core = Rc::new(Core {
+        id,
+        session_cfg: SessionConfig {
+            hostname: cfg.server.hostname.clone(),
+            max_message_size: limits.0,
+            max_recipients: limits.1 as usize,
+            max_errors: cfg.smtp.max_errors,
+            starttls: shared.server_tls.is_some(),
+        },
+        smtp: cfg.smtp.clone(),
+        policy,
+        spool,
+        ids,
+        metrics: shared.metrics.clone(),
+        tls: shared.server_tls.clone().map(futures_rustls::TlsAcceptor::from),
+        deliverer: deliverer.clone(),
+        sessions: Cell::new(0),
+        max_sessions: cfg.smtp.max_connections.div_ceil(shared.cores).max(1),
+    });
+    let mut listeners = Vec::new();
+    for addr in &cfg.server.listen {
+        let l = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {addr}: {e}"))?;
+        listeners.push(l);
+    }
+    // Requeue what was on disk without holding up the listeners.
+    if !recovered.is_empty() {
+        info!(core = id, messages = recovered.len(), "requeueing spooled messages");
+        let d = deliverer.clone();
+        glommio::spawn_local(async move {
+            for r in recovered {
+                let m = Message::new(r.id, r.arrival, r.flags, r.sender, r.rcpts, Some(&r.finished), r.location, None);
+                d.enqueue(m);
+                glommio::yield_if_needed().await;
+            }
+        })
+        .detach();
+    }
+    let mut accepts = Vec::new();
+    for l in listeners {
+        let core = core.clone();
+        accepts.push(glommio::spawn_local(async move {
+            loop {
+                match l.accept().await {
+                    Ok(stream) => {
+                        let core = core.clone();
+                        glommio::spawn_local(async move { session::run(core, stream).await }).detach();
+                    }
+                    Err(e) => {
+                        warn!(core = core.id, "accept failed: {e}");
+                        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let _ = ready.send(Ok(id));
+    for a in accepts {
+        a.await;
+    }
+    Ok(())
+}
