@@ -1,0 +1,327 @@
+//! Receiving and relaying, end to end: real binary, real clients, real downstream.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+fn sink_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+fn engine_for(sink: SocketAddr, extra: &str) -> Engine {
+    Engine::start(EngineConfig { extra: format!("{}{extra}", domain("example.test", sink)), ..Default::default() })
+}
+
+#[test]
+fn swaks_message_is_relayed_with_received_header() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "");
+    let (ok, out) = run(
+        "swaks",
+        &["--server", &engine.smtp.to_string(), "--from", "alice@sender.test", "--to", "bob@example.test", "--header", "Subject: swaks test", "--body", "hello from swaks"],
+    );
+    assert!(ok, "{out}");
+    let id = out.lines().find_map(|l| l.split("queued as ").nth(1)).expect("queue id in reply").trim().to_string();
+    let msgs = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert_eq!(m.mail_from, "alice@sender.test");
+    assert_eq!(m.rcpts, ["bob@example.test"]);
+    assert_eq!(m.header("Subject").as_deref(), Some("swaks test"));
+    assert!(m.content.starts_with("Received: from "), "{}", m.content);
+    let received = m.content.split("\r\n\r\n").next().unwrap();
+    assert!(received.contains(&format!("with ESMTP id {id}")), "{received}");
+    assert!(received.contains("for <bob@example.test>"), "{received}");
+    assert!(m.content.contains("hello from swaks"));
+    assert!(wait_until(Duration::from_secs(5), || engine.metric("bulwark_deliveries_total{result=\"delivered\"}") == 1.0));
+    assert_eq!(engine.metric("bulwark_messages_received_total"), 1.0);
+    // The harness's readiness probe is the other connection.
+    assert_eq!(engine.metric("bulwark_smtp_connections_total"), 2.0);
+    assert!(wait_until(Duration::from_secs(5), || engine.metric("bulwark_queue_messages") == 0.0));
+}
+
+#[test]
+fn smtplib_sends_many_messages_on_one_connection() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "");
+    let out = python(&format!(
+        r#"
+import smtplib
+from email.message import EmailMessage
+s = smtplib.SMTP("127.0.0.1", {port})
+s.ehlo("client.test")
+assert s.has_extn("pipelining") and s.has_extn("chunking") and s.has_extn("8bitmime") and s.has_extn("smtputf8")
+ids = []
+for i in range(20):
+    m = EmailMessage()
+    m["From"] = "sender@sender.test"
+    m["To"] = "user{{}}@example.test".format(i)
+    m["Subject"] = "message {{}}".format(i)
+    m["Message-ID"] = "<m{{}}@client.test>".format(i)
+    m.set_content("Grüße, message {{}}\n".format(i), cte="8bit")
+    r = s.send_message(m, mail_options=["BODY=8BITMIME"])
+    assert r == {{}}, r
+print("ok")
+s.quit()
+"#,
+        port = engine.smtp.port()
+    ));
+    assert_eq!(out.trim(), "ok");
+    let msgs = sink.wait_for(20, Duration::from_secs(15));
+    assert_eq!(msgs.len(), 20);
+    let mut ids: Vec<String> = msgs.iter().filter_map(|m| m.header("Message-ID")).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+    assert!(msgs.iter().all(|m| m.content.contains("Grüße")));
+}
+
+#[test]
+fn smtp_source_load_arrives_complete() {
+    let sink = Sink::start(sink_addr());
+    let engine = Engine::start(EngineConfig { cores: 2, extra: domain("example.test", sink.addr), ..Default::default() });
+    let (ok, out) = run(
+        "smtp-source",
+        &["-s", "5", "-m", "200", "-l", "4096", "-f", "load@sender.test", "-t", "sink@example.test", &engine.smtp.to_string()],
+    );
+    assert!(ok, "{out}");
+    let msgs = sink.wait_for(200, Duration::from_secs(30));
+    assert_eq!(msgs.len(), 200);
+    assert!(msgs.iter().all(|m| m.rcpts == ["sink@example.test"]));
+    assert_eq!(engine.metric("bulwark_messages_received_total"), 200.0);
+    assert!(engine.metric("bulwark_spool_commit_batch_messages_count") >= 0.0);
+}
+
+#[test]
+fn relay_is_denied_and_counted() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "");
+    let (ok, out) = run("swaks", &["--server", &engine.smtp.to_string(), "--from", "a@sender.test", "--to", "victim@elsewhere.test"]);
+    assert!(!ok);
+    assert!(out.contains("550 5.7.1"), "{out}");
+    assert!(wait_until(Duration::from_secs(3), || engine.metric("bulwark_smtp_rejections_total{reason=\"relay_denied\"}") == 1.0));
+    assert!(sink.messages().is_empty());
+}
+
+#[test]
+fn size_and_recipient_limits() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "[limits]\nmessage_size = 10000\nrecipients = 2\n");
+    let out = python(&format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("127.0.0.1", {port})
+s.ehlo("c")
+assert s.esmtp_features["size"] == "10000", s.esmtp_features
+# Refused early from the SIZE parameter.
+code, msg = s.mail("a@sender.test", ["SIZE=20000"])
+assert code == 552 and msg.startswith(b"5.3.4"), (code, msg)
+# Refused after the content, when no SIZE was announced.
+assert s.mail("a@sender.test")[0] == 250
+assert s.rcpt("u@example.test")[0] == 250
+code, msg = s.data("Subject: big\r\n\r\n" + ("x" * 70 + "\r\n") * 200)
+assert code == 552 and msg.startswith(b"5.3.4"), (code, msg)
+code, _ = s.mail("a@sender.test")
+assert code == 250
+assert s.rcpt("u1@example.test")[0] == 250
+assert s.rcpt("u2@example.test")[0] == 250
+code, msg = s.rcpt("u3@example.test")
+assert code == 452 and msg.startswith(b"4.5.3"), (code, msg)
+code, _ = s.data("Subject: two\r\n\r\nok\r\n")
+assert code == 250
+s.quit()
+print("ok")
+"#,
+        port = engine.smtp.port()
+    ));
+    assert_eq!(out.trim(), "ok");
+    let msgs = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].rcpts, ["u1@example.test", "u2@example.test"]);
+    assert!(wait_until(Duration::from_secs(3), || engine.metric("bulwark_smtp_rejections_total{reason=\"message_size\"}") == 2.0));
+}
+
+#[test]
+fn starttls_inbound_and_opportunistic_tls_outbound() {
+    let certs = TempDir::new("certs");
+    let (sink_cert, sink_key) = make_cert(certs.path(), "localhost");
+    let sink = Sink::start_with(sink_addr(), &["--tls-cert", sink_cert.to_str().unwrap(), "--tls-key", sink_key.to_str().unwrap()]);
+    let (cert, key) = make_cert(certs.path(), "mx.bulwark.test");
+    let engine = engine_for(sink.addr, &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()));
+    let (ok, out) = run("swaks", &["--server", &engine.smtp.to_string(), "--tls", "--from", "a@sender.test", "--to", "u@example.test"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("220 2.0.0 Ready to start TLS"), "{out}");
+    let msgs = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1);
+    let received = msgs[0].content.split("\r\n\r\n").next().unwrap().to_string();
+    assert!(received.contains("with ESMTPS id"), "{received}");
+    assert!(received.contains("version=TLSv1_3"), "{received}");
+    assert!(msgs[0].tls, "delivery to a STARTTLS-capable route was not encrypted");
+    assert_eq!(engine.metric("bulwark_tls_handshakes_total{result=\"ok\"}"), 1.0);
+}
+
+#[test]
+fn starttls_discards_injected_plaintext() {
+    let certs = TempDir::new("certs");
+    let sink = Sink::start(sink_addr());
+    let (cert, key) = make_cert(certs.path(), "mx.bulwark.test");
+    let engine = engine_for(sink.addr, &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()));
+    // The classic STARTTLS command injection: commands pipelined behind STARTTLS in the
+    // clear must not be executed after the handshake. Python's ssl wraps the socket after
+    // the 220 and then sees whether the server answers the injected commands.
+    let out = python(&format!(
+        r#"
+import socket, ssl
+s = socket.create_connection(("127.0.0.1", {port}))
+f = s.makefile("rb")
+def reply():
+    lines = []
+    while True:
+        l = f.readline()
+        lines.append(l)
+        if l[3:4] != b"-":
+            return lines
+reply()
+s.sendall(b"EHLO c\r\n"); reply()
+s.sendall(b"STARTTLS\r\nMAIL FROM:<injected@x.test>\r\nRCPT TO:<u@example.test>\r\n")
+r = reply()
+assert r[0].startswith(b"220"), r
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(s, server_hostname="mx.bulwark.test")
+tf = t.makefile("rb")
+def treply():
+    lines = []
+    while True:
+        l = tf.readline()
+        lines.append(l)
+        if l[3:4] != b"-":
+            return lines
+# If the injected MAIL had been kept, this RCPT would be accepted.
+t.sendall(b"RCPT TO:<u@example.test>\r\n")
+r = treply()
+assert r[0].startswith(b"503"), r
+t.sendall(b"EHLO c\r\n")
+r = treply()
+assert not any(b"STARTTLS" in l for l in r), r
+t.sendall(b"QUIT\r\n"); treply()
+print("ok")
+"#,
+        port = engine.smtp.port()
+    ));
+    assert_eq!(out.trim(), "ok");
+}
+
+/// Each smuggling variant sent over a real socket: no smuggled message ever reaches the
+/// downstream server.
+#[test]
+fn smtp_smuggling_variants_over_the_wire() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "");
+    let variants: &[&[u8]] = &[
+        b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r.\r\n", b"\r\n.\n", b"\r\n.\r", b"\r\n\x00.\r\n", b"\r\n.\r\r\n", b"\r\r\n.\r\r\n",
+    ];
+    let mut accepted = 0;
+    for v in variants {
+        let mut c = Raw::connect(engine.smtp);
+        c.send(b"EHLO attacker.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n");
+        let r = c.replies(4);
+        assert!(r[3].starts_with("354"), "{r:?}");
+        let mut body = b"Subject: outer\r\n\r\nouter".to_vec();
+        body.extend_from_slice(v);
+        body.extend_from_slice(b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n");
+        c.send(&body);
+        let r = c.replies(1);
+        if *v == b"\r\n\x00.\r\n" {
+            // Not a line ending problem: one message whose text holds the rest.
+            assert!(r[0].starts_with("250"), "{v:?}: {r:?}");
+            accepted += 1;
+        } else {
+            assert!(r[0].starts_with("550 5.6.0"), "{v:?}: {r:?}");
+        }
+        c.send(b"QUIT\r\n");
+        assert!(c.replies(1)[0].starts_with("221"));
+    }
+    let msgs = sink.wait_for(accepted, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let msgs = if msgs.len() == accepted { sink.messages() } else { msgs };
+    assert_eq!(msgs.len(), accepted);
+    for m in &msgs {
+        assert_eq!(m.rcpts, ["u@example.test"]);
+        assert_eq!(m.header("Subject").as_deref(), Some("outer"));
+    }
+    assert_eq!(engine.metric("bulwark_smtp_rejections_total{reason=\"bare_line_end\"}"), 10.0);
+}
+
+#[test]
+fn bdat_and_pipelining_over_the_wire() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "");
+    let mut c = Raw::connect(engine.smtp);
+    let body = b"Subject: chunked\r\n\r\nfirst chunk\r\n";
+    let tail = b"second chunk\r\n";
+    let mut pipelined = b"EHLO c\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<u@example.test>\r\n".to_vec();
+    pipelined.extend_from_slice(format!("BDAT {}\r\n", body.len()).as_bytes());
+    pipelined.extend_from_slice(body);
+    pipelined.extend_from_slice(format!("BDAT {} LAST\r\n", tail.len()).as_bytes());
+    pipelined.extend_from_slice(tail);
+    pipelined.extend_from_slice(b"QUIT\r\n");
+    c.send(&pipelined);
+    let r = c.replies(6);
+    assert!(r[0].starts_with("250 CHUNKING"), "{r:?}");
+    assert!(r[1].starts_with("250 2.1.0") && r[2].starts_with("250 2.1.5"), "{r:?}");
+    assert!(r[3].starts_with("250 2.0.0") && r[4].contains("queued as"), "{r:?}");
+    assert!(r[5].starts_with("221"), "{r:?}");
+    let msgs = sink.wait_for(1, Duration::from_secs(10));
+    assert!(msgs[0].content.ends_with("Subject: chunked\r\n\r\nfirst chunk\r\nsecond chunk\r\n"), "{}", msgs[0].content);
+}
+
+#[test]
+fn idle_client_is_closed_after_command_timeout() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "[smtp]\ncommand_timeout = \"1s\"\n");
+    let mut c = Raw::connect(engine.smtp);
+    c.send(b"EHLO c\r\n");
+    c.replies(1);
+    let t = std::time::Instant::now();
+    let r = c.replies(1);
+    assert!(r[0].starts_with("421 4.4.2"), "{r:?}");
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    assert!(c.closed());
+}
+
+#[test]
+fn error_limit_closes_the_session() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "[smtp]\nmax_errors = 3\n");
+    let mut c = Raw::connect(engine.smtp);
+    c.send(b"FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n");
+    let r = c.replies(4);
+    assert!(r[2].starts_with("500"), "{r:?}");
+    assert!(r[3].starts_with("421 4.7.0"), "{r:?}");
+    assert!(c.closed());
+}
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "");
+    let text = http_get(engine.metrics, "/metrics");
+    for name in [
+        "bulwark_smtp_connections_total",
+        "bulwark_messages_received_total",
+        "bulwark_deliveries_total{result=\"delivered\"}",
+        "bulwark_deliveries_total{result=\"deferred\"}",
+        "bulwark_deliveries_total{result=\"failed\"}",
+        "bulwark_queue_messages",
+        "bulwark_accept_latency_seconds_bucket",
+        "bulwark_delivery_latency_seconds_bucket",
+        "bulwark_policy_generation 1",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(text.contains(name), "missing {name}");
+    }
+    assert!(http_get(engine.metrics, "/nope").contains("not found"));
+}
