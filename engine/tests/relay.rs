@@ -18,7 +18,7 @@ fn engine_for(sink: SocketAddr, extra: &str) -> Engine {
 #[test]
 fn swaks_message_is_relayed_with_received_header() {
     let sink = Sink::start(sink_addr());
-    let engine = engine_for(sink.addr, "");
+    let mut engine = engine_for(sink.addr, "");
     let (ok, out) = run(
         "swaks",
         &["--server", &engine.smtp.to_string(), "--from", "alice@sender.test", "--to", "bob@example.test", "--header", "Subject: swaks test", "--body", "hello from swaks"],
@@ -46,7 +46,7 @@ fn swaks_message_is_relayed_with_received_header() {
 #[test]
 fn smtplib_sends_many_messages_on_one_connection() {
     let sink = Sink::start(sink_addr());
-    let engine = engine_for(sink.addr, "");
+    let mut engine = engine_for(sink.addr, "");
     let out = python(&format!(
         r#"
 import smtplib
@@ -82,7 +82,7 @@ s.quit()
 #[test]
 fn smtp_source_load_arrives_complete() {
     let sink = Sink::start(sink_addr());
-    let engine = Engine::start(EngineConfig { cores: 2, extra: domain("example.test", sink.addr), ..Default::default() });
+    let mut engine = Engine::start(EngineConfig { cores: 2, extra: domain("example.test", sink.addr), ..Default::default() });
     let (ok, out) = run(
         "smtp-source",
         &["-s", "5", "-m", "200", "-l", "4096", "-f", "load@sender.test", "-t", "sink@example.test", &engine.smtp.to_string()],
@@ -98,7 +98,7 @@ fn smtp_source_load_arrives_complete() {
 #[test]
 fn relay_is_denied_and_counted() {
     let sink = Sink::start(sink_addr());
-    let engine = engine_for(sink.addr, "");
+    let mut engine = engine_for(sink.addr, "");
     let (ok, out) = run("swaks", &["--server", &engine.smtp.to_string(), "--from", "a@sender.test", "--to", "victim@elsewhere.test"]);
     assert!(!ok);
     assert!(out.contains("550 5.7.1"), "{out}");
@@ -109,7 +109,7 @@ fn relay_is_denied_and_counted() {
 #[test]
 fn size_and_recipient_limits() {
     let sink = Sink::start(sink_addr());
-    let engine = engine_for(sink.addr, "[limits]\nmessage_size = 10000\nrecipients = 2\n");
+    let mut engine = engine_for(sink.addr, "[limits]\nmessage_size = 10000\nrecipients = 2\n");
     let out = python(&format!(
         r#"
 import smtplib
@@ -150,7 +150,7 @@ fn starttls_inbound_and_opportunistic_tls_outbound() {
     let (sink_cert, sink_key) = make_cert(certs.path(), "localhost");
     let sink = Sink::start_with(sink_addr(), &["--tls-cert", sink_cert.to_str().unwrap(), "--tls-key", sink_key.to_str().unwrap()]);
     let (cert, key) = make_cert(certs.path(), "mx.bulwark.test");
-    let engine = engine_for(sink.addr, &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()));
+    let mut engine = engine_for(sink.addr, &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()));
     let (ok, out) = run("swaks", &["--server", &engine.smtp.to_string(), "--tls", "--from", "a@sender.test", "--to", "u@example.test"]);
     assert!(ok, "{out}");
     assert!(out.contains("220 2.0.0 Ready to start TLS"), "{out}");
@@ -168,7 +168,7 @@ fn starttls_discards_injected_plaintext() {
     let certs = TempDir::new("certs");
     let sink = Sink::start(sink_addr());
     let (cert, key) = make_cert(certs.path(), "mx.bulwark.test");
-    let engine = engine_for(sink.addr, &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()));
+    let mut engine = engine_for(sink.addr, &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()));
     // The classic STARTTLS command injection: commands pipelined behind STARTTLS in the
     // clear must not be executed after the handshake. Python's ssl wraps the socket after
     // the 220 and then sees whether the server answers the injected commands.
@@ -219,7 +219,7 @@ print("ok")
 #[test]
 fn smtp_smuggling_variants_over_the_wire() {
     let sink = Sink::start(sink_addr());
-    let engine = engine_for(sink.addr, "");
+    let mut engine = engine_for(sink.addr, "");
     let variants: &[&[u8]] = &[
         b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r.\r\n", b"\r\n.\n", b"\r\n.\r", b"\r\n\x00.\r\n", b"\r\n.\r\r\n", b"\r\r\n.\r\r\n",
     ];
@@ -258,7 +258,7 @@ fn smtp_smuggling_variants_over_the_wire() {
 #[test]
 fn bdat_and_pipelining_over_the_wire() {
     let sink = Sink::start(sink_addr());
-    let engine = engine_for(sink.addr, "");
+    let mut engine = engine_for(sink.addr, "");
     let mut c = Raw::connect(engine.smtp);
     let body = b"Subject: chunked\r\n\r\nfirst chunk\r\n";
     let tail = b"second chunk\r\n";
@@ -281,7 +281,7 @@ fn bdat_and_pipelining_over_the_wire() {
 #[test]
 fn idle_client_is_closed_after_command_timeout() {
     let sink = Sink::start(sink_addr());
-    let engine = engine_for(sink.addr, "[smtp]\ncommand_timeout = \"1s\"\n");
+    let mut engine = engine_for(sink.addr, "[smtp]\ncommand_timeout = \"1s\"\n");
     let mut c = Raw::connect(engine.smtp);
     c.send(b"EHLO c\r\n");
     c.replies(1);
@@ -295,7 +295,7 @@ fn idle_client_is_closed_after_command_timeout() {
 #[test]
 fn error_limit_closes_the_session() {
     let sink = Sink::start(sink_addr());
-    let engine = engine_for(sink.addr, "[smtp]\nmax_errors = 3\n");
+    let mut engine = engine_for(sink.addr, "[smtp]\nmax_errors = 3\n");
     let mut c = Raw::connect(engine.smtp);
     c.send(b"FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n");
     let r = c.replies(4);
@@ -307,7 +307,7 @@ fn error_limit_closes_the_session() {
 #[test]
 fn metrics_endpoint_serves_prometheus_text() {
     let sink = Sink::start(sink_addr());
-    let engine = engine_for(sink.addr, "");
+    let mut engine = engine_for(sink.addr, "");
     let text = http_get(engine.metrics, "/metrics");
     for name in [
         "bulwark_smtp_connections_total",

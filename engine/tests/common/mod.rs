@@ -114,7 +114,7 @@ impl Engine {
             .spawn()
             .expect("start bulwark");
         self.child = Some(child);
-        if !wait_for_port(self.smtp, Duration::from_secs(20)) {
+        if !wait_for_port(self.metrics, Duration::from_secs(20)) || !wait_for_port(self.smtp, Duration::from_secs(20)) {
             panic!("bulwark did not start listening; log:\n{}", self.log_text());
         }
     }
@@ -137,7 +137,12 @@ impl Engine {
     }
 
     /// The value of an unlabelled metric, or of `name{labels}` when given in full.
-    pub fn metric(&self, name: &str) -> f64 {
+    pub fn metric(&mut self, name: &str) -> f64 {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!("bulwark exited with {status}; log:\n{}", self.log_text());
+        }
         let text = http_get(self.metrics, "/metrics");
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix(name)

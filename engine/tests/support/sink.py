@@ -45,7 +45,7 @@ class Recorder:
         with open(base + ".eml.tmp", "wb") as f:
             f.write(content)
         meta = {
-            "mail_from": envelope.mail_from,
+            "mail_from": "" if envelope.mail_from in ("<>", None) else envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
             "tls": session.ssl is not None,
             "peer": str(session.peer),
