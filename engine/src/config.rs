@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use toml::de::{DeArray, DeTable, DeValue};
 use toml::Spanned;
+use toml::de::{DeArray, DeTable, DeValue};
 
 use bulwark_policy::{Domain, Limits, Policy, Route};
 
@@ -97,15 +97,28 @@ impl Config {
             domains: self
                 .domains
                 .iter()
-                .map(|d| Domain { name: d.name.clone(), route: Route { host: d.host.clone(), port: d.port } })
+                .map(|d| Domain {
+                    name: d.name.clone(),
+                    route: Route {
+                        host: d.host.clone(),
+                        port: d.port,
+                    },
+                })
                 .collect(),
-            limits: Limits { message_size: self.limits.message_size, recipients: self.limits.recipients },
+            limits: Limits {
+                message_size: self.limits.message_size,
+                recipients: self.limits.recipients,
+            },
         }
     }
 
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-            errors: vec![ConfigError { key: String::new(), line: None, message: format!("cannot read {}: {e}", path.display()) }],
+            errors: vec![ConfigError {
+                key: String::new(),
+                line: None,
+                message: format!("cannot read {}: {e}", path.display()),
+            }],
         })?;
         Config::parse(&text)
     }
@@ -118,9 +131,16 @@ impl Config {
                 message: format!("TOML syntax: {}", e.message()),
             }],
         })?;
-        let mut v = Validator { text, errors: Vec::new() };
+        let mut v = Validator {
+            text,
+            errors: Vec::new(),
+        };
         let cfg = v.config(root.get_ref());
-        if v.errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors { errors: v.errors }) }
+        if v.errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors { errors: v.errors })
+        }
     }
 }
 
@@ -163,7 +183,11 @@ impl std::fmt::Display for ConfigErrors {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 type Table<'a> = DeTable<'a>;
@@ -186,19 +210,36 @@ struct Section<'a, 'b> {
 impl<'t> Validator<'t> {
     fn err(&mut self, key: &str, span: Option<std::ops::Range<usize>>, message: impl Into<String>) {
         let line = span.map(|s| line_of(self.text, s.start));
-        self.errors.push(ConfigError { key: key.to_string(), line, message: message.into() });
+        self.errors.push(ConfigError {
+            key: key.to_string(),
+            line,
+            message: message.into(),
+        });
     }
 
     fn section<'a, 'b>(&mut self, root: &'b Table<'a>, name: &str) -> Section<'a, 'b> {
         match root.get_key_value(name) {
-            None => Section { path: name.to_string(), table: None, line: None, used: Vec::new() },
+            None => Section {
+                path: name.to_string(),
+                table: None,
+                line: None,
+                used: Vec::new(),
+            },
             Some((k, v)) => match v.get_ref() {
-                DeValue::Table(t) => {
-                    Section { path: name.to_string(), table: Some(t), line: Some(line_of(self.text, k.span().start)), used: Vec::new() }
-                }
+                DeValue::Table(t) => Section {
+                    path: name.to_string(),
+                    table: Some(t),
+                    line: Some(line_of(self.text, k.span().start)),
+                    used: Vec::new(),
+                },
                 _ => {
                     self.err(name, Some(v.span()), "must be a table");
-                    Section { path: name.to_string(), table: None, line: None, used: Vec::new() }
+                    Section {
+                        path: name.to_string(),
+                        table: None,
+                        line: None,
+                        used: Vec::new(),
+                    }
                 }
             },
         }
@@ -219,7 +260,11 @@ impl<'t> Validator<'t> {
         s.table?.get(key)
     }
 
-    fn string(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<(String, std::ops::Range<usize>)> {
+    fn string(
+        &mut self,
+        s: &mut Section<'_, '_>,
+        key: &'static str,
+    ) -> Option<(String, std::ops::Range<usize>)> {
         let v = self.get(s, key)?;
         match v.get_ref() {
             DeValue::String(x) => Some((x.to_string(), v.span())),
@@ -231,29 +276,49 @@ impl<'t> Validator<'t> {
         }
     }
 
-    fn required_string(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<(String, std::ops::Range<usize>)> {
+    fn required_string(
+        &mut self,
+        s: &mut Section<'_, '_>,
+        key: &'static str,
+    ) -> Option<(String, std::ops::Range<usize>)> {
         let present = s.table.is_some_and(|t| t.get(key).is_some());
         if !present {
             let path = format!("{}.{key}", s.path);
             let line = s.line;
-            self.errors.push(ConfigError { key: path, line, message: "is required".into() });
+            self.errors.push(ConfigError {
+                key: path,
+                line,
+                message: "is required".into(),
+            });
             s.used.push(key);
             return None;
         }
         self.string(s, key)
     }
 
-    fn integer(&mut self, s: &mut Section<'_, '_>, key: &'static str, min: u64, max: u64) -> Option<u64> {
+    fn integer(
+        &mut self,
+        s: &mut Section<'_, '_>,
+        key: &'static str,
+        min: u64,
+        max: u64,
+    ) -> Option<u64> {
         let v = self.get(s, key)?;
         let path = format!("{}.{key}", s.path);
         let n = match v.get_ref() {
-            DeValue::Integer(i) => u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok(),
+            DeValue::Integer(i) => {
+                u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+            }
             _ => None,
         };
         match n {
             Some(n) if (min..=max).contains(&n) => Some(n),
             Some(n) => {
-                self.err(&path, Some(v.span()), format!("{n} is out of range {min}..={max}"));
+                self.err(
+                    &path,
+                    Some(v.span()),
+                    format!("{n} is out of range {min}..={max}"),
+                );
                 None
             }
             None => {
@@ -275,7 +340,11 @@ impl<'t> Validator<'t> {
         }
     }
 
-    fn array<'a, 'b>(&mut self, s: &mut Section<'a, 'b>, key: &'static str) -> Option<(&'b DeArray<'a>, std::ops::Range<usize>)> {
+    fn array<'a, 'b>(
+        &mut self,
+        s: &mut Section<'a, 'b>,
+        key: &'static str,
+    ) -> Option<(&'b DeArray<'a>, std::ops::Range<usize>)> {
         let v = self.get(s, key)?;
         match v.get_ref() {
             DeValue::Array(a) => Some((a, v.span())),
@@ -287,7 +356,11 @@ impl<'t> Validator<'t> {
         }
     }
 
-    fn string_list(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<Vec<(String, std::ops::Range<usize>)>> {
+    fn string_list(
+        &mut self,
+        s: &mut Section<'_, '_>,
+        key: &'static str,
+    ) -> Option<Vec<(String, std::ops::Range<usize>)>> {
         let (arr, _) = self.array(s, key)?;
         let mut out = Vec::new();
         for (i, item) in arr.iter().enumerate() {
@@ -302,7 +375,11 @@ impl<'t> Validator<'t> {
         Some(out)
     }
 
-    fn socket_addrs(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<Vec<SocketAddr>> {
+    fn socket_addrs(
+        &mut self,
+        s: &mut Section<'_, '_>,
+        key: &'static str,
+    ) -> Option<Vec<SocketAddr>> {
         let items = self.string_list(s, key)?;
         let mut out = Vec::new();
         for (i, (text, span)) in items.into_iter().enumerate() {
@@ -310,7 +387,11 @@ impl<'t> Validator<'t> {
                 Ok(a) => out.push(a),
                 Err(_) => {
                     let path = format!("{}.{key}[{i}]", s.path);
-                    self.err(&path, Some(span), format!("{text:?} is not an IP:port address"));
+                    self.err(
+                        &path,
+                        Some(span),
+                        format!("{text:?} is not an IP:port address"),
+                    );
                 }
             }
         }
@@ -318,7 +399,9 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 9] = ["server", "spool", "queue", "limits", "smtp", "delivery", "tls", "dns", "domains"];
+        const SECTIONS: [&str; 9] = [
+            "server", "spool", "queue", "limits", "smtp", "delivery", "tls", "dns", "domains",
+        ];
         for (k, _) in root.iter() {
             if !SECTIONS.contains(&k.get_ref().as_ref()) {
                 let key = k.get_ref().to_string();
@@ -334,7 +417,17 @@ impl<'t> Validator<'t> {
         let tls = self.tls(root);
         let dns = self.dns(root);
         let domains = self.domains(root);
-        Config { server, spool, queue, limits, smtp, delivery, tls, dns, domains }
+        Config {
+            server,
+            spool,
+            queue,
+            limits,
+            smtp,
+            delivery,
+            tls,
+            dns,
+            domains,
+        }
     }
 
     fn server(&mut self, root: &Table<'_>) -> Server {
@@ -344,17 +437,27 @@ impl<'t> Validator<'t> {
                 if is_hostname(&h) {
                     h
                 } else {
-                    self.err("server.hostname", Some(span), format!("{h:?} is not a valid host name"));
+                    self.err(
+                        "server.hostname",
+                        Some(span),
+                        format!("{h:?} is not a valid host name"),
+                    );
                     h
                 }
             }
             None => system_hostname(),
         };
         let before = self.errors.len();
-        let listen = self.socket_addrs(&mut s, "listen").unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 2525))]);
+        let listen = self
+            .socket_addrs(&mut s, "listen")
+            .unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 2525))]);
         if listen.is_empty() && self.errors.len() == before {
             let line = s.line;
-            self.errors.push(ConfigError { key: "server.listen".into(), line, message: "needs at least one address".into() });
+            self.errors.push(ConfigError {
+                key: "server.listen".into(),
+                line,
+                message: "needs at least one address".into(),
+            });
         }
         let metrics = match self.string(&mut s, "metrics") {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9425))),
@@ -362,29 +465,48 @@ impl<'t> Validator<'t> {
             Some((m, span)) => match m.parse::<SocketAddr>() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    self.err("server.metrics", Some(span), format!("{m:?} is not an IP:port address"));
+                    self.err(
+                        "server.metrics",
+                        Some(span),
+                        format!("{m:?} is not an IP:port address"),
+                    );
                     None
                 }
             },
         };
         let cores = self.integer(&mut s, "cores", 1, 1024).map(|n| n as usize);
         self.finish(s);
-        Server { hostname, listen, metrics, cores }
+        Server {
+            hostname,
+            listen,
+            metrics,
+            cores,
+        }
     }
 
     fn spool(&mut self, root: &Table<'_>) -> Spool {
         let mut s = self.section(root, "spool");
-        let dir = self.string(&mut s, "dir").map(|(d, _)| PathBuf::from(d)).unwrap_or_else(|| PathBuf::from("/var/spool/bulwark"));
-        let segment_size = self.integer(&mut s, "segment_size", 1 << 16, 1 << 34).unwrap_or(64 << 20);
+        let dir = self
+            .string(&mut s, "dir")
+            .map(|(d, _)| PathBuf::from(d))
+            .unwrap_or_else(|| PathBuf::from("/var/spool/bulwark"));
+        let segment_size = self
+            .integer(&mut s, "segment_size", 1 << 16, 1 << 34)
+            .unwrap_or(64 << 20);
         self.finish(s);
         Spool { dir, segment_size }
     }
 
     fn queue(&mut self, root: &Table<'_>) -> Queue {
         let mut s = self.section(root, "queue");
-        let lifetime = self.duration(&mut s, "lifetime").unwrap_or(Duration::from_secs(10 * 86400));
+        let lifetime = self
+            .duration(&mut s, "lifetime")
+            .unwrap_or(Duration::from_secs(10 * 86400));
         let retry = match self.string_list(&mut s, "retry") {
-            None => ["1m", "5m", "15m", "30m", "1h"].iter().filter_map(|t| parse_duration(t).ok()).collect(),
+            None => ["1m", "5m", "15m", "30m", "1h"]
+                .iter()
+                .filter_map(|t| parse_duration(t).ok())
+                .collect(),
             Some(items) => {
                 let mut out = Vec::new();
                 for (i, (text, span)) in items.into_iter().enumerate() {
@@ -395,7 +517,11 @@ impl<'t> Validator<'t> {
                 }
                 if out.is_empty() {
                     let line = s.line;
-                    self.errors.push(ConfigError { key: "queue.retry".into(), line, message: "needs at least one delay".into() });
+                    self.errors.push(ConfigError {
+                        key: "queue.retry".into(),
+                        line,
+                        message: "needs at least one delay".into(),
+                    });
                 }
                 out
             }
@@ -406,32 +532,69 @@ impl<'t> Validator<'t> {
 
     fn limits(&mut self, root: &Table<'_>) -> LimitsConfig {
         let mut s = self.section(root, "limits");
-        let message_size = self.integer(&mut s, "message_size", 1024, 1 << 32).unwrap_or(52_428_800);
-        let recipients = self.integer(&mut s, "recipients", 1, 100_000).unwrap_or(1000) as u32;
+        let message_size = self
+            .integer(&mut s, "message_size", 1024, 1 << 32)
+            .unwrap_or(52_428_800);
+        let recipients = self
+            .integer(&mut s, "recipients", 1, 100_000)
+            .unwrap_or(1000) as u32;
         self.finish(s);
-        LimitsConfig { message_size, recipients }
+        LimitsConfig {
+            message_size,
+            recipients,
+        }
     }
 
     fn smtp(&mut self, root: &Table<'_>) -> Smtp {
         let mut s = self.section(root, "smtp");
-        let command_timeout = self.duration(&mut s, "command_timeout").unwrap_or(Duration::from_secs(300));
-        let data_timeout = self.duration(&mut s, "data_timeout").unwrap_or(Duration::from_secs(180));
-        let session_time = self.duration(&mut s, "session_time").unwrap_or(Duration::from_secs(1800));
+        let command_timeout = self
+            .duration(&mut s, "command_timeout")
+            .unwrap_or(Duration::from_secs(300));
+        let data_timeout = self
+            .duration(&mut s, "data_timeout")
+            .unwrap_or(Duration::from_secs(180));
+        let session_time = self
+            .duration(&mut s, "session_time")
+            .unwrap_or(Duration::from_secs(1800));
         let max_errors = self.integer(&mut s, "max_errors", 1, 1000).unwrap_or(10) as u32;
-        let max_connections = self.integer(&mut s, "max_connections", 1, 10_000_000).unwrap_or(100_000) as usize;
+        let max_connections = self
+            .integer(&mut s, "max_connections", 1, 10_000_000)
+            .unwrap_or(100_000) as usize;
         self.finish(s);
-        Smtp { command_timeout, data_timeout, session_time, max_errors, max_connections }
+        Smtp {
+            command_timeout,
+            data_timeout,
+            session_time,
+            max_errors,
+            max_connections,
+        }
     }
 
     fn delivery(&mut self, root: &Table<'_>) -> Delivery {
         let mut s = self.section(root, "delivery");
-        let connect_timeout = self.duration(&mut s, "connect_timeout").unwrap_or(Duration::from_secs(30));
-        let command_timeout = self.duration(&mut s, "command_timeout").unwrap_or(Duration::from_secs(300));
-        let data_timeout = self.duration(&mut s, "data_timeout").unwrap_or(Duration::from_secs(600));
-        let connections_per_destination = self.integer(&mut s, "connections_per_destination", 1, 1000).unwrap_or(8) as usize;
-        let idle_time = self.duration(&mut s, "idle_time").unwrap_or(Duration::from_secs(2));
+        let connect_timeout = self
+            .duration(&mut s, "connect_timeout")
+            .unwrap_or(Duration::from_secs(30));
+        let command_timeout = self
+            .duration(&mut s, "command_timeout")
+            .unwrap_or(Duration::from_secs(300));
+        let data_timeout = self
+            .duration(&mut s, "data_timeout")
+            .unwrap_or(Duration::from_secs(600));
+        let connections_per_destination = self
+            .integer(&mut s, "connections_per_destination", 1, 1000)
+            .unwrap_or(8) as usize;
+        let idle_time = self
+            .duration(&mut s, "idle_time")
+            .unwrap_or(Duration::from_secs(2));
         self.finish(s);
-        Delivery { connect_timeout, command_timeout, data_timeout, connections_per_destination, idle_time }
+        Delivery {
+            connect_timeout,
+            command_timeout,
+            data_timeout,
+            connections_per_destination,
+            idle_time,
+        }
     }
 
     fn tls(&mut self, root: &Table<'_>) -> Option<Tls> {
@@ -444,13 +607,20 @@ impl<'t> Validator<'t> {
             if let Some((path, span)) = v
                 && let Err(e) = std::fs::metadata(path)
             {
-                self.err(name, Some(span.clone()), format!("cannot read {path:?}: {e}"));
+                self.err(
+                    name,
+                    Some(span.clone()),
+                    format!("cannot read {path:?}: {e}"),
+                );
                 ok = false;
             }
         }
         self.finish(s);
         match (cert, key) {
-            (Some((c, _)), Some((k, _))) if ok => Some(Tls { cert: c.into(), key: k.into() }),
+            (Some((c, _)), Some((k, _))) if ok => Some(Tls {
+                cert: c.into(),
+                key: k.into(),
+            }),
             _ => None,
         }
     }
@@ -460,13 +630,18 @@ impl<'t> Validator<'t> {
         let mut nameservers = Vec::new();
         if let Some(items) = self.string_list(&mut s, "nameservers") {
             for (i, (text, span)) in items.into_iter().enumerate() {
-                let parsed = text
-                    .parse::<SocketAddr>()
-                    .ok()
-                    .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+                let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                    text.parse::<IpAddr>()
+                        .ok()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                });
                 match parsed {
                     Some(a) => nameservers.push(a),
-                    None => self.err(&format!("dns.nameservers[{i}]"), Some(span), format!("{text:?} is not an IP or IP:port")),
+                    None => self.err(
+                        &format!("dns.nameservers[{i}]"),
+                        Some(span),
+                        format!("{text:?} is not an IP or IP:port"),
+                    ),
                 }
             }
         }
@@ -475,9 +650,15 @@ impl<'t> Validator<'t> {
     }
 
     fn domains(&mut self, root: &Table<'_>) -> Vec<DomainConfig> {
-        let Some(v) = root.get("domains") else { return Vec::new() };
+        let Some(v) = root.get("domains") else {
+            return Vec::new();
+        };
         let DeValue::Array(arr) = v.get_ref() else {
-            self.err("domains", Some(v.span()), "must be an array of tables ([[domains]])");
+            self.err(
+                "domains",
+                Some(v.span()),
+                "must be an array of tables ([[domains]])",
+            );
             return Vec::new();
         };
         let mut out: Vec<DomainConfig> = Vec::new();
@@ -487,18 +668,33 @@ impl<'t> Validator<'t> {
                 self.err(&path, Some(item.span()), "must be a table");
                 continue;
             };
-            let mut s = Section { path: path.clone(), table: Some(t), line: Some(line_of(self.text, item.span().start)), used: Vec::new() };
+            let mut s = Section {
+                path: path.clone(),
+                table: Some(t),
+                line: Some(line_of(self.text, item.span().start)),
+                used: Vec::new(),
+            };
             let name = self.required_string(&mut s, "name");
             let route = self.required_string(&mut s, "route");
             self.finish(s);
-            let (Some((name, nspan)), Some((route, rspan))) = (name, route) else { continue };
+            let (Some((name, nspan)), Some((route, rspan))) = (name, route) else {
+                continue;
+            };
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             if !is_hostname(&name) {
-                self.err(&format!("{path}.name"), Some(nspan), format!("{name:?} is not a valid domain name"));
+                self.err(
+                    &format!("{path}.name"),
+                    Some(nspan),
+                    format!("{name:?} is not a valid domain name"),
+                );
                 continue;
             }
             if out.iter().any(|d| d.name == name) {
-                self.err(&format!("{path}.name"), Some(nspan), format!("domain {name:?} is listed twice"));
+                self.err(
+                    &format!("{path}.name"),
+                    Some(nspan),
+                    format!("domain {name:?} is listed twice"),
+                );
                 continue;
             }
             match parse_route(&route) {
@@ -526,7 +722,9 @@ pub fn parse_route(route: &str) -> Result<(String, u16), String> {
         None => (route, 25),
     };
     if !is_hostname(host) {
-        return Err(format!("{route:?}: host must be an IP address or a host name"));
+        return Err(format!(
+            "{route:?}: host must be an IP address or a host name"
+        ));
     }
     Ok((host.to_ascii_lowercase(), port))
 }
@@ -536,7 +734,11 @@ fn is_hostname(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
         && h.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -553,7 +755,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => Err(format!("{text:?} must be longer than zero")),
         Ok(d) => Ok(d),
-        Err(e) => Err(format!("{text:?} is not a duration ({e}); use forms like \"30s\", \"5m\", \"10d\"")),
+        Err(e) => Err(format!(
+            "{text:?} is not a duration ({e}); use forms like \"30s\", \"5m\", \"10d\""
+        )),
     }
 }
 
@@ -605,7 +809,10 @@ route = "mail.other.test"
         assert_eq!(c.server.cores, Some(2));
         assert_eq!(c.queue.retry.len(), 5);
         assert_eq!(c.queue.retry[4], Duration::from_secs(3600));
-        assert_eq!(c.dns.nameservers[1], "10.0.0.1:53".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.dns.nameservers[1],
+            "10.0.0.1:53".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(c.domains[0].name, "example.test");
         assert_eq!(c.domains[0].port, 2526);
         assert_eq!(c.domains[1].host, "mail.other.test");
@@ -639,7 +846,8 @@ route = "127.0.0.1:25"
 [mystery]
 "#;
         let errs = Config::parse(text).unwrap_err().errors;
-        let found: Vec<(String, Option<usize>)> = errs.iter().map(|e| (e.key.clone(), e.line)).collect();
+        let found: Vec<(String, Option<usize>)> =
+            errs.iter().map(|e| (e.key.clone(), e.line)).collect();
         let expect = [
             ("mystery", 20),
             ("server.listen[0]", 2),
@@ -652,7 +860,10 @@ route = "127.0.0.1:25"
             ("domains[1].name", 17),
         ];
         for (key, line) in expect {
-            assert!(found.contains(&(key.to_string(), Some(line))), "missing {key} at line {line} in {found:?}");
+            assert!(
+                found.contains(&(key.to_string(), Some(line))),
+                "missing {key} at line {line} in {found:?}"
+            );
         }
         assert_eq!(errs.len(), expect.len(), "{errs:#?}");
     }
@@ -676,10 +887,16 @@ route = "127.0.0.1:25"
 
     #[test]
     fn routes() {
-        assert_eq!(parse_route("10.0.0.1:2525").unwrap(), ("10.0.0.1".into(), 2525));
+        assert_eq!(
+            parse_route("10.0.0.1:2525").unwrap(),
+            ("10.0.0.1".into(), 2525)
+        );
         assert_eq!(parse_route("[::1]:26").unwrap(), ("::1".into(), 26));
         assert_eq!(parse_route("10.0.0.1").unwrap(), ("10.0.0.1".into(), 25));
-        assert_eq!(parse_route("Mail.Example.test:587").unwrap(), ("mail.example.test".into(), 587));
+        assert_eq!(
+            parse_route("Mail.Example.test:587").unwrap(),
+            ("mail.example.test".into(), 587)
+        );
         assert!(parse_route("mail.example.test:0").is_err());
         assert!(parse_route("bad host:25").is_err());
     }

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use bulwark::config::Config;
 
 #[derive(Parser)]
-#[command(name = "bulwark", version, about = "Bulwark SMTP security gateway (data plane)")]
+#[command(
+    name = "bulwark",
+    version,
+    about = "Bulwark SMTP security gateway (data plane)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,7 +66,12 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 file.display(),
                 cfg.domains.len(),
                 if cfg.domains.len() == 1 { "" } else { "s" },
-                cfg.server.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                cfg.server
+                    .listen
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             ExitCode::SUCCESS
         }
@@ -70,7 +79,12 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             for e in &errors.errors {
                 eprintln!("{}: {e}", file.display());
             }
-            eprintln!("{}: {} error{}", file.display(), errors.errors.len(), if errors.errors.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "{}: {} error{}",
+                file.display(),
+                errors.errors.len(),
+                if errors.errors.len() == 1 { "" } else { "s" }
+            );
             ExitCode::FAILURE
         }
     }
@@ -84,8 +98,11 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
 /// Logs go through a background writer, so an executor never blocks on stderr.
 fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer)
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

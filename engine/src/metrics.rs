@@ -49,17 +49,30 @@ pub struct Histogram {
     sum_micros: AtomicU64,
 }
 
-const LATENCY: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-const RESIDENCE: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0, 864000.0];
+const LATENCY: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+const RESIDENCE: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0, 864000.0,
+];
 const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
-        Histogram { bounds, counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0) }
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
     }
 
     pub fn observe(&self, value: f64) {
-        let i = self.bounds.iter().position(|&b| value <= b).unwrap_or(self.bounds.len());
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Relaxed);
         self.sum_micros.fetch_add((value * 1e6) as u64, Relaxed);
     }
@@ -174,7 +187,10 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(cores: usize) -> Arc<Self> {
-        Arc::new(Metrics { shards: (0..cores).map(|_| Padded(Shard::new())).collect(), policy_generation: AtomicU64::new(0) })
+        Arc::new(Metrics {
+            shards: (0..cores).map(|_| Padded(Shard::new())).collect(),
+            policy_generation: AtomicU64::new(0),
+        })
     }
 
     pub fn shard(&self, core: usize) -> &Shard {
@@ -193,7 +209,9 @@ impl Metrics {
     pub fn render(self: &Arc<Self>) -> Vec<u8> {
         let registry = Registry::new();
         let _ = registry.register(Box::new(Families(self.clone())));
-        let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         let mut out = Vec::with_capacity(8192);
         if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut out) {
             warn!("metrics encoding failed: {e}");
@@ -241,20 +259,36 @@ fn gauge(value: f64) -> proto::Metric {
 }
 
 impl Families {
-    fn histogram(&self, name: &str, help: &str, pick: impl Fn(&Shard) -> &Histogram) -> MetricFamily {
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        pick: impl Fn(&Shard) -> &Histogram,
+    ) -> MetricFamily {
         let shards = &self.0.shards;
         let bounds = pick(&shards[0].0).bounds;
         let mut cumulative = 0u64;
         let mut buckets = Vec::with_capacity(bounds.len());
         for (i, b) in bounds.iter().enumerate() {
-            cumulative += shards.iter().map(|s| pick(&s.0).counts[i].load(Relaxed)).sum::<u64>();
+            cumulative += shards
+                .iter()
+                .map(|s| pick(&s.0).counts[i].load(Relaxed))
+                .sum::<u64>();
             let mut bucket = proto::Bucket::default();
             bucket.set_upper_bound(*b);
             bucket.set_cumulative_count(cumulative);
             buckets.push(bucket);
         }
-        let total = cumulative + shards.iter().map(|s| pick(&s.0).counts[bounds.len()].load(Relaxed)).sum::<u64>();
-        let sum = shards.iter().map(|s| pick(&s.0).sum_micros.load(Relaxed)).sum::<u64>() as f64 / 1e6;
+        let total = cumulative
+            + shards
+                .iter()
+                .map(|s| pick(&s.0).counts[bounds.len()].load(Relaxed))
+                .sum::<u64>();
+        let sum = shards
+            .iter()
+            .map(|s| pick(&s.0).sum_micros.load(Relaxed))
+            .sum::<u64>() as f64
+            / 1e6;
         let mut h = proto::Histogram::default();
         h.set_bucket(buckets);
         h.set_sample_count(total);
@@ -275,15 +309,43 @@ impl Collector for Families {
         let c = MetricType::COUNTER;
         let g = MetricType::GAUGE;
         vec![
-            family("bulwark_smtp_connections_total", "SMTP connections accepted.", c, vec![counter(m.sum(|s| s.connections.get()), &[])]),
-            family("bulwark_smtp_sessions_active", "SMTP sessions open now.", g, vec![gauge(m.sum_i(|s| s.sessions_active.get()))]),
-            family("bulwark_messages_received_total", "Messages accepted with 250 after being spooled durably.", c, vec![counter(m.sum(|s| s.messages_received.get()), &[])]),
-            family("bulwark_message_bytes_received_total", "Octets of message content received.", c, vec![counter(m.sum(|s| s.bytes_received.get()), &[])]),
+            family(
+                "bulwark_smtp_connections_total",
+                "SMTP connections accepted.",
+                c,
+                vec![counter(m.sum(|s| s.connections.get()), &[])],
+            ),
+            family(
+                "bulwark_smtp_sessions_active",
+                "SMTP sessions open now.",
+                g,
+                vec![gauge(m.sum_i(|s| s.sessions_active.get()))],
+            ),
+            family(
+                "bulwark_messages_received_total",
+                "Messages accepted with 250 after being spooled durably.",
+                c,
+                vec![counter(m.sum(|s| s.messages_received.get()), &[])],
+            ),
+            family(
+                "bulwark_message_bytes_received_total",
+                "Octets of message content received.",
+                c,
+                vec![counter(m.sum(|s| s.bytes_received.get()), &[])],
+            ),
             family(
                 "bulwark_smtp_rejections_total",
                 "Refusals in the SMTP session, by reason.",
                 c,
-                Reject::ALL.iter().map(|r| counter(m.sum(|s| s.rejections[*r as usize].get()), &[("reason", r.label())])).collect(),
+                Reject::ALL
+                    .iter()
+                    .map(|r| {
+                        counter(
+                            m.sum(|s| s.rejections[*r as usize].get()),
+                            &[("reason", r.label())],
+                        )
+                    })
+                    .collect(),
             ),
             family(
                 "bulwark_tls_handshakes_total",
@@ -291,26 +353,69 @@ impl Collector for Families {
                 c,
                 vec![
                     counter(m.sum(|s| s.tls_handshakes_ok.get()), &[("result", "ok")]),
-                    counter(m.sum(|s| s.tls_handshakes_failed.get()), &[("result", "failed")]),
+                    counter(
+                        m.sum(|s| s.tls_handshakes_failed.get()),
+                        &[("result", "failed")],
+                    ),
                 ],
             ),
             family(
                 "bulwark_deliveries_total",
                 "Per-recipient delivery outcomes.",
                 c,
-                [("delivered", Delivery::Delivered), ("deferred", Delivery::Deferred), ("failed", Delivery::Failed)]
-                    .iter()
-                    .map(|(l, d)| counter(m.sum(|s| s.deliveries[*d as usize].get()), &[("result", l)]))
-                    .collect(),
+                [
+                    ("delivered", Delivery::Delivered),
+                    ("deferred", Delivery::Deferred),
+                    ("failed", Delivery::Failed),
+                ]
+                .iter()
+                .map(|(l, d)| counter(m.sum(|s| s.deliveries[*d as usize].get()), &[("result", l)]))
+                .collect(),
             ),
-            family("bulwark_dsns_total", "Delivery status notifications (bounces) generated.", c, vec![counter(m.sum(|s| s.dsns.get()), &[])]),
-            family("bulwark_queue_messages", "Messages in the queue (spooled, not yet finished).", g, vec![gauge(m.sum_i(|s| s.queue_messages.get()))]),
-            family("bulwark_spool_commits_total", "Spool group commits (one fdatasync per segment each).", c, vec![counter(m.sum(|s| s.spool_commits.get()), &[])]),
-            family("bulwark_policy_generation", "Generation of the policy snapshot in force.", g, vec![gauge(m.policy_generation.load(Relaxed) as f64)]),
-            self.histogram("bulwark_accept_latency_seconds", "End of DATA to the 250 reply (includes the spool sync).", |s| &s.accept_latency),
-            self.histogram("bulwark_spool_commit_batch_messages", "Messages made durable by one group commit.", |s| &s.commit_batch),
-            self.histogram("bulwark_delivery_latency_seconds", "Duration of one delivery transaction to the next hop.", |s| &s.delivery_latency),
-            self.histogram("bulwark_queue_residence_seconds", "Arrival to final outcome (delivered or bounced).", |s| &s.queue_residence),
+            family(
+                "bulwark_dsns_total",
+                "Delivery status notifications (bounces) generated.",
+                c,
+                vec![counter(m.sum(|s| s.dsns.get()), &[])],
+            ),
+            family(
+                "bulwark_queue_messages",
+                "Messages in the queue (spooled, not yet finished).",
+                g,
+                vec![gauge(m.sum_i(|s| s.queue_messages.get()))],
+            ),
+            family(
+                "bulwark_spool_commits_total",
+                "Spool group commits (one fdatasync per segment each).",
+                c,
+                vec![counter(m.sum(|s| s.spool_commits.get()), &[])],
+            ),
+            family(
+                "bulwark_policy_generation",
+                "Generation of the policy snapshot in force.",
+                g,
+                vec![gauge(m.policy_generation.load(Relaxed) as f64)],
+            ),
+            self.histogram(
+                "bulwark_accept_latency_seconds",
+                "End of DATA to the 250 reply (includes the spool sync).",
+                |s| &s.accept_latency,
+            ),
+            self.histogram(
+                "bulwark_spool_commit_batch_messages",
+                "Messages made durable by one group commit.",
+                |s| &s.commit_batch,
+            ),
+            self.histogram(
+                "bulwark_delivery_latency_seconds",
+                "Duration of one delivery transaction to the next hop.",
+                |s| &s.delivery_latency,
+            ),
+            self.histogram(
+                "bulwark_queue_residence_seconds",
+                "Arrival to final outcome (delivered or bounced).",
+                |s| &s.queue_residence,
+            ),
         ]
     }
 }
@@ -366,7 +471,10 @@ mod tests {
         m.shard(1).accept_latency.observe(0.002);
         m.shard(0).accept_latency.observe(100.0);
         let text = String::from_utf8(m.render()).unwrap();
-        assert!(text.contains("bulwark_smtp_connections_total 3\n"), "{text}");
+        assert!(
+            text.contains("bulwark_smtp_connections_total 3\n"),
+            "{text}"
+        );
         assert!(text.contains("bulwark_deliveries_total{result=\"deferred\"} 3\n"));
         assert!(text.contains("bulwark_deliveries_total{result=\"delivered\"} 0\n"));
         assert!(text.contains("bulwark_queue_messages 4\n"));

@@ -16,7 +16,9 @@ pub struct CorePolicy {
 
 impl CorePolicy {
     pub fn new(snapshot: Snapshot) -> Self {
-        CorePolicy { current: RefCell::new(Rc::new(snapshot)) }
+        CorePolicy {
+            current: RefCell::new(Rc::new(snapshot)),
+        }
     }
 
     pub fn current(&self) -> Rc<Snapshot> {
@@ -50,8 +52,13 @@ pub fn domain_of(addr: &str) -> &str {
 pub fn destination(snap: &Snapshot, rcpt: &str) -> Destination {
     let domain = domain_of(rcpt);
     match snap.policy().domain(domain) {
-        Some(d) => Destination::Route { host: d.route.host.as_str().to_string(), port: d.route.port.to_native() },
-        None => Destination::Mx { domain: domain.trim_end_matches('.').to_ascii_lowercase() },
+        Some(d) => Destination::Route {
+            host: d.route.host.as_str().to_string(),
+            port: d.route.port.to_native(),
+        },
+        None => Destination::Mx {
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+        },
     }
 }
 

@@ -56,7 +56,11 @@ struct Shared {
 
 /// Number of executors for a configuration.
 pub fn core_count(config: &Config) -> usize {
-    config.server.cores.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    config.server.cores.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 /// Runs the engine until the process is stopped.
@@ -65,17 +69,23 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new(cores);
     let policy = config.policy();
     let snapshot_image = bulwark_policy::encode(&policy).context("building the policy snapshot")?;
-    let generation = Snapshot::from_bytes(&snapshot_image).context("checking the policy snapshot")?.generation();
-    metrics.policy_generation.store(generation, std::sync::atomic::Ordering::Relaxed);
+    let generation = Snapshot::from_bytes(&snapshot_image)
+        .context("checking the policy snapshot")?
+        .generation();
+    metrics
+        .policy_generation
+        .store(generation, std::sync::atomic::Ordering::Relaxed);
     let server_tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
         None => None,
     };
     let dns = Dns::start(&config.dns.nameservers).context("starting the DNS resolver")?;
     if let Some(addr) = config.server.metrics {
-        crate::metrics::serve(addr, metrics.clone()).with_context(|| format!("server.metrics: cannot listen on {addr}"))?;
+        crate::metrics::serve(addr, metrics.clone())
+            .with_context(|| format!("server.metrics: cannot listen on {addr}"))?;
     }
-    std::fs::create_dir_all(&config.spool.dir).with_context(|| format!("spool.dir: cannot create {}", config.spool.dir.display()))?;
+    std::fs::create_dir_all(&config.spool.dir)
+        .with_context(|| format!("spool.dir: cannot create {}", config.spool.dir.display()))?;
     let shared = Arc::new(Shared {
         config,
         cores,
@@ -85,14 +95,25 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         server_tls,
         client_tls: tls::opportunistic_client_config(),
     });
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    info!(cores, domains = policy.domains.len(), generation, "starting Bulwark");
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    info!(
+        cores,
+        domains = policy.domains.len(),
+        generation,
+        "starting Bulwark"
+    );
     let mut handles = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     for id in 0..cores {
         let shared = shared.clone();
         let ready = ready_tx.clone();
-        let placement = if cores <= cpus { Placement::Fixed(id) } else { Placement::Unbound };
+        let placement = if cores <= cpus {
+            Placement::Fixed(id)
+        } else {
+            Placement::Unbound
+        };
         let h = LocalExecutorBuilder::new(placement)
             .name(&format!("core-{id}"))
             .io_memory(1 << 20)
@@ -112,7 +133,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             Err(_) => anyhow::bail!("an executor stopped during start-up"),
         }
     }
-    let addrs: Vec<String> = shared.config.server.listen.iter().map(|a| a.to_string()).collect();
+    let addrs: Vec<String> = shared
+        .config
+        .server
+        .listen
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     info!(listen = %addrs.join(","), "accepting mail");
     for h in handles {
         if let Err(e) = h.join() {
@@ -122,10 +149,17 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_core(id: usize, shared: Arc<Shared>, ready: std::sync::mpsc::Sender<Result<usize, String>>) -> anyhow::Result<()> {
+async fn run_core(
+    id: usize,
+    shared: Arc<Shared>,
+    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+) -> anyhow::Result<()> {
     let cfg = &shared.config;
     let snapshot = Snapshot::from_bytes(&shared.snapshot_image)?;
-    let limits = (snapshot.policy().limits.message_size.to_native(), snapshot.policy().limits.recipients.to_native());
+    let limits = (
+        snapshot.policy().limits.message_size.to_native(),
+        snapshot.policy().limits.recipients.to_native(),
+    );
     let policy = Rc::new(CorePolicy::new(snapshot));
     let (spool, recovered) = Spool::open(&cfg.spool.dir, id, shared.cores, cfg.spool.segment_size)
         .await
@@ -135,11 +169,24 @@ async fn run_core(id: usize, shared: Arc<Shared>, ready: std::sync::mpsc::Sender
         hostname: cfg.server.hostname.clone(),
         lifetime: cfg.queue.lifetime,
         retry: cfg.queue.retry.clone(),
-        timeouts: Timeouts { connect: cfg.delivery.connect_timeout, command: cfg.delivery.command_timeout, data: cfg.delivery.data_timeout },
+        timeouts: Timeouts {
+            connect: cfg.delivery.connect_timeout,
+            command: cfg.delivery.command_timeout,
+            data: cfg.delivery.data_timeout,
+        },
         connections_per_destination: cfg.delivery.connections_per_destination,
         idle_time: cfg.delivery.idle_time,
     };
-    let deliverer = Deliverer::new(id, settings, spool.clone(), ids.clone(), shared.metrics.clone(), policy.clone(), shared.dns.clone(), shared.client_tls.clone());
+    let deliverer = Deliverer::new(
+        id,
+        settings,
+        spool.clone(),
+        ids.clone(),
+        shared.metrics.clone(),
+        policy.clone(),
+        shared.dns.clone(),
+        shared.client_tls.clone(),
+    );
     let core = Rc::new(Core {
         id,
         session_cfg: SessionConfig {
@@ -154,38 +201,55 @@ async fn run_core(id: usize, shared: Arc<Shared>, ready: std::sync::mpsc::Sender
         spool,
         ids,
         metrics: shared.metrics.clone(),
-        tls: shared.server_tls.clone().map(futures_rustls::TlsAcceptor::from),
+        tls: shared
+            .server_tls
+            .clone()
+            .map(futures_rustls::TlsAcceptor::from),
         deliverer: deliverer.clone(),
         sessions: Cell::new(0),
         max_sessions: cfg.smtp.max_connections.div_ceil(shared.cores).max(1),
     });
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {
-        let l = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {addr}: {e}"))?;
+        let l = TcpListener::bind(addr)
+            .map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {addr}: {e}"))?;
         listeners.push(l);
     }
     // Requeue what was on disk without holding up the listeners.
     if !recovered.is_empty() {
-        info!(core = id, messages = recovered.len(), "requeueing spooled messages");
+        info!(
+            core = id,
+            messages = recovered.len(),
+            "requeueing spooled messages"
+        );
         let d = deliverer.clone();
         glommio::spawn_local(async move {
             for r in recovered {
-                let m = Message::new(r.id, r.arrival, r.flags, r.sender, r.rcpts, Some(&r.finished), r.location, None);
+                let m = Message::new(
+                    r.id,
+                    r.arrival,
+                    r.flags,
+                    r.sender,
+                    r.rcpts,
+                    Some(&r.finished),
+                    r.location,
+                    None,
+                );
                 d.enqueue(m);
                 glommio::yield_if_needed().await;
             }
         })
         .detach();
     }
-    let mut accepts = Vec::new();
     for l in listeners {
         let core = core.clone();
-        accepts.push(glommio::spawn_local(async move {
+        glommio::spawn_local(async move {
             loop {
                 match l.accept().await {
                     Ok(stream) => {
                         let core = core.clone();
-                        glommio::spawn_local(async move { session::run(core, stream).await }).detach();
+                        glommio::spawn_local(async move { session::run(core, stream).await })
+                            .detach();
                     }
                     Err(e) => {
                         warn!(core = core.id, "accept failed: {e}");
@@ -193,11 +257,11 @@ async fn run_core(id: usize, shared: Arc<Shared>, ready: std::sync::mpsc::Sender
                     }
                 }
             }
-        }));
+        })
+        .detach();
     }
     let _ = ready.send(Ok(id));
-    for a in accepts {
-        a.await;
-    }
+    // The core lives as long as the process; its tasks do the work.
+    std::future::pending::<()>().await;
     Ok(())
 }

@@ -6,7 +6,9 @@ pub fn rfc5322_date(unix: u64) -> String {
     let secs = unix % 86400;
     let (y, m, d) = civil_from_days(days);
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{}, {} {} {} {:02}:{:02}:{:02} +0000",
         DAYS[(days.rem_euclid(7)) as usize],
@@ -41,6 +43,9 @@ mod tests {
     fn dates() {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_450_639), "Mon, 23 Nov 2026 16:17:19 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_450_639),
+            "Mon, 23 Nov 2026 16:17:19 +0000"
+        );
     }
 }

@@ -37,21 +37,31 @@ s.quit()
 #[test]
 fn route_down_then_up_is_retried() {
     let route = addr("127.0.0.1");
-    let mut engine = Engine::start(EngineConfig { extra: domain("example.test", route), ..Default::default() });
+    let engine = Engine::start(EngineConfig {
+        extra: domain("example.test", route),
+        ..Default::default()
+    });
     send_many(&engine, "s@sender.test", "u@example.test", 3, "retry");
-    assert!(wait_until(Duration::from_secs(5), || engine.metric("bulwark_deliveries_total{result=\"deferred\"}") >= 3.0));
+    assert!(wait_until(Duration::from_secs(5), || engine
+        .metric("bulwark_deliveries_total{result=\"deferred\"}")
+        >= 3.0));
     assert_eq!(engine.metric("bulwark_queue_messages"), 3.0);
     let sink = Sink::start(route);
     let msgs = sink.wait_for(3, Duration::from_secs(15));
     assert_eq!(msgs.len(), 3);
-    assert!(wait_until(Duration::from_secs(5), || engine.metric("bulwark_queue_messages") == 0.0));
+    assert!(wait_until(Duration::from_secs(5), || engine
+        .metric("bulwark_queue_messages")
+        == 0.0));
     assert_eq!(engine.metric("bulwark_dsns_total"), 0.0);
 }
 
 #[test]
 fn permanent_failure_bounces_to_the_sender() {
     let sink = Sink::start(addr("127.0.0.1"));
-    let mut engine = Engine::start(EngineConfig { extra: domain("example.test", sink.addr), ..Default::default() });
+    let engine = Engine::start(EngineConfig {
+        extra: domain("example.test", sink.addr),
+        ..Default::default()
+    });
     let out = python(&format!(
         r#"
 import smtplib
@@ -67,28 +77,58 @@ print("ok")
     assert_eq!(out.trim(), "ok");
     let msgs = sink.wait_for(2, Duration::from_secs(10));
     assert_eq!(msgs.len(), 2, "{msgs:#?}");
-    let original = msgs.iter().find(|m| m.mail_from == "owner@example.test").expect("original");
+    let original = msgs
+        .iter()
+        .find(|m| m.mail_from == "owner@example.test")
+        .expect("original");
     assert_eq!(original.rcpts, ["good@example.test"]);
-    let dsn = msgs.iter().find(|m| m.mail_from.is_empty()).expect("a DSN from the null sender");
+    let dsn = msgs
+        .iter()
+        .find(|m| m.mail_from.is_empty())
+        .expect("a DSN from the null sender");
     assert_eq!(dsn.rcpts, ["owner@example.test"]);
     let c = &dsn.content;
-    assert!(c.contains("Content-Type: multipart/report; report-type=delivery-status"), "{c}");
-    assert!(c.contains("Final-Recipient: rfc822; reject-me@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"), "{c}");
+    assert!(
+        c.contains("Content-Type: multipart/report; report-type=delivery-status"),
+        "{c}"
+    );
+    assert!(
+        c.contains(
+            "Final-Recipient: rfc822; reject-me@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ),
+        "{c}"
+    );
     assert!(c.contains("Diagnostic-Code: smtp; 550 5.1.1"), "{c}");
-    assert!(c.contains("Message-ID: <orig@client.test>"), "original headers returned: {c}");
+    assert!(
+        c.contains("Message-ID: <orig@client.test>"),
+        "original headers returned: {c}"
+    );
     assert!(!c.contains("secret"), "the body must not be returned");
-    assert!(!c.contains("good@example.test"), "only failed recipients are reported");
+    assert!(
+        !c.contains("good@example.test"),
+        "only failed recipients are reported"
+    );
     assert_eq!(engine.metric("bulwark_dsns_total"), 1.0);
-    assert_eq!(engine.metric("bulwark_deliveries_total{result=\"failed\"}"), 1.0);
+    assert_eq!(
+        engine.metric("bulwark_deliveries_total{result=\"failed\"}"),
+        1.0
+    );
 }
 
 #[test]
 fn failure_from_the_null_sender_is_not_bounced() {
     let sink = Sink::start(addr("127.0.0.1"));
-    let mut engine = Engine::start(EngineConfig { extra: domain("example.test", sink.addr), ..Default::default() });
+    let engine = Engine::start(EngineConfig {
+        extra: domain("example.test", sink.addr),
+        ..Default::default()
+    });
     send_many(&engine, "", "reject-x@example.test", 1, "nullsender");
-    assert!(wait_until(Duration::from_secs(10), || engine.metric("bulwark_deliveries_total{result=\"failed\"}") == 1.0));
-    assert!(wait_until(Duration::from_secs(5), || engine.metric("bulwark_queue_messages") == 0.0));
+    assert!(wait_until(Duration::from_secs(10), || engine
+        .metric("bulwark_deliveries_total{result=\"failed\"}")
+        == 1.0));
+    assert!(wait_until(Duration::from_secs(5), || engine
+        .metric("bulwark_queue_messages")
+        == 0.0));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(engine.metric("bulwark_dsns_total"), 0.0);
     assert!(sink.messages().is_empty());
@@ -98,9 +138,13 @@ fn failure_from_the_null_sender_is_not_bounced() {
 fn expired_message_bounces_after_its_lifetime() {
     let dead = addr("127.0.0.1");
     let sink = Sink::start(addr("127.0.0.1"));
-    let mut engine = Engine::start(EngineConfig {
+    let engine = Engine::start(EngineConfig {
         lifetime: "3s",
-        extra: format!("{}{}", domain("example.test", dead), domain("bounce.test", sink.addr)),
+        extra: format!(
+            "{}{}",
+            domain("example.test", dead),
+            domain("bounce.test", sink.addr)
+        ),
         ..Default::default()
     });
     send_many(&engine, "s@bounce.test", "u@example.test", 1, "expire");
@@ -108,9 +152,16 @@ fn expired_message_bounces_after_its_lifetime() {
     assert_eq!(msgs.len(), 1);
     let c = &msgs[0].content;
     assert_eq!(msgs[0].rcpts, ["s@bounce.test"]);
-    assert!(c.contains("Final-Recipient: rfc822; u@example.test\r\nAction: failed\r\nStatus: 4.4.7\r\n"), "{c}");
+    assert!(
+        c.contains(
+            "Final-Recipient: rfc822; u@example.test\r\nAction: failed\r\nStatus: 4.4.7\r\n"
+        ),
+        "{c}"
+    );
     assert!(c.contains("delivery time expired"), "{c}");
-    assert!(wait_until(Duration::from_secs(5), || engine.metric("bulwark_queue_messages") == 0.0));
+    assert!(wait_until(Duration::from_secs(5), || engine
+        .metric("bulwark_queue_messages")
+        == 0.0));
 }
 
 struct Dnsmasq(Child);
@@ -147,11 +198,20 @@ fn bounce_to_a_foreign_sender_follows_its_mx() {
     );
     let mx_sink = Sink::start("127.0.0.7:25".parse().unwrap());
     let route_sink = Sink::start(addr("127.0.0.1"));
-    let mut engine = Engine::start(EngineConfig {
-        extra: format!("{}[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n", domain("example.test", route_sink.addr)),
+    let engine = Engine::start(EngineConfig {
+        extra: format!(
+            "{}[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n",
+            domain("example.test", route_sink.addr)
+        ),
         ..Default::default()
     });
-    send_many(&engine, "alice@sender.test", "reject-1@example.test", 1, "mxbounce");
+    send_many(
+        &engine,
+        "alice@sender.test",
+        "reject-1@example.test",
+        1,
+        "mxbounce",
+    );
     let msgs = mx_sink.wait_for(1, Duration::from_secs(15));
     assert_eq!(msgs.len(), 1, "engine log:\n{}", engine.log_text());
     assert_eq!(msgs[0].rcpts, ["alice@sender.test"]);
@@ -165,17 +225,37 @@ fn bounce_to_a_foreign_sender_follows_its_mx() {
 #[test]
 fn kill_9_loses_nothing_that_got_250() {
     let route = addr("127.0.0.1");
-    let mut engine = Engine::start(EngineConfig { cores: 2, extra: domain("example.test", route), ..Default::default() });
+    let mut engine = Engine::start(EngineConfig {
+        cores: 2,
+        extra: domain("example.test", route),
+        ..Default::default()
+    });
     let mut ids = send_many(&engine, "s@sender.test", "u@example.test", 40, "crash-a");
-    ids.extend(send_many(&engine, "s@sender.test", "v@example.test", 40, "crash-b"));
+    ids.extend(send_many(
+        &engine,
+        "s@sender.test",
+        "v@example.test",
+        40,
+        "crash-b",
+    ));
     assert_eq!(ids.len(), 80);
     engine.kill9();
     engine.restart();
-    assert!(wait_until(Duration::from_secs(10), || engine.metric("bulwark_queue_messages") == 80.0), "engine log:\n{}", engine.log_text());
+    assert!(
+        wait_until(Duration::from_secs(10), || engine
+            .metric("bulwark_queue_messages")
+            == 80.0),
+        "engine log:\n{}",
+        engine.log_text()
+    );
     let sink = Sink::start(route);
     let msgs = sink.wait_for(80, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));
-    let msgs = if msgs.len() >= 80 { sink.messages() } else { msgs };
+    let msgs = if msgs.len() >= 80 {
+        sink.messages()
+    } else {
+        msgs
+    };
     let mut got: Vec<String> = msgs.iter().filter_map(|m| m.header("Message-ID")).collect();
     got.sort();
     let total = got.len();
@@ -183,9 +263,15 @@ fn kill_9_loses_nothing_that_got_250() {
     assert_eq!(got.len(), 80, "lost messages");
     assert_eq!(total, 80, "duplicated messages");
     for id in &ids {
-        assert!(msgs.iter().any(|m| m.content.contains(&format!(" id {id}"))), "queue id {id} not delivered");
+        assert!(
+            msgs.iter()
+                .any(|m| m.content.contains(&format!(" id {id}"))),
+            "queue id {id} not delivered"
+        );
     }
-    assert!(wait_until(Duration::from_secs(5), || engine.metric("bulwark_queue_messages") == 0.0));
+    assert!(wait_until(Duration::from_secs(5), || engine
+        .metric("bulwark_queue_messages")
+        == 0.0));
     // Everything finished: the spool is reclaimed except the active segments.
     let left: usize = std::fs::read_dir(&engine.spool)
         .unwrap()

@@ -12,19 +12,38 @@ fn sink_addr() -> SocketAddr {
 }
 
 fn engine_for(sink: SocketAddr, extra: &str) -> Engine {
-    Engine::start(EngineConfig { extra: format!("{}{extra}", domain("example.test", sink)), ..Default::default() })
+    Engine::start(EngineConfig {
+        extra: format!("{}{extra}", domain("example.test", sink)),
+        ..Default::default()
+    })
 }
 
 #[test]
 fn swaks_message_is_relayed_with_received_header() {
     let sink = Sink::start(sink_addr());
-    let mut engine = engine_for(sink.addr, "");
+    let engine = engine_for(sink.addr, "");
     let (ok, out) = run(
         "swaks",
-        &["--server", &engine.smtp.to_string(), "--from", "alice@sender.test", "--to", "bob@example.test", "--header", "Subject: swaks test", "--body", "hello from swaks"],
+        &[
+            "--server",
+            &engine.smtp.to_string(),
+            "--from",
+            "alice@sender.test",
+            "--to",
+            "bob@example.test",
+            "--header",
+            "Subject: swaks test",
+            "--body",
+            "hello from swaks",
+        ],
     );
     assert!(ok, "{out}");
-    let id = out.lines().find_map(|l| l.split("queued as ").nth(1)).expect("queue id in reply").trim().to_string();
+    let id = out
+        .lines()
+        .find_map(|l| l.split("queued as ").nth(1))
+        .expect("queue id in reply")
+        .trim()
+        .to_string();
     let msgs = sink.wait_for(1, Duration::from_secs(10));
     assert_eq!(msgs.len(), 1);
     let m = &msgs[0];
@@ -33,20 +52,27 @@ fn swaks_message_is_relayed_with_received_header() {
     assert_eq!(m.header("Subject").as_deref(), Some("swaks test"));
     assert!(m.content.starts_with("Received: from "), "{}", m.content);
     let received = m.content.split("\r\n\r\n").next().unwrap();
-    assert!(received.contains(&format!("with ESMTP id {id}")), "{received}");
+    assert!(
+        received.contains(&format!("with ESMTP id {id}")),
+        "{received}"
+    );
     assert!(received.contains("for <bob@example.test>"), "{received}");
     assert!(m.content.contains("hello from swaks"));
-    assert!(wait_until(Duration::from_secs(5), || engine.metric("bulwark_deliveries_total{result=\"delivered\"}") == 1.0));
+    assert!(wait_until(Duration::from_secs(5), || engine
+        .metric("bulwark_deliveries_total{result=\"delivered\"}")
+        == 1.0));
     assert_eq!(engine.metric("bulwark_messages_received_total"), 1.0);
     // The harness's readiness probe is the other connection.
     assert_eq!(engine.metric("bulwark_smtp_connections_total"), 2.0);
-    assert!(wait_until(Duration::from_secs(5), || engine.metric("bulwark_queue_messages") == 0.0));
+    assert!(wait_until(Duration::from_secs(5), || engine
+        .metric("bulwark_queue_messages")
+        == 0.0));
 }
 
 #[test]
 fn smtplib_sends_many_messages_on_one_connection() {
     let sink = Sink::start(sink_addr());
-    let mut engine = engine_for(sink.addr, "");
+    let engine = engine_for(sink.addr, "");
     let out = python(&format!(
         r#"
 import smtplib
@@ -82,10 +108,26 @@ s.quit()
 #[test]
 fn smtp_source_load_arrives_complete() {
     let sink = Sink::start(sink_addr());
-    let mut engine = Engine::start(EngineConfig { cores: 2, extra: domain("example.test", sink.addr), ..Default::default() });
+    let engine = Engine::start(EngineConfig {
+        cores: 2,
+        extra: domain("example.test", sink.addr),
+        ..Default::default()
+    });
     let (ok, out) = run(
         "smtp-source",
-        &["-s", "5", "-m", "200", "-l", "4096", "-f", "load@sender.test", "-t", "sink@example.test", &engine.smtp.to_string()],
+        &[
+            "-s",
+            "5",
+            "-m",
+            "200",
+            "-l",
+            "4096",
+            "-f",
+            "load@sender.test",
+            "-t",
+            "sink@example.test",
+            &engine.smtp.to_string(),
+        ],
     );
     assert!(ok, "{out}");
     let msgs = sink.wait_for(200, Duration::from_secs(30));
@@ -98,18 +140,33 @@ fn smtp_source_load_arrives_complete() {
 #[test]
 fn relay_is_denied_and_counted() {
     let sink = Sink::start(sink_addr());
-    let mut engine = engine_for(sink.addr, "");
-    let (ok, out) = run("swaks", &["--server", &engine.smtp.to_string(), "--from", "a@sender.test", "--to", "victim@elsewhere.test"]);
+    let engine = engine_for(sink.addr, "");
+    let (ok, out) = run(
+        "swaks",
+        &[
+            "--server",
+            &engine.smtp.to_string(),
+            "--from",
+            "a@sender.test",
+            "--to",
+            "victim@elsewhere.test",
+        ],
+    );
     assert!(!ok);
     assert!(out.contains("550 5.7.1"), "{out}");
-    assert!(wait_until(Duration::from_secs(3), || engine.metric("bulwark_smtp_rejections_total{reason=\"relay_denied\"}") == 1.0));
+    assert!(wait_until(Duration::from_secs(3), || engine.metric(
+        "bulwark_smtp_rejections_total{reason=\"relay_denied\"}"
+    ) == 1.0));
     assert!(sink.messages().is_empty());
 }
 
 #[test]
 fn size_and_recipient_limits() {
     let sink = Sink::start(sink_addr());
-    let mut engine = engine_for(sink.addr, "[limits]\nmessage_size = 10000\nrecipients = 2\n");
+    let engine = engine_for(
+        sink.addr,
+        "[limits]\nmessage_size = 10000\nrecipients = 2\n",
+    );
     let out = python(&format!(
         r#"
 import smtplib
@@ -141,26 +198,65 @@ print("ok")
     let msgs = sink.wait_for(1, Duration::from_secs(10));
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].rcpts, ["u1@example.test", "u2@example.test"]);
-    assert!(wait_until(Duration::from_secs(3), || engine.metric("bulwark_smtp_rejections_total{reason=\"message_size\"}") == 2.0));
+    assert!(wait_until(Duration::from_secs(3), || engine.metric(
+        "bulwark_smtp_rejections_total{reason=\"message_size\"}"
+    ) == 2.0));
 }
 
 #[test]
 fn starttls_inbound_and_opportunistic_tls_outbound() {
     let certs = TempDir::new("certs");
     let (sink_cert, sink_key) = make_cert(certs.path(), "localhost");
-    let sink = Sink::start_with(sink_addr(), &["--tls-cert", sink_cert.to_str().unwrap(), "--tls-key", sink_key.to_str().unwrap()]);
+    let sink = Sink::start_with(
+        sink_addr(),
+        &[
+            "--tls-cert",
+            sink_cert.to_str().unwrap(),
+            "--tls-key",
+            sink_key.to_str().unwrap(),
+        ],
+    );
     let (cert, key) = make_cert(certs.path(), "mx.bulwark.test");
-    let mut engine = engine_for(sink.addr, &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()));
-    let (ok, out) = run("swaks", &["--server", &engine.smtp.to_string(), "--tls", "--from", "a@sender.test", "--to", "u@example.test"]);
+    let engine = engine_for(
+        sink.addr,
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let (ok, out) = run(
+        "swaks",
+        &[
+            "--server",
+            &engine.smtp.to_string(),
+            "--tls",
+            "--from",
+            "a@sender.test",
+            "--to",
+            "u@example.test",
+        ],
+    );
     assert!(ok, "{out}");
     assert!(out.contains("220 2.0.0 Ready to start TLS"), "{out}");
     let msgs = sink.wait_for(1, Duration::from_secs(10));
     assert_eq!(msgs.len(), 1);
-    let received = msgs[0].content.split("\r\n\r\n").next().unwrap().to_string();
+    let received = msgs[0]
+        .content
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_string();
     assert!(received.contains("with ESMTPS id"), "{received}");
     assert!(received.contains("version=TLSv1_3"), "{received}");
-    assert!(msgs[0].tls, "delivery to a STARTTLS-capable route was not encrypted");
-    assert_eq!(engine.metric("bulwark_tls_handshakes_total{result=\"ok\"}"), 1.0);
+    assert!(
+        msgs[0].tls,
+        "delivery to a STARTTLS-capable route was not encrypted"
+    );
+    assert_eq!(
+        engine.metric("bulwark_tls_handshakes_total{result=\"ok\"}"),
+        1.0
+    );
 }
 
 #[test]
@@ -168,7 +264,14 @@ fn starttls_discards_injected_plaintext() {
     let certs = TempDir::new("certs");
     let sink = Sink::start(sink_addr());
     let (cert, key) = make_cert(certs.path(), "mx.bulwark.test");
-    let mut engine = engine_for(sink.addr, &format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()));
+    let engine = engine_for(
+        sink.addr,
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
     // The classic STARTTLS command injection: commands pipelined behind STARTTLS in the
     // clear must not be executed after the handshake. Python's ssl wraps the socket after
     // the 220 and then sees whether the server answers the injected commands.
@@ -219,9 +322,19 @@ print("ok")
 #[test]
 fn smtp_smuggling_variants_over_the_wire() {
     let sink = Sink::start(sink_addr());
-    let mut engine = engine_for(sink.addr, "");
+    let engine = engine_for(sink.addr, "");
     let variants: &[&[u8]] = &[
-        b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r.\r\n", b"\r\n.\n", b"\r\n.\r", b"\r\n\x00.\r\n", b"\r\n.\r\r\n", b"\r\r\n.\r\r\n",
+        b"\n.\n",
+        b"\r.\r",
+        b"\r.\n",
+        b"\n.\r",
+        b"\n.\r\n",
+        b"\r.\r\n",
+        b"\r\n.\n",
+        b"\r\n.\r",
+        b"\r\n\x00.\r\n",
+        b"\r\n.\r\r\n",
+        b"\r\r\n.\r\r\n",
     ];
     let mut accepted = 0;
     for v in variants {
@@ -246,23 +359,31 @@ fn smtp_smuggling_variants_over_the_wire() {
     }
     let msgs = sink.wait_for(accepted, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
-    let msgs = if msgs.len() == accepted { sink.messages() } else { msgs };
+    let msgs = if msgs.len() == accepted {
+        sink.messages()
+    } else {
+        msgs
+    };
     assert_eq!(msgs.len(), accepted);
     for m in &msgs {
         assert_eq!(m.rcpts, ["u@example.test"]);
         assert_eq!(m.header("Subject").as_deref(), Some("outer"));
     }
-    assert_eq!(engine.metric("bulwark_smtp_rejections_total{reason=\"bare_line_end\"}"), 10.0);
+    assert_eq!(
+        engine.metric("bulwark_smtp_rejections_total{reason=\"bare_line_end\"}"),
+        10.0
+    );
 }
 
 #[test]
 fn bdat_and_pipelining_over_the_wire() {
     let sink = Sink::start(sink_addr());
-    let mut engine = engine_for(sink.addr, "");
+    let engine = engine_for(sink.addr, "");
     let mut c = Raw::connect(engine.smtp);
     let body = b"Subject: chunked\r\n\r\nfirst chunk\r\n";
     let tail = b"second chunk\r\n";
-    let mut pipelined = b"EHLO c\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<u@example.test>\r\n".to_vec();
+    let mut pipelined =
+        b"EHLO c\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<u@example.test>\r\n".to_vec();
     pipelined.extend_from_slice(format!("BDAT {}\r\n", body.len()).as_bytes());
     pipelined.extend_from_slice(body);
     pipelined.extend_from_slice(format!("BDAT {} LAST\r\n", tail.len()).as_bytes());
@@ -271,17 +392,29 @@ fn bdat_and_pipelining_over_the_wire() {
     c.send(&pipelined);
     let r = c.replies(6);
     assert!(r[0].starts_with("250 CHUNKING"), "{r:?}");
-    assert!(r[1].starts_with("250 2.1.0") && r[2].starts_with("250 2.1.5"), "{r:?}");
-    assert!(r[3].starts_with("250 2.0.0") && r[4].contains("queued as"), "{r:?}");
+    assert!(
+        r[1].starts_with("250 2.1.0") && r[2].starts_with("250 2.1.5"),
+        "{r:?}"
+    );
+    assert!(
+        r[3].starts_with("250 2.0.0") && r[4].contains("queued as"),
+        "{r:?}"
+    );
     assert!(r[5].starts_with("221"), "{r:?}");
     let msgs = sink.wait_for(1, Duration::from_secs(10));
-    assert!(msgs[0].content.ends_with("Subject: chunked\r\n\r\nfirst chunk\r\nsecond chunk\r\n"), "{}", msgs[0].content);
+    assert!(
+        msgs[0]
+            .content
+            .ends_with("Subject: chunked\r\n\r\nfirst chunk\r\nsecond chunk\r\n"),
+        "{}",
+        msgs[0].content
+    );
 }
 
 #[test]
 fn idle_client_is_closed_after_command_timeout() {
     let sink = Sink::start(sink_addr());
-    let mut engine = engine_for(sink.addr, "[smtp]\ncommand_timeout = \"1s\"\n");
+    let engine = engine_for(sink.addr, "[smtp]\ncommand_timeout = \"1s\"\n");
     let mut c = Raw::connect(engine.smtp);
     c.send(b"EHLO c\r\n");
     c.replies(1);
@@ -295,7 +428,7 @@ fn idle_client_is_closed_after_command_timeout() {
 #[test]
 fn error_limit_closes_the_session() {
     let sink = Sink::start(sink_addr());
-    let mut engine = engine_for(sink.addr, "[smtp]\nmax_errors = 3\n");
+    let engine = engine_for(sink.addr, "[smtp]\nmax_errors = 3\n");
     let mut c = Raw::connect(engine.smtp);
     c.send(b"FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n");
     let r = c.replies(4);
@@ -307,7 +440,7 @@ fn error_limit_closes_the_session() {
 #[test]
 fn metrics_endpoint_serves_prometheus_text() {
     let sink = Sink::start(sink_addr());
-    let mut engine = engine_for(sink.addr, "");
+    let engine = engine_for(sink.addr, "");
     let text = http_get(engine.metrics, "/metrics");
     for name in [
         "bulwark_smtp_connections_total",

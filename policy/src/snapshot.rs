@@ -74,7 +74,9 @@ impl Snapshot {
         if header[0..4] != MAGIC {
             return Err(SnapshotError::BadMagic);
         }
-        let u32_at = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
         let u64_at = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&header[at..at + 8]);
@@ -87,12 +89,18 @@ impl Snapshot {
         let generation = u64_at(8);
         let expected_len = u64_at(16);
         if expected_len != body.len() as u64 {
-            return Err(SnapshotError::Length { expected: expected_len, found: body.len() });
+            return Err(SnapshotError::Length {
+                expected: expected_len,
+                found: body.len(),
+            });
         }
         let expected_crc = u32_at(24);
         let crc = crc32fast::hash(body);
         if crc != expected_crc {
-            return Err(SnapshotError::Checksum { expected: expected_crc, found: crc });
+            return Err(SnapshotError::Checksum {
+                expected: expected_crc,
+                found: crc,
+            });
         }
         let mut payload = AlignedVec::with_capacity(body.len());
         payload.extend_from_slice(body);
@@ -100,9 +108,15 @@ impl Snapshot {
             .map_err(|e| SnapshotError::Archive(e.to_string()))?;
         let archived_gen = archived.generation.to_native();
         if archived_gen != generation {
-            return Err(SnapshotError::Generation { header: generation, archive: archived_gen });
+            return Err(SnapshotError::Generation {
+                header: generation,
+                archive: archived_gen,
+            });
         }
-        Ok(Snapshot { payload, generation })
+        Ok(Snapshot {
+            payload,
+            generation,
+        })
     }
 
     /// Builds a snapshot straight from a policy (the engine's embedded-config path).
@@ -131,10 +145,25 @@ mod tests {
         Policy {
             generation: 7,
             domains: vec![
-                Domain { name: "Zeta.Test".into(), route: Route { host: "10.0.0.2".into(), port: 25 } },
-                Domain { name: "alpha.test".into(), route: Route { host: "mx.alpha.test".into(), port: 2526 } },
+                Domain {
+                    name: "Zeta.Test".into(),
+                    route: Route {
+                        host: "10.0.0.2".into(),
+                        port: 25,
+                    },
+                },
+                Domain {
+                    name: "alpha.test".into(),
+                    route: Route {
+                        host: "mx.alpha.test".into(),
+                        port: 2526,
+                    },
+                },
             ],
-            limits: Limits { message_size: 1 << 20, recipients: 100 },
+            limits: Limits {
+                message_size: 1 << 20,
+                recipients: 100,
+            },
         }
     }
 
@@ -146,7 +175,10 @@ mod tests {
         let d = p.domain("ZETA.test").unwrap();
         assert_eq!(d.route.host.as_str(), "10.0.0.2");
         assert_eq!(d.route.port.to_native(), 25);
-        assert_eq!(p.domain("alpha.test.").unwrap().route.port.to_native(), 2526);
+        assert_eq!(
+            p.domain("alpha.test.").unwrap().route.port.to_native(),
+            2526
+        );
         assert!(p.domain("beta.test").is_none());
         assert!(p.domain("").is_none());
         assert_eq!(p.limits.recipients.to_native(), 100);
@@ -156,7 +188,10 @@ mod tests {
     fn every_truncation_is_refused() {
         let image = encode(&sample()).unwrap();
         for len in 0..image.len() {
-            assert!(Snapshot::from_bytes(&image[..len]).is_err(), "accepted {len} bytes");
+            assert!(
+                Snapshot::from_bytes(&image[..len]).is_err(),
+                "accepted {len} bytes"
+            );
         }
     }
 
@@ -170,7 +205,10 @@ mod tests {
             }
             let mut bad = image.clone();
             bad[byte] ^= 0x10;
-            assert!(Snapshot::from_bytes(&bad).is_err(), "accepted flip at {byte}");
+            assert!(
+                Snapshot::from_bytes(&bad).is_err(),
+                "accepted flip at {byte}"
+            );
         }
     }
 

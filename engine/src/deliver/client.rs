@@ -32,7 +32,10 @@ impl Reply {
     }
     /// A reply of our own making, for failures that produced none.
     pub fn local(code: u16, text: &str) -> Reply {
-        Reply { code, text: format!("{code} {text}") }
+        Reply {
+            code,
+            text: format!("{code} {text}"),
+        }
     }
 }
 
@@ -99,7 +102,11 @@ pub struct Connection {
 const MAX_REPLY_LINE: usize = 4096;
 const MAX_REPLY_LINES: usize = 200;
 
-async fn deadline<T>(d: Duration, what: &'static str, f: impl Future<Output = Result<T, ConnError>>) -> Result<T, ConnError> {
+async fn deadline<T>(
+    d: Duration,
+    what: &'static str,
+    f: impl Future<Output = Result<T, ConnError>>,
+) -> Result<T, ConnError> {
     futures_lite::future::or(f, async {
         glommio::timer::sleep(d).await;
         Err(ConnError::Timeout(what))
@@ -121,7 +128,12 @@ impl Connection {
         tls: Option<&Arc<ClientConfig>>,
         timeouts: Timeouts,
     ) -> Result<Connection, ConnError> {
-        let tcp = deadline(timeouts.connect, "connecting", async { TcpStream::connect(addr).await.map_err(|e| ConnError::Io(e.to_string())) }).await?;
+        let tcp = deadline(timeouts.connect, "connecting", async {
+            TcpStream::connect(addr)
+                .await
+                .map_err(|e| ConnError::Io(e.to_string()))
+        })
+        .await?;
         let _ = tcp.set_nodelay(true);
         let mut c = Connection {
             stream: Stream::Plain(tcp),
@@ -144,18 +156,25 @@ impl Connection {
             let r = c.read_reply(timeouts.command).await?;
             if r.code == 220 {
                 if c.start != c.end {
-                    return Err(ConnError::Protocol("server sent data after its STARTTLS reply".into()));
+                    return Err(ConnError::Protocol(
+                        "server sent data after its STARTTLS reply".into(),
+                    ));
                 }
                 let Stream::Plain(tcp) = c.stream else {
                     return Err(ConnError::Protocol("STARTTLS on a TLS connection".into()));
                 };
                 let name = server_name(host).or_else(|| server_name(&addr.ip().to_string()));
                 let Some(name) = name else {
-                    return Err(ConnError::Protocol(format!("{host} is not usable as a TLS server name")));
+                    return Err(ConnError::Protocol(format!(
+                        "{host} is not usable as a TLS server name"
+                    )));
                 };
                 let connector = futures_rustls::TlsConnector::from(cfg.clone());
                 let tls_stream = deadline(timeouts.command, "in the TLS handshake", async {
-                    connector.connect(name, tcp).await.map_err(|e| ConnError::Io(format!("TLS handshake failed: {e}")))
+                    connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| ConnError::Io(format!("TLS handshake failed: {e}")))
                 })
                 .await?;
                 c.stream = Stream::Client(Box::new(tls_stream));
@@ -210,15 +229,22 @@ impl Connection {
             }
             let line = self.read_line(timeout).await?;
             if line.len() < 3 || !line.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
-                return Err(ConnError::Protocol(format!("malformed reply line {:?}", truncate(&line))));
+                return Err(ConnError::Protocol(format!(
+                    "malformed reply line {:?}",
+                    truncate(&line)
+                )));
             }
-            let this_code: u16 = line[..3].parse().map_err(|_| ConnError::Protocol("bad reply code".into()))?;
+            let this_code: u16 = line[..3]
+                .parse()
+                .map_err(|_| ConnError::Protocol("bad reply code".into()))?;
             if n == 0 {
                 code = this_code;
                 text.push_str(&line);
             } else {
                 if this_code != code {
-                    return Err(ConnError::Protocol("reply lines disagree on the code".into()));
+                    return Err(ConnError::Protocol(
+                        "reply lines disagree on the code".into(),
+                    ));
                 }
                 text.push(' ');
                 text.push_str(line.get(4..).unwrap_or(""));
@@ -226,10 +252,18 @@ impl Connection {
             match line.as_bytes().get(3) {
                 None | Some(b' ') => break,
                 Some(b'-') => continue,
-                Some(_) => return Err(ConnError::Protocol(format!("malformed reply line {:?}", truncate(&line)))),
+                Some(_) => {
+                    return Err(ConnError::Protocol(format!(
+                        "malformed reply line {:?}",
+                        truncate(&line)
+                    )));
+                }
             }
         }
-        Ok(Reply { code, text: text.trim_end().to_string() })
+        Ok(Reply {
+            code,
+            text: text.trim_end().to_string(),
+        })
     }
 
     async fn read_line(&mut self, timeout: Duration) -> Result<String, ConnError> {
@@ -250,7 +284,10 @@ impl Connection {
                 self.start = 0;
             }
             let (stream, buf, end) = (&mut self.stream, &mut self.buf, self.end);
-            let n = deadline(timeout, "waiting for a reply", async { stream.read(&mut buf[end..]).await.map_err(io_err) }).await?;
+            let n = deadline(timeout, "waiting for a reply", async {
+                stream.read(&mut buf[end..]).await.map_err(io_err)
+            })
+            .await?;
             if n == 0 {
                 return Err(ConnError::Io("connection closed by the server".into()));
             }
@@ -260,13 +297,30 @@ impl Connection {
 
     /// Runs one mail transaction. Connection-level failures come back as `Err`; the
     /// connection must then be dropped.
-    pub async fn send(&mut self, from: &str, rcpts: &[&str], content: &[u8], eight_bit: bool, smtputf8: bool) -> Result<TxReplies, ConnError> {
+    pub async fn send(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        content: &[u8],
+        eight_bit: bool,
+        smtputf8: bool,
+    ) -> Result<TxReplies, ConnError> {
         if let Some(max) = self.caps.size
             && max > 0
             && content.len() as u64 > max
         {
-            let r = Reply::local(552, &format!("5.3.4 message of {} octets exceeds the remote limit of {max}", content.len()));
-            return Ok(TxReplies { mail: r, rcpts: Vec::new(), data: None });
+            let r = Reply::local(
+                552,
+                &format!(
+                    "5.3.4 message of {} octets exceeds the remote limit of {max}",
+                    content.len()
+                ),
+            );
+            return Ok(TxReplies {
+                mail: r,
+                rcpts: Vec::new(),
+                data: None,
+            });
         }
         let mut mail = format!("MAIL FROM:<{from}>");
         if self.caps.size.is_some() {
@@ -280,7 +334,11 @@ impl Connection {
         }
         mail.push_str("\r\n");
         let cmd = self.timeouts.command;
-        let mut replies = TxReplies { mail: Reply::local(0, ""), rcpts: Vec::with_capacity(rcpts.len()), data: None };
+        let mut replies = TxReplies {
+            mail: Reply::local(0, ""),
+            rcpts: Vec::with_capacity(rcpts.len()),
+            data: None,
+        };
         let data_reply;
         if self.caps.pipelining {
             let mut batch = mail.into_bytes();
@@ -379,7 +437,12 @@ fn parse_caps(ehlo: &str) -> Caps {
             "8BITMIME" => caps.eight_bit = true,
             "SMTPUTF8" => caps.smtputf8 = true,
             "SIZE" => {
-                caps.size = Some(tokens.peek().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0));
+                caps.size = Some(
+                    tokens
+                        .peek()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0),
+                );
             }
             _ => {}
         }
@@ -415,7 +478,15 @@ mod tests {
 
     #[test]
     fn stuffing_round_trips_through_the_server_reader() {
-        let cases: &[&[u8]] = &[b"", b"a\r\n", b".\r\n", b"..\r\n", b"x\r\n.\r\n.x\r\n", b"no final crlf", b".start\r\n\r\n..\r\n"];
+        let cases: &[&[u8]] = &[
+            b"",
+            b"a\r\n",
+            b".\r\n",
+            b"..\r\n",
+            b"x\r\n.\r\n.x\r\n",
+            b"no final crlf",
+            b".start\r\n\r\n..\r\n",
+        ];
         for c in cases {
             let framed = dot_stuff(c);
             let mut s = DataScanner::new(1 << 20);
@@ -433,7 +504,9 @@ mod tests {
 
     #[test]
     fn capabilities() {
-        let c = parse_caps("250 mx.test Hello x PIPELINING SIZE 1000 8BITMIME STARTTLS ENHANCEDSTATUSCODES");
+        let c = parse_caps(
+            "250 mx.test Hello x PIPELINING SIZE 1000 8BITMIME STARTTLS ENHANCEDSTATUSCODES",
+        );
         assert!(c.pipelining && c.eight_bit && c.starttls && !c.smtputf8);
         assert_eq!(c.size, Some(1000));
         assert_eq!(parse_caps("250 mx.test SIZE").size, Some(0));

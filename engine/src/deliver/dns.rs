@@ -5,7 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use futures_channel::oneshot;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig};
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver, TokioResolver};
@@ -45,35 +47,46 @@ impl Dns {
     pub fn start(nameservers: &[SocketAddr]) -> anyhow::Result<Dns> {
         let resolver = build_resolver(nameservers)?;
         let (tx, rx) = flume::unbounded::<Query>();
-        std::thread::Builder::new().name("dns".into()).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    warn!("cannot start the DNS runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                while let Ok(q) = rx.recv_async().await {
-                    let r = resolver.clone();
-                    tokio::spawn(async move { answer(&r, q).await });
-                }
-            });
-        })?;
+        std::thread::Builder::new()
+            .name("dns".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        warn!("cannot start the DNS runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    while let Ok(q) = rx.recv_async().await {
+                        let r = resolver.clone();
+                        tokio::spawn(async move { answer(&r, q).await });
+                    }
+                });
+            })?;
         Ok(Dns { tx })
     }
 
     pub async fn mx(&self, domain: &str) -> Result<MxAnswer, TempFailure> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Query::Mx(domain.to_string(), tx)).map_err(|_| TempFailure("resolver thread is gone".into()))?;
-        rx.await.map_err(|_| TempFailure("resolver dropped the query".into()))?
+        self.tx
+            .send(Query::Mx(domain.to_string(), tx))
+            .map_err(|_| TempFailure("resolver thread is gone".into()))?;
+        rx.await
+            .map_err(|_| TempFailure("resolver dropped the query".into()))?
     }
 
     /// A and AAAA addresses of a host name. An empty list means the name has none.
     pub async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, TempFailure> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Query::Ip(host.to_string(), tx)).map_err(|_| TempFailure("resolver thread is gone".into()))?;
-        rx.await.map_err(|_| TempFailure("resolver dropped the query".into()))?
+        self.tx
+            .send(Query::Ip(host.to_string(), tx))
+            .map_err(|_| TempFailure("resolver thread is gone".into()))?;
+        rx.await
+            .map_err(|_| TempFailure("resolver dropped the query".into()))?
     }
 }
 
@@ -90,15 +103,26 @@ fn build_resolver(nameservers: &[SocketAddr]) -> anyhow::Result<TokioResolver> {
                 c.port = sa.port();
                 c
             };
-            NameServerConfig::new(sa.ip(), true, vec![conn(ProtocolConfig::Udp), conn(ProtocolConfig::Tcp)])
+            NameServerConfig::new(
+                sa.ip(),
+                true,
+                vec![conn(ProtocolConfig::Udp), conn(ProtocolConfig::Tcp)],
+            )
         })
         .collect();
-    Ok(Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider).build()?)
+    Ok(
+        Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+            .build()?,
+    )
 }
 
 /// Absolute form, so no search domain is ever appended.
 fn fqdn(name: &str) -> String {
-    if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
 }
 
 async fn answer(r: &TokioResolver, q: Query) {
@@ -120,7 +144,11 @@ async fn answer(r: &TokioResolver, q: Query) {
                     } else if mx.is_empty() {
                         Ok(MxAnswer::Implicit)
                     } else {
-                        Ok(MxAnswer::Hosts(mx.into_iter().map(|(_, h)| h.trim_end_matches('.').to_string()).collect()))
+                        Ok(MxAnswer::Hosts(
+                            mx.into_iter()
+                                .map(|(_, h)| h.trim_end_matches('.').to_string())
+                                .collect(),
+                        ))
                     }
                 }
                 Err(e) if e.is_nx_domain() => Ok(MxAnswer::NxDomain),

@@ -34,7 +34,10 @@ pub struct Report<'a> {
 pub fn status_of(code: u16, text: &str) -> String {
     let candidate = text.split_whitespace().find(|w| {
         let parts: Vec<&str> = w.split('.').collect();
-        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
     });
     match candidate {
         Some(c) if c.starts_with(&(code / 100).to_string()) => c.to_string(),
@@ -46,21 +49,38 @@ pub fn status_of(code: u16, text: &str) -> String {
 pub fn build(r: &Report<'_>) -> Vec<u8> {
     let boundary = format!("{}/{}", r.dsn_id, r.reporting_mta);
     let mut m = String::with_capacity(2048);
-    let _ = write!(m, "From: Mail Delivery System <MAILER-DAEMON@{}>\r\n", r.reporting_mta);
+    let _ = write!(
+        m,
+        "From: Mail Delivery System <MAILER-DAEMON@{}>\r\n",
+        r.reporting_mta
+    );
     let _ = write!(m, "To: <{}>\r\n", r.original_sender);
     m.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
     let _ = write!(m, "Date: {}\r\n", rfc5322_date(r.now));
     let _ = write!(m, "Message-ID: <{}@{}>\r\n", r.dsn_id, r.reporting_mta);
     m.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
-    let _ = write!(m, "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n");
+    let _ = write!(
+        m,
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"
+    );
     m.push_str("This is a MIME-encapsulated message.\r\n\r\n");
-    let _ = write!(m, "--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n");
-    let _ = write!(m, "This is the mail system at host {}.\r\n\r\n", r.reporting_mta);
+    let _ = write!(
+        m,
+        "--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+    );
+    let _ = write!(
+        m,
+        "This is the mail system at host {}.\r\n\r\n",
+        r.reporting_mta
+    );
     m.push_str("I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n\r\n");
     for f in r.failed {
         let _ = write!(m, "<{}>: {}\r\n", ascii(&f.rcpt), ascii(&f.diagnostic));
     }
-    let _ = write!(m, "\r\n--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n");
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n"
+    );
     let _ = write!(m, "Reporting-MTA: dns; {}\r\n", r.reporting_mta);
     let _ = write!(m, "X-Bulwark-Queue-ID: {}\r\n", r.queue_id);
     let _ = write!(m, "Arrival-Date: {}\r\n", rfc5322_date(r.arrival));
@@ -73,7 +93,10 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
         }
         let _ = write!(m, "Diagnostic-Code: smtp; {}\r\n", ascii(&f.diagnostic));
     }
-    let _ = write!(m, "\r\n--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n");
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+    );
     let mut out = m.into_bytes();
     out.extend_from_slice(original_header(r.original));
     if !out.ends_with(b"\r\n") {
@@ -102,7 +125,15 @@ fn original_header(msg: &[u8]) -> &[u8] {
 
 /// Keeps report fields printable ASCII on one line.
 fn ascii(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -125,7 +156,8 @@ mod tests {
             diagnostic: "550 5.1.1 unknown user".into(),
             remote_mta: Some("127.0.0.1".into()),
         }];
-        let original = b"Received: x\r\nSubject: hello\r\nMessage-ID: <m1@x>\r\n\r\nsecret body\r\n";
+        let original =
+            b"Received: x\r\nSubject: hello\r\nMessage-ID: <m1@x>\r\n\r\nsecret body\r\n";
         let dsn = build(&Report {
             reporting_mta: "mx.bulwark.test",
             queue_id: "Q1",
@@ -138,7 +170,9 @@ mod tests {
         });
         let text = String::from_utf8(dsn).unwrap();
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
-        assert!(text.contains("Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.bulwark.test\r\n"));
+        assert!(text.contains(
+            "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.bulwark.test\r\n"
+        ));
         assert!(text.contains("Final-Recipient: rfc822; u@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; 127.0.0.1\r\nDiagnostic-Code: smtp; 550 5.1.1 unknown user\r\n"));
         assert!(text.contains("Content-Type: text/rfc822-headers\r\n\r\nReceived: x\r\nSubject: hello\r\nMessage-ID: <m1@x>\r\n"));
         assert!(!text.contains("secret body"));

@@ -78,6 +78,7 @@ pub struct Message {
 
 impl Message {
     /// `finished[i]` marks recipients already done before a restart.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: String,
         arrival: u64,
@@ -93,7 +94,15 @@ impl Message {
             .enumerate()
             .map(|(i, addr)| {
                 let done = finished.and_then(|f| f.get(i).copied()).unwrap_or(false);
-                Rcpt { addr, status: if done { Status::Delivered } else { Status::Pending }, last: None }
+                Rcpt {
+                    addr,
+                    status: if done {
+                        Status::Delivered
+                    } else {
+                        Status::Pending
+                    },
+                    last: None,
+                }
             })
             .collect();
         Rc::new(Message {
@@ -102,7 +111,12 @@ impl Message {
             flags,
             sender,
             location,
-            state: RefCell::new(State { rcpts, attempts: 0, outstanding: 0, content }),
+            state: RefCell::new(State {
+                rcpts,
+                attempts: 0,
+                outstanding: 0,
+                content,
+            }),
         })
     }
 }
@@ -213,7 +227,10 @@ impl Deliverer {
         msg.state.borrow_mut().outstanding = groups.len();
         for (dest, rcpts) in groups {
             let q = self.dest_queue(&dest);
-            let _ = q.tx.try_send(Job { msg: msg.clone(), rcpts });
+            let _ = q.tx.try_send(Job {
+                msg: msg.clone(),
+                rcpts,
+            });
             if q.idle.get() == 0 && q.workers.get() < self.settings.connections_per_destination {
                 q.workers.set(q.workers.get() + 1);
                 let me = self.clone();
@@ -227,7 +244,13 @@ impl Deliverer {
             return q.clone();
         }
         let (tx, rx) = local_channel::new_unbounded();
-        let q = Rc::new(DestQueue { dest: dest.clone(), tx, rx: Rc::new(rx), workers: Cell::new(0), idle: Cell::new(0) });
+        let q = Rc::new(DestQueue {
+            dest: dest.clone(),
+            tx,
+            rx: Rc::new(rx),
+            workers: Cell::new(0),
+            idle: Cell::new(0),
+        });
         self.dests.borrow_mut().insert(dest.clone(), q.clone());
         q
     }
@@ -252,7 +275,10 @@ impl Deliverer {
             };
             let started = Instant::now();
             let outcomes = self.run_job(&q.dest, &mut conn, &job).await;
-            self.metrics.shard(self.core).delivery_latency.observe_duration(started.elapsed());
+            self.metrics
+                .shard(self.core)
+                .delivery_latency
+                .observe_duration(started.elapsed());
             self.report(job, outcomes);
         }
         q.workers.set(q.workers.get() - 1);
@@ -261,8 +287,18 @@ impl Deliverer {
         }
     }
 
-    async fn run_job(&self, dest: &Destination, conn: &mut Option<Connection>, job: &Job) -> Vec<(usize, Outcome, Option<String>)> {
-        let all = |o: &dyn Fn() -> Outcome, remote: Option<String>| job.rcpts.iter().map(|&i| (i, o(), remote.clone())).collect::<Vec<_>>();
+    async fn run_job(
+        &self,
+        dest: &Destination,
+        conn: &mut Option<Connection>,
+        job: &Job,
+    ) -> Vec<(usize, Outcome, Option<String>)> {
+        let all = |o: &dyn Fn() -> Outcome, remote: Option<String>| {
+            job.rcpts
+                .iter()
+                .map(|&i| (i, o(), remote.clone()))
+                .collect::<Vec<_>>()
+        };
         let content = match self.content(&job.msg).await {
             Ok(c) => c,
             Err(e) => {
@@ -278,16 +314,24 @@ impl Deliverer {
                 Err(Failure::Permanent(r)) => return all(&|| Outcome::Failed(r.clone()), None),
             }
         }
-        let Some(c) = conn.as_mut() else { return Vec::new() };
+        let Some(c) = conn.as_mut() else {
+            return Vec::new();
+        };
         let remote = Some(c.remote.clone());
         let rcpt_addrs: Vec<String> = {
             let st = job.msg.state.borrow();
-            job.rcpts.iter().map(|&i| st.rcpts[i].addr.clone()).collect()
+            job.rcpts
+                .iter()
+                .map(|&i| st.rcpts[i].addr.clone())
+                .collect()
         };
         let rcpt_refs: Vec<&str> = rcpt_addrs.iter().map(String::as_str).collect();
         let eight_bit = job.msg.flags & crate::queue::record::FLAG_8BIT != 0;
         let utf8 = job.msg.flags & crate::queue::record::FLAG_SMTPUTF8 != 0;
-        match c.send(&job.msg.sender, &rcpt_refs, &content, eight_bit, utf8).await {
+        match c
+            .send(&job.msg.sender, &rcpt_refs, &content, eight_bit, utf8)
+            .await
+        {
             Err(e) => {
                 *conn = None;
                 let r = e.as_reply();
@@ -314,7 +358,10 @@ impl Deliverer {
                             Some(r) if !r.is_positive() => by_class(r),
                             Some(_) => match &tx.data {
                                 Some(d) => by_class(d),
-                                None => Outcome::Deferred(Reply::local(451, "4.4.2 no reply to the content")),
+                                None => Outcome::Deferred(Reply::local(
+                                    451,
+                                    "4.4.2 no reply to the content",
+                                )),
                             },
                             None => Outcome::Deferred(Reply::local(451, "4.4.2 no reply to RCPT")),
                         };
@@ -339,12 +386,28 @@ impl Deliverer {
         let targets = self.resolve(dest).await?;
         let mut last = Failure::Temporary(Reply::local(451, "4.4.4 no address to deliver to"));
         for (host, addr) in targets {
-            match Connection::open(&host, addr, &self.settings.hostname, Some(&self.tls), self.settings.timeouts).await {
+            match Connection::open(
+                &host,
+                addr,
+                &self.settings.hostname,
+                Some(&self.tls),
+                self.settings.timeouts,
+            )
+            .await
+            {
                 Ok(c) => return Ok(c),
                 Err(ConnError::Io(e)) if e.starts_with("TLS handshake failed") => {
                     // Opportunistic TLS: a broken handshake falls back to plaintext.
                     warn!(%host, %addr, "{e}; retrying without TLS");
-                    match Connection::open(&host, addr, &self.settings.hostname, None, self.settings.timeouts).await {
+                    match Connection::open(
+                        &host,
+                        addr,
+                        &self.settings.hostname,
+                        None,
+                        self.settings.timeouts,
+                    )
+                    .await
+                    {
                         Ok(c) => return Ok(c),
                         Err(e) => last = Failure::Temporary(e.as_reply()),
                     }
@@ -359,7 +422,8 @@ impl Deliverer {
     }
 
     async fn resolve(&self, dest: &Destination) -> Result<Vec<(String, SocketAddr)>, Failure> {
-        let temp = |e: dns::TempFailure| Failure::Temporary(Reply::local(451, &format!("4.4.3 {e}")));
+        let temp =
+            |e: dns::TempFailure| Failure::Temporary(Reply::local(451, &format!("4.4.3 {e}")));
         match dest {
             Destination::Route { host, port } => {
                 if let Ok(ip) = host.parse::<IpAddr>() {
@@ -367,30 +431,48 @@ impl Deliverer {
                 }
                 let ips = self.dns.ips(host).await.map_err(temp)?;
                 if ips.is_empty() {
-                    return Err(Failure::Temporary(Reply::local(451, &format!("4.4.4 route host {host} has no address"))));
+                    return Err(Failure::Temporary(Reply::local(
+                        451,
+                        &format!("4.4.4 route host {host} has no address"),
+                    )));
                 }
-                Ok(ips.into_iter().map(|ip| (host.clone(), SocketAddr::new(ip, *port))).collect())
+                Ok(ips
+                    .into_iter()
+                    .map(|ip| (host.clone(), SocketAddr::new(ip, *port)))
+                    .collect())
             }
             Destination::Mx { domain } => {
                 let hosts = match self.dns.mx(domain).await.map_err(temp)? {
                     MxAnswer::Hosts(h) => h,
                     MxAnswer::Implicit => vec![domain.clone()],
                     MxAnswer::NullMx => {
-                        return Err(Failure::Permanent(Reply::local(556, &format!("5.1.10 {domain} accepts no mail (null MX)"))));
+                        return Err(Failure::Permanent(Reply::local(
+                            556,
+                            &format!("5.1.10 {domain} accepts no mail (null MX)"),
+                        )));
                     }
                     MxAnswer::NxDomain => {
-                        return Err(Failure::Permanent(Reply::local(550, &format!("5.1.2 domain {domain} does not exist"))));
+                        return Err(Failure::Permanent(Reply::local(
+                            550,
+                            &format!("5.1.2 domain {domain} does not exist"),
+                        )));
                     }
                 };
                 let mut out = Vec::new();
                 for h in hosts {
                     match self.dns.ips(&h).await {
-                        Ok(ips) => out.extend(ips.into_iter().map(|ip| (h.clone(), SocketAddr::new(ip, 25)))),
+                        Ok(ips) => out.extend(
+                            ips.into_iter()
+                                .map(|ip| (h.clone(), SocketAddr::new(ip, 25))),
+                        ),
                         Err(e) => warn!(host = %h, "MX host lookup failed: {e}"),
                     }
                 }
                 if out.is_empty() {
-                    return Err(Failure::Temporary(Reply::local(451, &format!("4.4.4 no address for the mail hosts of {domain}"))));
+                    return Err(Failure::Temporary(Reply::local(
+                        451,
+                        &format!("4.4.4 no address for the mail hosts of {domain}"),
+                    )));
                 }
                 Ok(out)
             }
@@ -440,7 +522,12 @@ impl Deliverer {
 
     /// After an attempt: finished, or wait for the next one.
     fn settle(self: &Rc<Self>, msg: Rc<Message>) {
-        let pending = msg.state.borrow().rcpts.iter().any(|r| r.status == Status::Pending);
+        let pending = msg
+            .state
+            .borrow()
+            .rcpts
+            .iter()
+            .any(|r| r.status == Status::Pending);
         if !pending {
             let me = self.clone();
             glommio::spawn_local(async move { me.finish(msg).await }).detach();
@@ -453,7 +540,11 @@ impl Deliverer {
             st.attempts += 1;
             st.content = None;
             let i = (st.attempts as usize - 1).min(self.settings.retry.len().saturating_sub(1));
-            self.settings.retry.get(i).copied().unwrap_or(Duration::from_secs(300))
+            self.settings
+                .retry
+                .get(i)
+                .copied()
+                .unwrap_or(Duration::from_secs(300))
         };
         if now >= expires {
             self.expire(msg);
@@ -463,7 +554,9 @@ impl Deliverer {
         let key = self.next_retry_key.get();
         self.next_retry_key.set(key + 1);
         self.waiting.borrow_mut().insert(key, msg);
-        self.retries.borrow_mut().push(Reverse((Instant::now() + wait, key)));
+        self.retries
+            .borrow_mut()
+            .push(Reverse((Instant::now() + wait, key)));
     }
 
     /// The lifetime ran out: every pending recipient fails with its last error.
@@ -472,8 +565,18 @@ impl Deliverer {
             let mut st = msg.state.borrow_mut();
             for r in st.rcpts.iter_mut().filter(|r| r.status == Status::Pending) {
                 r.status = Status::Failed;
-                let last = r.last.take().map(|(rep, _)| rep.text).unwrap_or_else(|| "no attempt succeeded".into());
-                r.last = Some((Reply::local(451, &format!("4.4.7 delivery time expired; last error: {last}")), None));
+                let last = r
+                    .last
+                    .take()
+                    .map(|(rep, _)| rep.text)
+                    .unwrap_or_else(|| "no attempt succeeded".into());
+                r.last = Some((
+                    Reply::local(
+                        451,
+                        &format!("4.4.7 delivery time expired; last error: {last}"),
+                    ),
+                    None,
+                ));
             }
         }
         info!(id = %msg.id, "queue lifetime expired");
@@ -494,7 +597,9 @@ impl Deliverer {
                     }
                 };
                 let Some(key) = due else { break };
-                let Some(msg) = self.waiting.borrow_mut().remove(&key) else { continue };
+                let Some(msg) = self.waiting.borrow_mut().remove(&key) else {
+                    continue;
+                };
                 if unix_now() >= msg.arrival + self.settings.lifetime.as_secs() {
                     self.expire(msg);
                 } else {
@@ -513,7 +618,10 @@ impl Deliverer {
             .iter()
             .filter(|r| r.status == Status::Failed)
             .map(|r| {
-                let (reply, remote) = r.last.clone().unwrap_or((Reply::local(550, "5.0.0 delivery failed"), None));
+                let (reply, remote) = r
+                    .last
+                    .clone()
+                    .unwrap_or((Reply::local(550, "5.0.0 delivery failed"), None));
                 dsn::FailedRecipient {
                     rcpt: r.addr.clone(),
                     status: dsn::status_of(reply.code, &reply.text),
@@ -530,7 +638,9 @@ impl Deliverer {
                 self.next_retry_key.set(key + 1);
                 // Re-settle later: the failed recipients stay failed, so this comes back here.
                 self.waiting.borrow_mut().insert(key, msg);
-                self.retries.borrow_mut().push(Reverse((Instant::now() + Duration::from_secs(60), key)));
+                self.retries
+                    .borrow_mut()
+                    .push(Reverse((Instant::now() + Duration::from_secs(60), key)));
                 return;
             }
         } else if !failed.is_empty() {
@@ -540,11 +650,17 @@ impl Deliverer {
         self.queued.set(self.queued.get().saturating_sub(1));
         let shard = self.metrics.shard(self.core);
         shard.queue_messages.add(-1);
-        shard.queue_residence.observe(unix_now().saturating_sub(msg.arrival) as f64);
+        shard
+            .queue_residence
+            .observe(unix_now().saturating_sub(msg.arrival) as f64);
         info!(id = %msg.id, "finished");
     }
 
-    async fn bounce(self: &Rc<Self>, msg: &Message, failed: &[dsn::FailedRecipient]) -> Result<(), crate::queue::SpoolError> {
+    async fn bounce(
+        self: &Rc<Self>,
+        msg: &Message,
+        failed: &[dsn::FailedRecipient],
+    ) -> Result<(), crate::queue::SpoolError> {
         let original = match self.content(msg).await {
             Ok(c) => c,
             Err(_) => Rc::new(Vec::new()),
@@ -562,10 +678,22 @@ impl Deliverer {
             original: &original,
         });
         let rcpts = vec![msg.sender.clone()];
-        let loc = self.spool.append_message(&dsn_id, now, 0, "", &rcpts, b"", &body).await?;
+        let loc = self
+            .spool
+            .append_message(&dsn_id, now, 0, "", &rcpts, b"", &body)
+            .await?;
         self.metrics.shard(self.core).dsns.inc();
         info!(id = %msg.id, dsn = %dsn_id, to = %msg.sender, "bounce queued");
-        let m = Message::new(dsn_id, now, 0, String::new(), rcpts, None, loc, Some(Rc::new(body)));
+        let m = Message::new(
+            dsn_id,
+            now,
+            0,
+            String::new(),
+            rcpts,
+            None,
+            loc,
+            Some(Rc::new(body)),
+        );
         self.enqueue(m);
         Ok(())
     }

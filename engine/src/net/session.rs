@@ -55,7 +55,9 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
     let mut stream = Stream::Plain(tcp);
     if core.sessions.get() > core.max_sessions {
         shard.reject(Reject::TooManyConnections);
-        let _ = stream.write_all(b"421 4.7.0 Too many connections, try again later\r\n").await;
+        let _ = stream
+            .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+            .await;
         let _ = stream.close().await;
         return;
     }
@@ -87,12 +89,19 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                     }
                     // Anything pipelined after STARTTLS was sent in the clear: drop it.
                     start = end;
-                    let Some(acceptor) = core.tls.clone() else { break 'session };
-                    let Stream::Plain(tcp) = stream else { break 'session };
-                    let handshake = futures_lite::future::or(async { Some(acceptor.accept(tcp).await) }, async {
-                        glommio::timer::sleep(core.smtp.command_timeout).await;
-                        None
-                    })
+                    let Some(acceptor) = core.tls.clone() else {
+                        break 'session;
+                    };
+                    let Stream::Plain(tcp) = stream else {
+                        break 'session;
+                    };
+                    let handshake = futures_lite::future::or(
+                        async { Some(acceptor.accept(tcp).await) },
+                        async {
+                            glommio::timer::sleep(core.smtp.command_timeout).await;
+                            None
+                        },
+                    )
                     .await;
                     match handshake {
                         Some(Ok(tls)) => {
@@ -207,19 +216,39 @@ async fn flush(stream: &mut Stream, session: &mut Session) -> bool {
 }
 
 /// Spools a complete message and queues it for delivery. The `Err` is the reply.
-async fn accept_message(core: &Rc<Core>, session: &Session, stream: &Stream, peer: SocketAddr, tx: Transaction) -> Result<String, &'static str> {
+async fn accept_message(
+    core: &Rc<Core>,
+    session: &Session,
+    stream: &Stream,
+    peer: SocketAddr,
+    tx: Transaction,
+) -> Result<String, &'static str> {
     let id = core.ids.next();
     let now = unix_now();
     let mut content = Vec::with_capacity(tx.body.len() + 256);
     received_header(&mut content, core, session, stream, peer, &id, &tx, now);
     content.extend_from_slice(&tx.body);
     drop(tx.body);
-    let flags = if tx.eight_bit { FLAG_8BIT } else { 0 } | if tx.smtputf8 { FLAG_SMTPUTF8 } else { 0 };
-    match core.spool.append_message(&id, now, flags, &tx.mail_from, &tx.rcpts, b"", &content).await {
+    let flags =
+        if tx.eight_bit { FLAG_8BIT } else { 0 } | if tx.smtputf8 { FLAG_SMTPUTF8 } else { 0 };
+    match core
+        .spool
+        .append_message(&id, now, flags, &tx.mail_from, &tx.rcpts, b"", &content)
+        .await
+    {
         Ok(location) => {
             core.shard().messages_received.inc();
             info!(%id, %peer, from = %tx.mail_from, rcpts = tx.rcpts.len(), size = content.len(), "accepted");
-            let msg = crate::deliver::Message::new(id.clone(), now, flags, tx.mail_from, tx.rcpts, None, location, Some(Rc::new(content)));
+            let msg = crate::deliver::Message::new(
+                id.clone(),
+                now,
+                flags,
+                tx.mail_from,
+                tx.rcpts,
+                None,
+                location,
+                Some(Rc::new(content)),
+            );
             core.deliverer.enqueue(msg);
             Ok(id)
         }
@@ -237,14 +266,27 @@ async fn accept_message(core: &Rc<Core>, session: &Session, stream: &Stream, pee
 
 /// `Received:` (RFC 5321 §4.4) with the queue id, folded on several lines.
 #[allow(clippy::too_many_arguments)]
-fn received_header(out: &mut Vec<u8>, core: &Core, session: &Session, stream: &Stream, peer: SocketAddr, id: &str, tx: &Transaction, now: u64) {
+fn received_header(
+    out: &mut Vec<u8>,
+    core: &Core,
+    session: &Session,
+    stream: &Stream,
+    peer: SocketAddr,
+    id: &str,
+    tx: &Transaction,
+    now: u64,
+) {
     use std::fmt::Write as _;
     let mut h = String::with_capacity(256);
     let ip = match peer.ip() {
         std::net::IpAddr::V4(v4) => v4.to_string(),
         std::net::IpAddr::V6(v6) => format!("IPv6:{v6}"),
     };
-    let helo = if session.helo().is_empty() { "unknown" } else { session.helo() };
+    let helo = if session.helo().is_empty() {
+        "unknown"
+    } else {
+        session.helo()
+    };
     let mut proto = String::from(if session.is_esmtp() { "ESMTP" } else { "SMTP" });
     if tx.smtputf8 {
         proto = String::from("UTF8SMTP");
@@ -252,7 +294,11 @@ fn received_header(out: &mut Vec<u8>, core: &Core, session: &Session, stream: &S
     if stream.is_tls() {
         proto.push('S');
     }
-    let _ = write!(h, "Received: from {helo} ([{ip}])\r\n\tby {} (Bulwark)", core.session_cfg.hostname);
+    let _ = write!(
+        h,
+        "Received: from {helo} ([{ip}])\r\n\tby {} (Bulwark)",
+        core.session_cfg.hostname
+    );
     if let Some(t) = stream.tls_description() {
         let _ = write!(h, "\r\n\t({t})");
     }

@@ -12,7 +12,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme}
 /// Loads a PEM certificate chain and private key into a server configuration.
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("tls.cert: cannot open {}", cert.display()))?,
+        std::fs::File::open(cert)
+            .with_context(|| format!("tls.cert: cannot open {}", cert.display()))?,
     ))
     .collect::<Result<_, _>>()
     .with_context(|| format!("tls.cert: {} is not PEM", cert.display()))?;
@@ -20,7 +21,8 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig
         return Err(anyhow!("tls.cert: {} holds no certificate", cert.display()));
     }
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("tls.key: cannot open {}", key.display()))?,
+        std::fs::File::open(key)
+            .with_context(|| format!("tls.key: cannot open {}", key.display()))?,
     ))
     .with_context(|| format!("tls.key: {} is not PEM", key.display()))?
     .ok_or_else(|| anyhow!("tls.key: {} holds no private key", key.display()))?;
@@ -40,14 +42,20 @@ pub fn opportunistic_client_config() -> Arc<ClientConfig> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
     let cfg = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map(|b| b.dangerous().with_custom_certificate_verifier(Arc::new(Unauthenticated(provider))).with_no_client_auth());
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unauthenticated(provider)))
+                .with_no_client_auth()
+        });
     match cfg {
         Ok(c) => Arc::new(c),
         // The default provider always supports the default versions.
         Err(_) => Arc::new(
             ClientConfig::builder()
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unauthenticated(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))))
+                .with_custom_certificate_verifier(Arc::new(Unauthenticated(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))))
                 .with_no_client_auth(),
         ),
     }
@@ -81,7 +89,12 @@ impl ServerCertVerifier for Unauthenticated {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -90,7 +103,12 @@ impl ServerCertVerifier for Unauthenticated {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -19,11 +19,18 @@ pub struct QueueIds {
 
 impl QueueIds {
     pub fn new(core: usize) -> Self {
-        QueueIds { core: core as u8, last_micros: Cell::new(0), seq: Cell::new(0) }
+        QueueIds {
+            core: core as u8,
+            last_micros: Cell::new(0),
+            seq: Cell::new(0),
+        }
     }
 
     pub fn next(&self) -> String {
-        let mut now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let mut now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
         let last = self.last_micros.get();
         if now <= last {
             let seq = self.seq.get() + 1;
@@ -44,7 +51,10 @@ impl QueueIds {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

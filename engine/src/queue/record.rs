@@ -197,7 +197,15 @@ pub fn decode(data: &[u8]) -> Result<(Record<'_>, usize), ReadError> {
             let clen = usize::try_from(c.u64()?).map_err(|_| ReadError::Corrupt)?;
             let content_offset = HEADER_LEN + c.at;
             let content = c.take(clen)?;
-            Record::Message(MessageRecord { id, arrival, flags, sender, rcpts, content_offset, content })
+            Record::Message(MessageRecord {
+                id,
+                arrival,
+                flags,
+                sender,
+                rcpts,
+                content_offset,
+                content,
+            })
         }
         KIND_DELIVERED => {
             let id = c.str()?;
@@ -226,7 +234,16 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut out = Vec::new();
-        let at = encode_message(&mut out, "ID1", 1700000000, FLAG_8BIT, "s@x.test", &["a@y.test".into(), "b@y.test".into()], b"Received: x\r\n", b"body\r\n");
+        let at = encode_message(
+            &mut out,
+            "ID1",
+            1700000000,
+            FLAG_8BIT,
+            "s@x.test",
+            &["a@y.test".into(), "b@y.test".into()],
+            b"Received: x\r\n",
+            b"body\r\n",
+        );
         assert_eq!(&out[at..at + 13], b"Received: x\r\n");
         encode_delivered(&mut out, "ID1", &[1]);
         encode_done(&mut out, "ID1");
@@ -244,9 +261,18 @@ mod tests {
         assert_eq!(m.sender, "s@x.test");
         assert_eq!(m.rcpts, ["a@y.test", "b@y.test"]);
         assert_eq!(m.content, b"Received: x\r\nbody\r\n");
-        assert_eq!(&data[m.content_offset..m.content_offset + m.content.len()], m.content);
+        assert_eq!(
+            &data[m.content_offset..m.content_offset + m.content.len()],
+            m.content
+        );
         let (r, n2) = decode(&data[n1..]).unwrap();
-        assert_eq!(r, Record::Delivered { id: "ID1", rcpts: vec![1] });
+        assert_eq!(
+            r,
+            Record::Delivered {
+                id: "ID1",
+                rcpts: vec![1]
+            }
+        );
         let (r, n3) = decode(&data[n1 + n2..]).unwrap();
         assert_eq!(r, Record::Done { id: "ID1" });
         assert_eq!(n1 + n2 + n3, data.len());
@@ -255,16 +281,37 @@ mod tests {
     #[test]
     fn every_truncation_is_detected() {
         let mut data = Vec::new();
-        encode_message(&mut data, "ID1", 1, 0, "", &["a@y.test".into()], b"", b"hello\r\n");
+        encode_message(
+            &mut data,
+            "ID1",
+            1,
+            0,
+            "",
+            &["a@y.test".into()],
+            b"",
+            b"hello\r\n",
+        );
         for len in 0..data.len() {
-            assert!(decode(&data[..len]).is_err(), "accepted a record cut at {len}");
+            assert!(
+                decode(&data[..len]).is_err(),
+                "accepted a record cut at {len}"
+            );
         }
     }
 
     #[test]
     fn every_bit_flip_is_detected() {
         let mut data = Vec::new();
-        encode_message(&mut data, "ID1", 1, 0, "s@x.test", &["a@y.test".into()], b"H: v\r\n", b"hello\r\n");
+        encode_message(
+            &mut data,
+            "ID1",
+            1,
+            0,
+            "s@x.test",
+            &["a@y.test".into()],
+            b"H: v\r\n",
+            b"hello\r\n",
+        );
         for i in 0..data.len() {
             if (5..8).contains(&i) {
                 continue; // reserved octets

@@ -115,7 +115,12 @@ impl Spool {
     /// Opens (creating if needed) this core's spool, recovers what is on disk (including
     /// the directories of cores beyond `cores`, which this core adopts when `core` is
     /// their index modulo `cores`) and starts the committer.
-    pub async fn open(base: &Path, core: usize, cores: usize, segment_size: u64) -> io::Result<(Spool, Vec<Recovered>)> {
+    pub async fn open(
+        base: &Path,
+        core: usize,
+        cores: usize,
+        segment_size: u64,
+    ) -> io::Result<(Spool, Vec<Recovered>)> {
         std::fs::create_dir_all(base)?;
         let dir = core_dir(base, core);
         std::fs::create_dir_all(&dir)?;
@@ -136,7 +141,11 @@ impl Spool {
         for entry in std::fs::read_dir(base)? {
             let entry = entry?;
             let name = entry.file_name();
-            let Some(n) = name.to_str().and_then(|n| n.strip_prefix("core-")).and_then(|n| n.parse::<usize>().ok()) else {
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("core-"))
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
                 continue;
             };
             if n >= cores && n % cores == core {
@@ -157,7 +166,11 @@ impl Spool {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| u64::from_str_radix(n, 16).ok()) else {
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| u64::from_str_radix(n, 16).ok())
+            else {
                 continue;
             };
             names.push((n, entry.path()));
@@ -194,7 +207,11 @@ impl Spool {
                                 sender: m.sender.to_string(),
                                 rcpts: m.rcpts.iter().map(|r| r.to_string()).collect(),
                                 finished: vec![false; m.rcpts.len()],
-                                location: Location { segment: key, offset: (at + m.content_offset) as u64, len: m.content.len() as u64 },
+                                location: Location {
+                                    segment: key,
+                                    offset: (at + m.content_offset) as u64,
+                                    len: m.content.len() as u64,
+                                },
                             });
                         }
                         Record::Delivered { id, rcpts } => {
@@ -217,7 +234,11 @@ impl Spool {
                 Err(e) => {
                     // Nothing after a torn or damaged record was acknowledged by a sync
                     // that covered it alone; keep what precedes it.
-                    let what = if e == ReadError::Truncated { "torn" } else { "damaged" };
+                    let what = if e == ReadError::Truncated {
+                        "torn"
+                    } else {
+                        "damaged"
+                    };
                     warn!(segment = %path.display(), offset = at, dropped = data.len() - at, "spool segment has a {what} record; truncating");
                     let f = std::fs::OpenOptions::new().write(true).open(path)?;
                     f.set_len(at as u64)?;
@@ -236,11 +257,20 @@ impl Spool {
             std::fs::remove_file(path)?;
             return Ok(());
         }
-        let file = OpenOptions::new().read(true).write(true).buffered_open(path).await?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(path)
+            .await?;
         self.inner.next_key.set(key + 1);
         self.inner.segments.borrow_mut().insert(
             key,
-            Segment { path: path.to_path_buf(), file: Rc::new(file), len: at as u64, live: live.len() as u64 },
+            Segment {
+                path: path.to_path_buf(),
+                file: Rc::new(file),
+                len: at as u64,
+                live: live.len() as u64,
+            },
         );
         info!(segment = %path.display(), messages = live.len(), "recovered spool segment");
         out.extend(live);
@@ -259,10 +289,25 @@ impl Spool {
         header: &[u8],
         body: &[u8],
     ) -> Result<Location, SpoolError> {
-        let mut bytes = Vec::with_capacity(record::HEADER_LEN + 64 + sender.len() + rcpts.iter().map(|r| r.len() + 2).sum::<usize>() + header.len() + body.len());
-        let content_at = record::encode_message(&mut bytes, id, arrival, flags, sender, rcpts, header, body);
+        let mut bytes = Vec::with_capacity(
+            record::HEADER_LEN
+                + 64
+                + sender.len()
+                + rcpts.iter().map(|r| r.len() + 2).sum::<usize>()
+                + header.len()
+                + body.len(),
+        );
+        let content_at =
+            record::encode_message(&mut bytes, id, arrival, flags, sender, rcpts, header, body);
         let (tx, rx) = oneshot::channel();
-        self.push(Request { target: Target::Active, bytes, content_at: content_at as u64, finishes: false, adds: true, reply: Some(tx) });
+        self.push(Request {
+            target: Target::Active,
+            bytes,
+            content_at: content_at as u64,
+            finishes: false,
+            adds: true,
+            reply: Some(tx),
+        });
         rx.await.map_err(|_| SpoolError::Gone)?
     }
 
@@ -270,26 +315,45 @@ impl Spool {
     pub fn mark_delivered(&self, loc: Location, id: &str, rcpts: &[u32]) {
         let mut bytes = Vec::with_capacity(64);
         record::encode_delivered(&mut bytes, id, rcpts);
-        self.push(Request { target: Target::Segment(loc.segment), bytes, content_at: 0, finishes: false, adds: false, reply: None });
+        self.push(Request {
+            target: Target::Segment(loc.segment),
+            bytes,
+            content_at: 0,
+            finishes: false,
+            adds: false,
+            reply: None,
+        });
     }
 
     /// Records that the message is finished; its segment may then be reclaimed.
     pub fn mark_done(&self, loc: Location, id: &str) {
         let mut bytes = Vec::with_capacity(48);
         record::encode_done(&mut bytes, id);
-        self.push(Request { target: Target::Segment(loc.segment), bytes, content_at: 0, finishes: true, adds: false, reply: None });
+        self.push(Request {
+            target: Target::Segment(loc.segment),
+            bytes,
+            content_at: 0,
+            finishes: true,
+            adds: false,
+            reply: None,
+        });
     }
 
     /// Reads a message's content back from disk.
     pub async fn read_content(&self, loc: Location) -> io::Result<Vec<u8>> {
         let file = {
             let segs = self.inner.segments.borrow();
-            let seg = segs.get(&loc.segment).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "spool segment is gone"))?;
+            let seg = segs
+                .get(&loc.segment)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "spool segment is gone"))?;
             seg.file.clone()
         };
         let r = file.read_at(loc.offset, loc.len as usize).await?;
         if r.len() as u64 != loc.len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read from spool"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "short read from spool",
+            ));
         }
         Ok(r.to_vec())
     }
@@ -321,18 +385,38 @@ impl Spool {
         let n = self.inner.next_file.get();
         self.inner.next_file.set(n + 1);
         let path = self.inner.dir.join(segment_name(n));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).buffered_open(&path).await?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .buffered_open(&path)
+            .await?;
         // The new directory entry must be durable before anything in it is acknowledged.
-        Directory::open(&self.inner.dir).await?.sync().await?;
+        let dir = Directory::open(&self.inner.dir).await?;
+        dir.sync().await?;
+        dir.close().await?;
         let key = self.inner.next_key.get();
         self.inner.next_key.set(key + 1);
-        self.inner.segments.borrow_mut().insert(key, Segment { path, file: Rc::new(file), len: 0, live: 0 });
+        self.inner.segments.borrow_mut().insert(
+            key,
+            Segment {
+                path,
+                file: Rc::new(file),
+                len: 0,
+                live: 0,
+            },
+        );
         Ok(key)
     }
 
     async fn active_segment(&self) -> io::Result<u64> {
         if let Some(k) = self.inner.active.get() {
-            let full = self.inner.segments.borrow().get(&k).is_none_or(|s| s.len >= self.inner.segment_size);
+            let full = self
+                .inner
+                .segments
+                .borrow()
+                .get(&k)
+                .is_none_or(|s| s.len >= self.inner.segment_size);
             if !full {
                 return Ok(k);
             }
@@ -354,10 +438,10 @@ impl Spool {
             return;
         }
         let seg = self.inner.segments.borrow_mut().remove(&key);
-        if let Some(seg) = seg {
-            if let Err(e) = std::fs::remove_file(&seg.path) {
-                warn!(segment = %seg.path.display(), "cannot remove finished spool segment: {e}");
-            }
+        if let Some(seg) = seg
+            && let Err(e) = std::fs::remove_file(&seg.path)
+        {
+            warn!(segment = %seg.path.display(), "cannot remove finished spool segment: {e}");
         }
     }
 
@@ -402,7 +486,10 @@ impl Spool {
                 match segs.get(&key) {
                     Some(s) => (s.file.clone(), s.len),
                     None => {
-                        warn!(segment = key, "spool record for a segment that is gone; dropped");
+                        warn!(
+                            segment = key,
+                            "spool record for a segment that is gone; dropped"
+                        );
                         continue;
                     }
                 }
@@ -482,11 +569,16 @@ mod tests {
     use glommio::LocalExecutorBuilder;
 
     fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-        LocalExecutorBuilder::default().spawn(move || async move { f().await }).unwrap().join().unwrap();
+        LocalExecutorBuilder::default()
+            .spawn(move || async move { f().await })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("bulwark-spool-test-{name}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("bulwark-spool-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
     }
@@ -504,7 +596,18 @@ mod tests {
                 tasks.push(glommio::spawn_local(async move {
                     let id = format!("ID{i:04}");
                     let rcpts = vec![format!("u{i}@example.test"), "x@example.test".to_string()];
-                    let loc = s.append_message(&id, 100 + i, 0, "s@x.test", &rcpts, b"Received: r\r\n", format!("body {i}\r\n").as_bytes()).await.unwrap();
+                    let loc = s
+                        .append_message(
+                            &id,
+                            100 + i,
+                            0,
+                            "s@x.test",
+                            &rcpts,
+                            b"Received: r\r\n",
+                            format!("body {i}\r\n").as_bytes(),
+                        )
+                        .await
+                        .unwrap();
                     (id, loc)
                 }));
             }
@@ -514,7 +617,10 @@ mod tests {
             }
             let (commits, msgs) = spool.commit_stats();
             assert_eq!(msgs, 200);
-            assert!(commits < 200, "no group commit: {commits} commits for 200 messages");
+            assert!(
+                commits < 200,
+                "no group commit: {commits} commits for 200 messages"
+            );
             for (id, loc) in &locs[..3] {
                 let content = spool.read_content(*loc).await.unwrap();
                 assert!(content.starts_with(b"Received: r\r\nbody "), "{id}");
@@ -553,13 +659,29 @@ mod tests {
         let d = dir.clone();
         run(move || async move {
             let (spool, _) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
-            spool.append_message("A", 1, 0, "", &["a@example.test".into()], b"", b"one\r\n").await.unwrap();
-            spool.append_message("B", 1, 0, "", &["b@example.test".into()], b"", b"two\r\n").await.unwrap();
+            spool
+                .append_message("A", 1, 0, "", &["a@example.test".into()], b"", b"one\r\n")
+                .await
+                .unwrap();
+            spool
+                .append_message("B", 1, 0, "", &["b@example.test".into()], b"", b"two\r\n")
+                .await
+                .unwrap();
         });
-        let seg = std::fs::read_dir(dir.join("core-0")).unwrap().next().unwrap().unwrap().path();
+        let seg = std::fs::read_dir(dir.join("core-0"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let len = std::fs::metadata(&seg).unwrap().len();
         // Cut the second record in half, as a crash mid-write would.
-        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 10).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
         let d = dir.clone();
         run(move || async move {
             let (_, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
@@ -575,7 +697,10 @@ mod tests {
         let d = dir.clone();
         run(move || async move {
             let (spool, _) = Spool::open(&d, 3, 4, 1 << 20).await.unwrap();
-            spool.append_message("C3", 1, 0, "", &["a@example.test".into()], b"", b"x\r\n").await.unwrap();
+            spool
+                .append_message("C3", 1, 0, "", &["a@example.test".into()], b"", b"x\r\n")
+                .await
+                .unwrap();
         });
         let d = dir.clone();
         run(move || async move {

@@ -63,7 +63,11 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, SyntaxError> {
     upper[..verb.len()].copy_from_slice(verb.as_bytes());
     upper.make_ascii_uppercase();
     let no_args = |c: Command<'static>| {
-        if rest.is_empty() { Ok(c) } else { Err(SyntaxError::Arguments("Syntax: command takes no arguments")) }
+        if rest.is_empty() {
+            Ok(c)
+        } else {
+            Err(SyntaxError::Arguments("Syntax: command takes no arguments"))
+        }
     };
     match &upper[..verb.len()] {
         b"EHLO" => domain_arg(rest).map(Command::Ehlo),
@@ -110,8 +114,12 @@ fn strip_keyword<'a>(rest: &'a str, keyword: &str) -> Option<&'a str> {
 
 /// Splits `<path> params...` into the path inside the brackets and the rest.
 fn split_path(s: &str) -> Result<(&str, &str), SyntaxError> {
-    let s = s.strip_prefix('<').ok_or(SyntaxError::Arguments("Syntax: address must be in angle brackets"))?;
-    let end = s.find('>').ok_or(SyntaxError::Arguments("Syntax: address must be in angle brackets"))?;
+    let s = s.strip_prefix('<').ok_or(SyntaxError::Arguments(
+        "Syntax: address must be in angle brackets",
+    ))?;
+    let end = s.find('>').ok_or(SyntaxError::Arguments(
+        "Syntax: address must be in angle brackets",
+    ))?;
     let path = &s[..end];
     let rest = &s[end + 1..];
     if !rest.is_empty() && !rest.starts_with(' ') {
@@ -119,7 +127,10 @@ fn split_path(s: &str) -> Result<(&str, &str), SyntaxError> {
     }
     // A source route (@a,@b:user@d) is accepted and ignored (RFC 5321 §4.1.2, C.).
     let path = match path.starts_with('@') {
-        true => path.split_once(':').map(|(_, p)| p).ok_or(SyntaxError::Arguments("Syntax: bad source route"))?,
+        true => path
+            .split_once(':')
+            .map(|(_, p)| p)
+            .ok_or(SyntaxError::Arguments("Syntax: bad source route"))?,
         false => path,
     };
     Ok((path, rest.trim_matches(' ')))
@@ -128,19 +139,32 @@ fn split_path(s: &str) -> Result<(&str, &str), SyntaxError> {
 /// Checks a mailbox `local@domain` (or the empty path when `allow_empty`).
 fn check_mailbox(path: &str, allow_empty: bool, utf8: bool) -> Result<(), SyntaxError> {
     if path.is_empty() {
-        return if allow_empty { Ok(()) } else { Err(SyntaxError::Arguments("Syntax: empty address")) };
+        return if allow_empty {
+            Ok(())
+        } else {
+            Err(SyntaxError::Arguments("Syntax: empty address"))
+        };
     }
     if path.len() > 254 {
         return Err(SyntaxError::Arguments("Address too long"));
     }
     let Some((local, domain)) = path.rsplit_once('@') else {
-        return Err(SyntaxError::Arguments("Syntax: address must be user@domain"));
+        return Err(SyntaxError::Arguments(
+            "Syntax: address must be user@domain",
+        ));
     };
     if local.is_empty() || local.len() > 64 || domain.is_empty() {
-        return Err(SyntaxError::Arguments("Syntax: address must be user@domain"));
+        return Err(SyntaxError::Arguments(
+            "Syntax: address must be user@domain",
+        ));
     }
-    if path.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'<' || b == b'>') {
-        return Err(SyntaxError::Arguments("Syntax: invalid character in address"));
+    if path
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'<' || b == b'>')
+    {
+        return Err(SyntaxError::Arguments(
+            "Syntax: invalid character in address",
+        ));
     }
     if !path.is_ascii() && !utf8 {
         return Err(SyntaxError::NeedsUtf8);
@@ -163,13 +187,16 @@ fn check_mailbox(path: &str, allow_empty: bool, utf8: bool) -> Result<(), Syntax
 }
 
 fn parse_mail(rest: &str) -> Result<Command<'_>, SyntaxError> {
-    let s = strip_keyword(rest, "FROM:").ok_or(SyntaxError::Arguments("Syntax: MAIL FROM:<address>"))?;
+    let s = strip_keyword(rest, "FROM:")
+        .ok_or(SyntaxError::Arguments("Syntax: MAIL FROM:<address>"))?;
     let (path, params_str) = split_path(s)?;
     let mut params = MailParams::default();
     for p in params_str.split(' ').filter(|p| !p.is_empty()) {
         let (key, value) = p.split_once('=').unwrap_or((p, ""));
         if key.eq_ignore_ascii_case("SIZE") {
-            let n = value.parse::<u64>().map_err(|_| SyntaxError::Arguments("Syntax: SIZE=number"))?;
+            let n = value
+                .parse::<u64>()
+                .map_err(|_| SyntaxError::Arguments("Syntax: SIZE=number"))?;
             params.size = Some(n);
         } else if key.eq_ignore_ascii_case("BODY") {
             params.body = if value.eq_ignore_ascii_case("7BIT") {
@@ -190,7 +217,8 @@ fn parse_mail(rest: &str) -> Result<Command<'_>, SyntaxError> {
 }
 
 fn parse_rcpt(rest: &str) -> Result<Command<'_>, SyntaxError> {
-    let s = strip_keyword(rest, "TO:").ok_or(SyntaxError::Arguments("Syntax: RCPT TO:<address>"))?;
+    let s =
+        strip_keyword(rest, "TO:").ok_or(SyntaxError::Arguments("Syntax: RCPT TO:<address>"))?;
     let (path, params) = split_path(s)?;
     if !params.is_empty() {
         return Err(SyntaxError::Parameter);
@@ -207,7 +235,13 @@ fn parse_bdat(rest: &str) -> Result<Command<'_>, SyntaxError> {
     let mut it = rest.split(' ').filter(|s| !s.is_empty());
     let size = it
         .next()
-        .and_then(|s| if s.bytes().all(|b| b.is_ascii_digit()) && s.len() <= 19 { s.parse::<u64>().ok() } else { None })
+        .and_then(|s| {
+            if s.bytes().all(|b| b.is_ascii_digit()) && s.len() <= 19 {
+                s.parse::<u64>().ok()
+            } else {
+                None
+            }
+        })
         .ok_or(SyntaxError::Arguments("Syntax: BDAT size [LAST]"))?;
     let last = match it.next() {
         None => false,
@@ -240,37 +274,109 @@ mod tests {
             c,
             Command::Mail {
                 path: "a@b.test",
-                params: MailParams { size: Some(1000), body: Body::EightBitMime, smtputf8: true }
+                params: MailParams {
+                    size: Some(1000),
+                    body: Body::EightBitMime,
+                    smtputf8: true
+                }
             }
         );
-        assert_eq!(parse(b"mail from: <>"), Ok(Command::Mail { path: "", params: MailParams::default() }));
-        assert_eq!(parse(b"MAIL FROM:<a@b.test> FOO=1"), Err(SyntaxError::Parameter));
-        assert_eq!(parse(b"MAIL FROM:<a@b.test> BODY=BINARYMIME"), Err(SyntaxError::Parameter));
-        assert!(matches!(parse(b"MAIL FROM:a@b.test"), Err(SyntaxError::Arguments(_))));
-        assert!(matches!(parse(b"MAIL TO:<a@b.test>"), Err(SyntaxError::Arguments(_))));
-        assert!(matches!(parse(b"MAIL FROM:<a@b.test> SIZE=x"), Err(SyntaxError::Arguments(_))));
-        assert!(matches!(parse(b"MAIL FROM:<a@b.test>junk"), Err(SyntaxError::Arguments(_))));
+        assert_eq!(
+            parse(b"mail from: <>"),
+            Ok(Command::Mail {
+                path: "",
+                params: MailParams::default()
+            })
+        );
+        assert_eq!(
+            parse(b"MAIL FROM:<a@b.test> FOO=1"),
+            Err(SyntaxError::Parameter)
+        );
+        assert_eq!(
+            parse(b"MAIL FROM:<a@b.test> BODY=BINARYMIME"),
+            Err(SyntaxError::Parameter)
+        );
+        assert!(matches!(
+            parse(b"MAIL FROM:a@b.test"),
+            Err(SyntaxError::Arguments(_))
+        ));
+        assert!(matches!(
+            parse(b"MAIL TO:<a@b.test>"),
+            Err(SyntaxError::Arguments(_))
+        ));
+        assert!(matches!(
+            parse(b"MAIL FROM:<a@b.test> SIZE=x"),
+            Err(SyntaxError::Arguments(_))
+        ));
+        assert!(matches!(
+            parse(b"MAIL FROM:<a@b.test>junk"),
+            Err(SyntaxError::Arguments(_))
+        ));
     }
 
     #[test]
     fn addresses_are_checked() {
-        assert!(matches!(parse(b"RCPT TO:<nobody>"), Err(SyntaxError::Arguments(_))));
-        assert!(matches!(parse(b"RCPT TO:<@x.test>"), Err(SyntaxError::Arguments(_))));
-        assert!(matches!(parse(b"RCPT TO:<a@-bad.test>"), Err(SyntaxError::Arguments(_))));
-        assert!(matches!(parse(b"RCPT TO:<a b@x.test>"), Err(SyntaxError::Arguments(_))));
-        assert_eq!(parse(b"RCPT TO:<Postmaster>"), Ok(Command::Rcpt { path: "Postmaster" }));
-        assert_eq!(parse(b"RCPT TO:<@r1.test,@r2.test:u@x.test>"), Ok(Command::Rcpt { path: "u@x.test" }));
-        assert_eq!(parse(b"RCPT TO:<u@[127.0.0.1]>"), Ok(Command::Rcpt { path: "u@[127.0.0.1]" }));
-        assert_eq!(parse(b"RCPT TO:<u@x.test> NOTIFY=NEVER"), Err(SyntaxError::Parameter));
-        assert_eq!(parse("MAIL FROM:<jö@x.test>".as_bytes()), Err(SyntaxError::NeedsUtf8));
+        assert!(matches!(
+            parse(b"RCPT TO:<nobody>"),
+            Err(SyntaxError::Arguments(_))
+        ));
+        assert!(matches!(
+            parse(b"RCPT TO:<@x.test>"),
+            Err(SyntaxError::Arguments(_))
+        ));
+        assert!(matches!(
+            parse(b"RCPT TO:<a@-bad.test>"),
+            Err(SyntaxError::Arguments(_))
+        ));
+        assert!(matches!(
+            parse(b"RCPT TO:<a b@x.test>"),
+            Err(SyntaxError::Arguments(_))
+        ));
+        assert_eq!(
+            parse(b"RCPT TO:<Postmaster>"),
+            Ok(Command::Rcpt { path: "Postmaster" })
+        );
+        assert_eq!(
+            parse(b"RCPT TO:<@r1.test,@r2.test:u@x.test>"),
+            Ok(Command::Rcpt { path: "u@x.test" })
+        );
+        assert_eq!(
+            parse(b"RCPT TO:<u@[127.0.0.1]>"),
+            Ok(Command::Rcpt {
+                path: "u@[127.0.0.1]"
+            })
+        );
+        assert_eq!(
+            parse(b"RCPT TO:<u@x.test> NOTIFY=NEVER"),
+            Err(SyntaxError::Parameter)
+        );
+        assert_eq!(
+            parse("MAIL FROM:<jö@x.test>".as_bytes()),
+            Err(SyntaxError::NeedsUtf8)
+        );
         assert!(parse("MAIL FROM:<jö@x.test> SMTPUTF8".as_bytes()).is_ok());
-        assert_eq!(parse(b"MAIL FROM:<\xff@x.test>"), Err(SyntaxError::Encoding));
+        assert_eq!(
+            parse(b"MAIL FROM:<\xff@x.test>"),
+            Err(SyntaxError::Encoding)
+        );
     }
 
     #[test]
     fn bdat_forms() {
-        assert_eq!(parse(b"BDAT 100"), Ok(Command::Bdat { size: 100, last: false }));
-        assert_eq!(parse(b"BDAT 0 LAST"), Ok(Command::Bdat { size: 0, last: true }));
+        assert_eq!(
+            parse(b"BDAT 100"),
+            Ok(Command::Bdat {
+                size: 100,
+                last: false
+            })
+        );
+        assert_eq!(
+            parse(b"BDAT 0 LAST"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: true
+            })
+        );
         assert!(parse(b"BDAT").is_err());
         assert!(parse(b"BDAT -1").is_err());
         assert!(parse(b"BDAT 10 FIRST").is_err());

@@ -41,7 +41,12 @@ pub struct DataScanner {
 impl DataScanner {
     pub fn new(limit: usize) -> Self {
         // The 354 reply is sent after the client's CRLF, so data begins at a line start.
-        DataScanner { at_line_start: true, line_len: 0, limit, error: None }
+        DataScanner {
+            at_line_start: true,
+            line_len: 0,
+            limit,
+            error: None,
+        }
     }
 
     pub fn error(&self) -> Option<ContentError> {
@@ -82,7 +87,10 @@ impl DataScanner {
                     if &input[i + 1..i + 3] == b"\r\n" {
                         let chunk = &input[copy_from..i];
                         self.store(body, chunk);
-                        return Scan { consumed: i + 3, done: true };
+                        return Scan {
+                            consumed: i + 3,
+                            done: true,
+                        };
                     }
                     // Dot-stuffed line: drop exactly one leading dot.
                     let chunk = &input[copy_from..i];
@@ -132,7 +140,10 @@ impl DataScanner {
         }
         let chunk = &input[copy_from..i];
         self.store(body, chunk);
-        Scan { consumed: i, done: false }
+        Scan {
+            consumed: i,
+            done: false,
+        }
     }
 }
 
@@ -149,7 +160,12 @@ pub struct ChunkChecker {
 
 impl ChunkChecker {
     pub fn new(limit: usize) -> Self {
-        ChunkChecker { pending_cr: false, line_len: 0, limit, error: None }
+        ChunkChecker {
+            pending_cr: false,
+            line_len: 0,
+            limit,
+            error: None,
+        }
     }
 
     pub fn error(&self) -> Option<ContentError> {
@@ -282,7 +298,13 @@ mod tests {
         let mut s = DataScanner::new(100);
         let mut body = Vec::new();
         let r = s.scan(b"x\r\n.\r\nQUIT\r\n", &mut body);
-        assert_eq!(r, Scan { consumed: 6, done: true });
+        assert_eq!(
+            r,
+            Scan {
+                consumed: 6,
+                done: true
+            }
+        );
     }
 
     /// Every smuggling variant from the issue: none of them ends the data, and each
@@ -290,8 +312,17 @@ mod tests {
     #[test]
     fn smuggling_variants_never_end_data() {
         let variants: &[&[u8]] = &[
-            b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r.\r\n", b"\r\n.\n", b"\r\n.\r",
-            b"\r\n\x00.\r\n", b"\r\n.\r\r\n", b"\r\r\n.\r\r\n",
+            b"\n.\n",
+            b"\r.\r",
+            b"\r.\n",
+            b"\n.\r",
+            b"\n.\r\n",
+            b"\r.\r\n",
+            b"\r\n.\n",
+            b"\r\n.\r",
+            b"\r\n\x00.\r\n",
+            b"\r\n.\r\r\n",
+            b"\r\r\n.\r\r\n",
         ];
         for v in variants {
             let mut input = b"Subject: smuggle\r\n\r\nhello".to_vec();

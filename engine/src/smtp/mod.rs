@@ -5,4 +5,7 @@ pub mod command;
 pub mod data;
 pub mod server;
 
-pub use server::{EnvelopePolicy, Event, Progress, RcptVerdict, Session, SessionConfig, SessionStats, Transaction, Waiting};
+pub use server::{
+    EnvelopePolicy, Event, Progress, RcptVerdict, Session, SessionConfig, SessionStats,
+    Transaction, Waiting,
+};

@@ -8,8 +8,6 @@
 
 use std::fmt::Write as _;
 
-
-
 use super::command::{self, Body, Command, MailParams, SyntaxError};
 use super::data::{ChunkChecker, ContentError, DataScanner};
 
@@ -103,7 +101,12 @@ enum State {
     Data(DataScanner),
     /// Reading a BDAT chunk of `remaining` octets; `refuse` is the answer when the chunk
     /// is read but not taken.
-    Chunk { remaining: u64, last: bool, refuse: Option<&'static str>, in_envelope: bool },
+    Chunk {
+        remaining: u64,
+        last: bool,
+        refuse: Option<&'static str>,
+        in_envelope: bool,
+    },
     /// Waiting for the driver's spool result.
     Spooling,
     /// Waiting for the driver's TLS handshake.
@@ -150,7 +153,11 @@ impl Session {
             bytes_received: 0,
             stats: SessionStats::default(),
         };
-        let _ = write!(Reply(&mut s.out), "220 {} ESMTP Bulwark\r\n", s.cfg.hostname);
+        let _ = write!(
+            Reply(&mut s.out),
+            "220 {} ESMTP Bulwark\r\n",
+            s.cfg.hostname
+        );
         s
     }
 
@@ -233,21 +240,35 @@ impl Session {
             let rest = &input[consumed..];
             match &mut self.state {
                 State::Closed | State::Spooling | State::Handshake => {
-                    return Progress { consumed, event: None };
+                    return Progress {
+                        consumed,
+                        event: None,
+                    };
                 }
                 State::Data(scanner) => {
                     let r = scanner.scan(rest, &mut self.tx.body);
                     consumed += r.consumed;
                     self.bytes_received += r.consumed as u64;
                     if !r.done {
-                        return Progress { consumed, event: None };
+                        return Progress {
+                            consumed,
+                            event: None,
+                        };
                     }
                     let error = scanner.error();
                     if let Some(e) = self.finish_content(error) {
-                        return Progress { consumed, event: Some(e) };
+                        return Progress {
+                            consumed,
+                            event: Some(e),
+                        };
                     }
                 }
-                State::Chunk { remaining, last, refuse, in_envelope } => {
+                State::Chunk {
+                    remaining,
+                    last,
+                    refuse,
+                    in_envelope,
+                } => {
                     let n = (*remaining).min(rest.len() as u64) as usize;
                     let (last, refuse, in_envelope) = (*last, *refuse, *in_envelope);
                     let accept = refuse.is_none();
@@ -259,23 +280,46 @@ impl Session {
                     consumed += n;
                     self.bytes_received += n as u64;
                     if !done {
-                        return Progress { consumed, event: None };
+                        return Progress {
+                            consumed,
+                            event: None,
+                        };
                     }
                     if let Some(e) = self.finish_chunk(last, refuse, in_envelope) {
-                        return Progress { consumed, event: Some(e) };
+                        return Progress {
+                            consumed,
+                            event: Some(e),
+                        };
                     }
                 }
                 State::Discard => match find_crlf(rest) {
                     // Keep a final CR: its LF may come with the next read.
-                    None if rest.last() == Some(&b'\r') => return Progress { consumed: input.len() - 1, event: None },
-                    None => return Progress { consumed: input.len(), event: None },
+                    None if rest.last() == Some(&b'\r') => {
+                        return Progress {
+                            consumed: input.len() - 1,
+                            event: None,
+                        };
+                    }
+                    None => {
+                        return Progress {
+                            consumed: input.len(),
+                            event: None,
+                        };
+                    }
                     Some(i) => {
                         consumed += i + 1;
-                        self.state = if self.helo.is_empty() { State::Fresh } else { State::Ready };
+                        self.state = if self.helo.is_empty() {
+                            State::Fresh
+                        } else {
+                            State::Ready
+                        };
                         self.reset_transaction();
                         self.stats.line_too_long += 1;
                         if self.error_reply("500 5.5.2 Line too long") {
-                            return Progress { consumed, event: Some(Event::Close) };
+                            return Progress {
+                                consumed,
+                                event: Some(Event::Close),
+                            };
                         }
                     }
                 },
@@ -285,12 +329,18 @@ impl Session {
                             self.state = State::Discard;
                             continue;
                         }
-                        return Progress { consumed, event: None };
+                        return Progress {
+                            consumed,
+                            event: None,
+                        };
                     };
                     let line = &rest[..lf + 1];
                     consumed += lf + 1;
                     if let Some(e) = self.command_line(line, policy) {
-                        return Progress { consumed, event: Some(e) };
+                        return Progress {
+                            consumed,
+                            event: Some(e),
+                        };
                     }
                 }
             }
@@ -351,7 +401,11 @@ impl Session {
 
     /// An error reply; closes when the error limit is reached.
     fn fail(&mut self, text: &str) -> Option<Event> {
-        if self.error_reply(text) { Some(Event::Close) } else { None }
+        if self.error_reply(text) {
+            Some(Event::Close)
+        } else {
+            None
+        }
     }
 
     fn command(&mut self, cmd: Command<'_>, policy: &impl EnvelopePolicy) -> Option<Event> {
@@ -386,7 +440,9 @@ impl Session {
                 Some(Event::Close)
             }
             Command::Vrfy => {
-                self.reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+                self.reply(
+                    "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
+                );
                 None
             }
             Command::Expn => self.fail("502 5.5.1 EXPN not available"),
@@ -422,7 +478,11 @@ impl Session {
             return;
         }
         let _ = write!(r, "250-{} Hello {}\r\n", self.cfg.hostname, name);
-        let _ = write!(r, "250-PIPELINING\r\n250-SIZE {}\r\n", self.cfg.max_message_size);
+        let _ = write!(
+            r,
+            "250-PIPELINING\r\n250-SIZE {}\r\n",
+            self.cfg.max_message_size
+        );
         r.0.extend_from_slice(b"250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n");
         if self.cfg.starttls && !self.tls {
             r.0.extend_from_slice(b"250-STARTTLS\r\n");
@@ -499,7 +559,9 @@ impl Session {
         }
         self.reply("354 End data with <CR><LF>.<CR><LF>");
         let limit = self.cfg.max_message_size as usize;
-        self.tx.body.reserve(self.declared_size.min(self.cfg.max_message_size) as usize);
+        self.tx
+            .body
+            .reserve(self.declared_size.min(self.cfg.max_message_size) as usize);
         self.state = State::Data(DataScanner::new(limit));
         None
     }
@@ -516,11 +578,21 @@ impl Session {
             self.chunks = Some(ChunkChecker::new(self.cfg.max_message_size as usize));
         }
         let in_envelope = matches!(self.state, State::Envelope);
-        self.state = State::Chunk { remaining: size, last, refuse, in_envelope };
+        self.state = State::Chunk {
+            remaining: size,
+            last,
+            refuse,
+            in_envelope,
+        };
         None
     }
 
-    fn finish_chunk(&mut self, last: bool, refuse: Option<&'static str>, in_envelope: bool) -> Option<Event> {
+    fn finish_chunk(
+        &mut self,
+        last: bool,
+        refuse: Option<&'static str>,
+        in_envelope: bool,
+    ) -> Option<Event> {
         if let Some(reason) = refuse {
             self.state = match (in_envelope, self.helo.is_empty()) {
                 (true, _) => State::Envelope,
@@ -565,7 +637,10 @@ impl Session {
 
     /// The message is durable; `queue_id` goes in the reply.
     pub fn spooled(&mut self, queue_id: &str) {
-        let _ = write!(Reply(&mut self.out), "250 2.0.0 Ok: queued as {queue_id}\r\n");
+        let _ = write!(
+            Reply(&mut self.out),
+            "250 2.0.0 Ok: queued as {queue_id}\r\n"
+        );
         self.reset_transaction();
         self.state = State::Ready;
     }

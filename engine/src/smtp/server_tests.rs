@@ -7,7 +7,9 @@ struct Managed;
 impl EnvelopePolicy for Managed {
     fn check_rcpt(&self, rcpt: &str) -> RcptVerdict {
         let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        if domain.eq_ignore_ascii_case("example.test") || domain.eq_ignore_ascii_case("mx.bulwark.test") {
+        if domain.eq_ignore_ascii_case("example.test")
+            || domain.eq_ignore_ascii_case("mx.bulwark.test")
+        {
             RcptVerdict::Accept
         } else {
             RcptVerdict::RelayDenied
@@ -40,7 +42,15 @@ struct Driver {
 impl Driver {
     fn new(cfg: SessionConfig) -> Self {
         let s = Session::new(cfg);
-        let mut d = Driver { s, pending: Vec::new(), out: String::new(), messages: Vec::new(), closed: false, tls_started: 0, discarded: Vec::new() };
+        let mut d = Driver {
+            s,
+            pending: Vec::new(),
+            out: String::new(),
+            messages: Vec::new(),
+            closed: false,
+            tls_started: 0,
+            discarded: Vec::new(),
+        };
         d.take_output();
         d
     }
@@ -84,7 +94,10 @@ impl Driver {
 
     fn codes(&mut self, bytes: &[u8]) -> Vec<String> {
         let r = self.send(bytes);
-        r.split("\r\n").filter(|l| l.len() >= 4 && &l[3..4] == " ").map(|l| l[..9.min(l.len())].to_string()).collect()
+        r.split("\r\n")
+            .filter(|l| l.len() >= 4 && &l[3..4] == " ")
+            .map(|l| l[..9.min(l.len())].to_string())
+            .collect()
     }
 }
 
@@ -100,8 +113,18 @@ fn greeting_and_ehlo_capabilities() {
     assert_eq!(d.out, "220 mx.bulwark.test ESMTP Bulwark\r\n");
     let r = d.send(b"EHLO client.test\r\n");
     assert!(r.starts_with("250-mx.bulwark.test Hello client.test\r\n"));
-    for cap in ["PIPELINING", "SIZE 1000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "STARTTLS"] {
-        assert!(r.contains(&format!("250-{cap}\r\n")), "missing {cap} in {r}");
+    for cap in [
+        "PIPELINING",
+        "SIZE 1000",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "STARTTLS",
+    ] {
+        assert!(
+            r.contains(&format!("250-{cap}\r\n")),
+            "missing {cap} in {r}"
+        );
     }
     assert!(r.ends_with("250 CHUNKING\r\n"));
     assert_eq!(d.send(b"HELO client.test\r\n"), "250 mx.bulwark.test\r\n");
@@ -109,7 +132,10 @@ fn greeting_and_ehlo_capabilities() {
 
 #[test]
 fn starttls_not_offered_without_certificate() {
-    let mut d = Driver::new(SessionConfig { starttls: false, ..config() });
+    let mut d = Driver::new(SessionConfig {
+        starttls: false,
+        ..config()
+    });
     let r = d.send(b"EHLO c\r\n");
     assert!(!r.contains("STARTTLS"));
     assert_eq!(d.codes(b"STARTTLS\r\n"), ["502 5.5.1"]);
@@ -135,8 +161,17 @@ fn pipelined_transactions_in_one_packet() {
     let mut d = Driver::new(config());
     let input = b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@other.test>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<s@x.test> BODY=8BITMIME\r\nRCPT TO:<c@example.test>\r\nDATA\r\n\xc3\xa9\r\n.\r\nQUIT\r\n";
     let r = d.send(input);
-    let codes: Vec<&str> = r.split("\r\n").filter(|l| l.len() > 3 && &l[3..4] == " ").map(|l| &l[..3]).collect();
-    assert_eq!(codes, ["250", "250", "250", "550", "354", "250", "250", "250", "354", "250", "221"]);
+    let codes: Vec<&str> = r
+        .split("\r\n")
+        .filter(|l| l.len() > 3 && &l[3..4] == " ")
+        .map(|l| &l[..3])
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "250", "250", "250", "550", "354", "250", "250", "250", "354", "250", "221"
+        ]
+    );
     assert_eq!(d.messages.len(), 2);
     assert_eq!(d.messages[0].mail_from, "");
     assert_eq!(d.messages[0].rcpts, ["a@example.test"]);
@@ -160,7 +195,10 @@ fn input_split_at_every_octet() {
 fn relay_is_denied() {
     let mut d = greeted();
     d.send(b"MAIL FROM:<s@x.test>\r\n");
-    assert_eq!(d.codes(b"RCPT TO:<victim@elsewhere.test>\r\n"), ["550 5.7.1"]);
+    assert_eq!(
+        d.codes(b"RCPT TO:<victim@elsewhere.test>\r\n"),
+        ["550 5.7.1"]
+    );
     assert_eq!(d.codes(b"DATA\r\n"), ["554 5.5.1"]);
 }
 
@@ -202,7 +240,10 @@ fn simple_commands() {
 #[test]
 fn size_limit_from_parameter_and_content() {
     let mut d = greeted();
-    assert_eq!(d.codes(b"MAIL FROM:<s@x.test> SIZE=1001\r\n"), ["552 5.3.4"]);
+    assert_eq!(
+        d.codes(b"MAIL FROM:<s@x.test> SIZE=1001\r\n"),
+        ["552 5.3.4"]
+    );
     d.send(b"MAIL FROM:<s@x.test> SIZE=1000\r\nRCPT TO:<a@example.test>\r\nDATA\r\n");
     let mut big = Vec::new();
     for _ in 0..30 {
@@ -259,10 +300,23 @@ fn smuggled_command_via_bare_lf_is_refused() {
 
 #[test]
 fn error_limit_closes_the_session() {
-    let mut d = Driver::new(SessionConfig { max_errors: 5, ..config() });
+    let mut d = Driver::new(SessionConfig {
+        max_errors: 5,
+        ..config()
+    });
     d.send(b"EHLO c\r\n");
     let codes = d.codes(b"A\r\nB\r\nC\r\nD\r\nE\r\nNOOP\r\n");
-    assert_eq!(codes, ["500 5.5.2", "500 5.5.2", "500 5.5.2", "500 5.5.2", "500 5.5.2", "421 4.7.0"]);
+    assert_eq!(
+        codes,
+        [
+            "500 5.5.2",
+            "500 5.5.2",
+            "500 5.5.2",
+            "500 5.5.2",
+            "500 5.5.2",
+            "421 4.7.0"
+        ]
+    );
     assert!(d.closed);
 }
 
@@ -271,8 +325,17 @@ fn error_limit_closes_the_session() {
 #[test]
 fn smuggling_variants_in_a_session() {
     let variants: &[&[u8]] = &[
-        b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r.\r\n", b"\r\n.\n", b"\r\n.\r",
-        b"\r\n\x00.\r\n", b"\r\n.\r\r\n", b"\r\r\n.\r\r\n",
+        b"\n.\n",
+        b"\r.\r",
+        b"\r.\n",
+        b"\n.\r",
+        b"\n.\r\n",
+        b"\r.\r\n",
+        b"\r\n.\n",
+        b"\r\n.\r",
+        b"\r\n\x00.\r\n",
+        b"\r\n.\r\r\n",
+        b"\r\r\n.\r\r\n",
     ];
     for v in variants {
         let mut d = greeted();
@@ -282,11 +345,17 @@ fn smuggling_variants_in_a_session() {
         d.send(&input);
         assert!(d.messages.len() <= 1, "variant {v:?}");
         for m in &d.messages {
-            assert!(!m.rcpts.iter().any(|r| r.starts_with("victim")), "variant {v:?} smuggled a recipient");
+            assert!(
+                !m.rcpts.iter().any(|r| r.starts_with("victim")),
+                "variant {v:?} smuggled a recipient"
+            );
             assert_eq!(m.rcpts, ["u@example.test"]);
         }
         if *v != b"\r\n\x00.\r\n" {
-            assert!(d.messages.is_empty(), "variant {v:?} accepted a message with bare CR/LF");
+            assert!(
+                d.messages.is_empty(),
+                "variant {v:?} accepted a message with bare CR/LF"
+            );
             assert!(d.out.contains("550 5.6.0"), "variant {v:?}");
         }
         // In step afterwards: the next command is a command.
@@ -300,7 +369,10 @@ fn starttls_discards_pipelined_plaintext_and_resets() {
     d.send(b"MAIL FROM:<s@x.test>\r\n");
     let r = d.send(b"STARTTLS\r\nMAIL FROM:<injected@x.test>\r\nRCPT TO:<a@example.test>\r\n");
     assert_eq!(r, "220 2.0.0 Ready to start TLS\r\n");
-    assert_eq!(d.discarded, b"MAIL FROM:<injected@x.test>\r\nRCPT TO:<a@example.test>\r\n");
+    assert_eq!(
+        d.discarded,
+        b"MAIL FROM:<injected@x.test>\r\nRCPT TO:<a@example.test>\r\n"
+    );
     assert_eq!(d.tls_started, 1);
     assert!(d.s.is_tls());
     // Reset: must greet again, and no STARTTLS is offered twice.
@@ -315,7 +387,10 @@ fn starttls_discards_pipelined_plaintext_and_resets() {
 fn bdat_single_and_multiple_chunks() {
     let mut d = greeted();
     d.send(b"MAIL FROM:<s@x.test>\r\nRCPT TO:<a@example.test>\r\n");
-    assert_eq!(d.codes(b"BDAT 6\r\nab\r\ncdBDAT 4 LAST\r\nef\r\n"), ["250 2.0.0", "250 2.0.0"]);
+    assert_eq!(
+        d.codes(b"BDAT 6\r\nab\r\ncdBDAT 4 LAST\r\nef\r\n"),
+        ["250 2.0.0", "250 2.0.0"]
+    );
     assert_eq!(d.messages[0].body, b"ab\r\ncdef\r\n");
     assert!(d.out.contains("250 2.0.0 6 octets received\r\n"));
     // Pipelined with the envelope, chunk content that looks like commands stays content.
@@ -329,12 +404,18 @@ fn bdat_single_and_multiple_chunks() {
 #[test]
 fn bdat_chunk_is_read_even_when_refused() {
     let mut d = greeted();
-    assert_eq!(d.codes(b"BDAT 6\r\nQUIT\r\nNOOP\r\n"), ["503 5.5.1", "250 2.0.0"]);
+    assert_eq!(
+        d.codes(b"BDAT 6\r\nQUIT\r\nNOOP\r\n"),
+        ["503 5.5.1", "250 2.0.0"]
+    );
     assert!(!d.closed);
     d.send(b"MAIL FROM:<s@x.test>\r\nRCPT TO:<a@example.test>\r\n");
     assert_eq!(d.codes(b"DATA\r\nx\r\n.\r\n"), ["354 End d", "250 2.0.0"]);
     d.send(b"MAIL FROM:<s@x.test>\r\nRCPT TO:<a@example.test>\r\nBDAT 3\r\nab\n");
-    assert!(d.out.ends_with("550 5.6.0 Message contains a bare CR or LF; refused\r\n"));
+    assert!(
+        d.out
+            .ends_with("550 5.6.0 Message contains a bare CR or LF; refused\r\n")
+    );
     assert_eq!(d.codes(b"BDAT 3 LAST\r\nxyz"), ["503 5.5.1"]);
     assert_eq!(d.codes(b"RSET\r\n"), ["250 2.0.0"]);
 }
@@ -356,18 +437,30 @@ fn bad_bdat_size_closes_rather_than_desynchronise() {
 #[test]
 fn utf8_addresses_need_smtputf8() {
     let mut d = greeted();
-    assert_eq!(d.codes("MAIL FROM:<jö@x.test>\r\n".as_bytes()), ["553 5.6.7"]);
+    assert_eq!(
+        d.codes("MAIL FROM:<jö@x.test>\r\n".as_bytes()),
+        ["553 5.6.7"]
+    );
     d.send(b"MAIL FROM:<s@x.test>\r\n");
-    assert_eq!(d.codes("RCPT TO:<jö@example.test>\r\n".as_bytes()), ["553 5.6.7"]);
+    assert_eq!(
+        d.codes("RCPT TO:<jö@example.test>\r\n".as_bytes()),
+        ["553 5.6.7"]
+    );
     d.send(b"RSET\r\n");
-    assert_eq!(d.codes("MAIL FROM:<jö@x.test> SMTPUTF8\r\nRCPT TO:<jö@example.test>\r\n".as_bytes()), ["250 2.1.0", "250 2.1.5"]);
+    assert_eq!(
+        d.codes("MAIL FROM:<jö@x.test> SMTPUTF8\r\nRCPT TO:<jö@example.test>\r\n".as_bytes()),
+        ["250 2.1.0", "250 2.1.5"]
+    );
 }
 
 #[test]
 fn timeouts_and_shutdown_close_with_421() {
     let mut d = greeted();
     d.s.timed_out();
-    assert_eq!(d.take_output(), "421 4.4.2 Timeout waiting for client input, closing connection\r\n");
+    assert_eq!(
+        d.take_output(),
+        "421 4.4.2 Timeout waiting for client input, closing connection\r\n"
+    );
     assert!(d.s.is_closed());
     let mut d = greeted();
     d.s.session_expired();
@@ -389,10 +482,15 @@ fn waiting_reports_data_phase() {
 fn spool_failure_is_answered_and_session_continues() {
     let mut s = Session::new(config());
     s.clear_output();
-    let p = s.feed(b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<a@example.test>\r\nDATA\r\nx\r\n.\r\n", &Managed);
+    let p = s.feed(
+        b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<a@example.test>\r\nDATA\r\nx\r\n.\r\n",
+        &Managed,
+    );
     assert!(matches!(p.event, Some(Event::Message(_))));
     s.spool_failed("452 4.3.1 Insufficient system storage");
-    assert!(String::from_utf8_lossy(s.output()).ends_with("452 4.3.1 Insufficient system storage\r\n"));
+    assert!(
+        String::from_utf8_lossy(s.output()).ends_with("452 4.3.1 Insufficient system storage\r\n")
+    );
     s.clear_output();
     let p = s.feed(b"NOOP\r\n", &Managed);
     assert!(p.event.is_none());

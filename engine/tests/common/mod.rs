@@ -18,7 +18,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("bulwark-it-{name}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+        let p = std::env::temp_dir().join(format!(
+            "bulwark-it-{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -38,7 +42,11 @@ impl Drop for TempDir {
 
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -53,7 +61,9 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
-    wait_until(timeout, || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+    wait_until(timeout, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
 }
 
 /// Settings for one engine under test.
@@ -67,12 +77,17 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { lifetime: "10d", retry: "[\"1s\"]", cores: 1, extra: String::new() }
+        EngineConfig {
+            lifetime: "10d",
+            retry: "[\"1s\"]",
+            cores: 1,
+            extra: String::new(),
+        }
     }
 }
 
 pub struct Engine {
-    child: Option<Child>,
+    child: std::cell::RefCell<Option<Child>>,
     pub smtp: SocketAddr,
     pub metrics: SocketAddr,
     pub config: PathBuf,
@@ -98,13 +113,25 @@ impl Engine {
         let config = dir.path().join("bulwark.toml");
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("engine.log");
-        let mut e = Engine { child: None, smtp, metrics, config, log, spool, _dir: dir };
+        let mut e = Engine {
+            child: std::cell::RefCell::new(None),
+            smtp,
+            metrics,
+            config,
+            log,
+            spool,
+            _dir: dir,
+        };
         e.spawn();
         e
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_bulwark"))
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -113,8 +140,10 @@ impl Engine {
             .stderr(log)
             .spawn()
             .expect("start bulwark");
-        self.child = Some(child);
-        if !wait_for_port(self.metrics, Duration::from_secs(20)) || !wait_for_port(self.smtp, Duration::from_secs(20)) {
+        *self.child.borrow_mut() = Some(child);
+        if !wait_for_port(self.metrics, Duration::from_secs(20))
+            || !wait_for_port(self.smtp, Duration::from_secs(20))
+        {
             panic!("bulwark did not start listening; log:\n{}", self.log_text());
         }
     }
@@ -125,7 +154,7 @@ impl Engine {
 
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child.borrow_mut().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -137,10 +166,13 @@ impl Engine {
     }
 
     /// The value of an unlabelled metric, or of `name{labels}` when given in full.
-    pub fn metric(&mut self, name: &str) -> f64 {
-        if let Some(c) = self.child.as_mut()
-            && let Ok(Some(status)) = c.try_wait()
-        {
+    pub fn metric(&self, name: &str) -> f64 {
+        let exited = self
+            .child
+            .borrow_mut()
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if let Some(status) = exited {
             panic!("bulwark exited with {status}; log:\n{}", self.log_text());
         }
         let text = http_get(self.metrics, "/metrics");
@@ -166,10 +198,16 @@ impl Drop for Engine {
 
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 /// A message the sink stored.
@@ -185,7 +223,9 @@ impl Stored {
     pub fn header(&self, name: &str) -> Option<String> {
         let head = self.content.split("\r\n\r\n").next().unwrap_or("");
         let prefix = format!("{}:", name.to_ascii_lowercase());
-        head.split("\r\n").find(|l| l.to_ascii_lowercase().starts_with(&prefix)).map(|l| l[prefix.len()..].trim().to_string())
+        head.split("\r\n")
+            .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
+            .map(|l| l[prefix.len()..].trim().to_string())
     }
 }
 
@@ -203,7 +243,7 @@ impl Sink {
 
     pub fn start_with(addr: SocketAddr, extra: &[&str]) -> Sink {
         let dir = TempDir::new("sink");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/sink.py");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/sink.py");
         let mut child = Command::new(PYTHON)
             .arg(script)
             .arg("--listen")
@@ -216,7 +256,9 @@ impl Sink {
             .spawn()
             .expect("start sink.py (needs python3-aiosmtpd)");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "ready", "sink did not start");
         Sink { child, addr, dir }
     }
@@ -231,10 +273,18 @@ impl Sink {
         names
             .into_iter()
             .map(|p| {
-                let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.with_extension("json")).unwrap()).unwrap();
+                let meta: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(p.with_extension("json")).unwrap(),
+                )
+                .unwrap();
                 Stored {
                     mail_from: meta["mail_from"].as_str().unwrap_or("").to_string(),
-                    rcpts: meta["rcpt_tos"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect(),
+                    rcpts: meta["rcpt_tos"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_string())
+                        .collect(),
                     tls: meta["tls"].as_bool().unwrap_or(false),
                     content: String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned(),
                 }
@@ -257,17 +307,35 @@ impl Drop for Sink {
 
 /// Runs a Python snippet with /usr/bin/python3; returns stdout, panics on failure.
 pub fn python(script: &str) -> String {
-    let out = Command::new(PYTHON).arg("-c").arg(script).output().expect("run python3");
+    let out = Command::new(PYTHON)
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run python3");
     if !out.status.success() {
-        panic!("python failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        panic!(
+            "python failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs a command; returns (success, stdout + stderr).
 pub fn run(cmd: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// A raw SMTP conversation: send bytes, read what comes back until a final reply line

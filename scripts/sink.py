@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""A downstream MTA for Bulwark's integration tests (aiosmtpd).
+"""A downstream MTA for trying Bulwark out and for its integration tests (aiosmtpd).
 
 Each accepted message is written to DIR/NNNNNN.eml with its envelope in NNNNNN.json
 (mail_from, rcpt_tos, tls, peer). Recipients whose local part starts with `reject`

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what Bulwark needs to build, run and test on Debian 12. Idempotent: it only
+# calls apt-get when a package is missing.
+set -euo pipefail
+
+PACKAGES=(
+  git pkg-config build-essential curl iproute2 openssl ca-certificates
+  postfix                 # smtp-source / smtp-sink clients, and the peer for benchmarks
+  swaks libnet-ssleay-perl libio-socket-ssl-perl
+  python3 python3-aiosmtpd
+  dnsmasq-base            # a real DNS server for the MX tests
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  # Postfix is installed for its tools and as a benchmark peer; it must not start a
+  # system mail service of its own.
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is not installed; install Rust (rustup) first" >&2
+  exit 1
+fi
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
