@@ -7,8 +7,15 @@ use std::process::Command;
 use common::TempDir;
 
 fn bulwark(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bulwark")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -16,7 +23,10 @@ fn check_config_accepts_the_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/bulwark.toml");
     let (ok, out, err) = bulwark(&["check-config", example]);
     assert!(ok, "{out}{err}");
-    assert!(out.contains("OK (1 domain, listening on 127.0.0.1:2525)"), "{out}");
+    assert!(
+        out.contains("OK (1 domain, listening on 127.0.0.1:2525)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -66,5 +76,8 @@ fn serve_refuses_a_taken_port_naming_the_key() {
     .unwrap();
     let (ok, _, err) = bulwark(&["serve", "--config", path.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains(&format!("server.listen: cannot listen on 127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.contains(&format!("server.listen: cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
 }
