@@ -323,21 +323,8 @@ print("ok")
 fn smtp_smuggling_variants_over_the_wire() {
     let sink = Sink::start(sink_addr());
     let engine = engine_for(sink.addr, "");
-    let variants: &[&[u8]] = &[
-        b"\n.\n",
-        b"\r.\r",
-        b"\r.\n",
-        b"\n.\r",
-        b"\n.\r\n",
-        b"\r.\r\n",
-        b"\r\n.\n",
-        b"\r\n.\r",
-        b"\r\n\x00.\r\n",
-        b"\r\n.\r\r\n",
-        b"\r\r\n.\r\r\n",
-    ];
     let mut accepted = 0;
-    for v in variants {
+    for v in bulwark::smtp::data::SMUGGLING_VARIANTS {
         let mut c = Raw::connect(engine.smtp);
         c.send(b"EHLO attacker.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n");
         let r = c.replies(4);
@@ -347,7 +334,7 @@ fn smtp_smuggling_variants_over_the_wire() {
         body.extend_from_slice(b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n");
         c.send(&body);
         let r = c.replies(1);
-        if *v == b"\r\n\x00.\r\n" {
+        if v == b"\r\n\x00.\r\n" {
             // Not a line ending problem: one message whose text holds the rest.
             assert!(r[0].starts_with("250"), "{v:?}: {r:?}");
             accepted += 1;
@@ -457,4 +444,16 @@ fn metrics_endpoint_serves_prometheus_text() {
         assert!(text.contains(name), "missing {name}");
     }
     assert!(http_get(engine.metrics, "/nope").contains("not found"));
+}
+
+/// Regression: the session closed on QUIT before writing its `221`.
+#[test]
+fn quit_gets_its_221_before_the_connection_closes() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "");
+    let mut c = Raw::connect(engine.smtp);
+    c.send(b"QUIT\r\n");
+    let r = c.replies(1);
+    assert_eq!(r, ["221 2.0.0 Bye"]);
+    assert!(c.closed());
 }

@@ -550,7 +550,11 @@ impl Deliverer {
             self.expire(msg);
             return;
         }
-        let wait = delay.min(Duration::from_secs(expires - now));
+        self.schedule(msg, delay.min(Duration::from_secs(expires - now)));
+    }
+
+    /// Puts a message aside until `wait` has passed; the retry loop picks it up.
+    fn schedule(&self, msg: Rc<Message>, wait: Duration) {
         let key = self.next_retry_key.get();
         self.next_retry_key.set(key + 1);
         self.waiting.borrow_mut().insert(key, msg);
@@ -634,13 +638,8 @@ impl Deliverer {
             // The bounce must be durable before the original is forgotten.
             if let Err(e) = self.bounce(&msg, &failed).await {
                 warn!(id = %msg.id, "cannot spool the bounce, will retry: {e}");
-                let key = self.next_retry_key.get();
-                self.next_retry_key.set(key + 1);
-                // Re-settle later: the failed recipients stay failed, so this comes back here.
-                self.waiting.borrow_mut().insert(key, msg);
-                self.retries
-                    .borrow_mut()
-                    .push(Reverse((Instant::now() + Duration::from_secs(60), key)));
+                // The failed recipients stay failed, so the next attempt comes back here.
+                self.schedule(msg, Duration::from_secs(60));
                 return;
             }
         } else if !failed.is_empty() {

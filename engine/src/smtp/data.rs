@@ -4,6 +4,22 @@
 
 use memchr::memchr2;
 
+/// SMTP-smuggling end-of-data variants that must never end a message here. Each is a
+/// test vector for the unit and integration tests; none contains `<CRLF>.<CRLF>`.
+pub const SMUGGLING_VARIANTS: [&[u8]; 11] = [
+    b"\n.\n",
+    b"\r.\r",
+    b"\r.\n",
+    b"\n.\r",
+    b"\n.\r\n",
+    b"\r.\r\n",
+    b"\r\n.\n",
+    b"\r\n.\r",
+    b"\r\n\x00.\r\n",
+    b"\r\n.\r\r\n",
+    b"\r\r\n.\r\r\n",
+];
+
 /// The longest text line allowed, without its CRLF (RFC 5321 §4.5.3.1.6).
 pub const MAX_TEXT_LINE: usize = 998;
 
@@ -30,12 +46,24 @@ pub struct Scan {
 /// Incremental DATA reader: unstuffs into `body` and records the first content error.
 /// Once an error is recorded the rest is still read (so the session stays in step with
 /// the client) but no longer stored.
+/// The first content error seen; later ones do not replace it.
+#[derive(Debug, Default)]
+struct FirstError(Option<ContentError>);
+
+impl FirstError {
+    fn fail(&mut self, e: ContentError) {
+        if self.0.is_none() {
+            self.0 = Some(e);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct DataScanner {
     at_line_start: bool,
     line_len: usize,
     limit: usize,
-    error: Option<ContentError>,
+    error: FirstError,
 }
 
 impl DataScanner {
@@ -45,22 +73,20 @@ impl DataScanner {
             at_line_start: true,
             line_len: 0,
             limit,
-            error: None,
+            error: FirstError::default(),
         }
     }
 
     pub fn error(&self) -> Option<ContentError> {
-        self.error
+        self.error.0
     }
 
     fn fail(&mut self, e: ContentError) {
-        if self.error.is_none() {
-            self.error = Some(e);
-        }
+        self.error.fail(e);
     }
 
     fn store(&mut self, body: &mut Vec<u8>, bytes: &[u8]) {
-        if self.error.is_some() || bytes.is_empty() {
+        if self.error.0.is_some() || bytes.is_empty() {
             return;
         }
         if body.len() + bytes.len() > self.limit {
@@ -155,7 +181,7 @@ pub struct ChunkChecker {
     pending_cr: bool,
     line_len: usize,
     limit: usize,
-    error: Option<ContentError>,
+    error: FirstError,
 }
 
 impl ChunkChecker {
@@ -164,18 +190,16 @@ impl ChunkChecker {
             pending_cr: false,
             line_len: 0,
             limit,
-            error: None,
+            error: FirstError::default(),
         }
     }
 
     pub fn error(&self) -> Option<ContentError> {
-        self.error
+        self.error.0
     }
 
     fn fail(&mut self, e: ContentError) {
-        if self.error.is_none() {
-            self.error = Some(e);
-        }
+        self.error.fail(e);
     }
 
     /// Checks and stores a piece of chunk content.
@@ -225,7 +249,7 @@ impl ChunkChecker {
         if self.line_len > MAX_TEXT_LINE {
             self.fail(ContentError::LineTooLong);
         }
-        if self.error.is_none() {
+        if self.error.0.is_none() {
             if body.len() + bytes.len() > self.limit {
                 self.fail(ContentError::TooBig);
             } else {
@@ -311,20 +335,7 @@ mod tests {
     /// poisons the message, which then ends only at the real terminator.
     #[test]
     fn smuggling_variants_never_end_data() {
-        let variants: &[&[u8]] = &[
-            b"\n.\n",
-            b"\r.\r",
-            b"\r.\n",
-            b"\n.\r",
-            b"\n.\r\n",
-            b"\r.\r\n",
-            b"\r\n.\n",
-            b"\r\n.\r",
-            b"\r\n\x00.\r\n",
-            b"\r\n.\r\r\n",
-            b"\r\r\n.\r\r\n",
-        ];
-        for v in variants {
+        for v in SMUGGLING_VARIANTS {
             let mut input = b"Subject: smuggle\r\n\r\nhello".to_vec();
             input.extend_from_slice(v);
             input.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\n");
@@ -334,7 +345,7 @@ mod tests {
                 let (n, done, _, err) = run(&input, step);
                 assert!(done, "variant {v:?} step {step}");
                 assert_eq!(n, real_end, "variant {v:?} ended early at {n}");
-                if *v != b"\r\n\x00.\r\n" {
+                if v != b"\r\n\x00.\r\n" {
                     assert_eq!(err, Some(ContentError::BareCrLf), "variant {v:?}");
                 }
             }
