@@ -86,6 +86,8 @@ pub struct TxReplies {
     pub rcpts: Vec<Reply>,
     /// The final reply to the content, when any recipient was accepted.
     pub data: Option<Reply>,
+    /// When the last octet of content (the final `.`) was handed to the socket.
+    pub content_sent: Option<std::time::Instant>,
 }
 
 pub struct Connection {
@@ -320,6 +322,7 @@ impl Connection {
                 mail: r,
                 rcpts: Vec::new(),
                 data: None,
+                content_sent: None,
             });
         }
         let mut mail = format!("MAIL FROM:<{from}>");
@@ -338,6 +341,7 @@ impl Connection {
             mail: Reply::local(0, ""),
             rcpts: Vec::with_capacity(rcpts.len()),
             data: None,
+            content_sent: None,
         };
         let data_reply;
         if self.caps.pipelining {
@@ -396,6 +400,7 @@ impl Connection {
             stream.flush().await.map_err(io_err)
         })
         .await?;
+        replies.content_sent = Some(std::time::Instant::now());
         replies.data = Some(self.read_reply(self.timeouts.data).await?);
         Ok(replies)
     }

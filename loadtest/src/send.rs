@@ -1,0 +1,518 @@
+//! `bulwark-load send`: the SMTP load generator. Thread-per-core like the engine: each
+//! thread runs a glommio executor with its share of the connections; each connection
+//! sends message after message (pipelined when the server offers PIPELINING) until the
+//! run's message budget or duration is spent.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bulwark::deliver::client::{Connection, Timeouts};
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::message::Template;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: SocketAddr,
+    pub connections: usize,
+    pub messages: Option<u64>,
+    pub size: usize,
+    pub recipients: usize,
+    pub tls: bool,
+    pub rate: Option<f64>,
+    pub duration: Option<f64>,
+    pub json: bool,
+    pub attachment: usize,
+    pub hold: Option<usize>,
+    pub threads: usize,
+    pub from: String,
+    pub to: String,
+}
+
+/// Counters every thread adds to, read by the progress bar.
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    errors: AtomicU64,
+    bytes: AtomicU64,
+    connected: AtomicU64,
+}
+
+struct Shared {
+    opts: Options,
+    totals: Totals,
+    /// Messages not yet claimed by a connection.
+    budget: AtomicI64,
+    stop: AtomicBool,
+    deadline: Option<Instant>,
+    run_id: String,
+    /// Threads that have finished their connections.
+    finished: AtomicU64,
+}
+
+/// What one thread measured.
+struct ThreadStats {
+    data_end: Histogram<u64>,
+    transaction: Histogram<u64>,
+    codes: BTreeMap<u16, u64>,
+}
+
+impl ThreadStats {
+    fn new() -> ThreadStats {
+        let h = || {
+            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+                .unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
+        };
+        ThreadStats {
+            data_end: h(),
+            transaction: h(),
+            codes: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        let ms = |v: u64| v as f64 / 1000.0;
+        Latency {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// The run's result; `--json` prints exactly this.
+#[derive(Serialize)]
+pub struct Report {
+    pub sent: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub messages_per_sec: f64,
+    pub mb_per_sec: f64,
+    /// DATA end (the final `.` sent) to the server's reply.
+    pub latency_ms: Latency,
+    /// MAIL sent to the final reply.
+    pub transaction_ms: Latency,
+    pub rejected_by_code: BTreeMap<String, u64>,
+}
+
+fn raise_nofile() {
+    // SAFETY: plain libc calls with a properly initialised struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn rfc5322_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    bulwark::util::rfc5322_date(now)
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    if opts.connections == 0 && opts.hold.is_none() {
+        bail!("--connections must be at least 1");
+    }
+    if opts.recipients == 0 {
+        bail!("--recipients must be at least 1");
+    }
+    raise_nofile();
+    let stop_signal = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop_signal.clone())
+            .context("installing signal handlers")?;
+    }
+    let messages = match (opts.messages, opts.duration) {
+        (Some(m), _) => m as i64,
+        (None, Some(_)) => i64::MAX,
+        (None, None) => 1000,
+    };
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0)
+    );
+    let shared = Arc::new(Shared {
+        deadline: opts
+            .duration
+            .map(|s| Instant::now() + Duration::from_secs_f64(s)),
+        opts: opts.clone(),
+        totals: Totals::default(),
+        budget: AtomicI64::new(messages),
+        stop: AtomicBool::new(false),
+        run_id,
+        finished: AtomicU64::new(0),
+    });
+    let threads = opts.threads.max(1);
+    let conns = opts.hold.unwrap_or(opts.connections);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let n = conns / threads + usize::from(t < conns % threads);
+        if n == 0 {
+            continue;
+        }
+        let shared = shared.clone();
+        let h = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("load-{t}"))
+            .io_memory(1 << 20)
+            .spawn(move || async move { thread_main(t, n, shared).await })
+            .map_err(|e| anyhow::anyhow!("starting thread {t}: {e}"))?;
+        handles.push(h);
+    }
+    let progress = Progress::new(!opts.json && opts.hold.is_none());
+    let mut held_reported = false;
+    while (shared.finished.load(Relaxed) as usize) < handles.len() {
+        std::thread::sleep(Duration::from_millis(100));
+        if stop_signal.load(Relaxed) {
+            shared.stop.store(true, Relaxed);
+        }
+        if let Some(hold) = opts.hold {
+            let c = shared.totals.connected.load(Relaxed);
+            if c as usize >= hold && !held_reported {
+                eprintln!(
+                    "holding {c} connections (errors: {}); stop with Ctrl-C",
+                    shared.totals.errors.load(Relaxed)
+                );
+                held_reported = true;
+            }
+        }
+        progress.update(&shared.totals, started, messages);
+    }
+    let mut stats = ThreadStats::new();
+    for h in handles {
+        match h.join() {
+            Ok(s) => {
+                let _ = stats.data_end.add(&s.data_end);
+                let _ = stats.transaction.add(&s.transaction);
+                for (k, v) in s.codes {
+                    *stats.codes.entry(k).or_default() += v;
+                }
+            }
+            Err(e) => eprintln!("a load thread failed: {e}"),
+        }
+    }
+    progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let t = &shared.totals;
+    let report = Report {
+        sent: t.sent.load(Relaxed),
+        accepted: t.accepted.load(Relaxed),
+        rejected: t.rejected.load(Relaxed),
+        errors: t.errors.load(Relaxed),
+        seconds,
+        messages_per_sec: t.accepted.load(Relaxed) as f64 / seconds,
+        mb_per_sec: t.bytes.load(Relaxed) as f64 / seconds / 1e6,
+        latency_ms: Latency::of(&stats.data_end),
+        transaction_ms: Latency::of(&stats.transaction),
+        rejected_by_code: stats
+            .codes
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+    };
+    if opts.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else if opts.hold.is_none() {
+        print_report(&report);
+    }
+    if opts.hold.is_none() && report.accepted == 0 && report.sent > 0 {
+        bail!("no message was accepted");
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report) {
+    println!("sent       {}", r.sent);
+    println!("accepted   {}", r.accepted);
+    let codes: Vec<String> = r
+        .rejected_by_code
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    println!(
+        "rejected   {}{}",
+        r.rejected,
+        if codes.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", codes.join(", "))
+        }
+    );
+    println!("errors     {}", r.errors);
+    println!("duration   {:.2} s", r.seconds);
+    println!(
+        "rate       {:.1} messages/s, {:.2} MB/s",
+        r.messages_per_sec, r.mb_per_sec
+    );
+    for (name, l) in [
+        ("DATA end → reply", &r.latency_ms),
+        ("transaction", &r.transaction_ms),
+    ] {
+        println!(
+            "{name:<18} p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            l.p50, l.p90, l.p99, l.max
+        );
+    }
+}
+
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(show: bool) -> Progress {
+        if !show || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        Progress(Some(bar))
+    }
+
+    fn update(&self, t: &Totals, started: Instant, total: i64) {
+        let Some(bar) = &self.0 else { return };
+        let accepted = t.accepted.load(Relaxed);
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        let of = if total == i64::MAX {
+            String::new()
+        } else {
+            format!("/{total}")
+        };
+        bar.set_message(format!(
+            "{accepted}{of} accepted  {:.0} msg/s  rejected {}  errors {}",
+            accepted as f64 / secs,
+            t.rejected.load(Relaxed),
+            t.errors.load(Relaxed)
+        ));
+        bar.tick();
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+async fn thread_main(thread: usize, conns: usize, shared: Arc<Shared>) -> ThreadStats {
+    let stats = Rc::new(std::cell::RefCell::new(ThreadStats::new()));
+    let opts = &shared.opts;
+    let template = Rc::new(Template::new(
+        opts.size,
+        opts.attachment,
+        &opts.from,
+        thread as u64 + 1,
+    ));
+    // Each connection waits for its slot: the thread's share of the rate.
+    let slot = Rc::new(std::cell::Cell::new(Instant::now()));
+    let interval = opts
+        .rate
+        .map(|r| Duration::from_secs_f64(opts.threads.max(1) as f64 / r.max(0.001)));
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (shared, stats, template, slot) = (
+            shared.clone(),
+            stats.clone(),
+            template.clone(),
+            slot.clone(),
+        );
+        tasks.push(glommio::spawn_local(async move {
+            if shared.opts.hold.is_some() {
+                hold(&shared).await;
+            } else {
+                connection(thread, c, &shared, &stats, &template, &slot, interval).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    shared.finished.fetch_add(1, Relaxed);
+    Rc::try_unwrap(stats)
+        .map(|s| s.into_inner())
+        .unwrap_or_else(|_| ThreadStats::new())
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(30),
+        command: Duration::from_secs(300),
+        data: Duration::from_secs(600),
+    }
+}
+
+async fn open(shared: &Shared) -> Option<Connection> {
+    let tls = shared
+        .opts
+        .tls
+        .then(bulwark::net::tls::opportunistic_client_config);
+    let host = shared.opts.target.ip().to_string();
+    match Connection::open(
+        &host,
+        shared.opts.target,
+        "bulwark-load.test",
+        tls.as_ref(),
+        timeouts(),
+    )
+    .await
+    {
+        Ok(c) if shared.opts.tls && !c.is_tls() => {
+            shared.totals.errors.fetch_add(1, Relaxed);
+            eprintln!("--tls: the server did not offer STARTTLS");
+            shared.stop.store(true, Relaxed);
+            None
+        }
+        Ok(c) => {
+            shared.totals.connected.fetch_add(1, Relaxed);
+            Some(c)
+        }
+        Err(e) => {
+            shared.totals.errors.fetch_add(1, Relaxed);
+            if shared.totals.errors.load(Relaxed) <= 3 {
+                eprintln!("connection failed: {e}");
+            }
+            None
+        }
+    }
+}
+
+/// `--hold`: connect, greet, and sit idle until told to stop.
+async fn hold(shared: &Shared) {
+    let Some(conn) = open(shared).await else {
+        return;
+    };
+    while !shared.stop.load(Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+    }
+    conn.quit().await;
+}
+
+fn done(shared: &Shared) -> bool {
+    shared.stop.load(Relaxed) || shared.deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+async fn connection(
+    thread: usize,
+    conn_no: usize,
+    shared: &Shared,
+    stats: &std::cell::RefCell<ThreadStats>,
+    template: &Template,
+    slot: &std::cell::Cell<Instant>,
+    interval: Option<Duration>,
+) {
+    let opts = &shared.opts;
+    let rcpts: Vec<String> = (0..opts.recipients)
+        .map(|i| {
+            if i == 0 {
+                return opts.to.clone();
+            }
+            match opts.to.split_once('@') {
+                Some((l, d)) => format!("{l}{i}@{d}"),
+                None => format!("{}{i}", opts.to),
+            }
+        })
+        .collect();
+    let rcpt_refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let mut buf = Vec::with_capacity(opts.size + 1024);
+    let mut seq = 0u64;
+    let mut failures = 0;
+    'connect: while !done(shared) {
+        let Some(mut conn) = open(shared).await else {
+            failures += 1;
+            if failures >= 5 {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        failures = 0;
+        while !done(shared) {
+            if shared.budget.fetch_sub(1, Relaxed) <= 0 {
+                conn.quit().await;
+                return;
+            }
+            if let Some(iv) = interval {
+                let at = slot.get().max(Instant::now());
+                slot.set(at + iv);
+                let wait = at.saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    glommio::timer::sleep(wait).await;
+                }
+            }
+            seq += 1;
+            let id = format!("{}.{thread}.{conn_no}.{seq}", shared.run_id);
+            template.render(&mut buf, &opts.to, &id, &rfc5322_now());
+            shared.totals.sent.fetch_add(1, Relaxed);
+            let t0 = Instant::now();
+            match conn.send(&opts.from, &rcpt_refs, &buf, false, false).await {
+                Err(e) => {
+                    shared.totals.errors.fetch_add(1, Relaxed);
+                    if shared.totals.errors.load(Relaxed) <= 3 {
+                        eprintln!("transaction failed: {e}");
+                    }
+                    continue 'connect;
+                }
+                Ok(r) => {
+                    let end = Instant::now();
+                    let mut st = stats.borrow_mut();
+                    let _ = st.transaction.record((end - t0).as_micros().max(1) as u64);
+                    let code = match (&r.data, r.mail.is_positive()) {
+                        (Some(d), _) => d.code,
+                        (None, false) => r.mail.code,
+                        (None, true) => r
+                            .rcpts
+                            .iter()
+                            .find(|x| !x.is_positive())
+                            .map(|x| x.code)
+                            .unwrap_or(0),
+                    };
+                    if let Some(sent) = r.content_sent {
+                        let _ = st.data_end.record((end - sent).as_micros().max(1) as u64);
+                    }
+                    if (200..300).contains(&code) {
+                        shared.totals.accepted.fetch_add(1, Relaxed);
+                        shared.totals.bytes.fetch_add(buf.len() as u64, Relaxed);
+                    } else {
+                        shared.totals.rejected.fetch_add(1, Relaxed);
+                        *st.codes.entry(code).or_default() += 1;
+                    }
+                }
+            }
+        }
+        conn.quit().await;
+    }
+}
