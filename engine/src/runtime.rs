@@ -63,8 +63,33 @@ pub fn core_count(config: &Config) -> usize {
     })
 }
 
+/// Lifts the soft open-file limit to the hard one: every session is a descriptor.
+fn raise_nofile() -> u64 {
+    // SAFETY: plain libc calls on a zero-initialised struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                return r.rlim_max;
+            }
+        }
+        r.rlim_cur
+    }
+}
+
 /// Runs the engine until the process is stopped.
 pub fn serve(config: Config) -> anyhow::Result<()> {
+    let open_files = raise_nofile();
     let cores = core_count(&config);
     let metrics = Metrics::new(cores);
     let policy = config.policy();
@@ -102,6 +127,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         cores,
         domains = policy.domains.len(),
         generation,
+        open_files,
         "starting Bulwark"
     );
     let mut handles = Vec::new();
