@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Bulwark vs Postfix relaying 4 KiB messages over 50 connections to the same smtp-sink
-# (smtp-source -s 50 -m 20000 -l 4096), 3 runs, medians and ratios. Needs root.
+# The relay figure of record: Bulwark vs Postfix, smtp-source -s 50 -m 20000 -l 4096,
+# 3 runs, both relaying to the same sink. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release -p bulwark
-exec /usr/bin/python3 scripts/bench_relay.py --runs "${RUNS:-3}" "$@"
+cargo build --release -p bulwark -p bulwark-load
+exec /usr/bin/python3 scripts/bench_peers.py --peers bulwark,postfix --clients smtp-source \
+  --sizes 4096 --messages 20000 --connections 50 --runs "${RUNS:-3}" "$@"

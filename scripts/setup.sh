@@ -9,6 +9,7 @@ PACKAGES=(
   swaks libnet-ssleay-perl libio-socket-ssl-perl
   python3 python3-aiosmtpd
   dnsmasq-base            # a real DNS server for the MX tests
+  fonts-dejavu-core       # the font of the benchmark charts
 )
 
 missing=()

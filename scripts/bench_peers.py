@@ -1,0 +1,412 @@
+#!/usr/bin/python3
+"""Side-by-side benchmark of Bulwark and its peers on this machine, in one go.
+
+Each peer (Bulwark, Postfix as a relay with its durable queue as shipped, Haraka with
+smtp_forward) relays to the same downstream (`bulwark-load sink`), under the same load
+from each client (`bulwark-load send` and Postfix's `smtp-source`), for each message
+size, several runs each. For every run it measures:
+  accepted msgs/s   messages / time until the client has had every reply
+  end-to-end msgs/s messages / time until the sink has received the last one
+  CPU seconds       all processes of the peer (a cpuacct cgroup), during the run
+  peak RSS / PSS    largest sum over the peer's processes (PSS counts shared pages
+                    once), sampled every 100 ms
+It prints a table of medians and Bulwark/peer ratios, writes the runs as JSON, and
+leaves nothing running. Run as root.
+"""
+import argparse
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+
+CG = "/sys/fs/cgroup/cpuacct"
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+HARAKA = os.environ.get("HARAKA_DIR", "/opt/bulwark-peers/haraka")
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, **kw)
+
+
+class Cgroup:
+    def __init__(self, name):
+        self.path = os.path.join(CG, name)
+        if os.path.isdir(self.path):
+            os.rmdir(self.path)
+        os.mkdir(self.path)
+
+    def prefix(self):
+        # A shell that joins the group, then becomes the real command.
+        return ["sh", "-c", 'echo $$ > %s/cgroup.procs && exec "$@"' % self.path, "sh"]
+
+    def cpu_seconds(self):
+        with open(os.path.join(self.path, "cpuacct.usage")) as f:
+            return int(f.read()) / 1e9
+
+    def pids(self):
+        with open(os.path.join(self.path, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+
+    def _sum(self, path, key):
+        """Sums one kB field of /proc/PID/<path> over the group's processes."""
+        total = 0
+        for pid in self.pids():
+            try:
+                with open("/proc/%d/%s" % (pid, path)) as f:
+                    for line in f:
+                        if line.startswith(key):
+                            total += int(line.split()[1]) * 1024
+            except OSError:
+                pass
+        return total
+
+    def rss_bytes(self):
+        return self._sum("status", "VmRSS:")
+
+    def pss_bytes(self):
+        return self._sum("smaps_rollup", "Pss:")
+
+    def remove(self):
+        for _ in range(50):
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
+
+def wait_port(port, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("nothing listening on %d" % port)
+
+
+class Sink:
+    """bulwark-load sink, one per benchmark; its report has the last arrival time."""
+
+    def __init__(self, args, port, work):
+        self.report = os.path.join(work, "sink.json")
+        self.p = subprocess.Popen([args.load, "sink", "--listen", "127.0.0.1:%d" % port, "--report", self.report],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+
+    def read(self):
+        try:
+            with open(self.report) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait()
+
+
+def run_client(args, client, port, size, messages):
+    """Runs one load; returns seconds until every reply was in."""
+    t0 = time.time()
+    if client == "bulwark-load":
+        out = subprocess.run([args.load, "send", "--target", "127.0.0.1:%d" % port, "--connections", str(args.connections),
+                              "--messages", str(messages), "--size", str(size), "--json"],
+                             check=True, stdout=subprocess.PIPE).stdout
+        r = json.loads(out)
+        if r["accepted"] != messages:
+            raise SystemExit("bulwark-load: %d of %d accepted" % (r["accepted"], messages))
+        return time.time() - t0
+    sh("smtp-source", "-s", str(args.connections), "-m", str(messages), "-l", str(size),
+       "-f", "load@sender.test", "-t", "user@example.test", "127.0.0.1:%d" % port)
+    return time.time() - t0
+
+
+def measure(args, peer, cg, port, sink, client, size, messages):
+    base = sink.read().get("received", 0)
+    peak = [0, 0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], cg.rss_bytes())
+            peak[1] = max(peak[1], cg.pss_bytes())
+            time.sleep(0.1)
+
+    threading.Thread(target=sample, daemon=True).start()
+    cpu0 = cg.cpu_seconds()
+    t0 = time.time()
+    accepted_s = run_client(args, client, port, size, messages)
+    deadline = time.time() + args.timeout
+    rep = sink.read()
+    while rep.get("received", 0) - base < messages and time.time() < deadline:
+        time.sleep(0.2)
+        rep = sink.read()
+    delivered = rep.get("received", 0) - base
+    e2e_s = (rep.get("last_at") or time.time()) - t0
+    time.sleep(0.5)
+    cpu = cg.cpu_seconds() - cpu0
+    stop.set()
+    if rep.get("incomplete", 0):
+        raise SystemExit("%s: the sink saw %d damaged messages" % (peer, rep["incomplete"]))
+    return {"peer": peer, "client": client, "size": size, "messages": messages, "delivered": delivered,
+            "accepted_per_s": messages / accepted_s, "e2e_per_s": delivered / e2e_s, "cpu_s": cpu,
+            "cpu_s_per_1000": cpu * 1000 / messages, "rss_mib": peak[0] / 2**20, "pss_mib": peak[1] / 2**20}
+
+
+class Bulwark:
+    name = "bulwark"
+
+    def __init__(self, args, work, port, sink_port):
+        cfg = os.path.join(work, "bulwark.toml")
+        with open(cfg, "w") as f:
+            f.write('[server]\nhostname = "bw.bench.test"\nlisten = ["127.0.0.1:%d"]\nmetrics = ""\n' % port)
+            f.write('[spool]\ndir = "%s"\n' % os.path.join(work, "spool"))
+            f.write('[[domains]]\nname = "example.test"\nroute = "127.0.0.1:%d"\n' % sink_port)
+        self.cg = Cgroup("bench-bulwark")
+        self.p = subprocess.Popen(self.cg.prefix() + [args.bulwark, "serve", "--config", cfg],
+                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "bulwark.log"), "w"),
+                                  env=dict(os.environ, BULWARK_LOG="warn"))
+        wait_port(port)
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        self.p.wait()
+        self.cg.remove()
+
+
+POSTFIX_MAIN = """compatibility_level = 3.6
+queue_directory = {work}/pf-queue
+data_directory = {work}/pf-data
+myhostname = pf.bench.test
+mydestination =
+relay_domains = example.test
+transport_maps = inline:{{example.test=smtp:[127.0.0.1]:{sink}}}
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = reject_unauth_destination
+alias_maps =
+alias_database =
+local_recipient_maps =
+smtputf8_enable = no
+message_size_limit = 104857600
+maillog_file_prefixes = {work}
+maillog_file = {work}/maillog
+"""
+
+
+class Postfix:
+    name = "postfix"
+
+    def __init__(self, args, work, port, sink_port):
+        self.etc = os.path.join(work, "pf-etc")
+        os.makedirs(self.etc)
+        with open(os.path.join(self.etc, "main.cf"), "w") as f:
+            f.write(POSTFIX_MAIN.format(work=work, sink=sink_port))
+        lines = []
+        with open("/etc/postfix/master.cf") as f:
+            for line in f.read().splitlines():
+                cols = line.split()
+                if len(cols) >= 8 and not line.startswith((" ", "\t", "#")):
+                    if cols[0] == "smtp" and cols[1] == "inet":
+                        cols[0] = "127.0.0.1:%d" % port
+                    cols[4] = "n"  # no chroot: the private queue has no chroot tree
+                    line = " ".join(cols)
+                lines.append(line)
+        with open(os.path.join(self.etc, "master.cf"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        pf = pwd.getpwnam("postfix")
+        os.makedirs(os.path.join(work, "pf-queue"))
+        os.makedirs(os.path.join(work, "pf-data"))
+        os.chown(os.path.join(work, "pf-data"), pf.pw_uid, pf.pw_gid)
+        self.env = dict(os.environ, MAIL_CONFIG=self.etc)
+        # Creates the queue tree with Postfix's own ownership and modes.
+        sh("postfix", "-c", self.etc, "check", env=self.env, stderr=subprocess.DEVNULL)
+        self.cg = Cgroup("bench-postfix")
+        self.p = subprocess.Popen(self.cg.prefix() + ["postfix", "-c", self.etc, "start-fg"], env=self.env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+
+    def stop(self):
+        subprocess.run(["postfix", "-c", self.etc, "stop"], env=self.env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        try:
+            self.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+        self.cg.remove()
+
+
+class Haraka:
+    """Haraka with rcpt_to.in_host_list and queue/smtp_forward: it forwards each message
+    during the client's DATA phase and keeps no queue of its own."""
+    name = "haraka"
+
+    def __init__(self, args, work, port, sink_port):
+        exe = os.path.join(HARAKA, "node_modules", ".bin", "haraka")
+        inst = os.path.join(work, "haraka")
+        sh(exe, "-i", inst, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        conf = os.path.join(inst, "config")
+        for name, text in (("smtp.ini", "[main]\nlisten=127.0.0.1:%d\nnodes=cpus\n" % port),
+                           ("smtp_forward.ini", "host=127.0.0.1\nport=%d\n" % sink_port),
+                           ("plugins", "rcpt_to.in_host_list\nqueue/smtp_forward\n"),
+                           ("host_list", "example.test\n"),
+                           ("log.ini", "[main]\nlevel=warn\n"),
+                           ("me", "haraka.bench.test\n"),
+                           ("databytes", "104857600\n")):
+            with open(os.path.join(conf, name), "w") as f:
+                f.write(text)
+        self.cg = Cgroup("bench-haraka")
+        self.p = subprocess.Popen(self.cg.prefix() + [exe, "-c", inst], stdout=subprocess.DEVNULL,
+                                  stderr=open(os.path.join(work, "haraka.log"), "w"))
+        wait_port(port)
+        time.sleep(1)  # the cluster workers come up after the master listens
+
+    def stop(self):
+        for pid in self.cg.pids():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        try:
+            self.p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+        for pid in self.cg.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.cg.remove()
+
+
+PEERS = {"bulwark": Bulwark, "postfix": Postfix, "haraka": Haraka}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bulwark", default=os.path.join(ROOT, "target/release/bulwark"))
+    ap.add_argument("--load", default=os.path.join(ROOT, "target/release/bulwark-load"))
+    ap.add_argument("--peers", default="bulwark,postfix,haraka")
+    ap.add_argument("--clients", default="bulwark-load,smtp-source")
+    ap.add_argument("--sizes", default="1024,4096,65536")
+    ap.add_argument("--messages", type=int, default=5000, help="per run (a quarter of it for sizes over 16 KiB)")
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--port-base", type=int, default=26000)
+    ap.add_argument("--json", help="write every run here")
+    ap.add_argument("--results", help="replace the peers section of this Markdown file with the table")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (cgroups, postfix)")
+    peers = [p for p in args.peers.split(",") if p]
+    for p in peers:
+        if p not in PEERS:
+            raise SystemExit("unknown peer %r (known: %s)" % (p, ", ".join(PEERS)))
+    work = tempfile.mkdtemp(prefix="bulwark-bench-")
+    # Postfix opens its files as the postfix user, which must be able to get there.
+    os.chmod(work, 0o755)
+    sink_port = args.port_base
+    sink = Sink(args, sink_port, work)
+    results = []
+    try:
+        for size in [int(x) for x in args.sizes.split(",")]:
+            messages = args.messages if size <= 16384 else max(100, args.messages // 4)
+            for client in args.clients.split(","):
+                for run in range(args.runs):
+                    for i, peer in enumerate(peers):
+                        d = os.path.join(work, "%s-%s-%d-%d" % (peer, client, size, run))
+                        os.makedirs(d)
+                        os.chmod(d, 0o755)
+                        server = PEERS[peer](args, d, args.port_base + 1 + i, sink_port)
+                        try:
+                            r = measure(args, peer, server.cg, args.port_base + 1 + i, sink, client, size, messages)
+                        finally:
+                            server.stop()
+                        results.append(r)
+                        print("%-8s %-12s %6d B run %d: accepted %7.0f/s  end-to-end %7.0f/s  CPU %5.2f s/1000  RSS %7.1f MiB  PSS %6.1f MiB  (%d/%d)"
+                              % (peer, client, size, run + 1, r["accepted_per_s"], r["e2e_per_s"], r["cpu_s_per_1000"],
+                                 r["rss_mib"], r["pss_mib"], r["delivered"], messages), flush=True)
+    finally:
+        sink.stop()
+        if not os.environ.get("KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    table = make_table(results, peers)
+    print()
+    print(table)
+    if args.results:
+        write_results(args, table)
+
+
+def write_results(args, table):
+    """Replaces the text between the peers markers of the results file."""
+    begin, end = "<!-- peers:begin -->", "<!-- peers:end -->"
+    try:
+        with open(args.results) as f:
+            text = f.read()
+    except OSError:
+        text = "# Benchmark results\n"
+    uname = os.uname()
+    postfix = subprocess.run(["postconf", "-d", "-h", "mail_version"], stdout=subprocess.PIPE, text=True).stdout.strip()
+    haraka = json.load(open(os.path.join(HARAKA, "node_modules", "Haraka", "package.json")))["version"]
+    section = "\n".join([
+        begin,
+        "## Peers: Bulwark, Postfix and Haraka side by side",
+        "",
+        "- Command: `scripts/bench-peers.sh` (= `scripts/bench_peers.py %s`)." % " ".join(
+            a for a in ["--sizes " + args.sizes, "--clients " + args.clients, "--peers " + args.peers,
+                        "--messages %d" % args.messages, "--connections %d" % args.connections, "--runs %d" % args.runs]),
+        "- Each peer relays to the same `bulwark-load sink`. Postfix %s: a private instance on loopback with its" % postfix,
+        "  durable queue as shipped. Haraka %s: `rcpt_to.in_host_list` and `queue/smtp_forward`, `nodes=cpus`;" % haraka,
+        "  it forwards during the client's DATA phase and keeps no queue of its own. Bulwark: `bulwark serve`,",
+        "  defaults (2 cores, spool fsynced before 250). Messages above 16 KiB: a quarter of the count.",
+        "- Machine: %s %s, %d CPUs. Date: %s." % (uname.sysname, uname.release, os.cpu_count(), time.strftime("%Y-%m-%d")),
+        "- Chart: `bench/peers.png`; every run: `bench/peers.json`.",
+        "",
+        table,
+        end,
+    ])
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    with open(args.results, "w") as f:
+        f.write(text)
+
+
+def make_table(results, peers):
+    metrics = (("accepted msgs/s", "accepted_per_s"), ("end-to-end msgs/s", "e2e_per_s"),
+               ("CPU s / 1000 msgs", "cpu_s_per_1000"), ("peak RSS MiB", "rss_mib"), ("peak PSS MiB", "pss_mib"))
+    others = [p for p in peers if p != "bulwark"]
+    head = "| size | client | metric (median) | " + " | ".join(peers) + "".join(" | bulwark/%s" % o for o in others) + " |"
+    lines = [head, "|" + "---|" * (3 + len(peers) + len(others))]
+    keys = sorted({(r["size"], r["client"]) for r in results})
+    for size, client in keys:
+        for label, key in metrics:
+            med = {}
+            for p in peers:
+                vals = [r[key] for r in results if r["peer"] == p and r["size"] == size and r["client"] == client]
+                med[p] = statistics.median(vals) if vals else float("nan")
+            cells = ["%.1f" % med[p] for p in peers]
+            ratios = ["%.2f" % (med["bulwark"] / med[o]) if "bulwark" in med and med[o] else "n/a" for o in others]
+            lines.append("| %d | %s | %s | %s |" % (size, client, label, " | ".join(cells + ratios)))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
