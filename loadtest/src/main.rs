@@ -93,6 +93,12 @@ enum Command {
         /// Receiver threads (one executor each); default: all CPUs.
         #[arg(long)]
         threads: Option<usize>,
+        /// PEM certificate chain: offer STARTTLS (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -152,6 +158,8 @@ fn main() -> ExitCode {
             report,
             ids,
             threads,
+            tls_cert,
+            tls_key,
         } => resolve(&listen, "--listen").and_then(|listen| {
             sink::run(sink::Options {
                 listen,
@@ -161,6 +169,7 @@ fn main() -> ExitCode {
                 report,
                 ids,
                 threads: threads.unwrap_or_else(cpus),
+                tls: tls_cert.zip(tls_key),
             })
         }),
     };

@@ -192,7 +192,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("starting thread {t}: {e}"))?;
         handles.push(h);
     }
-    let progress = Progress::new(!opts.json && opts.hold.is_none());
+    let progress = Progress::new(!opts.json && opts.hold.is_none(), messages);
     let mut held_reported = false;
     while (shared.finished.load(Relaxed) as usize) < handles.len() {
         std::thread::sleep(Duration::from_millis(100));
@@ -209,7 +209,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 held_reported = true;
             }
         }
-        progress.update(&shared.totals, started, messages);
+        progress.update(&shared.totals, started);
     }
     let mut stats = ThreadStats::new();
     for h in handles {
@@ -248,8 +248,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     } else if opts.hold.is_none() {
         print_report(&report);
     }
-    if opts.hold.is_none() && report.accepted == 0 && report.sent > 0 {
+    if opts.hold.is_none() && report.accepted == 0 && (report.sent > 0 || report.errors > 0) {
         bail!("no message was accepted");
+    }
+    if opts.hold.is_some() && shared.totals.connected.load(Relaxed) == 0 {
+        bail!("no connection could be opened");
     }
     Ok(())
 }
@@ -291,34 +294,41 @@ fn print_report(r: &Report) {
 struct Progress(Option<indicatif::ProgressBar>);
 
 impl Progress {
-    fn new(show: bool) -> Progress {
+    /// A bar when the number of messages is known, a spinner for `--duration` runs;
+    /// nothing unless stderr is a terminal.
+    fn new(show: bool, total: i64) -> Progress {
         if !show || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             return Progress(None);
         }
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
+        let (bar, template) = if total == i64::MAX {
+            (
+                indicatif::ProgressBar::new_spinner(),
+                "{spinner} {elapsed_precise} {msg}",
+            )
+        } else {
+            (
+                indicatif::ProgressBar::new(total as u64),
+                "{elapsed_precise} [{bar:40}] {pos}/{len} {msg}",
+            )
+        };
+        let style = indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style.progress_chars("=> "));
         Progress(Some(bar))
     }
 
-    fn update(&self, t: &Totals, started: Instant, total: i64) {
+    fn update(&self, t: &Totals, started: Instant) {
         let Some(bar) = &self.0 else { return };
         let accepted = t.accepted.load(Relaxed);
+        let done = accepted + t.rejected.load(Relaxed) + t.errors.load(Relaxed);
         let secs = started.elapsed().as_secs_f64().max(0.001);
-        let of = if total == i64::MAX {
-            String::new()
-        } else {
-            format!("/{total}")
-        };
+        bar.set_position(done);
         bar.set_message(format!(
-            "{accepted}{of} accepted  {:.0} msg/s  rejected {}  errors {}",
+            "{:.0} msg/s  accepted {accepted}  rejected {}  errors {}",
             accepted as f64 / secs,
             t.rejected.load(Relaxed),
             t.errors.load(Relaxed)
         ));
-        bar.tick();
     }
 
     fn finish(&self) {

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use bulwark::net::stream::Stream;
 use bulwark::smtp::data::DataScanner;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -29,6 +30,8 @@ pub struct Options {
     pub report: Option<PathBuf>,
     pub ids: Option<PathBuf>,
     pub threads: usize,
+    /// PEM certificate and key: offer STARTTLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Default)]
@@ -101,6 +104,7 @@ struct Config {
     reply_rcpt: Option<Vec<u8>>,
     reply_data: Option<Vec<u8>>,
     fail_rate: f64,
+    tls: Option<futures_rustls::TlsAcceptor>,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -116,6 +120,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             .map(|r| reply_line(r, "--reply-data"))
             .transpose()?,
         fail_rate: opts.fail_rate.unwrap_or(1.0),
+        tls: match &opts.tls {
+            Some((cert, key)) => Some(futures_rustls::TlsAcceptor::from(
+                bulwark::net::tls::server_config(cert, key)?,
+            )),
+            None => None,
+        },
     });
     if !(0.0..=1.0).contains(&cfg.fail_rate) {
         bail!("--fail-rate must be between 0 and 1");
@@ -224,12 +234,13 @@ fn now_micros() -> u64 {
 
 /// One SMTP session: accepts whatever it is sent, in any order a client may pipeline.
 async fn session(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     cfg: &Config,
     counters: &Counters,
     ids: Option<&flume::Sender<String>>,
     seed: u64,
 ) {
+    let mut stream = Stream::Plain(tcp);
     let mut rng = Rng::new(seed);
     let mut out: Vec<u8> = b"220 sink.bulwark-load ESMTP\r\n".to_vec();
     let mut buf = vec![0u8; 64 * 1024];
@@ -273,14 +284,43 @@ async fn session(
                 .map(|v| v.to_ascii_uppercase())
                 .unwrap_or_default();
             match verb.as_slice() {
-                b"EHLO" => out.extend_from_slice(b"250-sink.bulwark-load\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 0\r\n"),
+                b"EHLO" => {
+                    out.extend_from_slice(b"250-sink.bulwark-load\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n");
+                    if cfg.tls.is_some() && !stream.is_tls() {
+                        out.extend_from_slice(b"250-STARTTLS\r\n");
+                    }
+                    out.extend_from_slice(b"250 SIZE 0\r\n");
+                }
+                b"STAR" if cfg.tls.is_some() && !stream.is_tls() => {
+                    out.extend_from_slice(b"220 2.0.0 Ready to start TLS\r\n");
+                    if stream.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                    // Whatever was pipelined after STARTTLS is dropped.
+                    start = 0;
+                    end = 0;
+                    let (Some(acceptor), Stream::Plain(tcp)) = (cfg.tls.clone(), stream) else {
+                        return;
+                    };
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => stream = Stream::Server(Box::new(tls)),
+                        Err(_) => return,
+                    }
+                    rcpts = 0;
+                    break;
+                }
                 b"HELO" => out.extend_from_slice(b"250 sink.bulwark-load\r\n"),
                 b"MAIL" => {
                     rcpts = 0;
                     out.extend_from_slice(b"250 2.1.0 Ok\r\n");
                 }
                 b"RCPT" => {
-                    if let Some(reply) = cfg.reply_rcpt.as_ref().filter(|_| rng.unit() < cfg.fail_rate) {
+                    if let Some(reply) = cfg
+                        .reply_rcpt
+                        .as_ref()
+                        .filter(|_| rng.unit() < cfg.fail_rate)
+                    {
                         counters.rejected_rcpt.fetch_add(1, Relaxed);
                         out.extend_from_slice(reply);
                     } else {
@@ -288,7 +328,9 @@ async fn session(
                         out.extend_from_slice(b"250 2.1.5 Ok\r\n");
                     }
                 }
-                b"DATA" if rcpts == 0 => out.extend_from_slice(b"554 5.5.1 No valid recipients\r\n"),
+                b"DATA" if rcpts == 0 => {
+                    out.extend_from_slice(b"554 5.5.1 No valid recipients\r\n")
+                }
                 b"DATA" => {
                     out.extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
                     data = Some(DataScanner::new(usize::MAX));

@@ -234,3 +234,48 @@ fn bad_arguments_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn send_with_tls_uses_starttls() {
+    let dir = tmp("tls");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (c, k) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    let plain = Sink::start(&dir, &[]);
+    let (ok, _, err) = send(&[
+        "--target",
+        &format!("127.0.0.1:{}", plain.port),
+        "--tls",
+        "--messages",
+        "5",
+    ]);
+    assert!(!ok, "--tls must fail against a server without STARTTLS");
+    assert!(err.contains("did not offer STARTTLS"), "{err}");
+    drop(plain);
+    let dir2 = tmp("tls2");
+    let sink = Sink::start(
+        &dir2,
+        &[
+            "--tls-cert",
+            c.to_str().unwrap(),
+            "--tls-key",
+            k.to_str().unwrap(),
+        ],
+    );
+    let (ok, out, err) = send(&[
+        "--target",
+        &format!("127.0.0.1:{}", sink.port),
+        "--tls",
+        "--connections",
+        "3",
+        "--messages",
+        "60",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(j["accepted"], 60);
+    let r = sink.stop();
+    assert_eq!(r["complete"], 60);
+}

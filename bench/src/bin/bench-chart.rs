@@ -19,6 +19,9 @@ struct Run {
     cpu_s_per_1000: f64,
 }
 
+/// Per (size, client) group, per peer: end-to-end rates and CPU costs of its runs.
+type Groups = BTreeMap<(u64, String), BTreeMap<String, (Vec<f64>, Vec<f64>)>>;
+
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const COLOURS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
@@ -62,8 +65,7 @@ fn main() -> anyhow::Result<()> {
             peers.push(r.peer.clone());
         }
     }
-    let mut groups: BTreeMap<(u64, String), BTreeMap<String, (Vec<f64>, Vec<f64>)>> =
-        BTreeMap::new();
+    let mut groups: Groups = BTreeMap::new();
     for r in &runs {
         let e = groups
             .entry((r.size, r.client.clone()))
