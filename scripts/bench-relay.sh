@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release -p bulwark -p bulwark-load
 exec /usr/bin/python3 scripts/bench_peers.py --peers bulwark,postfix --clients smtp-source \
+  --results bench/RESULTS.md --section relay \
   --sizes 4096 --messages 20000 --connections 50 --runs "${RUNS:-3}" "$@"

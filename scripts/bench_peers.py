@@ -307,7 +307,8 @@ def main():
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--port-base", type=int, default=26000)
     ap.add_argument("--json", help="write every run here")
-    ap.add_argument("--results", help="replace the peers section of this Markdown file with the table")
+    ap.add_argument("--results", help="replace a marked section of this Markdown file with the table")
+    ap.add_argument("--section", default="peers", help="name of that section's markers")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (cgroups, postfix)")
@@ -355,7 +356,7 @@ def main():
 
 def write_results(args, table):
     """Replaces the text between the peers markers of the results file."""
-    begin, end = "<!-- peers:begin -->", "<!-- peers:end -->"
+    begin, end = "<!-- %s:begin -->" % args.section, "<!-- %s:end -->" % args.section
     try:
         with open(args.results) as f:
             text = f.read()
@@ -363,20 +364,28 @@ def write_results(args, table):
         text = "# Benchmark results\n"
     uname = os.uname()
     postfix = subprocess.run(["postconf", "-d", "-h", "mail_version"], stdout=subprocess.PIPE, text=True).stdout.strip()
-    haraka = json.load(open(os.path.join(HARAKA, "node_modules", "Haraka", "package.json")))["version"]
+    haraka = "?"
+    if "haraka" in args.peers:
+        with open(os.path.join(HARAKA, "node_modules", "Haraka", "package.json")) as f:
+            haraka = json.load(f)["version"]
     section = "\n".join([
         begin,
-        "## Peers: Bulwark, Postfix and Haraka side by side",
+        "## %s" % ("Peers: Bulwark, Postfix and Haraka side by side" if args.section == "peers"
+                    else "Relay of record: %s" % ", ".join(args.peers.split(","))),
         "",
-        "- Command: `scripts/bench-peers.sh` (= `scripts/bench_peers.py %s`)." % " ".join(
+        "- Command: `scripts/bench-%s.sh` (= `scripts/bench_peers.py %s`)." % (args.section, " ".join(
             a for a in ["--sizes " + args.sizes, "--clients " + args.clients, "--peers " + args.peers,
-                        "--messages %d" % args.messages, "--connections %d" % args.connections, "--runs %d" % args.runs]),
-        "- Each peer relays to the same `bulwark-load sink`. Postfix %s: a private instance on loopback with its" % postfix,
-        "  durable queue as shipped. Haraka %s: `rcpt_to.in_host_list` and `queue/smtp_forward`, `nodes=cpus`;" % haraka,
-        "  it forwards during the client's DATA phase and keeps no queue of its own. Bulwark: `bulwark serve`,",
-        "  defaults (2 cores, spool fsynced before 250). Messages above 16 KiB: a quarter of the count.",
+                        "--messages %d" % args.messages, "--connections %d" % args.connections, "--runs %d" % args.runs])),
+        "- Each peer relays to the same `bulwark-load sink`. Bulwark: `bulwark serve` with its defaults (2 cores,",
+        "  spool fsynced before 250). Postfix %s: a private instance on loopback, durable queue as shipped." % postfix,
+    ] + ([
+        "- Haraka %s: `rcpt_to.in_host_list` and `queue/smtp_forward`, `nodes=cpus`; it forwards during the" % haraka,
+        "  client's DATA phase and keeps no queue of its own.",
+    ] if "haraka" in args.peers else []) + [
+        "- Messages above 16 KiB: a quarter of the count per run.",
         "- Machine: %s %s, %d CPUs. Date: %s." % (uname.sysname, uname.release, os.cpu_count(), time.strftime("%Y-%m-%d")),
-        "- Chart: `bench/peers.png`; every run: `bench/peers.json`.",
+        "- Chart: `bench/peers.png`; every run: `bench/peers.json`." if args.section == "peers" else
+        "- CPU: every process of the peer (cpuacct cgroup); memory: sum over its processes, sampled every 100 ms.",
         "",
         table,
         end,
