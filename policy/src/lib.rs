@@ -5,8 +5,10 @@
 //! [`Policy`]. The builder side turns a [`Policy`] into such an image; the reader side
 //! ([`Snapshot::from_bytes`]) checks every field of the header and the archive before any
 //! lookup is made, so a corrupt or truncated image is refused and never half-applied.
+//! [`shm`] carries images from a publisher to the engine's cores through shared memory.
 
 mod schema;
+pub mod shm;
 mod snapshot;
 
 pub use schema::{
