@@ -20,7 +20,14 @@ pub struct Config {
     pub delivery: Delivery,
     pub tls: Option<Tls>,
     pub dns: Dns,
+    pub policy: PolicyConfig,
     pub domains: Vec<DomainConfig>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    /// Follow snapshots published at this path (shared memory); `None`: this file only.
+    pub snapshot: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -399,8 +406,9 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 9] = [
-            "server", "spool", "queue", "limits", "smtp", "delivery", "tls", "dns", "domains",
+        const SECTIONS: [&str; 10] = [
+            "server", "spool", "queue", "limits", "smtp", "delivery", "tls", "dns", "policy",
+            "domains",
         ];
         for (k, _) in root.iter() {
             if !SECTIONS.contains(&k.get_ref().as_ref()) {
@@ -416,6 +424,7 @@ impl<'t> Validator<'t> {
         let delivery = self.delivery(root);
         let tls = self.tls(root);
         let dns = self.dns(root);
+        let policy = self.policy(root);
         let domains = self.domains(root);
         Config {
             server,
@@ -426,6 +435,7 @@ impl<'t> Validator<'t> {
             delivery,
             tls,
             dns,
+            policy,
             domains,
         }
     }
@@ -647,6 +657,24 @@ impl<'t> Validator<'t> {
         }
         self.finish(s);
         Dns { nameservers }
+    }
+
+    fn policy(&mut self, root: &Table<'_>) -> PolicyConfig {
+        let mut s = self.section(root, "policy");
+        let snapshot = match self.string(&mut s, "snapshot") {
+            Some((p, span)) if p.is_empty() || !p.starts_with('/') => {
+                self.err(
+                    "policy.snapshot",
+                    Some(span),
+                    format!("{p:?} must be an absolute path"),
+                );
+                None
+            }
+            Some((p, _)) => Some(PathBuf::from(p)),
+            None => None,
+        };
+        self.finish(s);
+        PolicyConfig { snapshot }
     }
 
     fn domains(&mut self, root: &Table<'_>) -> Vec<DomainConfig> {

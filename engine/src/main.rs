@@ -32,12 +32,26 @@ enum Command {
         /// Configuration file (TOML).
         file: PathBuf,
     },
+    /// Publish the domains and limits of a configuration file to `[policy] snapshot`:
+    /// running engines that follow it apply them within milliseconds, without a restart.
+    PublishPolicy {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::PublishPolicy { config } => match publish_policy(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bulwark: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { config } => {
             let _guard = init_logging();
             match serve(&config) {
@@ -88,6 +102,30 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn publish_policy(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = Config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
+    let Some(target) = &cfg.policy.snapshot else {
+        anyhow::bail!(
+            "{}: policy.snapshot is not set, so there is nowhere to publish",
+            path.display()
+        );
+    };
+    let mut publisher =
+        bulwark_policy::shm::Publisher::open(target, std::time::Duration::from_secs(60))?;
+    let mut policy = cfg.policy();
+    // Generation 1 is what an engine builds from its own file; published ones come after.
+    policy.generation = (publisher.generation() + 1).max(2);
+    let image = bulwark_policy::encode(&policy)?;
+    let generation = publisher.publish(&image)?;
+    println!(
+        "published generation {generation} ({} octets, {} domains) to {}",
+        image.len(),
+        policy.domains.len(),
+        target.display()
+    );
+    Ok(())
 }
 
 fn serve(path: &std::path::Path) -> anyhow::Result<()> {

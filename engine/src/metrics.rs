@@ -135,6 +135,10 @@ pub struct Shard {
     pub dsns: Counter,
     pub queue_messages: Gauge,
     pub spool_commits: Counter,
+    /// Policy generation this core decides with.
+    pub policy_generation: Gauge,
+    /// Published snapshots this core refused (checksum, archive, schema, generation).
+    pub policy_refused: Counter,
     /// Seconds from the end of DATA to the `250`: the spool's group commit.
     pub accept_latency: Histogram,
     /// Messages made durable per commit.
@@ -159,6 +163,8 @@ impl Shard {
             dsns: Counter::default(),
             queue_messages: Gauge::default(),
             spool_commits: Counter::default(),
+            policy_generation: Gauge::default(),
+            policy_refused: Counter::default(),
             accept_latency: Histogram::new(LATENCY),
             commit_batch: Histogram::new(BATCH),
             delivery_latency: Histogram::new(LATENCY),
@@ -182,14 +188,12 @@ struct Padded(Shard);
 /// All shards, plus engine-wide facts.
 pub struct Metrics {
     shards: Box<[Padded]>,
-    pub policy_generation: AtomicU64,
 }
 
 impl Metrics {
     pub fn new(cores: usize) -> Arc<Self> {
         Arc::new(Metrics {
             shards: (0..cores).map(|_| Padded(Shard::new())).collect(),
-            policy_generation: AtomicU64::new(0),
         })
     }
 
@@ -392,9 +396,21 @@ impl Collector for Families {
             ),
             family(
                 "bulwark_policy_generation",
-                "Generation of the policy snapshot in force.",
+                "Policy generation every core has applied (the lowest over the cores).",
                 g,
-                vec![gauge(m.policy_generation.load(Relaxed) as f64)],
+                vec![gauge(
+                    m.shards
+                        .iter()
+                        .map(|s| s.0.policy_generation.get())
+                        .min()
+                        .unwrap_or(0) as f64,
+                )],
+            ),
+            family(
+                "bulwark_policy_snapshots_refused_total",
+                "Published policy snapshots refused by a core (the last good one stays in force).",
+                c,
+                vec![counter(m.sum(|s| s.policy_refused.get()), &[])],
             ),
             self.histogram(
                 "bulwark_accept_latency_seconds",

@@ -1,28 +1,85 @@
 //! The engine's view of policy: each core holds the snapshot in force and answers the
 //! session's envelope questions from it without copying or locking.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bulwark_policy::Snapshot;
+use bulwark_policy::shm::Follower;
+use tracing::{error, info};
+
+use crate::metrics::Metrics;
 
 use crate::smtp::{EnvelopePolicy, RcptVerdict};
 
 /// One core's current snapshot. A transaction takes an `Rc` at its start and keeps it,
-/// so a later swap never changes a decision half way.
+/// so a later swap never changes a decision half way. With a follower, the core checks
+/// the published generation (one atomic load) and loads and validates a new snapshot
+/// once; a snapshot that fails validation is refused and the last good one stays.
 pub struct CorePolicy {
     current: RefCell<Rc<Snapshot>>,
+    follower: Option<Follower>,
+    /// The last published generation examined, applied or refused.
+    seen: Cell<u64>,
+    core: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl CorePolicy {
-    pub fn new(snapshot: Snapshot) -> Self {
-        CorePolicy {
+    pub fn new(
+        snapshot: Snapshot,
+        follower: Option<Follower>,
+        core: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics
+            .shard(core)
+            .policy_generation
+            .set(snapshot.generation() as i64);
+        let p = CorePolicy {
             current: RefCell::new(Rc::new(snapshot)),
-        }
+            follower,
+            seen: Cell::new(0),
+            core,
+            metrics,
+        };
+        p.refresh();
+        p
     }
 
     pub fn current(&self) -> Rc<Snapshot> {
         self.current.borrow().clone()
+    }
+
+    /// Applies a newly published generation, if any. True when the snapshot changed.
+    pub fn refresh(&self) -> bool {
+        let Some(f) = &self.follower else {
+            return false;
+        };
+        let generation = f.generation();
+        if generation == self.seen.get() || generation == 0 {
+            return false;
+        }
+        self.seen.set(generation);
+        let shard = self.metrics.shard(self.core);
+        match f.load(generation) {
+            Ok(snap) => {
+                info!(core = self.core, generation, "policy snapshot applied");
+                shard.policy_generation.set(generation as i64);
+                *self.current.borrow_mut() = Rc::new(snap);
+                true
+            }
+            Err(e) => {
+                shard.policy_refused.inc();
+                error!(
+                    core = self.core,
+                    "policy snapshot refused, keeping generation {}: {e}",
+                    self.current.borrow().generation()
+                );
+                false
+            }
+        }
     }
 }
 

@@ -97,9 +97,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let generation = Snapshot::from_bytes(&snapshot_image)
         .context("checking the policy snapshot")?
         .generation();
-    metrics
-        .policy_generation
-        .store(generation, std::sync::atomic::Ordering::Relaxed);
+    if let Some(path) = &config.policy.snapshot {
+        // The header must exist for the cores to follow it; creating it publishes nothing.
+        bulwark_policy::shm::Publisher::open(path, std::time::Duration::from_secs(60))
+            .with_context(|| format!("policy.snapshot: cannot open {}", path.display()))?;
+    }
     let server_tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
         None => None,
@@ -186,7 +188,30 @@ async fn run_core(
         snapshot.policy().limits.message_size.to_native(),
         snapshot.policy().limits.recipients.to_native(),
     );
-    let policy = Rc::new(CorePolicy::new(snapshot));
+    let follower = match &cfg.policy.snapshot {
+        Some(path) => Some(
+            bulwark_policy::shm::Follower::open(path)
+                .with_context(|| format!("policy.snapshot: cannot follow {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let policy = Rc::new(CorePolicy::new(
+        snapshot,
+        follower,
+        id,
+        shared.metrics.clone(),
+    ));
+    if cfg.policy.snapshot.is_some() {
+        // Idle cores converge too: a core with traffic checks at every transaction.
+        let p = policy.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                p.refresh();
+            }
+        })
+        .detach();
+    }
     let (spool, recovered) = Spool::open(&cfg.spool.dir, id, shared.cores, cfg.spool.segment_size)
         .await
         .with_context(|| format!("spool.dir: cannot open {}", cfg.spool.dir.display()))?;

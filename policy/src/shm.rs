@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use memmap2::{Mmap, MmapMut};
 
@@ -28,22 +28,35 @@ const HEADER_SIZE: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum ShmError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}: not a Bulwark policy header (bad magic or size)")]
     BadHeader(PathBuf),
     #[error("{path}: generation {generation} is refused: {source}")]
-    Invalid { path: PathBuf, generation: u64, source: SnapshotError },
+    Invalid {
+        path: PathBuf,
+        generation: u64,
+        source: SnapshotError,
+    },
     #[error("generation {new} is not newer than the published {current}")]
     NotNewer { new: u64, current: u64 },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ShmError + '_ {
-    move |source| ShmError::Io { path: path.to_path_buf(), source }
+    move |source| ShmError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The image file of a generation.
 pub fn image_path(header: &Path, generation: u64) -> PathBuf {
-    let mut name = header.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = header
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".{generation:016x}"));
     header.with_file_name(name)
 }
@@ -59,8 +72,8 @@ pub struct Publisher {
     header_path: PathBuf,
     header: MmapMut,
     grace: Duration,
-    /// Images published by this publisher, oldest first, for unlinking.
-    published: VecDeque<(u64, Instant)>,
+    /// Images on disk, oldest first, with when they were published, for unlinking.
+    published: VecDeque<(u64, SystemTime)>,
 }
 
 impl Publisher {
@@ -69,7 +82,13 @@ impl Publisher {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io(path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io(path))?;
         let len = file.metadata().map_err(io(path))?.len();
         if len == 0 {
             file.set_len(HEADER_SIZE as u64).map_err(io(path))?;
@@ -84,7 +103,13 @@ impl Publisher {
         } else if header[..8] != HEADER_MAGIC {
             return Err(ShmError::BadHeader(path.to_path_buf()));
         }
-        Ok(Publisher { header_path: path.to_path_buf(), header, grace, published: VecDeque::new() })
+        let published = existing_images(path);
+        Ok(Publisher {
+            header_path: path.to_path_buf(),
+            header,
+            grace,
+            published,
+        })
     }
 
     /// The generation in force.
@@ -103,7 +128,10 @@ impl Publisher {
         let generation = snap.generation();
         let current = self.generation();
         if generation <= current {
-            return Err(ShmError::NotNewer { new: generation, current });
+            return Err(ShmError::NotNewer {
+                new: generation,
+                current,
+            });
         }
         let target = image_path(&self.header_path, generation);
         let mut tmp = target.clone().into_os_string();
@@ -117,7 +145,7 @@ impl Publisher {
         }
         std::fs::rename(&tmp, &target).map_err(io(&target))?;
         generation_cell(&self.header).store(generation, Ordering::Release);
-        self.published.push_back((generation, Instant::now()));
+        self.published.push_back((generation, SystemTime::now()));
         self.unlink_old();
         Ok(generation)
     }
@@ -126,14 +154,45 @@ impl Publisher {
     /// the one before it.
     fn unlink_old(&mut self) {
         while self.published.len() > 2 {
-            let Some(&(generation, at)) = self.published.front() else { break };
-            if at.elapsed() < self.grace {
+            let Some(&(generation, at)) = self.published.front() else {
+                break;
+            };
+            if at.elapsed().unwrap_or_default() < self.grace {
                 break;
             }
             let _ = std::fs::remove_file(image_path(&self.header_path, generation));
             self.published.pop_front();
         }
     }
+}
+
+/// Images already published next to `header` (by this or an earlier publisher).
+fn existing_images(header: &Path) -> VecDeque<(u64, SystemTime)> {
+    let (Some(dir), Some(name)) = (header.parent(), header.file_name().and_then(|n| n.to_str()))
+    else {
+        return VecDeque::new();
+    };
+    let prefix = format!("{name}.");
+    let mut found: Vec<(u64, SystemTime)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name();
+            let hex = file.to_str()?.strip_prefix(&prefix)?;
+            if hex.len() != 16 {
+                return None;
+            }
+            let generation = u64::from_str_radix(hex, 16).ok()?;
+            let at = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            Some((generation, at))
+        })
+        .collect();
+    found.sort();
+    found.into()
 }
 
 /// The reading side: one per engine core.
@@ -153,7 +212,10 @@ impl Follower {
         if header[..8] != HEADER_MAGIC {
             return Err(ShmError::BadHeader(path.to_path_buf()));
         }
-        Ok(Follower { header_path: path.to_path_buf(), header })
+        Ok(Follower {
+            header_path: path.to_path_buf(),
+            header,
+        })
     }
 
     /// The generation in force: one atomic load.
@@ -165,12 +227,19 @@ impl Follower {
     pub fn load(&self, generation: u64) -> Result<Snapshot, ShmError> {
         let path = image_path(&self.header_path, generation);
         let image = std::fs::read(&path).map_err(io(&path))?;
-        let snap = Snapshot::from_bytes(&image).map_err(|source| ShmError::Invalid { path: path.clone(), generation, source })?;
+        let snap = Snapshot::from_bytes(&image).map_err(|source| ShmError::Invalid {
+            path: path.clone(),
+            generation,
+            source,
+        })?;
         if snap.generation() != generation {
             return Err(ShmError::Invalid {
                 path,
                 generation,
-                source: SnapshotError::Generation { header: generation, archive: snap.generation() },
+                source: SnapshotError::Generation {
+                    header: generation,
+                    archive: snap.generation(),
+                },
             });
         }
         Ok(snap)
@@ -185,8 +254,17 @@ mod tests {
     fn policy(generation: u64, domain: &str) -> Vec<u8> {
         encode(&Policy {
             generation,
-            domains: vec![Domain { name: domain.into(), route: Route { host: "127.0.0.1".into(), port: 25 } }],
-            limits: Limits { message_size: 1000, recipients: 10 },
+            domains: vec![Domain {
+                name: domain.into(),
+                route: Route {
+                    host: "127.0.0.1".into(),
+                    port: 25,
+                },
+            }],
+            limits: Limits {
+                message_size: 1000,
+                recipients: 10,
+            },
         })
         .unwrap()
     }
@@ -210,7 +288,10 @@ mod tests {
         p.publish(&policy(2, "b.test")).unwrap();
         assert_eq!(f.generation(), 2);
         assert!(f.load(2).unwrap().policy().domain("b.test").is_some());
-        assert!(matches!(p.publish(&policy(2, "c.test")), Err(ShmError::NotNewer { new: 2, current: 2 })));
+        assert!(matches!(
+            p.publish(&policy(2, "c.test")),
+            Err(ShmError::NotNewer { new: 2, current: 2 })
+        ));
         // A second publisher on the same header continues where the first left off.
         let p2 = Publisher::open(&path, Duration::ZERO).unwrap();
         assert_eq!(p2.generation(), 2);
@@ -227,6 +308,12 @@ mod tests {
         }
         let images: Vec<u64> = (1..=5).filter(|g| image_path(&path, *g).exists()).collect();
         assert_eq!(images, [4, 5]);
+        // A new publisher process finds what is there and unlinks it in its turn.
+        drop(p);
+        let mut p = Publisher::open(&path, Duration::ZERO).unwrap();
+        p.publish(&policy(6, "a.test")).unwrap();
+        let images: Vec<u64> = (1..=6).filter(|g| image_path(&path, *g).exists()).collect();
+        assert_eq!(images, [5, 6]);
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -239,20 +326,45 @@ mod tests {
         let f = Follower::open(&path).unwrap();
         let good = policy(2, "b.test");
         std::fs::write(image_path(&path, 2), &good[..good.len() - 5]).unwrap();
-        assert!(matches!(f.load(2), Err(ShmError::Invalid { generation: 2, source: SnapshotError::Length { .. }, .. })));
+        assert!(matches!(
+            f.load(2),
+            Err(ShmError::Invalid {
+                generation: 2,
+                source: SnapshotError::Length { .. },
+                ..
+            })
+        ));
         let mut bad = good.clone();
         let n = bad.len() - 3;
         bad[n] ^= 0xff;
         std::fs::write(image_path(&path, 2), &bad).unwrap();
-        assert!(matches!(f.load(2), Err(ShmError::Invalid { source: SnapshotError::Checksum { .. }, .. })));
+        assert!(matches!(
+            f.load(2),
+            Err(ShmError::Invalid {
+                source: SnapshotError::Checksum { .. },
+                ..
+            })
+        ));
         // An image filed under the wrong generation is refused too.
         std::fs::write(image_path(&path, 3), &good).unwrap();
-        assert!(matches!(f.load(3), Err(ShmError::Invalid { source: SnapshotError::Generation { .. }, .. })));
+        assert!(matches!(
+            f.load(3),
+            Err(ShmError::Invalid {
+                source: SnapshotError::Generation { .. },
+                ..
+            })
+        ));
         // The publisher never writes an invalid image.
         assert!(matches!(p.publish(&bad), Err(ShmError::Invalid { .. })));
-        assert!(matches!(Follower::open(&d.join("nothing")), Err(ShmError::Io { .. })));
+        assert!(matches!(
+            Follower::open(&d.join("nothing")),
+            Err(ShmError::Io { .. })
+        ));
         std::fs::write(d.join("junk"), [0u8; 64]).unwrap();
-        assert!(matches!(Follower::open(&d.join("junk")), Err(ShmError::BadHeader(_))));
+        assert!(matches!(
+            Follower::open(&d.join("junk")),
+            Err(ShmError::BadHeader(_))
+        ));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -69,6 +69,11 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
     let mut snapshot = core.policy.current();
     'session: loop {
         loop {
+            // Each transaction decides with the policy in force when it starts.
+            if !session.in_transaction() {
+                core.policy.refresh();
+                snapshot = core.policy.current();
+            }
             let progress = session.feed(&buf[start..end], &SnapshotPolicy(&snapshot));
             start += progress.consumed;
             match progress.event {
@@ -80,8 +85,6 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                         Err(reply) => session.spool_failed(reply),
                     }
                     shard.accept_latency.observe_duration(t0.elapsed());
-                    // The next transaction decides with the newest policy.
-                    snapshot = core.policy.current();
                 }
                 Some(Event::StartTls) => {
                     if !flush(&mut stream, &mut session).await {

@@ -193,6 +193,14 @@ impl Session {
         self.bytes_received
     }
 
+    /// A transaction is under way (MAIL accepted, not yet finished or reset).
+    pub fn in_transaction(&self) -> bool {
+        matches!(
+            self.state,
+            State::Envelope | State::Data(_) | State::Chunk { .. } | State::Spooling
+        )
+    }
+
     pub fn stats(&self) -> SessionStats {
         self.stats
     }
