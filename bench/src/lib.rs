@@ -6,7 +6,7 @@ use bulwark::smtp::{EnvelopePolicy, RcptVerdict, SessionConfig};
 pub struct AcceptAll;
 
 impl EnvelopePolicy for AcceptAll {
-    fn check_rcpt(&self, _rcpt: &str) -> RcptVerdict {
+    fn check_rcpt(&self, _sender: &str, _rcpt: &str) -> RcptVerdict {
         RcptVerdict::Accept
     }
 }

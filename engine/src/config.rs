@@ -8,7 +8,8 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
-use bulwark_policy::{Domain, Limits, Policy, Route};
+use bulwark_policy::address::{check_directory_address, check_sender_pattern};
+use bulwark_policy::{Cidr, Domain, IpLists, Limits, Policy, Route};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -21,7 +22,23 @@ pub struct Config {
     pub tls: Option<Tls>,
     pub dns: Dns,
     pub policy: PolicyConfig,
+    pub senders: SenderLists,
+    pub ip: IpConfig,
     pub domains: Vec<DomainConfig>,
+}
+
+/// Approved and blocked sender patterns (`user@domain`, `domain`, `*.domain`).
+#[derive(Debug, Clone, Default)]
+pub struct SenderLists {
+    pub approved: Vec<String>,
+    pub blocked: Vec<String>,
+}
+
+/// Client networks: `allow` always passes, `block` is refused at connect.
+#[derive(Debug, Clone, Default)]
+pub struct IpConfig {
+    pub allow: Vec<Cidr>,
+    pub block: Vec<Cidr>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -94,6 +111,9 @@ pub struct DomainConfig {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// The addresses that exist, when the domain has a recipient directory.
+    pub directory: Option<Vec<String>>,
+    pub senders: SenderLists,
 }
 
 impl Config {
@@ -110,11 +130,19 @@ impl Config {
                         host: d.host.clone(),
                         port: d.port,
                     },
+                    has_directory: d.directory.is_some(),
+                    directory: d.directory.clone().unwrap_or_default(),
+                    senders: d.senders.to_policy(),
                 })
                 .collect(),
             limits: Limits {
                 message_size: self.limits.message_size,
                 recipients: self.limits.recipients,
+            },
+            senders: self.senders.to_policy(),
+            ips: IpLists {
+                allow: self.ip.allow.clone(),
+                block: self.ip.block.clone(),
             },
         }
     }
@@ -147,6 +175,15 @@ impl Config {
             Ok(cfg)
         } else {
             Err(ConfigErrors { errors: v.errors })
+        }
+    }
+}
+
+impl SenderLists {
+    fn to_policy(&self) -> bulwark_policy::SenderLists {
+        bulwark_policy::SenderLists {
+            approved: self.approved.clone(),
+            blocked: self.blocked.clone(),
         }
     }
 }
@@ -406,9 +443,9 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 10] = [
+        const SECTIONS: [&str; 12] = [
             "server", "spool", "queue", "limits", "smtp", "delivery", "tls", "dns", "policy",
-            "domains",
+            "senders", "ip", "domains",
         ];
         for (k, _) in root.iter() {
             if !SECTIONS.contains(&k.get_ref().as_ref()) {
@@ -425,6 +462,10 @@ impl<'t> Validator<'t> {
         let tls = self.tls(root);
         let dns = self.dns(root);
         let policy = self.policy(root);
+        let mut senders_section = self.section(root, "senders");
+        let senders = self.sender_lists(&mut senders_section, "approved", "blocked");
+        self.finish(senders_section);
+        let ip = self.ip(root);
         let domains = self.domains(root);
         Config {
             server,
@@ -436,6 +477,8 @@ impl<'t> Validator<'t> {
             tls,
             dns,
             policy,
+            senders,
+            ip,
             domains,
         }
     }
@@ -677,6 +720,57 @@ impl<'t> Validator<'t> {
         PolicyConfig { snapshot }
     }
 
+    /// Two lists of sender patterns from keys of one table.
+    fn sender_lists(
+        &mut self,
+        s: &mut Section<'_, '_>,
+        approved: &'static str,
+        blocked: &'static str,
+    ) -> SenderLists {
+        let mut lists = SenderLists::default();
+        for (key, out) in [
+            (approved, &mut lists.approved),
+            (blocked, &mut lists.blocked),
+        ] {
+            for (i, (text, span)) in self
+                .string_list(s, key)
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                match check_sender_pattern(&text) {
+                    Ok(()) => out.push(text),
+                    Err(e) => self.err(&format!("{}.{key}[{i}]", s.path), Some(span), e),
+                }
+            }
+        }
+        lists
+    }
+
+    fn ip(&mut self, root: &Table<'_>) -> IpConfig {
+        let mut s = self.section(root, "ip");
+        let mut ip = IpConfig::default();
+        for (key, out) in [("allow", &mut ip.allow), ("block", &mut ip.block)] {
+            for (i, (text, span)) in self
+                .string_list(&mut s, key)
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                match Cidr::parse(&text) {
+                    Some(c) => out.push(c),
+                    None => self.err(
+                        &format!("ip.{key}[{i}]"),
+                        Some(span),
+                        format!("{text:?} is not an IP address or CIDR network"),
+                    ),
+                }
+            }
+        }
+        self.finish(s);
+        ip
+    }
+
     fn domains(&mut self, root: &Table<'_>) -> Vec<DomainConfig> {
         let Some(v) = root.get("domains") else {
             return Vec::new();
@@ -704,6 +798,8 @@ impl<'t> Validator<'t> {
             };
             let name = self.required_string(&mut s, "name");
             let route = self.required_string(&mut s, "route");
+            let directory = self.string_list(&mut s, "directory");
+            let senders = self.sender_lists(&mut s, "approved_senders", "blocked_senders");
             self.finish(s);
             let (Some((name, nspan)), Some((route, rspan))) = (name, route) else {
                 continue;
@@ -726,7 +822,36 @@ impl<'t> Validator<'t> {
                 continue;
             }
             match parse_route(&route) {
-                Ok((host, port)) => out.push(DomainConfig { name, host, port }),
+                Ok((host, port)) => {
+                    let directory = directory.map(|entries| {
+                        let mut addrs = Vec::with_capacity(entries.len());
+                        for (k, (addr, span)) in entries.into_iter().enumerate() {
+                            let key = format!("{path}.directory[{k}]");
+                            if let Err(e) = check_directory_address(&addr) {
+                                self.err(&key, Some(span), e);
+                            } else if !addr
+                                .rsplit_once('@')
+                                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(&name))
+                            {
+                                self.err(
+                                    &key,
+                                    Some(span),
+                                    format!("{addr:?} is not in the domain {name}"),
+                                );
+                            } else {
+                                addrs.push(addr);
+                            }
+                        }
+                        addrs
+                    });
+                    out.push(DomainConfig {
+                        name,
+                        host,
+                        port,
+                        directory,
+                        senders,
+                    })
+                }
                 Err(e) => self.err(&format!("{path}.route"), Some(rspan), e),
             }
         }
@@ -911,6 +1036,68 @@ route = "127.0.0.1:25"
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert_eq!(errs[0].key, "domains[1].name");
         assert_eq!(errs[1].key, "domains[2].name");
+    }
+
+    #[test]
+    fn policy_lists_are_checked() {
+        let text = r#"[senders]
+approved = ["ok.test", "*.ok.test", "a@ok.test"]
+blocked = ["bad entry"]
+
+[ip]
+block = ["10.0.0.0/8", "10.0.0.0/40"]
+
+[policy]
+snapshot = "relative/path"
+
+[[domains]]
+name = "example.test"
+route = "127.0.0.1:25"
+directory = ["alice@example.test", "bob@other.test", "a@b.test;c@d.test", "sp ace@example.test"]
+blocked_senders = ["*."]
+"#;
+        let errs = Config::parse(text).unwrap_err().errors;
+        let found: Vec<(String, Option<usize>)> =
+            errs.iter().map(|e| (e.key.clone(), e.line)).collect();
+        let expect = [
+            ("senders.blocked[0]", 3),
+            ("ip.block[1]", 6),
+            ("policy.snapshot", 9),
+            ("domains[0].directory[1]", 14),
+            ("domains[0].directory[2]", 14),
+            ("domains[0].directory[3]", 14),
+            ("domains[0].blocked_senders[0]", 15),
+        ];
+        for (key, line) in expect {
+            assert!(
+                found.contains(&(key.to_string(), Some(line))),
+                "missing {key} at line {line} in {found:?}"
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.message.contains("is not in the domain example.test"))
+        );
+        assert!(errs.iter().any(|e| e.message.contains("several addresses")));
+    }
+
+    #[test]
+    fn policy_lists_reach_the_snapshot() {
+        let text = "[senders]\nblocked = [\"spam.test\"]\n[ip]\nallow = [\"192.0.2.1\"]\n[[domains]]\nname = \"example.test\"\nroute = \"127.0.0.1:25\"\ndirectory = [\"Alice@example.test\"]\n";
+        let p = Config::parse(text).unwrap().policy();
+        assert!(p.domains[0].has_directory);
+        assert_eq!(p.domains[0].directory, ["Alice@example.test"]);
+        assert_eq!(p.senders.blocked, ["spam.test"]);
+        assert_eq!(p.ips.allow.len(), 1);
+        let snap = bulwark_policy::Snapshot::from_policy(&p).unwrap();
+        assert_eq!(
+            snap.policy()
+                .domain("example.test")
+                .unwrap()
+                .knows("alice@example.test"),
+            Some(true)
+        );
     }
 
     #[test]

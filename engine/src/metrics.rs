@@ -86,6 +86,9 @@ impl Histogram {
 #[derive(Clone, Copy, Debug)]
 pub enum Reject {
     RelayDenied,
+    UnknownUser,
+    SenderBlocked,
+    IpBlocked,
     MessageSize,
     BareLineEnd,
     LineTooLong,
@@ -94,8 +97,11 @@ pub enum Reject {
 }
 
 impl Reject {
-    const ALL: [Reject; 6] = [
+    const ALL: [Reject; 9] = [
         Reject::RelayDenied,
+        Reject::UnknownUser,
+        Reject::SenderBlocked,
+        Reject::IpBlocked,
         Reject::MessageSize,
         Reject::BareLineEnd,
         Reject::LineTooLong,
@@ -105,6 +111,9 @@ impl Reject {
     fn label(self) -> &'static str {
         match self {
             Reject::RelayDenied => "relay_denied",
+            Reject::UnknownUser => "unknown_user",
+            Reject::SenderBlocked => "sender_blocked",
+            Reject::IpBlocked => "ip_blocked",
             Reject::MessageSize => "message_size",
             Reject::BareLineEnd => "bare_line_end",
             Reject::LineTooLong => "line_too_long",
@@ -128,7 +137,7 @@ pub struct Shard {
     pub sessions_active: Gauge,
     pub messages_received: Counter,
     pub bytes_received: Counter,
-    pub rejections: [Counter; 6],
+    pub rejections: [Counter; 9],
     pub tls_handshakes_ok: Counter,
     pub tls_handshakes_failed: Counter,
     pub deliveries: [Counter; 3],

@@ -5,8 +5,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bulwark_policy::Snapshot;
 use bulwark_policy::shm::Follower;
+use bulwark_policy::{SenderVerdict, Snapshot};
 use tracing::{error, info};
 
 use crate::metrics::Metrics;
@@ -123,10 +123,27 @@ pub fn destination(snap: &Snapshot, rcpt: &str) -> Destination {
 pub struct SnapshotPolicy<'a>(pub &'a Snapshot);
 
 impl EnvelopePolicy for SnapshotPolicy<'_> {
-    fn check_rcpt(&self, rcpt: &str) -> RcptVerdict {
-        match self.0.policy().domain(domain_of(rcpt)) {
-            Some(_) => RcptVerdict::Accept,
-            None => RcptVerdict::RelayDenied,
+    /// Order: managed domain; then the sender lists (the domain's own, then the global
+    /// ones; approval wins over a block at the same level); then the directory. An
+    /// approved sender still cannot reach an address that does not exist.
+    fn check_rcpt(&self, sender: &str, rcpt: &str) -> RcptVerdict {
+        let policy = self.0.policy();
+        let Some(domain) = policy.domain(domain_of(rcpt)) else {
+            return RcptVerdict::RelayDenied;
+        };
+        let senders = domain
+            .senders
+            .verdict(sender)
+            .or_else(|| policy.senders.verdict(sender));
+        if senders == Some(SenderVerdict::Blocked) {
+            return RcptVerdict::SenderBlocked;
+        }
+        if domain.knows(rcpt) == Some(false) {
+            return RcptVerdict::UnknownUser;
+        }
+        match senders {
+            Some(SenderVerdict::Approved) => RcptVerdict::Approved,
+            _ => RcptVerdict::Accept,
         }
     }
 }

@@ -106,3 +106,65 @@ fn publish_policy_needs_a_snapshot_path() {
     assert!(!ok);
     assert!(out.contains("policy.snapshot is not set"), "{out}");
 }
+
+/// Directory, sender lists and IP lists from the configuration, seen by smtplib
+/// connecting from different loopback addresses.
+#[test]
+fn directory_senders_and_ip_lists() {
+    let sink = Sink::start(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let extra = format!(
+        "[senders]\napproved = [\"*.partner.test\"]\nblocked = [\"spam.test\", \"*.spam.test\"]\n\n\
+         [ip]\nblock = [\"127.0.0.2\", \"127.0.0.8/29\"]\nallow = [\"127.0.0.9\"]\n\n\
+         [[domains]]\nname = \"example.test\"\nroute = \"{}\"\n\
+         directory = [\"alice@example.test\", \"Bob@Example.test\"]\n\
+         approved_senders = [\"friend@spam.test\"]\nblocked_senders = [\"foe@ok.test\"]\n\n\
+         [[domains]]\nname = \"open.test\"\nroute = \"{}\"\n",
+        sink.addr, sink.addr
+    );
+    let engine = Engine::start(EngineConfig {
+        extra,
+        ..Default::default()
+    });
+    let out = python(&format!(
+        r#"
+import smtplib, socket
+def rcpt(sender, to, source="127.0.0.1"):
+    s = smtplib.SMTP("127.0.0.1", {port}, source_address=(source, 0))
+    s.ehlo("c")
+    s.mail(sender)
+    code, msg = s.rcpt(to)
+    s.quit()
+    return "%d %s" % (code, msg.decode().split()[0])
+assert rcpt("s@ok.test", "alice@example.test") == "250 2.1.5"
+assert rcpt("s@ok.test", "BOB@example.test") == "250 2.1.5"
+assert rcpt("s@ok.test", "carol@example.test") == "550 5.1.1", rcpt("s@ok.test", "carol@example.test")
+assert rcpt("s@ok.test", "anyone@open.test") == "250 2.1.5"
+assert rcpt("x@spam.test", "alice@example.test") == "550 5.7.1"
+assert rcpt("x@mx.spam.test", "anyone@open.test") == "550 5.7.1"
+assert rcpt("friend@spam.test", "alice@example.test") == "250 2.1.5", "domain approval beats a global block"
+assert rcpt("friend@spam.test", "anyone@open.test") == "550 5.7.1", "approval is only for example.test"
+assert rcpt("foe@ok.test", "alice@example.test") == "550 5.7.1"
+assert rcpt("x@mail.partner.test", "carol@example.test") == "550 5.1.1", "approved senders still need a real user"
+assert rcpt("s@ok.test", "alice@example.test", "127.0.0.9") == "250 2.1.5", "allow beats block"
+for source in ["127.0.0.2", "127.0.0.10"]:
+    c = socket.create_connection(("127.0.0.1", {port}), source_address=(source, 0))
+    greeting = c.recv(1024).decode()
+    assert greeting.startswith("554 5.7.1"), greeting
+    assert c.recv(1024) == b""
+print("ok")
+"#,
+        port = engine.smtp.port()
+    ));
+    assert_eq!(out.trim(), "ok");
+    assert_eq!(
+        engine.metric("bulwark_smtp_rejections_total{reason=\"ip_blocked\"}"),
+        2.0
+    );
+    assert!(wait_until(Duration::from_secs(3), || engine.metric(
+        "bulwark_smtp_rejections_total{reason=\"unknown_user\"}"
+    ) == 2.0));
+    assert_eq!(
+        engine.metric("bulwark_smtp_rejections_total{reason=\"sender_blocked\"}"),
+        4.0
+    );
+}

@@ -7,11 +7,14 @@
 //! lookup is made, so a corrupt or truncated image is refused and never half-applied.
 //! [`shm`] carries images from a publisher to the engine's cores through shared memory.
 
+pub mod address;
 mod schema;
 pub mod shm;
 mod snapshot;
 
 pub use schema::{
-    ArchivedDomain, ArchivedLimits, ArchivedPolicy, ArchivedRoute, Domain, Limits, Policy, Route,
+    ArchivedCidr, ArchivedDomain, ArchivedIpLists, ArchivedLimits, ArchivedPolicy, ArchivedRoute,
+    ArchivedSenderLists, Cidr, Domain, IpLists, IpVerdict, Limits, Policy, Route, SenderLists,
+    SenderVerdict,
 };
 pub use snapshot::{HEADER_LEN, MAGIC, SCHEMA_VERSION, Snapshot, SnapshotError, encode};

@@ -3,25 +3,71 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// The whole policy at one generation.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Policy {
     /// Monotonic generation number; a reader only ever moves forward.
     pub generation: u64,
     /// Managed domains, sorted by lower-case name (the builder sorts them).
     pub domains: Vec<Domain>,
     pub limits: Limits,
+    /// Approved and blocked senders for every domain.
+    pub senders: SenderLists,
+    /// Client addresses always allowed, and refused at connect.
+    pub ips: IpLists,
 }
 
 /// A domain Bulwark accepts mail for, and where that mail goes.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Domain {
     /// Lower-case ASCII domain name.
     pub name: String,
     pub route: Route,
+    /// When true, only the addresses in `directory` exist (directory-harvest protection).
+    pub has_directory: bool,
+    /// Lower-case full addresses, sorted.
+    pub directory: Vec<String>,
+    /// This domain's own approved and blocked senders; they take precedence.
+    pub senders: SenderLists,
+}
+
+/// Sender patterns: `user@domain`, `domain` (that domain exactly) or `*.domain` (any
+/// sub-domain of it). Lower case, sorted.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct SenderLists {
+    pub approved: Vec<String>,
+    pub blocked: Vec<String>,
+}
+
+/// IP networks; IPv4 is held as IPv4-mapped IPv6.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct IpLists {
+    pub allow: Vec<Cidr>,
+    pub block: Vec<Cidr>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: [u8; 16],
+    /// Prefix length over the 128-bit form (an IPv4 /24 is 120).
+    pub prefix: u8,
+}
+
+/// What the sender lists say about a sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderVerdict {
+    Approved,
+    Blocked,
+}
+
+/// What the IP lists say about a client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpVerdict {
+    Allowed,
+    Blocked,
 }
 
 /// The customer's mail server for a domain.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Route {
     /// An IP address literal or a host name (resolved with A/AAAA, never MX).
     pub host: String,
@@ -29,7 +75,7 @@ pub struct Route {
 }
 
 /// Envelope limits.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Limits {
     /// Largest message accepted, in octets.
     pub message_size: u64,
@@ -42,9 +88,146 @@ impl Policy {
     pub fn normalize(&mut self) {
         for d in &mut self.domains {
             d.name.make_ascii_lowercase();
+            sort_lower(&mut d.directory);
+            d.senders.normalize();
         }
         self.domains.sort_by(|a, b| a.name.cmp(&b.name));
         self.domains.dedup_by(|a, b| a.name == b.name);
+        self.senders.normalize();
+        self.ips.allow.sort();
+        self.ips.allow.dedup();
+        self.ips.block.sort();
+        self.ips.block.dedup();
+    }
+}
+
+fn sort_lower(v: &mut Vec<String>) {
+    for s in v.iter_mut() {
+        s.make_ascii_lowercase();
+    }
+    v.sort();
+    v.dedup();
+}
+
+impl SenderLists {
+    fn normalize(&mut self) {
+        sort_lower(&mut self.approved);
+        sort_lower(&mut self.blocked);
+    }
+}
+
+impl Cidr {
+    /// Parses `addr/prefix` or a bare address (a single host).
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().ok()?)),
+            None => (text, None),
+        };
+        let ip: std::net::IpAddr = ip.parse().ok()?;
+        let (bits, offset) = match ip {
+            std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96u8),
+            std::net::IpAddr::V6(v6) => (v6.octets(), 0u8),
+        };
+        let prefix = match prefix {
+            Some(p) if p as u16 + offset as u16 > 128 => return None,
+            Some(p) => p + offset,
+            None => 128,
+        };
+        Some(Cidr {
+            addr: mask(bits, prefix),
+            prefix,
+        })
+    }
+}
+
+fn mask(mut bits: [u8; 16], prefix: u8) -> [u8; 16] {
+    for (i, b) in bits.iter_mut().enumerate() {
+        let keep = (prefix as i32 - 8 * i as i32).clamp(0, 8);
+        *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+    }
+    bits
+}
+
+fn ip_bits(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(|v4| v4.to_ipv6_mapped().octets())
+            .unwrap_or(v6.octets()),
+    }
+}
+
+impl ArchivedCidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        mask(ip_bits(ip), self.prefix) == self.addr
+    }
+}
+
+impl ArchivedIpLists {
+    /// Allow wins over block.
+    pub fn verdict(&self, ip: std::net::IpAddr) -> Option<IpVerdict> {
+        if self.allow.iter().any(|c| c.contains(ip)) {
+            return Some(IpVerdict::Allowed);
+        }
+        if self.block.iter().any(|c| c.contains(ip)) {
+            return Some(IpVerdict::Blocked);
+        }
+        None
+    }
+}
+
+fn sorted_contains(list: &[rkyv::string::ArchivedString], probe: &str) -> bool {
+    list.binary_search_by(|e| cmp_ignore_ascii_case(e.as_str(), probe))
+        .is_ok()
+}
+
+impl ArchivedSenderLists {
+    /// Approval wins over a block at the same level. Checks the address, its domain,
+    /// and `*.parent` for every parent domain; allocation-free.
+    pub fn verdict(&self, sender: &str) -> Option<SenderVerdict> {
+        let matches = |list: &[rkyv::string::ArchivedString]| {
+            if list.is_empty() || sender.is_empty() {
+                return false;
+            }
+            if sorted_contains(list, sender) {
+                return true;
+            }
+            let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or(sender);
+            if sorted_contains(list, domain) {
+                return true;
+            }
+            // "*.example.test" matches "a.example.test" and "b.a.example.test".
+            let mut rest = domain;
+            while let Some((_, parent)) = rest.split_once('.') {
+                if list.iter().any(|e| {
+                    e.as_str()
+                        .strip_prefix("*.")
+                        .is_some_and(|p| p.eq_ignore_ascii_case(parent))
+                }) {
+                    return true;
+                }
+                rest = parent;
+            }
+            false
+        };
+        if matches(&self.approved) {
+            Some(SenderVerdict::Approved)
+        } else if matches(&self.blocked) {
+            Some(SenderVerdict::Blocked)
+        } else {
+            None
+        }
+    }
+}
+
+impl ArchivedDomain {
+    /// Whether `rcpt` exists: `None` when the domain has no directory.
+    pub fn knows(&self, rcpt: &str) -> Option<bool> {
+        if !self.has_directory {
+            return None;
+        }
+        Some(sorted_contains(&self.directory, rcpt))
     }
 }
 
@@ -65,4 +248,102 @@ fn cmp_ignore_ascii_case(stored: &str, probe: &str) -> std::cmp::Ordering {
     let a = stored.as_bytes().iter().copied();
     let b = probe.as_bytes().iter().map(u8::to_ascii_lowercase);
     a.cmp(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Snapshot;
+
+    fn snapshot() -> Snapshot {
+        let p = Policy {
+            generation: 3,
+            domains: vec![Domain {
+                name: "example.test".into(),
+                route: Route {
+                    host: "127.0.0.1".into(),
+                    port: 25,
+                },
+                has_directory: true,
+                directory: vec!["Alice@Example.test".into(), "bob@example.test".into()],
+                senders: SenderLists {
+                    approved: vec!["friend@spam.test".into()],
+                    blocked: vec!["foe@ok.test".into()],
+                },
+            }],
+            senders: SenderLists {
+                approved: vec!["*.partner.test".into()],
+                blocked: vec!["spam.test".into(), "*.spam.test".into()],
+            },
+            ips: IpLists {
+                allow: vec![Cidr::parse("192.0.2.7").unwrap()],
+                block: vec![
+                    Cidr::parse("192.0.2.0/24").unwrap(),
+                    Cidr::parse("2001:db8::/32").unwrap(),
+                ],
+            },
+            ..Default::default()
+        };
+        Snapshot::from_policy(&p).unwrap()
+    }
+
+    #[test]
+    fn directory_lookup_is_case_insensitive() {
+        let s = snapshot();
+        let d = s.policy().domain("example.test").unwrap();
+        assert_eq!(d.knows("alice@example.test"), Some(true));
+        assert_eq!(d.knows("BOB@EXAMPLE.TEST"), Some(true));
+        assert_eq!(d.knows("carol@example.test"), Some(false));
+    }
+
+    #[test]
+    fn sender_patterns() {
+        let s = snapshot();
+        let global = &s.policy().senders;
+        assert_eq!(global.verdict("x@spam.test"), Some(SenderVerdict::Blocked));
+        assert_eq!(
+            global.verdict("x@a.b.spam.test"),
+            Some(SenderVerdict::Blocked)
+        );
+        assert_eq!(global.verdict("x@notspam.test"), None);
+        assert_eq!(
+            global.verdict("x@mail.partner.test"),
+            Some(SenderVerdict::Approved)
+        );
+        assert_eq!(
+            global.verdict("x@partner.test"),
+            None,
+            "*.partner.test is sub-domains only"
+        );
+        assert_eq!(global.verdict(""), None);
+        let d = &s.policy().domain("example.test").unwrap().senders;
+        assert_eq!(d.verdict("Friend@Spam.test"), Some(SenderVerdict::Approved));
+        assert_eq!(d.verdict("foe@ok.test"), Some(SenderVerdict::Blocked));
+        assert_eq!(d.verdict("other@ok.test"), None);
+    }
+
+    #[test]
+    fn ip_lists() {
+        let s = snapshot();
+        let ips = &s.policy().ips;
+        let ip = |t: &str| t.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(ips.verdict(ip("192.0.2.1")), Some(IpVerdict::Blocked));
+        assert_eq!(ips.verdict(ip("192.0.2.7")), Some(IpVerdict::Allowed));
+        assert_eq!(ips.verdict(ip("192.0.3.1")), None);
+        assert_eq!(
+            ips.verdict(ip("::ffff:192.0.2.9")),
+            Some(IpVerdict::Blocked)
+        );
+        assert_eq!(ips.verdict(ip("2001:db8::1")), Some(IpVerdict::Blocked));
+        assert_eq!(ips.verdict(ip("2001:db9::1")), None);
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert!(Cidr::parse("10.0.0.0/8").is_some());
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+        assert!(Cidr::parse("::/0").is_some());
+        assert!(Cidr::parse("not an ip").is_none());
+        assert_eq!(Cidr::parse("10.1.2.3/8"), Cidr::parse("10.0.0.0/8"));
+    }
 }

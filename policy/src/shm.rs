@@ -260,11 +260,13 @@ mod tests {
                     host: "127.0.0.1".into(),
                     port: 25,
                 },
+                ..Default::default()
             }],
             limits: Limits {
                 message_size: 1000,
                 recipients: 10,
             },
+            ..Default::default()
         })
         .unwrap()
     }

@@ -8,7 +8,7 @@ use crate::schema::{ArchivedPolicy, Policy};
 /// First four bytes of every snapshot image.
 pub const MAGIC: [u8; 4] = *b"BWPS";
 /// Bumped whenever the archived layout of [`Policy`] changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// magic(4) + schema(4) + generation(8) + payload length(8) + crc32(4) + reserved(4).
 pub const HEADER_LEN: usize = 32;
 
@@ -151,6 +151,7 @@ mod tests {
                         host: "10.0.0.2".into(),
                         port: 25,
                     },
+                    ..Default::default()
                 },
                 Domain {
                     name: "alpha.test".into(),
@@ -158,12 +159,14 @@ mod tests {
                         host: "mx.alpha.test".into(),
                         port: 2526,
                     },
+                    ..Default::default()
                 },
             ],
             limits: Limits {
                 message_size: 1 << 20,
                 recipients: 100,
             },
+            ..Default::default()
         }
     }
 

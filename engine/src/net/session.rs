@@ -10,6 +10,8 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use bulwark_policy::IpVerdict;
+
 use crate::metrics::Reject;
 use crate::net::stream::Stream;
 use crate::policy::SnapshotPolicy;
@@ -57,6 +59,15 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         shard.reject(Reject::TooManyConnections);
         let _ = stream
             .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+            .await;
+        let _ = stream.close().await;
+        return;
+    }
+    if core.policy.current().policy().ips.verdict(peer.ip()) == Some(IpVerdict::Blocked) {
+        shard.reject(Reject::IpBlocked);
+        info!(%peer, "connection refused: address blocked by policy");
+        let _ = stream
+            .write_all(b"554 5.7.1 Connection refused: your address is blocked by policy\r\n")
             .await;
         let _ = stream.close().await;
         return;
@@ -181,6 +192,8 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
     let stats = session.stats();
     for (n, r) in [
         (stats.relay_denied, Reject::RelayDenied),
+        (stats.unknown_user, Reject::UnknownUser),
+        (stats.sender_blocked, Reject::SenderBlocked),
         (stats.message_size, Reject::MessageSize),
         (stats.bare_line_end, Reject::BareLineEnd),
         (stats.line_too_long, Reject::LineTooLong),

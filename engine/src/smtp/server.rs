@@ -19,15 +19,21 @@ pub const MAX_PARAM_LINE: usize = 1024;
 
 /// What the session needs from policy while reading the envelope.
 pub trait EnvelopePolicy {
-    /// Decides one recipient (a full `local@domain`).
-    fn check_rcpt(&self, rcpt: &str) -> RcptVerdict;
+    /// Decides one recipient (a full `local@domain`) for a sender (empty: null sender).
+    fn check_rcpt(&self, sender: &str, rcpt: &str) -> RcptVerdict;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RcptVerdict {
     Accept,
+    /// Accepted, and the sender is approved for this recipient: later checks are skipped.
+    Approved,
     /// Not a managed domain: `550 5.7.1`.
     RelayDenied,
+    /// The domain's directory has no such address: `550 5.1.1`.
+    UnknownUser,
+    /// The sender is blocked for this recipient: `550 5.7.1`.
+    SenderBlocked,
 }
 
 /// Fixed settings of a session.
@@ -51,6 +57,8 @@ pub struct Transaction {
     pub body: Vec<u8>,
     pub eight_bit: bool,
     pub smtputf8: bool,
+    /// Every accepted recipient has the sender on its approved list.
+    pub approved: bool,
 }
 
 /// Something the driver must do before the session can go on.
@@ -70,6 +78,8 @@ pub enum Event {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SessionStats {
     pub relay_denied: u32,
+    pub unknown_user: u32,
+    pub sender_blocked: u32,
     pub message_size: u32,
     pub bare_line_end: u32,
     pub line_too_long: u32,
@@ -236,6 +246,7 @@ impl Session {
         self.tx.body.clear();
         self.tx.eight_bit = false;
         self.tx.smtputf8 = false;
+        self.tx.approved = false;
         self.chunks = None;
         self.bdat_failed = false;
         self.declared_size = 0;
@@ -541,8 +552,15 @@ impl Session {
             addr.push('@');
             addr.push_str(&self.cfg.hostname);
         }
-        match policy.check_rcpt(&addr) {
-            RcptVerdict::Accept => {
+        let verdict = policy.check_rcpt(&self.tx.mail_from, &addr);
+        match verdict {
+            RcptVerdict::Accept | RcptVerdict::Approved => {
+                let approved = verdict == RcptVerdict::Approved;
+                self.tx.approved = if self.tx.rcpts.is_empty() {
+                    approved
+                } else {
+                    self.tx.approved && approved
+                };
                 if !self.tx.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&addr)) {
                     self.tx.rcpts.push(addr);
                 }
@@ -552,6 +570,14 @@ impl Session {
             RcptVerdict::RelayDenied => {
                 self.stats.relay_denied += 1;
                 self.fail("550 5.7.1 Relaying denied: recipient domain is not served here")
+            }
+            RcptVerdict::UnknownUser => {
+                self.stats.unknown_user += 1;
+                self.fail("550 5.1.1 Recipient address rejected: user unknown")
+            }
+            RcptVerdict::SenderBlocked => {
+                self.stats.sender_blocked += 1;
+                self.fail("550 5.7.1 Sender address rejected: blocked by policy")
             }
         }
     }

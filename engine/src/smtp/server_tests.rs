@@ -5,14 +5,20 @@ use super::*;
 struct Managed;
 
 impl EnvelopePolicy for Managed {
-    fn check_rcpt(&self, rcpt: &str) -> RcptVerdict {
+    fn check_rcpt(&self, sender: &str, rcpt: &str) -> RcptVerdict {
         let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        if domain.eq_ignore_ascii_case("example.test")
-            || domain.eq_ignore_ascii_case("mx.bulwark.test")
+        if !domain.eq_ignore_ascii_case("example.test")
+            && !domain.eq_ignore_ascii_case("mx.bulwark.test")
         {
-            RcptVerdict::Accept
-        } else {
-            RcptVerdict::RelayDenied
+            return RcptVerdict::RelayDenied;
+        }
+        if rcpt.starts_with("nobody@") {
+            return RcptVerdict::UnknownUser;
+        }
+        match sender {
+            "spammer@bad.test" => RcptVerdict::SenderBlocked,
+            "friend@good.test" => RcptVerdict::Approved,
+            _ => RcptVerdict::Accept,
         }
     }
 }
@@ -482,4 +488,26 @@ fn spool_failure_is_answered_and_session_continues() {
     let p = s.feed(b"NOOP\r\n", &Managed);
     assert!(p.event.is_none());
     assert_eq!(s.output(), b"250 2.0.0 OK\r\n");
+}
+
+#[test]
+fn directory_and_sender_verdicts() {
+    let mut d = greeted();
+    d.send(b"MAIL FROM:<s@x.test>\r\n");
+    assert_eq!(d.codes(b"RCPT TO:<nobody@example.test>\r\n"), ["550 5.1.1"]);
+    assert_eq!(
+        d.codes(b"RCPT TO:<a@example.test>\r\nDATA\r\nx\r\n.\r\n"),
+        ["250 2.1.5", "354 End d", "250 2.0.0"]
+    );
+    assert!(!d.messages[0].approved);
+    assert_eq!(
+        d.codes(b"MAIL FROM:<spammer@bad.test>\r\nRCPT TO:<a@example.test>\r\n"),
+        ["250 2.1.0", "550 5.7.1"]
+    );
+    d.send(
+        b"RSET\r\nMAIL FROM:<friend@good.test>\r\nRCPT TO:<a@example.test>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert!(d.messages[1].approved);
+    let st = d.s.stats();
+    assert_eq!((st.unknown_user, st.sender_blocked), (1, 1));
 }
