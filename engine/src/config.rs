@@ -9,7 +9,7 @@ use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
 use bulwark_policy::address::{check_directory_address, check_sender_pattern};
-use bulwark_policy::{Cidr, Domain, IpLists, Limits, Policy, Route};
+use bulwark_policy::{Cidr, Domain, Harvest, IpLists, Limits, Policy, Route};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -24,7 +24,17 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub senders: SenderLists,
     pub ip: IpConfig,
+    pub harvest: HarvestConfig,
     pub domains: Vec<DomainConfig>,
+}
+
+/// Directory-harvest protection.
+#[derive(Debug, Clone)]
+pub struct HarvestConfig {
+    /// Unknown recipients allowed per client address within `window`; 0 turns it off.
+    pub max_unknown: u32,
+    pub window: Duration,
+    pub block: Duration,
 }
 
 /// Approved and blocked sender patterns (`user@domain`, `domain`, `*.domain`).
@@ -143,6 +153,11 @@ impl Config {
             ips: IpLists {
                 allow: self.ip.allow.clone(),
                 block: self.ip.block.clone(),
+            },
+            harvest: Harvest {
+                max_unknown: self.harvest.max_unknown,
+                window_secs: self.harvest.window.as_secs().min(u32::MAX as u64) as u32,
+                block_secs: self.harvest.block.as_secs().min(u32::MAX as u64) as u32,
             },
         }
     }
@@ -443,9 +458,9 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 12] = [
+        const SECTIONS: [&str; 13] = [
             "server", "spool", "queue", "limits", "smtp", "delivery", "tls", "dns", "policy",
-            "senders", "ip", "domains",
+            "senders", "ip", "harvest", "domains",
         ];
         for (k, _) in root.iter() {
             if !SECTIONS.contains(&k.get_ref().as_ref()) {
@@ -466,6 +481,7 @@ impl<'t> Validator<'t> {
         let senders = self.sender_lists(&mut senders_section, "approved", "blocked");
         self.finish(senders_section);
         let ip = self.ip(root);
+        let harvest = self.harvest(root);
         let domains = self.domains(root);
         Config {
             server,
@@ -479,6 +495,7 @@ impl<'t> Validator<'t> {
             policy,
             senders,
             ip,
+            harvest,
             domains,
         }
     }
@@ -745,6 +762,25 @@ impl<'t> Validator<'t> {
             }
         }
         lists
+    }
+
+    fn harvest(&mut self, root: &Table<'_>) -> HarvestConfig {
+        let mut s = self.section(root, "harvest");
+        let max_unknown = self
+            .integer(&mut s, "max_unknown", 0, 1_000_000)
+            .unwrap_or(20) as u32;
+        let window = self
+            .duration(&mut s, "window")
+            .unwrap_or(Duration::from_secs(600));
+        let block = self
+            .duration(&mut s, "block")
+            .unwrap_or(Duration::from_secs(3600));
+        self.finish(s);
+        HarvestConfig {
+            max_unknown,
+            window,
+            block,
+        }
     }
 
     fn ip(&mut self, root: &Table<'_>) -> IpConfig {

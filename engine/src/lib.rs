@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod queue;
+pub mod reputation;
 pub mod runtime;
 pub mod smtp;
 pub mod util;

@@ -89,6 +89,8 @@ pub enum Reject {
     UnknownUser,
     SenderBlocked,
     IpBlocked,
+    HarvestClosed,
+    HarvestRefused,
     MessageSize,
     BareLineEnd,
     LineTooLong,
@@ -97,11 +99,13 @@ pub enum Reject {
 }
 
 impl Reject {
-    const ALL: [Reject; 9] = [
+    const ALL: [Reject; 11] = [
         Reject::RelayDenied,
         Reject::UnknownUser,
         Reject::SenderBlocked,
         Reject::IpBlocked,
+        Reject::HarvestClosed,
+        Reject::HarvestRefused,
         Reject::MessageSize,
         Reject::BareLineEnd,
         Reject::LineTooLong,
@@ -114,6 +118,8 @@ impl Reject {
             Reject::UnknownUser => "unknown_user",
             Reject::SenderBlocked => "sender_blocked",
             Reject::IpBlocked => "ip_blocked",
+            Reject::HarvestClosed => "harvest_closed",
+            Reject::HarvestRefused => "harvest_refused",
             Reject::MessageSize => "message_size",
             Reject::BareLineEnd => "bare_line_end",
             Reject::LineTooLong => "line_too_long",
@@ -137,7 +143,7 @@ pub struct Shard {
     pub sessions_active: Gauge,
     pub messages_received: Counter,
     pub bytes_received: Counter,
-    pub rejections: [Counter; 9],
+    pub rejections: [Counter; 11],
     pub tls_handshakes_ok: Counter,
     pub tls_handshakes_failed: Counter,
     pub deliveries: [Counter; 3],

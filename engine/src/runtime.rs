@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bulwark_policy::Snapshot;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, warn};
@@ -20,6 +21,7 @@ use crate::metrics::{Metrics, Shard};
 use crate::net::{session, tls};
 use crate::policy::CorePolicy;
 use crate::queue::{QueueIds, Spool};
+use crate::reputation::harvest::{self, Guard};
 use crate::smtp::SessionConfig;
 
 /// Everything one core owns.
@@ -35,6 +37,7 @@ pub struct Core {
     pub deliverer: Rc<Deliverer>,
     pub sessions: Cell<usize>,
     pub max_sessions: usize,
+    pub harvest: Rc<Guard>,
 }
 
 impl Core {
@@ -122,6 +125,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         server_tls,
         client_tls: tls::opportunistic_client_config(),
     });
+    // Cores talk to each other through this mesh (harvest protection).
+    let mesh: MeshBuilder<harvest::Message, Full> = MeshBuilder::full(cores, 1024);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -136,6 +141,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     for id in 0..cores {
         let shared = shared.clone();
+        let mesh = mesh.clone();
         let ready = ready_tx.clone();
         let placement = if cores <= cpus {
             Placement::Fixed(id)
@@ -146,7 +152,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .name(&format!("core-{id}"))
             .io_memory(1 << 20)
             .spawn(move || async move {
-                if let Err(e) = run_core(id, shared, ready.clone()).await {
+                if let Err(e) = run_core(id, shared, mesh, ready.clone()).await {
                     let _ = ready.send(Err(format!("core {id}: {e:#}")));
                 }
             })
@@ -180,9 +186,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 async fn run_core(
     id: usize,
     shared: Arc<Shared>,
+    mesh: MeshBuilder<harvest::Message, Full>,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
 ) -> anyhow::Result<()> {
     let cfg = &shared.config;
+    // Every core joins first, so no core waits on one that failed later in start-up.
+    let (mesh_senders, mesh_receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| anyhow::anyhow!("core {id} could not join the core mesh"))?;
     let snapshot = Snapshot::from_bytes(&shared.snapshot_image)?;
     let limits = (
         snapshot.policy().limits.message_size.to_native(),
@@ -248,7 +260,7 @@ async fn run_core(
             starttls: shared.server_tls.is_some(),
         },
         smtp: cfg.smtp.clone(),
-        policy,
+        policy: policy.clone(),
         spool,
         ids,
         metrics: shared.metrics.clone(),
@@ -259,6 +271,7 @@ async fn run_core(
         deliverer: deliverer.clone(),
         sessions: Cell::new(0),
         max_sessions: cfg.smtp.max_connections.div_ceil(shared.cores).max(1),
+        harvest: Guard::start(mesh_senders, mesh_receivers, policy.clone()),
     });
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {

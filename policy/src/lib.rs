@@ -14,7 +14,7 @@ mod snapshot;
 
 pub use schema::{
     ArchivedCidr, ArchivedDomain, ArchivedIpLists, ArchivedLimits, ArchivedPolicy, ArchivedRoute,
-    ArchivedSenderLists, Cidr, Domain, IpLists, IpVerdict, Limits, Policy, Route, SenderLists,
-    SenderVerdict,
+    ArchivedSenderLists, Cidr, Domain, Harvest, IpLists, IpVerdict, Limits, Policy, Route,
+    SenderLists, SenderVerdict,
 };
 pub use snapshot::{HEADER_LEN, MAGIC, SCHEMA_VERSION, Snapshot, SnapshotError, encode};

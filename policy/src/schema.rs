@@ -14,6 +14,17 @@ pub struct Policy {
     pub senders: SenderLists,
     /// Client addresses always allowed, and refused at connect.
     pub ips: IpLists,
+    /// Directory-harvest protection.
+    pub harvest: Harvest,
+}
+
+/// Past `max_unknown` unknown recipients from one client address within `window_secs`,
+/// the address is refused for `block_secs`. `max_unknown` 0 turns it off.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Harvest {
+    pub max_unknown: u32,
+    pub window_secs: u32,
+    pub block_secs: u32,
 }
 
 /// A domain Bulwark accepts mail for, and where that mail goes.

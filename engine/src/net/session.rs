@@ -72,7 +72,18 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         let _ = stream.close().await;
         return;
     }
+    if core.harvest.is_blocked(peer.ip()) {
+        shard.reject(Reject::HarvestRefused);
+        let _ = stream
+            .write_all(
+                b"421 4.7.0 Too many unknown recipients from your address; try again later\r\n",
+            )
+            .await;
+        let _ = stream.close().await;
+        return;
+    }
     debug!(%peer, "connection");
+    let mut unknown_seen = 0;
     let mut session = Session::new(core.session_cfg.clone());
     let deadline = Instant::now() + core.smtp.session_time;
     let mut buf = vec![0u8; COMMAND_BUFFER];
@@ -138,6 +149,18 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                     let _ = flush(&mut stream, &mut session).await;
                     break 'session;
                 }
+            }
+        }
+        // Directory-harvest protection: report unknown recipients, then obey a block.
+        let unknown = session.stats().unknown_user;
+        if unknown > unknown_seen {
+            for _ in unknown_seen..unknown {
+                core.harvest.unknown(peer.ip());
+            }
+            unknown_seen = unknown;
+            if core.harvest.is_blocked(peer.ip()) {
+                shard.reject(Reject::HarvestClosed);
+                session.harvest_blocked();
             }
         }
         if !flush(&mut stream, &mut session).await || session.is_closed() {

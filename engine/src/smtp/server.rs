@@ -707,6 +707,12 @@ impl Session {
         self.state = State::Closed;
     }
 
+    /// The client's address was blocked for trying too many unknown recipients.
+    pub fn harvest_blocked(&mut self) {
+        self.reply("421 4.7.0 Too many unknown recipients from your address; closing connection");
+        self.state = State::Closed;
+    }
+
     /// The server is going away.
     pub fn shutting_down(&mut self) {
         self.reply("421 4.3.2 Service shutting down, closing connection");

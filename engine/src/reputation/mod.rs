@@ -1,0 +1,3 @@
+//! Connection-level reputation: what is known about a client before its mail is read.
+
+pub mod harvest;
