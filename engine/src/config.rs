@@ -8,7 +8,8 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
-use bulwark_policy::address::{check_directory_address, check_sender_pattern};
+pub use bulwark_policy::address::parse_route;
+use bulwark_policy::address::{check_directory_address, check_sender_pattern, is_hostname};
 use bulwark_policy::{Cidr, Domain, Harvest, IpLists, Limits, Policy, Route};
 
 #[derive(Debug, Clone)]
@@ -893,42 +894,6 @@ impl<'t> Validator<'t> {
         }
         out
     }
-}
-
-/// `host:port`, `[v6]:port`, or a bare host (port 25).
-pub fn parse_route(route: &str) -> Result<(String, u16), String> {
-    if let Ok(sa) = route.parse::<SocketAddr>() {
-        return Ok((sa.ip().to_string(), sa.port()));
-    }
-    if let Ok(ip) = route.parse::<IpAddr>() {
-        return Ok((ip.to_string(), 25));
-    }
-    let (host, port) = match route.rsplit_once(':') {
-        Some((h, p)) => match p.parse::<u16>() {
-            Ok(p) if p > 0 => (h, p),
-            _ => return Err(format!("{route:?}: port must be 1..=65535")),
-        },
-        None => (route, 25),
-    };
-    if !is_hostname(host) {
-        return Err(format!(
-            "{route:?}: host must be an IP address or a host name"
-        ));
-    }
-    Ok((host.to_ascii_lowercase(), port))
-}
-
-fn is_hostname(h: &str) -> bool {
-    let h = h.strip_suffix('.').unwrap_or(h);
-    !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 fn system_hostname() -> String {

@@ -1,0 +1,373 @@
+//! The REST API under `/api/v1`: bearer-token auth, JSON in and out, every change
+//! compiled and published as a new policy snapshot before the call returns.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use bulwark_policy::address::{is_hostname, parse_route};
+use bulwark_policy::shm::Publisher;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::store::{Store, StoreError};
+
+/// What was published last.
+#[derive(Clone, Copy)]
+pub struct Published {
+    pub generation: u64,
+    pub size: usize,
+    pub at: SystemTime,
+}
+
+pub struct AppState {
+    pub store: Mutex<Store>,
+    pub publisher: Mutex<Publisher>,
+    pub published: Mutex<Option<Published>>,
+    pub engines: Vec<SocketAddr>,
+}
+
+/// An error as the API reports it: a status, a message, and the field at fault.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    field: Option<&'static str>,
+    message: String,
+}
+
+impl ApiError {
+    fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            field: Some(field),
+            message: message.into(),
+        }
+    }
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            field: None,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Exists(_) => ApiError {
+                status: StatusCode::CONFLICT,
+                field: Some("name"),
+                message: e.to_string(),
+            },
+            StoreError::NotFound(_) => ApiError {
+                status: StatusCode::NOT_FOUND,
+                field: Some("name"),
+                message: e.to_string(),
+            },
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.field {
+            Some(f) => json!({"error": self.message, "field": f}),
+            None => json!({"error": self.message}),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Compiles the store and publishes it, one generation above what is in force.
+pub fn publish(state: &AppState) -> Result<Published, ApiError> {
+    let mut store = lock(&state.store);
+    let mut publisher = lock(&state.publisher);
+    let floor = publisher.generation() + 1;
+    if store.generation().map_err(ApiError::from)? < floor {
+        store.raise_generation(floor).map_err(ApiError::from)?;
+    }
+    let policy = store.compile().map_err(ApiError::from)?;
+    let image = bulwark_policy::encode(&policy).map_err(ApiError::internal)?;
+    let generation = publisher.publish(&image).map_err(ApiError::internal)?;
+    let p = Published {
+        generation,
+        size: image.len(),
+        at: SystemTime::now(),
+    };
+    *lock(&state.published) = Some(p);
+    info!(
+        generation,
+        bytes = image.len(),
+        domains = policy.domains.len(),
+        "policy published"
+    );
+    Ok(p)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let protected = Router::new()
+        .route("/api/v1/domains", get(list_domains).post(add_domain))
+        .route("/api/v1/domains/{name}", delete(remove_domain))
+        .route("/api/v1/snapshot", get(snapshot))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .merge(protected)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        field: None,
+        message: "no such resource; see /api/v1/openapi.json".into(),
+    }
+}
+
+async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let Some(token) = token else {
+        return ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            field: None,
+            message: "a bearer token is required (Authorization: Bearer …)".into(),
+        }
+        .into_response();
+    };
+    let st = state.clone();
+    match blocking(move || lock(&st.store).token_valid(&token).map_err(ApiError::from)).await {
+        Ok(true) => next.run(req).await,
+        Ok(false) => ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            field: None,
+            message: "the bearer token is not valid".into(),
+        }
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_domains(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let domains = blocking(move || lock(&state.store).domains().map_err(ApiError::from)).await?;
+    Ok(Json(json!(domains)))
+}
+
+/// Reads a JSON object whose keys are all known, naming the field at fault otherwise.
+fn object(
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    known: &[&'static str],
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let Json(v) = body.map_err(|e| {
+        ApiError::bad(
+            "body",
+            format!("the body must be a JSON object: {}", e.body_text()),
+        )
+    })?;
+    let Value::Object(map) = v else {
+        return Err(ApiError::bad("body", "the body must be a JSON object"));
+    };
+    if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
+        let field = known
+            .iter()
+            .find(|f| **f == k.as_str())
+            .copied()
+            .unwrap_or("body");
+        return Err(ApiError::bad(
+            field,
+            format!("unknown field {k:?}; allowed: {}", known.join(", ")),
+        ));
+    }
+    Ok(map)
+}
+
+fn string_field(
+    map: &serde_json::Map<String, Value>,
+    field: &'static str,
+) -> Result<String, ApiError> {
+    match map.get(field) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ApiError::bad(field, format!("{field} must be a string"))),
+        None => Err(ApiError::bad(field, format!("{field} is required"))),
+    }
+}
+
+async fn add_domain(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let map = object(body, &["name", "route"])?;
+    let name = string_field(&map, "name")?
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if !is_hostname(&name) {
+        return Err(ApiError::bad(
+            "name",
+            format!("{name:?} is not a valid domain name"),
+        ));
+    }
+    let route = string_field(&map, "route")?;
+    let (host, port) = parse_route(&route).map_err(|e| ApiError::bad("route", e))?;
+    let st = state.clone();
+    let n = name.clone();
+    let generation = blocking(move || {
+        lock(&st.store)
+            .add_domain(&n, &host, port)
+            .map_err(ApiError::from)?;
+        publish(&st).map(|p| p.generation)
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": name, "route": route, "generation": generation})),
+    ))
+}
+
+async fn remove_domain(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let name = name.to_ascii_lowercase();
+    let st = state.clone();
+    let generation = blocking(move || {
+        lock(&st.store)
+            .remove_domain(&name)
+            .map_err(ApiError::from)?;
+        publish(&st).map(|p| p.generation)
+    })
+    .await?;
+    Ok(Json(json!({"generation": generation})))
+}
+
+/// The generation an engine reports on its metrics endpoint.
+fn engine_generation(addr: SocketAddr) -> Result<u64, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("bulwark_policy_generation "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .ok_or_else(|| "no bulwark_policy_generation in its metrics".to_string())
+}
+
+async fn snapshot(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let st = state.clone();
+    blocking(move || {
+        let published = *lock(&st.published);
+        let engines: Vec<Value> = st
+            .engines
+            .iter()
+            .map(|e| match engine_generation(*e) {
+                Ok(g) => json!({"endpoint": e.to_string(), "generation": g}),
+                Err(err) => {
+                    warn!(engine = %e, "cannot read the engine's generation: {err}");
+                    json!({"endpoint": e.to_string(), "error": err})
+                }
+            })
+            .collect();
+        let Some(p) = published else {
+            return Ok(Json(json!({"generation": null, "engines": engines})));
+        };
+        let at = p.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let age = p.at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        Ok(Json(json!({"generation": p.generation, "size": p.size, "published_at": at, "age_seconds": age, "engines": engines})))
+    })
+    .await
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// The OpenAPI 3.0 description of this API, kept beside the routes it describes.
+const OPENAPI: &str = r##"{
+  "openapi": "3.0.3",
+  "info": {"title": "Bulwark control API", "version": "1"},
+  "servers": [{"url": "/"}],
+  "components": {
+    "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    "schemas": {
+      "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "field": {"type": "string"}}},
+      "Domain": {"type": "object", "required": ["name", "route"], "additionalProperties": false,
+        "properties": {"name": {"type": "string", "description": "domain name"}, "route": {"type": "string", "description": "host:port of the customer's server"}}},
+      "Snapshot": {"type": "object", "properties": {
+        "generation": {"type": "integer", "nullable": true}, "size": {"type": "integer"}, "published_at": {"type": "integer"},
+        "age_seconds": {"type": "number"},
+        "engines": {"type": "array", "items": {"type": "object", "properties": {"endpoint": {"type": "string"}, "generation": {"type": "integer"}, "error": {"type": "string"}}}}}}
+    }
+  },
+  "security": [{"bearer": []}],
+  "paths": {
+    "/api/v1/domains": {
+      "get": {"summary": "List managed domains", "responses": {
+        "200": {"description": "domains", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Domain"}}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "post": {"summary": "Add a managed domain and publish", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Domain"}}}},
+        "responses": {
+          "201": {"description": "added; the new generation is published", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "409": {"description": "exists", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/domains/{name}": {
+      "delete": {"summary": "Remove a managed domain and publish",
+        "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "responses": {
+          "200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "404": {"description": "no such domain", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/snapshot": {
+      "get": {"summary": "The published snapshot and the generation each engine runs", "responses": {
+        "200": {"description": "snapshot", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Snapshot"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/openapi.json": {
+      "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}
+    }
+  }
+}"##;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_is_json() {
+        let v: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        assert_eq!(v["openapi"], "3.0.3");
+        assert!(v["paths"]["/api/v1/domains"]["post"].is_object());
+    }
+}

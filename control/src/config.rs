@@ -1,0 +1,81 @@
+//! The control service's configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: PathBuf,
+    pub snapshot: PathBuf,
+    /// Metrics endpoints (`IP:port`) of the engines, for `snapshot show`.
+    pub engines: Vec<SocketAddr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    control: Section,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    listen: Option<String>,
+    database: Option<String>,
+    snapshot: Option<String>,
+    engines: Option<Vec<String>>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let file: File =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let c = file.control;
+        let listen = c.listen.as_deref().unwrap_or("127.0.0.1:8025");
+        let listen: SocketAddr = listen.parse().with_context(|| {
+            format!(
+                "{}: control.listen: {listen:?} is not IP:port",
+                path.display()
+            )
+        })?;
+        let database = PathBuf::from(
+            c.database
+                .as_deref()
+                .unwrap_or("/var/lib/bulwark/control.sqlite"),
+        );
+        let snapshot = PathBuf::from(c.snapshot.as_deref().unwrap_or("/dev/shm/bulwark/policy"));
+        for (key, p) in [
+            ("control.database", &database),
+            ("control.snapshot", &snapshot),
+        ] {
+            if !p.is_absolute() {
+                bail!(
+                    "{}: {key}: {} must be an absolute path",
+                    path.display(),
+                    p.display()
+                );
+            }
+        }
+        let mut engines = Vec::new();
+        for (i, e) in c.engines.unwrap_or_default().iter().enumerate() {
+            engines.push(e.parse().with_context(|| {
+                format!(
+                    "{}: control.engines[{i}]: {e:?} is not IP:port",
+                    path.display()
+                )
+            })?);
+        }
+        Ok(Config {
+            listen,
+            database,
+            snapshot,
+            engines,
+        })
+    }
+}

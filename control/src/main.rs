@@ -1,0 +1,265 @@
+//! `bulwark-control`: Bulwark's control plane. `serve` runs the API and publishes policy
+//! snapshots; the other commands talk to a running service (or, for `token create`, to
+//! the store directly).
+
+mod api;
+mod config;
+mod store;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use config::Config;
+use store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "bulwark-control",
+    version,
+    about = "Bulwark control plane: policy store, API and snapshot publisher"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Remote {
+    /// The control service.
+    #[arg(long, default_value = "http://127.0.0.1:8025", global = true)]
+    url: String,
+    /// API token (or the BULWARK_TOKEN environment variable).
+    #[arg(long, env = "BULWARK_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control service.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// API tokens (works on the store directly, to bootstrap).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Managed domains.
+    Domain {
+        #[command(subcommand)]
+        command: DomainCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The published policy snapshot.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an administrator token and print it (it is not shown again).
+    Create {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DomainCommand {
+    /// Add a managed domain and its route.
+    Add {
+        name: String,
+        #[arg(long)]
+        route: String,
+    },
+    /// List managed domains.
+    List,
+    /// Remove a managed domain.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Generation, size and age of the published snapshot, and what each engine runs.
+    Show,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Serve { config } => serve(&config),
+        Command::Token {
+            command: TokenCommand::Create { config, name },
+        } => token_create(&config, &name),
+        Command::Domain { command, remote } => domain(command, &remote),
+        Command::Snapshot {
+            command: SnapshotCommand::Show,
+            remote,
+        } => snapshot_show(&remote),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bulwark-control: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = Config::load(path)?;
+    let store = Store::open(&cfg.database)
+        .with_context(|| format!("control.database: {}", cfg.database.display()))?;
+    let publisher = bulwark_policy::shm::Publisher::open(&cfg.snapshot, Duration::from_secs(60))
+        .with_context(|| format!("control.snapshot: {}", cfg.snapshot.display()))?;
+    let state = Arc::new(api::AppState {
+        store: Mutex::new(store),
+        publisher: Mutex::new(publisher),
+        published: Mutex::new(None),
+        engines: cfg.engines.clone(),
+    });
+    // What the store holds is what the engines should run, from the first moment.
+    api::publish(&state).map_err(|e| anyhow::anyhow!("publishing the stored policy: {e:?}"))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("control.listen: cannot listen on {}", cfg.listen))?;
+        tracing::info!(listen = %cfg.listen, "control API listening");
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+fn token_create(path: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let store = Store::open(&cfg.database)
+        .with_context(|| format!("control.database: {}", cfg.database.display()))?;
+    println!("{}", store.create_token(name)?);
+    Ok(())
+}
+
+/// Calls the API; returns the JSON body of a 2xx, or an error with the service's message.
+fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let Some(token) = &remote.token else {
+        bail!(
+            "no token: pass --token or set BULWARK_TOKEN (create one with `bulwark-control token create`)"
+        );
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let url = format!("{}{path}", remote.url.trim_end_matches('/'));
+    let auth = format!("Bearer {token}");
+    let response = match (method, body) {
+        ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+        ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+        (_, Some(b)) => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .send_json(&b),
+        (_, None) => agent.post(&url).header("Authorization", &auth).send_empty(),
+    };
+    let mut response = response.with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if !status.is_success() {
+        let msg = value["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
+        match value["field"].as_str() {
+            Some(f) => bail!("{status}: {f}: {msg}"),
+            None => bail!("{status}: {msg}"),
+        }
+    }
+    Ok(value)
+}
+
+fn domain(command: DomainCommand, remote: &Remote) -> anyhow::Result<()> {
+    match command {
+        DomainCommand::Add { name, route } => {
+            let r = call(
+                remote,
+                "POST",
+                "/api/v1/domains",
+                Some(json!({"name": name, "route": route})),
+            )?;
+            println!(
+                "added {} -> {} (generation {})",
+                r["name"].as_str().unwrap_or(""),
+                r["route"].as_str().unwrap_or(""),
+                r["generation"]
+            );
+        }
+        DomainCommand::List => {
+            let r = call(remote, "GET", "/api/v1/domains", None)?;
+            for d in r.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}",
+                    d["name"].as_str().unwrap_or(""),
+                    d["route"].as_str().unwrap_or("")
+                );
+            }
+        }
+        DomainCommand::Remove { name } => {
+            let r = call(remote, "DELETE", &format!("/api/v1/domains/{name}"), None)?;
+            println!("removed {name} (generation {})", r["generation"]);
+        }
+    }
+    Ok(())
+}
+
+fn snapshot_show(remote: &Remote) -> anyhow::Result<()> {
+    let r = call(remote, "GET", "/api/v1/snapshot", None)?;
+    match r["generation"].as_u64() {
+        Some(g) => println!(
+            "generation {g}, {} octets, published {:.1} s ago",
+            r["size"],
+            r["age_seconds"].as_f64().unwrap_or(0.0)
+        ),
+        None => println!("nothing published yet"),
+    }
+    for e in r["engines"].as_array().into_iter().flatten() {
+        match e["generation"].as_u64() {
+            Some(g) => println!(
+                "engine {}: generation {g}",
+                e["endpoint"].as_str().unwrap_or("")
+            ),
+            None => println!(
+                "engine {}: unreachable ({})",
+                e["endpoint"].as_str().unwrap_or(""),
+                e["error"].as_str().unwrap_or("")
+            ),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! The control store: SQLite, with numbered migrations applied at open.
+
+use std::path::Path;
+
+use bulwark_policy::{Domain, Policy, Route};
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+/// Schema migrations, applied in order, each once. Never edit one that has shipped:
+/// add the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: domains, API tokens, and the policy generation counter.
+    "CREATE TABLE domains (
+        name TEXT PRIMARY KEY NOT NULL,
+        route_host TEXT NOT NULL,
+        route_port INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY NOT NULL,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     CREATE TABLE meta (
+        key TEXT PRIMARY KEY NOT NULL,
+        value INTEGER NOT NULL
+     );
+     INSERT INTO meta (key, value) VALUES ('generation', 1);",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("domain {0} already exists")]
+    Exists(String),
+    #[error("domain {0} does not exist")]
+    NotFound(String),
+    #[error("no randomness for a token: {0}")]
+    Random(String),
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DomainRecord {
+    pub name: String,
+    pub route: String,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Hex SHA-256 of a token: only hashes are stored.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Store {
+    /// Opens (creating) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)", [])?;
+        let done: i64 = conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut store = Store { conn };
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            if version <= done {
+                continue;
+            }
+            let tx = store.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, now()],
+            )?;
+            tx.commit()?;
+        }
+        Ok(store)
+    }
+
+    #[cfg(test)]
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Creates a token; returns it (shown once; only its hash is kept).
+    pub fn create_token(&self, name: &str) -> Result<String, StoreError> {
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| StoreError::Random(e.to_string()))?;
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        self.conn.execute(
+            "INSERT INTO tokens (hash, name, created_at) VALUES (?1, ?2, ?3)",
+            params![token_hash(&token), name, now()],
+        )?;
+        Ok(token)
+    }
+
+    pub fn token_valid(&self, token: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM tokens WHERE hash = ?1",
+                params![token_hash(token)],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    pub fn domains(&self) -> Result<Vec<DomainRecord>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, route_host, route_port FROM domains ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            let host: String = r.get(1)?;
+            let port: u16 = r.get(2)?;
+            let route = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            Ok(DomainRecord {
+                name: r.get(0)?,
+                route,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Adds a domain (name lower case; route already validated as host and port).
+    pub fn add_domain(&mut self, name: &str, host: &str, port: u16) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM domains WHERE name = ?1",
+                params![name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if exists {
+            return Err(StoreError::Exists(name.to_string()));
+        }
+        tx.execute(
+            "INSERT INTO domains (name, route_host, route_port, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, host, port, now()],
+        )?;
+        let generation = bump(&tx)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    pub fn remove_domain(&mut self, name: &str) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        if tx.execute("DELETE FROM domains WHERE name = ?1", params![name])? == 0 {
+            return Err(StoreError::NotFound(name.to_string()));
+        }
+        let generation = bump(&tx)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    pub fn generation(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// Raises the generation to at least `floor` (a published one it must exceed).
+    pub fn raise_generation(&mut self, floor: u64) -> Result<u64, StoreError> {
+        self.conn.execute(
+            "UPDATE meta SET value = MAX(value, ?1) WHERE key = 'generation'",
+            params![floor as i64],
+        )?;
+        self.generation()
+    }
+
+    /// The policy the store describes, at its generation.
+    pub fn compile(&self) -> Result<Policy, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, route_host, route_port FROM domains ORDER BY name")?;
+        let domains = st
+            .query_map([], |r| {
+                Ok(Domain {
+                    name: r.get(0)?,
+                    route: Route {
+                        host: r.get(1)?,
+                        port: r.get(2)?,
+                    },
+                    ..Default::default()
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Policy {
+            generation: self.generation()?,
+            domains,
+            limits: bulwark_policy::Limits {
+                message_size: 52_428_800,
+                recipients: 1000,
+            },
+            harvest: bulwark_policy::Harvest {
+                max_unknown: 20,
+                window_secs: 600,
+                block_secs: 3600,
+            },
+            ..Default::default()
+        })
+    }
+}
+
+fn bump(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = 'generation'",
+        [],
+    )?;
+    Ok(
+        tx.query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "bulwark-store-{name}-{}.sqlite",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    #[test]
+    fn migrations_apply_once_and_data_survives_reopen() {
+        let p = tmp("migrate");
+        let mut s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(s.generation().unwrap(), 1);
+        assert_eq!(s.add_domain("example.test", "127.0.0.1", 2526).unwrap(), 2);
+        drop(s);
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(
+            s.domains().unwrap(),
+            [DomainRecord {
+                name: "example.test".into(),
+                route: "127.0.0.1:2526".into()
+            }]
+        );
+        let policy = s.compile().unwrap();
+        assert_eq!(policy.generation, 2);
+        assert_eq!(policy.domains[0].route.port, 2526);
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn domains_and_tokens() {
+        let p = tmp("domains");
+        let mut s = Store::open(&p).unwrap();
+        s.add_domain("a.test", "::1", 25).unwrap();
+        assert!(matches!(
+            s.add_domain("a.test", "x", 25),
+            Err(StoreError::Exists(_))
+        ));
+        assert_eq!(s.domains().unwrap()[0].route, "[::1]:25");
+        assert_eq!(s.remove_domain("a.test").unwrap(), 3);
+        assert!(matches!(
+            s.remove_domain("a.test"),
+            Err(StoreError::NotFound(_))
+        ));
+        let t = s.create_token("admin").unwrap();
+        assert_eq!(t.len(), 64);
+        assert!(s.token_valid(&t).unwrap());
+        assert!(!s.token_valid("nope").unwrap());
+        assert_eq!(s.raise_generation(10).unwrap(), 10);
+        assert_eq!(s.raise_generation(5).unwrap(), 10);
+        let _ = std::fs::remove_file(&p);
+    }
+}
