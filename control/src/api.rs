@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use bulwark_policy::address::{is_hostname, parse_route};
+use bulwark_policy::address::{check_sender_pattern, is_hostname, parse_route};
 use bulwark_policy::shm::Publisher;
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -128,6 +128,15 @@ pub fn router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/api/v1/domains", get(list_domains).post(add_domain))
         .route("/api/v1/domains/{name}", delete(remove_domain))
+        .route(
+            "/api/v1/domains/{name}/directory",
+            get(list_directory).post(import_directory),
+        )
+        .route(
+            "/api/v1/senders",
+            get(list_senders).post(add_sender).delete(remove_sender),
+        )
+        .route("/api/v1/ips", get(list_ips).post(add_ip).delete(remove_ip))
         .route("/api/v1/snapshot", get(snapshot))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -264,6 +273,224 @@ async fn remove_domain(
     Ok(Json(json!({"generation": generation})))
 }
 
+async fn list_directory(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let name = name.to_ascii_lowercase();
+    let rows = blocking(move || {
+        let store = lock(&state.store);
+        if !store
+            .domains()
+            .map_err(ApiError::from)?
+            .iter()
+            .any(|d| d.name == name)
+        {
+            return Err(ApiError::from(StoreError::NotFound(name)));
+        }
+        store.directory(&name).map_err(ApiError::from)
+    })
+    .await?;
+    Ok(Json(json!(rows)))
+}
+
+#[derive(serde::Deserialize)]
+struct ImportQuery {
+    skip_invalid: Option<bool>,
+}
+
+/// Imports a CSV body (column A address, column B full name). Any invalid line refuses
+/// the whole file, unless `skip_invalid=true`.
+async fn import_directory(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<ImportQuery>,
+    body: String,
+) -> Result<Response, ApiError> {
+    let name = name.to_ascii_lowercase();
+    let (entries, errors) = crate::csv::parse(&body, &name);
+    if !errors.is_empty() && !q.skip_invalid.unwrap_or(false) {
+        let message = format!(
+            "{} invalid line(s); nothing was imported (pass skip_invalid=true to import the rest)",
+            errors.len()
+        );
+        let body = json!({"error": message, "field": "body", "lines": errors});
+        return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+    }
+    let imported = entries.len();
+    let st = state.clone();
+    let generation = blocking(move || {
+        lock(&st.store)
+            .import_directory(&name, &entries)
+            .map_err(ApiError::from)?;
+        publish(&st).map(|p| p.generation)
+    })
+    .await?;
+    Ok(
+        Json(json!({"imported": imported, "skipped": errors, "generation": generation}))
+            .into_response(),
+    )
+}
+
+async fn list_senders(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let rows = blocking(move || lock(&state.store).senders().map_err(ApiError::from)).await?;
+    Ok(Json(json!(rows)))
+}
+
+async fn add_sender(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let map = object(body, &["pattern", "action", "domain"])?;
+    let pattern = string_field(&map, "pattern")?.to_ascii_lowercase();
+    check_sender_pattern(&pattern).map_err(|e| ApiError::bad("pattern", e))?;
+    let action = string_field(&map, "action")?;
+    if action != "approved" && action != "blocked" {
+        return Err(ApiError::bad(
+            "action",
+            format!("{action:?} must be \"approved\" or \"blocked\""),
+        ));
+    }
+    let domain = match map.get("domain") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) => Some(d.to_ascii_lowercase()),
+        Some(_) => return Err(ApiError::bad("domain", "domain must be a string")),
+    };
+    let st = state.clone();
+    let (p, a, d) = (pattern.clone(), action.clone(), domain.clone());
+    let generation = blocking(move || {
+        lock(&st.store)
+            .set_sender(d.as_deref(), &p, &a)
+            .map_err(|e| match e {
+                StoreError::NotFound(n) => ApiError {
+                    status: StatusCode::NOT_FOUND,
+                    field: Some("domain"),
+                    message: format!("domain {n} does not exist"),
+                },
+                other => ApiError::from(other),
+            })?;
+        publish(&st).map(|p| p.generation)
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"pattern": pattern, "action": action, "domain": domain, "generation": generation}),
+        ),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct SenderQuery {
+    pattern: Option<String>,
+    domain: Option<String>,
+}
+
+async fn remove_sender(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<SenderQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(pattern) = q.pattern.map(|p| p.to_ascii_lowercase()) else {
+        return Err(ApiError::bad(
+            "pattern",
+            "the pattern query parameter is required",
+        ));
+    };
+    let domain = q.domain.map(|d| d.to_ascii_lowercase());
+    let generation = blocking(move || {
+        lock(&state.store)
+            .remove_sender(domain.as_deref(), &pattern)
+            .map_err(ApiError::from)?;
+        publish(&state).map(|p| p.generation)
+    })
+    .await?;
+    Ok(Json(json!({"generation": generation})))
+}
+
+async fn list_ips(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let rows = blocking(move || lock(&state.store).ips().map_err(ApiError::from)).await?;
+    Ok(Json(json!(rows)))
+}
+
+/// The canonical text of an address or network (`192.0.2.0/24`, `2001:db8::/32`).
+fn canonical_cidr(text: &str) -> Option<String> {
+    let (ip, prefix) = match text.split_once('/') {
+        Some((ip, p)) => (
+            ip.parse::<std::net::IpAddr>().ok()?,
+            Some(p.parse::<u8>().ok()?),
+        ),
+        None => (text.parse::<std::net::IpAddr>().ok()?, None),
+    };
+    bulwark_policy::Cidr::parse(text)?;
+    Some(match prefix {
+        Some(p) => format!("{ip}/{p}"),
+        None => ip.to_string(),
+    })
+}
+
+async fn add_ip(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let map = object(body, &["cidr", "action"])?;
+    let raw = string_field(&map, "cidr")?;
+    let cidr = canonical_cidr(&raw).ok_or_else(|| {
+        ApiError::bad(
+            "cidr",
+            format!("{raw:?} is not an IP address or CIDR network"),
+        )
+    })?;
+    let action = string_field(&map, "action")?;
+    if action != "allow" && action != "block" {
+        return Err(ApiError::bad(
+            "action",
+            format!("{action:?} must be \"allow\" or \"block\""),
+        ));
+    }
+    let st = state.clone();
+    let (c, a) = (cidr.clone(), action.clone());
+    let generation = blocking(move || {
+        lock(&st.store).set_ip(&c, &a).map_err(ApiError::from)?;
+        publish(&st).map(|p| p.generation)
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"cidr": cidr, "action": action, "generation": generation})),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct IpQuery {
+    cidr: Option<String>,
+}
+
+async fn remove_ip(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<IpQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(raw) = q.cidr else {
+        return Err(ApiError::bad(
+            "cidr",
+            "the cidr query parameter is required",
+        ));
+    };
+    let cidr = canonical_cidr(&raw).ok_or_else(|| {
+        ApiError::bad(
+            "cidr",
+            format!("{raw:?} is not an IP address or CIDR network"),
+        )
+    })?;
+    let generation = blocking(move || {
+        lock(&state.store)
+            .remove_ip(&cidr)
+            .map_err(ApiError::from)?;
+        publish(&state).map(|p| p.generation)
+    })
+    .await?;
+    Ok(Json(json!({"generation": generation})))
+}
+
 /// The generation an engine reports on its metrics endpoint.
 fn engine_generation(addr: SocketAddr) -> Result<u64, String> {
     use std::io::{Read, Write};
@@ -324,6 +551,10 @@ const OPENAPI: &str = r##"{
       "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "field": {"type": "string"}}},
       "Domain": {"type": "object", "required": ["name", "route"], "additionalProperties": false,
         "properties": {"name": {"type": "string", "description": "domain name"}, "route": {"type": "string", "description": "host:port of the customer's server"}}},
+      "Sender": {"type": "object", "required": ["pattern", "action"], "additionalProperties": false,
+        "properties": {"pattern": {"type": "string"}, "action": {"type": "string", "enum": ["approved", "blocked"]}, "domain": {"type": "string"}}},
+      "Ip": {"type": "object", "required": ["cidr", "action"], "additionalProperties": false,
+        "properties": {"cidr": {"type": "string"}, "action": {"type": "string", "enum": ["allow", "block"]}}},
       "Snapshot": {"type": "object", "properties": {
         "generation": {"type": "integer", "nullable": true}, "size": {"type": "integer"}, "published_at": {"type": "integer"},
         "age_seconds": {"type": "number"},
@@ -350,6 +581,61 @@ const OPENAPI: &str = r##"{
           "200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}},
           "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "404": {"description": "no such domain", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/domains/{name}/directory": {
+      "get": {"summary": "The recipient directory of a domain",
+        "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "responses": {
+          "200": {"description": "addresses", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object", "properties": {"address": {"type": "string"}, "name": {"type": "string"}}}}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "404": {"description": "no such domain", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "post": {"summary": "Import addresses from CSV (column A address, column B full name) and publish",
+        "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
+                       {"name": "skip_invalid", "in": "query", "required": false, "schema": {"type": "boolean"}}],
+        "requestBody": {"required": true, "content": {"text/csv": {"schema": {"type": "string"}}}},
+        "responses": {
+          "200": {"description": "imported", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid lines, each with its number; nothing imported", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "404": {"description": "no such domain", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/senders": {
+      "get": {"summary": "Approved and blocked senders", "responses": {
+        "200": {"description": "entries", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Sender"}}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "post": {"summary": "Approve or block a sender (address, domain or *.domain), globally or for one domain, and publish",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Sender"}}}},
+        "responses": {
+          "201": {"description": "listed", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "404": {"description": "no such domain", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "delete": {"summary": "Remove a sender entry and publish",
+        "parameters": [{"name": "pattern", "in": "query", "required": true, "schema": {"type": "string"}},
+                       {"name": "domain", "in": "query", "required": false, "schema": {"type": "string"}}],
+        "responses": {
+          "200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "404": {"description": "not listed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/ips": {
+      "get": {"summary": "IP allow and block lists", "responses": {
+        "200": {"description": "entries", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Ip"}}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "post": {"summary": "Allow or block an address or CIDR network and publish",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ip"}}}},
+        "responses": {
+          "201": {"description": "listed", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "delete": {"summary": "Remove an IP entry and publish",
+        "parameters": [{"name": "cidr", "in": "query", "required": true, "schema": {"type": "string"}}],
+        "responses": {
+          "200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "404": {"description": "not listed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
     "/api/v1/snapshot": {
       "get": {"summary": "The published snapshot and the generation each engine runs", "responses": {

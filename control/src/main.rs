@@ -4,6 +4,7 @@
 
 mod api;
 mod config;
+mod csv;
 mod store;
 
 use std::path::PathBuf;
@@ -58,6 +59,27 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Recipient directories.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Approved and blocked senders.
+    Sender {
+        #[command(subcommand)]
+        command: SenderCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// IP allow and block lists.
+    Ip {
+        #[command(subcommand)]
+        command: IpCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// The published policy snapshot.
     Snapshot {
         #[command(subcommand)]
@@ -93,6 +115,57 @@ enum DomainCommand {
 }
 
 #[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Import addresses from a CSV file: column A the address, column B the full name.
+    Import {
+        domain: String,
+        file: PathBuf,
+        /// Import the valid lines of a file that has invalid ones.
+        #[arg(long)]
+        skip_invalid: bool,
+    },
+    /// List a domain's directory.
+    List { domain: String },
+}
+
+#[derive(Subcommand)]
+enum SenderCommand {
+    /// Approve a sender: an address, a domain, or *.domain.
+    Approve {
+        pattern: String,
+        /// Only for this domain (default: every domain).
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Block a sender: an address, a domain, or *.domain.
+    Block {
+        pattern: String,
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// List approved and blocked senders.
+    List,
+    /// Remove a sender entry.
+    Remove {
+        pattern: String,
+        #[arg(long)]
+        domain: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IpCommand {
+    /// Refuse an address or network at connect.
+    Block { cidr: String },
+    /// Always allow an address or network.
+    Allow { cidr: String },
+    /// List the IP entries.
+    List,
+    /// Remove an IP entry.
+    Remove { cidr: String },
+}
+
+#[derive(Subcommand)]
 enum SnapshotCommand {
     /// Generation, size and age of the published snapshot, and what each engine runs.
     Show,
@@ -105,6 +178,9 @@ fn main() -> ExitCode {
             command: TokenCommand::Create { config, name },
         } => token_create(&config, &name),
         Command::Domain { command, remote } => domain(command, &remote),
+        Command::Directory { command, remote } => directory(command, &remote),
+        Command::Sender { command, remote } => sender(command, &remote),
+        Command::Ip { command, remote } => ip(command, &remote),
         Command::Snapshot {
             command: SnapshotCommand::Show,
             remote,
@@ -181,6 +257,12 @@ fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> anyho
     let response = match (method, body) {
         ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
         ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+        // A string body is sent as it is (CSV); anything else as JSON.
+        (_, Some(Value::String(text))) => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .content_type("text/csv")
+            .send(text.as_str()),
         (_, Some(b)) => agent
             .post(&url)
             .header("Authorization", &auth)
@@ -192,6 +274,9 @@ fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> anyho
     let text = response.body_mut().read_to_string().unwrap_or_default();
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     if !status.is_success() {
+        for l in value["lines"].as_array().into_iter().flatten() {
+            eprintln!("line {}: {}", l["line"], l["error"].as_str().unwrap_or(""));
+        }
         let msg = value["error"]
             .as_str()
             .map(str::to_string)
@@ -233,6 +318,150 @@ fn domain(command: DomainCommand, remote: &Remote) -> anyhow::Result<()> {
         DomainCommand::Remove { name } => {
             let r = call(remote, "DELETE", &format!("/api/v1/domains/{name}"), None)?;
             println!("removed {name} (generation {})", r["generation"]);
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value.
+fn query(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn directory(command: DirectoryCommand, remote: &Remote) -> anyhow::Result<()> {
+    match command {
+        DirectoryCommand::Import {
+            domain,
+            file,
+            skip_invalid,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let path = format!(
+                "/api/v1/domains/{}/directory{}",
+                query(&domain),
+                if skip_invalid {
+                    "?skip_invalid=true"
+                } else {
+                    ""
+                }
+            );
+            let r = call(remote, "POST", &path, Some(Value::String(text)))?;
+            for l in r["skipped"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "skipped line {}: {}",
+                    l["line"],
+                    l["error"].as_str().unwrap_or("")
+                );
+            }
+            println!(
+                "imported {} addresses into {domain} (generation {})",
+                r["imported"], r["generation"]
+            );
+        }
+        DirectoryCommand::List { domain } => {
+            let r = call(
+                remote,
+                "GET",
+                &format!("/api/v1/domains/{}/directory", query(&domain)),
+                None,
+            )?;
+            for e in r.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}",
+                    e["address"].as_str().unwrap_or(""),
+                    e["name"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sender(command: SenderCommand, remote: &Remote) -> anyhow::Result<()> {
+    let set = |pattern: String, domain: Option<String>, action: &str| -> anyhow::Result<()> {
+        let r = call(
+            remote,
+            "POST",
+            "/api/v1/senders",
+            Some(json!({"pattern": pattern, "action": action, "domain": domain})),
+        )?;
+        println!(
+            "{action} {} (generation {})",
+            r["pattern"].as_str().unwrap_or(""),
+            r["generation"]
+        );
+        Ok(())
+    };
+    match command {
+        SenderCommand::Approve { pattern, domain } => set(pattern, domain, "approved")?,
+        SenderCommand::Block { pattern, domain } => set(pattern, domain, "blocked")?,
+        SenderCommand::List => {
+            let r = call(remote, "GET", "/api/v1/senders", None)?;
+            for e in r.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}",
+                    e["action"].as_str().unwrap_or(""),
+                    e["pattern"].as_str().unwrap_or(""),
+                    e["domain"].as_str().unwrap_or("*")
+                );
+            }
+        }
+        SenderCommand::Remove { pattern, domain } => {
+            let mut path = format!("/api/v1/senders?pattern={}", query(&pattern));
+            if let Some(d) = domain {
+                path.push_str(&format!("&domain={}", query(&d)));
+            }
+            let r = call(remote, "DELETE", &path, None)?;
+            println!("removed {pattern} (generation {})", r["generation"]);
+        }
+    }
+    Ok(())
+}
+
+fn ip(command: IpCommand, remote: &Remote) -> anyhow::Result<()> {
+    let set = |cidr: String, action: &str| -> anyhow::Result<()> {
+        let r = call(
+            remote,
+            "POST",
+            "/api/v1/ips",
+            Some(json!({"cidr": cidr, "action": action})),
+        )?;
+        println!(
+            "{action} {} (generation {})",
+            r["cidr"].as_str().unwrap_or(""),
+            r["generation"]
+        );
+        Ok(())
+    };
+    match command {
+        IpCommand::Block { cidr } => set(cidr, "block")?,
+        IpCommand::Allow { cidr } => set(cidr, "allow")?,
+        IpCommand::List => {
+            let r = call(remote, "GET", "/api/v1/ips", None)?;
+            for e in r.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}",
+                    e["action"].as_str().unwrap_or(""),
+                    e["cidr"].as_str().unwrap_or("")
+                );
+            }
+        }
+        IpCommand::Remove { cidr } => {
+            let r = call(
+                remote,
+                "DELETE",
+                &format!("/api/v1/ips?cidr={}", query(&cidr)),
+                None,
+            )?;
+            println!("removed {cidr} (generation {})", r["generation"]);
         }
     }
     Ok(())

@@ -26,6 +26,23 @@ const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
      );
      INSERT INTO meta (key, value) VALUES ('generation', 1);",
+    // 2: recipient directories, sender lists (scope '' is global), IP lists.
+    "CREATE TABLE directory (
+        domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (domain, address)
+     );
+     CREATE TABLE senders (
+        scope TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('approved', 'blocked')),
+        PRIMARY KEY (scope, pattern)
+     );
+     CREATE TABLE ips (
+        cidr TEXT PRIMARY KEY NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('allow', 'block'))
+     );",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +55,29 @@ pub enum StoreError {
     NotFound(String),
     #[error("no randomness for a token: {0}")]
     Random(String),
+    #[error("{0} is not listed")]
+    NotListed(String),
+}
+
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct SenderRecord {
+    pub pattern: String,
+    pub action: String,
+    /// The domain the entry is for; absent for global entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct IpRecord {
+    pub cidr: String,
+    pub action: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct DirectoryRecord {
+    pub address: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -184,6 +224,136 @@ impl Store {
         Ok(generation)
     }
 
+    fn domain_exists(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<(), StoreError> {
+        match tx
+            .query_row(
+                "SELECT 1 FROM domains WHERE name = ?1",
+                params![name],
+                |_| Ok(()),
+            )
+            .optional()?
+        {
+            Some(()) => Ok(()),
+            None => Err(StoreError::NotFound(name.to_string())),
+        }
+    }
+
+    /// Adds or updates directory entries of a domain.
+    pub fn import_directory(
+        &mut self,
+        domain: &str,
+        entries: &[crate::csv::Entry],
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        Self::domain_exists(&tx, domain)?;
+        {
+            let mut st = tx.prepare("INSERT INTO directory (domain, address, name) VALUES (?1, ?2, ?3) ON CONFLICT (domain, address) DO UPDATE SET name = excluded.name")?;
+            for e in entries {
+                st.execute(params![domain, e.address, e.name])?;
+            }
+        }
+        let generation = bump(&tx)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    pub fn directory(&self, domain: &str) -> Result<Vec<DirectoryRecord>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT address, name FROM directory WHERE domain = ?1 ORDER BY address")?;
+        let rows = st.query_map(params![domain], |r| {
+            Ok(DirectoryRecord {
+                address: r.get(0)?,
+                name: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Lists a sender pattern as approved or blocked, globally or for one domain.
+    pub fn set_sender(
+        &mut self,
+        domain: Option<&str>,
+        pattern: &str,
+        action: &str,
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        if let Some(d) = domain {
+            Self::domain_exists(&tx, d)?;
+        }
+        tx.execute(
+            "INSERT INTO senders (scope, pattern, action) VALUES (?1, ?2, ?3) ON CONFLICT (scope, pattern) DO UPDATE SET action = excluded.action",
+            params![domain.unwrap_or(""), pattern, action],
+        )?;
+        let generation = bump(&tx)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    pub fn remove_sender(
+        &mut self,
+        domain: Option<&str>,
+        pattern: &str,
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        if tx.execute(
+            "DELETE FROM senders WHERE scope = ?1 AND pattern = ?2",
+            params![domain.unwrap_or(""), pattern],
+        )? == 0
+        {
+            return Err(StoreError::NotListed(pattern.to_string()));
+        }
+        let generation = bump(&tx)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    pub fn senders(&self) -> Result<Vec<SenderRecord>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT scope, pattern, action FROM senders ORDER BY scope, pattern")?;
+        let rows = st.query_map([], |r| {
+            let scope: String = r.get(0)?;
+            Ok(SenderRecord {
+                pattern: r.get(1)?,
+                action: r.get(2)?,
+                domain: (!scope.is_empty()).then_some(scope),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_ip(&mut self, cidr: &str, action: &str) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("INSERT INTO ips (cidr, action) VALUES (?1, ?2) ON CONFLICT (cidr) DO UPDATE SET action = excluded.action", params![cidr, action])?;
+        let generation = bump(&tx)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    pub fn remove_ip(&mut self, cidr: &str) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        if tx.execute("DELETE FROM ips WHERE cidr = ?1", params![cidr])? == 0 {
+            return Err(StoreError::NotListed(cidr.to_string()));
+        }
+        let generation = bump(&tx)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    pub fn ips(&self) -> Result<Vec<IpRecord>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT cidr, action FROM ips ORDER BY cidr")?;
+        let rows = st.query_map([], |r| {
+            Ok(IpRecord {
+                cidr: r.get(0)?,
+                action: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn generation(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn
@@ -206,7 +376,7 @@ impl Store {
         let mut st = self
             .conn
             .prepare("SELECT name, route_host, route_port FROM domains ORDER BY name")?;
-        let domains = st
+        let mut domains = st
             .query_map([], |r| {
                 Ok(Domain {
                     name: r.get(0)?,
@@ -218,6 +388,39 @@ impl Store {
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        let senders = self.senders()?;
+        let mut global = bulwark_policy::SenderLists::default();
+        for d in &mut domains {
+            d.directory = self
+                .directory(&d.name)?
+                .into_iter()
+                .map(|e| e.address)
+                .collect();
+            // A domain has a directory as soon as one address is listed for it.
+            d.has_directory = !d.directory.is_empty();
+        }
+        for s in senders {
+            let lists = match &s.domain {
+                None => &mut global,
+                Some(name) => match domains.iter_mut().find(|d| &d.name == name) {
+                    Some(d) => &mut d.senders,
+                    None => continue,
+                },
+            };
+            match s.action.as_str() {
+                "approved" => lists.approved.push(s.pattern),
+                _ => lists.blocked.push(s.pattern),
+            }
+        }
+        let mut ips = bulwark_policy::IpLists::default();
+        for ip in self.ips()? {
+            if let Some(c) = bulwark_policy::Cidr::parse(&ip.cidr) {
+                match ip.action.as_str() {
+                    "allow" => ips.allow.push(c),
+                    _ => ips.block.push(c),
+                }
+            }
+        }
         Ok(Policy {
             generation: self.generation()?,
             domains,
@@ -225,12 +428,13 @@ impl Store {
                 message_size: 52_428_800,
                 recipients: 1000,
             },
+            senders: global,
+            ips,
             harvest: bulwark_policy::Harvest {
                 max_unknown: 20,
                 window_secs: 600,
                 block_secs: 3600,
             },
-            ..Default::default()
         })
     }
 }
@@ -304,6 +508,43 @@ mod tests {
         assert!(!s.token_valid("nope").unwrap());
         assert_eq!(s.raise_generation(10).unwrap(), 10);
         assert_eq!(s.raise_generation(5).unwrap(), 10);
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn lists_compile_into_the_policy() {
+        let p = tmp("lists");
+        let mut s = Store::open(&p).unwrap();
+        s.add_domain("example.test", "127.0.0.1", 25).unwrap();
+        let entries = vec![crate::csv::Entry {
+            address: "alice@example.test".into(),
+            name: "Alice".into(),
+        }];
+        s.import_directory("example.test", &entries).unwrap();
+        assert!(matches!(
+            s.import_directory("nowhere.test", &entries),
+            Err(StoreError::NotFound(_))
+        ));
+        s.set_sender(None, "spam.test", "blocked").unwrap();
+        s.set_sender(Some("example.test"), "friend@spam.test", "approved")
+            .unwrap();
+        s.set_ip("192.0.2.0/24", "block").unwrap();
+        let policy = s.compile().unwrap();
+        assert_eq!(policy.domains[0].directory, ["alice@example.test"]);
+        assert!(policy.domains[0].has_directory);
+        assert_eq!(policy.senders.blocked, ["spam.test"]);
+        assert_eq!(policy.domains[0].senders.approved, ["friend@spam.test"]);
+        assert_eq!(policy.ips.block.len(), 1);
+        s.remove_sender(None, "spam.test").unwrap();
+        assert!(matches!(
+            s.remove_sender(None, "spam.test"),
+            Err(StoreError::NotListed(_))
+        ));
+        s.remove_domain("example.test").unwrap();
+        assert!(
+            s.directory("example.test").unwrap().is_empty(),
+            "the directory goes with its domain"
+        );
         let _ = std::fs::remove_file(&p);
     }
 }

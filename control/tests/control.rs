@@ -143,6 +143,242 @@ fn http(
     )
 }
 
+/// A control service and an engine following what it publishes (2 cores).
+fn control_and_engine(dir: &Path) -> (Control, Proc, u16, u16) {
+    let engine_bin = Path::new(CONTROL).with_file_name("bulwark");
+    assert!(
+        engine_bin.exists(),
+        "build the workspace first: {} is missing",
+        engine_bin.display()
+    );
+    let snapshot = dir.join("shm/policy");
+    let (smtp, metrics) = (free_port(), free_port());
+    let ecfg = dir.join("bulwark.toml");
+    std::fs::write(
+        &ecfg,
+        format!(
+            "[server]\nhostname = \"mx.test\"\nlisten = [\"127.0.0.1:{smtp}\"]\nmetrics = \"127.0.0.1:{metrics}\"\ncores = 2\n\
+             [spool]\ndir = \"{}\"\n[policy]\nsnapshot = \"{}\"\n",
+            dir.join("spool").display(),
+            snapshot.display()
+        ),
+    )
+    .unwrap();
+    let c = start_control(dir, &snapshot, &[format!("127.0.0.1:{metrics}")]);
+    let engine = Proc(
+        Command::new(&engine_bin)
+            .args(["serve", "--config"])
+            .arg(&ecfg)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(smtp);
+    (c, engine, smtp, metrics)
+}
+
+/// The final reply to `RCPT TO:<to>` from `source`, or the greeting if it was refused.
+fn rcpt_from(smtp: u16, source: &str, from: &str, to: &str) -> String {
+    let Ok(mut s) = connect_from(source, smtp) else {
+        return "connect failed".into();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = write!(
+        s,
+        "EHLO c\r\nMAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nQUIT\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let finals: Vec<&str> = out
+        .lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .collect();
+    if finals.first().is_some_and(|g| !g.starts_with("220")) {
+        return finals[0].to_string();
+    }
+    finals.get(3).copied().unwrap_or("").to_string()
+}
+
+/// Connects to 127.0.0.1:`port` from the loopback address `source` (std has no
+/// bind-before-connect, so this uses libc directly).
+fn connect_from(source: &str, port: u16) -> Result<TcpStream, String> {
+    use std::os::fd::FromRawFd;
+    let src: std::net::Ipv4Addr = source.parse().map_err(|_| "bad source".to_string())?;
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return Err("socket".into());
+        }
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_addr.s_addr = u32::from_ne_bytes(src.octets());
+        if libc::bind(
+            fd,
+            &a as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
+            libc::close(fd);
+            return Err("bind".into());
+        }
+        let mut d: libc::sockaddr_in = std::mem::zeroed();
+        d.sin_family = libc::AF_INET as libc::sa_family_t;
+        d.sin_port = port.to_be();
+        d.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        if libc::connect(
+            fd,
+            &d as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
+            libc::close(fd);
+            return Err("connect".into());
+        }
+        Ok(TcpStream::from_raw_fd(fd))
+    }
+}
+
+/// Retries `f` for up to two seconds until it returns something starting with `want`.
+fn eventually(want: &str, mut f: impl FnMut() -> String) -> String {
+    let end = Instant::now() + Duration::from_secs(2);
+    loop {
+        let got = f();
+        if got.starts_with(want) || Instant::now() >= end {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn directory_senders_and_ips_reach_the_engine() {
+    let dir = tmp("lists");
+    let (c, _engine, smtp, _) = control_and_engine(&dir);
+    let (ok, out) = cli(
+        &c,
+        &["domain", "add", "example.test", "--route", "127.0.0.1:2526"],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        eventually("250", || rcpt_from(
+            smtp,
+            "127.0.0.1",
+            "a@b.test",
+            "anyone@example.test"
+        ))
+        .starts_with("250")
+    );
+
+    let csv = dir.join("users.csv");
+    std::fs::write(&csv, "Email,Name\nalice@example.test,Alice\nbad;two@example.test,X\nbob@example.test,\"Smith, Bob\"\nno-at,Y\n").unwrap();
+    let (ok, out) = cli(
+        &c,
+        &["directory", "import", "example.test", csv.to_str().unwrap()],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("line 3:") && out.contains("line 5:"), "{out}");
+    assert!(out.contains("nothing was imported"), "{out}");
+    let (_, listed) = cli(&c, &["directory", "list", "example.test"]);
+    assert_eq!(listed.trim(), "");
+    let (ok, out) = cli(
+        &c,
+        &[
+            "directory",
+            "import",
+            "example.test",
+            csv.to_str().unwrap(),
+            "--skip-invalid",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("imported 2 addresses"), "{out}");
+    let (_, listed) = cli(&c, &["directory", "list", "example.test"]);
+    assert_eq!(
+        listed.trim(),
+        "alice@example.test\tAlice\nbob@example.test\tSmith, Bob"
+    );
+    assert!(
+        eventually("550 5.1.1", || rcpt_from(
+            smtp,
+            "127.0.0.1",
+            "a@b.test",
+            "carol@example.test"
+        ))
+        .starts_with("550 5.1.1")
+    );
+    assert!(rcpt_from(smtp, "127.0.0.1", "a@b.test", "alice@example.test").starts_with("250"));
+
+    let (ok, out) = cli(&c, &["sender", "block", "*.spam.test"]);
+    assert!(ok, "{out}");
+    assert!(
+        eventually("550 5.7.1", || rcpt_from(
+            smtp,
+            "127.0.0.1",
+            "x@mx.spam.test",
+            "alice@example.test"
+        ))
+        .starts_with("550 5.7.1")
+    );
+    let (ok, out) = cli(
+        &c,
+        &[
+            "sender",
+            "approve",
+            "good@mx.spam.test",
+            "--domain",
+            "example.test",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        eventually("250", || rcpt_from(
+            smtp,
+            "127.0.0.1",
+            "good@mx.spam.test",
+            "alice@example.test"
+        ))
+        .starts_with("250")
+    );
+    let (ok, out) = cli(&c, &["sender", "block", "not a pattern"]);
+    assert!(!ok && out.contains("400 Bad Request: pattern:"), "{out}");
+    let (_, listed) = cli(&c, &["sender", "list"]);
+    assert!(
+        listed.contains("blocked\t*.spam.test\t*")
+            && listed.contains("approved\tgood@mx.spam.test\texample.test"),
+        "{listed}"
+    );
+    let (ok, _) = cli(&c, &["sender", "remove", "*.spam.test"]);
+    assert!(ok);
+
+    let (ok, out) = cli(&c, &["ip", "block", "127.0.0.2"]);
+    assert!(ok, "{out}");
+    assert!(
+        eventually("554 5.7.1", || rcpt_from(
+            smtp,
+            "127.0.0.2",
+            "a@b.test",
+            "alice@example.test"
+        ))
+        .starts_with("554 5.7.1")
+    );
+    assert!(rcpt_from(smtp, "127.0.0.3", "a@b.test", "alice@example.test").starts_with("250"));
+    let (ok, out) = cli(&c, &["ip", "block", "10.0.0.0/99"]);
+    assert!(!ok && out.contains("cidr:"), "{out}");
+    let (_, listed) = cli(&c, &["ip", "list"]);
+    assert_eq!(listed.trim(), "block\t127.0.0.2");
+    let (ok, _) = cli(&c, &["ip", "remove", "127.0.0.2"]);
+    assert!(ok);
+    assert!(
+        eventually("250", || rcpt_from(
+            smtp,
+            "127.0.0.2",
+            "a@b.test",
+            "alice@example.test"
+        ))
+        .starts_with("250")
+    );
+}
+
 #[test]
 fn api_auth_validation_and_cli() {
     let dir = tmp("api");
@@ -224,36 +460,8 @@ fn api_auth_validation_and_cli() {
 /// published snapshot, without a restart; `snapshot show` reports the engine's generation.
 #[test]
 fn engine_follows_what_control_publishes() {
-    let engine_bin = Path::new(CONTROL).with_file_name("bulwark");
-    assert!(
-        engine_bin.exists(),
-        "build the workspace first: {} is missing",
-        engine_bin.display()
-    );
     let dir = tmp("follow");
-    let snapshot = dir.join("shm/policy");
-    let (smtp, metrics) = (free_port(), free_port());
-    let ecfg = dir.join("bulwark.toml");
-    std::fs::write(
-        &ecfg,
-        format!(
-            "[server]\nhostname = \"mx.test\"\nlisten = [\"127.0.0.1:{smtp}\"]\nmetrics = \"127.0.0.1:{metrics}\"\ncores = 2\n\
-             [spool]\ndir = \"{}\"\n[policy]\nsnapshot = \"{}\"\n",
-            dir.join("spool").display(),
-            snapshot.display()
-        ),
-    )
-    .unwrap();
-    let c = start_control(&dir, &snapshot, &[format!("127.0.0.1:{metrics}")]);
-    let _engine = Proc(
-        Command::new(&engine_bin)
-            .args(["serve", "--config"])
-            .arg(&ecfg)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(smtp);
+    let (c, _engine, smtp, metrics) = control_and_engine(&dir);
     let rcpt = |to: &str| {
         let mut s = TcpStream::connect(("127.0.0.1", smtp)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
