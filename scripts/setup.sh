@@ -29,6 +29,12 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# schemathesis (PyPI) exercises the control API from its OpenAPI document.
+if ! python3 -c "import schemathesis" 2>/dev/null; then
+  echo "setup: installing schemathesis"
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is not installed; install Rust (rustup) first" >&2
   exit 1

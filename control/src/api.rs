@@ -71,6 +71,11 @@ impl From<StoreError> for ApiError {
                 field: Some("name"),
                 message: e.to_string(),
             },
+            StoreError::NotListed(_) => ApiError {
+                status: StatusCode::NOT_FOUND,
+                field: None,
+                message: e.to_string(),
+            },
             other => ApiError::internal(other),
         }
     }
@@ -396,6 +401,7 @@ async fn remove_sender(
             "the pattern query parameter is required",
         ));
     };
+    check_sender_pattern(&pattern).map_err(|e| ApiError::bad("pattern", e))?;
     let domain = q.domain.map(|d| d.to_ascii_lowercase());
     let generation = blocking(move || {
         lock(&state.store)
