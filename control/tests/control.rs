@@ -558,3 +558,144 @@ fn schemathesis_finds_no_server_errors() {
     assert!(out.status.success(), "schemathesis found failures:\n{text}");
     assert!(text.contains("passed"), "{text}");
 }
+
+/// 1000 policy changes published while bulwark-load sends at full speed: every
+/// transaction is answered correctly (the changes never touch the load's domain), the
+/// engine ends on the last generation, and every accepted message arrives whole.
+#[test]
+fn thousand_policy_changes_under_load() {
+    let load = Path::new(CONTROL).with_file_name("bulwark-load");
+    assert!(
+        load.exists(),
+        "build the workspace first: {} is missing",
+        load.display()
+    );
+    let dir = tmp("thousand");
+    let sink_port = free_port();
+    let report = dir.join("sink.json");
+    let _sink = Proc(
+        Command::new(&load)
+            .args([
+                "sink",
+                "--threads",
+                "1",
+                "--listen",
+                &format!("127.0.0.1:{sink_port}"),
+                "--report",
+            ])
+            .arg(&report)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(sink_port);
+    let (c, _engine, smtp, metrics) = control_and_engine(&dir);
+    let (ok, out) = cli(
+        &c,
+        &[
+            "domain",
+            "add",
+            "example.test",
+            "--route",
+            &format!("127.0.0.1:{sink_port}"),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        eventually("250", || rcpt_from(
+            smtp,
+            "127.0.0.1",
+            "a@b.test",
+            "user@example.test"
+        ))
+        .starts_with("250")
+    );
+
+    let sender = Command::new(&load)
+        .args([
+            "send",
+            "--target",
+            &format!("127.0.0.1:{smtp}"),
+            "--connections",
+            "20",
+            "--threads",
+            "1",
+            "--duration",
+            "6",
+            "--size",
+            "2048",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Some(c.token.as_str());
+    let mut last = 0u64;
+    for i in 0..500 {
+        let pattern = format!("x{i}.example.org");
+        let (status, body) = http(
+            &c.url,
+            "POST",
+            "/api/v1/senders",
+            t,
+            Some(&format!(r#"{{"pattern":"{pattern}","action":"blocked"}}"#)),
+        );
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = http(
+            &c.url,
+            "DELETE",
+            &format!("/api/v1/senders?pattern={pattern}"),
+            t,
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        last = body["generation"].as_u64().unwrap();
+    }
+    let out = sender.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let accepted = r["accepted"].as_u64().unwrap();
+    assert!(accepted > 100, "{r}");
+    assert_eq!(r["rejected"], 0, "wrongly answered transactions: {r}");
+    assert_eq!(r["errors"], 0, "failed transactions: {r}");
+
+    let generation = || -> u64 {
+        let mut s = TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("bulwark_policy_generation "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let end = Instant::now() + Duration::from_secs(2);
+    while generation() != last && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        generation(),
+        last,
+        "the engine did not reach the last generation"
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    let received = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    while received()["received"].as_u64().unwrap_or(0) < accepted && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rep = received();
+    assert_eq!(rep["received"].as_u64().unwrap_or(0), accepted, "{rep}");
+    assert_eq!(rep["incomplete"], 0, "{rep}");
+}
