@@ -142,6 +142,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(list_senders).post(add_sender).delete(remove_sender),
         )
         .route("/api/v1/ips", get(list_ips).post(add_ip).delete(remove_ip))
+        .route("/api/v1/limits", get(get_limits).put(put_limits))
         .route("/api/v1/snapshot", get(snapshot))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -497,6 +498,54 @@ async fn remove_ip(
     Ok(Json(json!({"generation": generation})))
 }
 
+async fn get_limits(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let l = blocking(move || lock(&state.store).limits().map_err(ApiError::from)).await?;
+    Ok(Json(Value::Object(
+        l.into_iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect(),
+    )))
+}
+
+/// Sets any of the limits; every field given is range-checked before anything changes.
+async fn put_limits(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let names: Vec<&'static str> = crate::store::LIMITS.iter().map(|(k, _, _)| *k).collect();
+    let map = object(body, &names)?;
+    if map.is_empty() {
+        return Err(ApiError::bad(
+            "body",
+            format!("give at least one of: {}", names.join(", ")),
+        ));
+    }
+    let mut values = Vec::new();
+    for (name, min, max) in crate::store::LIMITS {
+        let Some(v) = map.get(name) else { continue };
+        match v.as_i64() {
+            Some(n) if (min..=max).contains(&n) => values.push((name, n)),
+            _ => {
+                return Err(ApiError::bad(
+                    name,
+                    format!("{name} must be an integer from {min} to {max}"),
+                ));
+            }
+        }
+    }
+    let st = state.clone();
+    let generation = blocking(move || {
+        lock(&st.store)
+            .set_limits(&values)
+            .map_err(ApiError::from)?;
+        publish(&st).map(|p| p.generation)
+    })
+    .await?;
+    let mut out = get_limits(State(state)).await?.0;
+    out["generation"] = json!(generation);
+    Ok(Json(out))
+}
+
 /// The generation an engine reports on its metrics endpoint.
 fn engine_generation(addr: SocketAddr) -> Result<u64, String> {
     use std::io::{Read, Write};
@@ -561,6 +610,12 @@ const OPENAPI: &str = r##"{
         "properties": {"pattern": {"type": "string"}, "action": {"type": "string", "enum": ["approved", "blocked"]}, "domain": {"type": "string"}}},
       "Ip": {"type": "object", "required": ["cidr", "action"], "additionalProperties": false,
         "properties": {"cidr": {"type": "string"}, "action": {"type": "string", "enum": ["allow", "block"]}}},
+      "Limits": {"type": "object", "additionalProperties": false, "properties": {
+        "message_size": {"type": "integer", "minimum": 1024, "maximum": 4294967296},
+        "recipients": {"type": "integer", "minimum": 1, "maximum": 100000},
+        "harvest_max_unknown": {"type": "integer", "minimum": 0, "maximum": 1000000},
+        "harvest_window_secs": {"type": "integer", "minimum": 1, "maximum": 2592000},
+        "harvest_block_secs": {"type": "integer", "minimum": 1, "maximum": 2592000}}},
       "Snapshot": {"type": "object", "properties": {
         "generation": {"type": "integer", "nullable": true}, "size": {"type": "integer"}, "published_at": {"type": "integer"},
         "age_seconds": {"type": "number"},
@@ -642,6 +697,16 @@ const OPENAPI: &str = r##"{
           "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "404": {"description": "not listed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/limits": {
+      "get": {"summary": "Message size, recipient and harvest-protection limits", "responses": {
+        "200": {"description": "limits", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Limits"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "put": {"summary": "Set some limits and publish", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Limits"}}}},
+        "responses": {
+          "200": {"description": "the limits now in force", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
     "/api/v1/snapshot": {
       "get": {"summary": "The published snapshot and the generation each engine runs", "responses": {

@@ -80,6 +80,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Message size, recipient and harvest-protection limits.
+    Limits {
+        #[command(subcommand)]
+        command: LimitsCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// The published policy snapshot.
     Snapshot {
         #[command(subcommand)]
@@ -166,6 +173,25 @@ enum IpCommand {
 }
 
 #[derive(Subcommand)]
+enum LimitsCommand {
+    /// Show the limits in force.
+    Show,
+    /// Set some limits.
+    Set {
+        #[arg(long)]
+        message_size: Option<i64>,
+        #[arg(long)]
+        recipients: Option<i64>,
+        #[arg(long)]
+        harvest_max_unknown: Option<i64>,
+        #[arg(long)]
+        harvest_window_secs: Option<i64>,
+        #[arg(long)]
+        harvest_block_secs: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum SnapshotCommand {
     /// Generation, size and age of the published snapshot, and what each engine runs.
     Show,
@@ -181,6 +207,7 @@ fn main() -> ExitCode {
         Command::Directory { command, remote } => directory(command, &remote),
         Command::Sender { command, remote } => sender(command, &remote),
         Command::Ip { command, remote } => ip(command, &remote),
+        Command::Limits { command, remote } => limits(command, &remote),
         Command::Snapshot {
             command: SnapshotCommand::Show,
             remote,
@@ -257,6 +284,7 @@ fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> anyho
     let response = match (method, body) {
         ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
         ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+        ("PUT", Some(b)) => agent.put(&url).header("Authorization", &auth).send_json(&b),
         // A string body is sent as it is (CSV); anything else as JSON.
         (_, Some(Value::String(text))) => agent
             .post(&url)
@@ -463,6 +491,40 @@ fn ip(command: IpCommand, remote: &Remote) -> anyhow::Result<()> {
             )?;
             println!("removed {cidr} (generation {})", r["generation"]);
         }
+    }
+    Ok(())
+}
+
+fn limits(command: LimitsCommand, remote: &Remote) -> anyhow::Result<()> {
+    let r = match command {
+        LimitsCommand::Show => call(remote, "GET", "/api/v1/limits", None)?,
+        LimitsCommand::Set {
+            message_size,
+            recipients,
+            harvest_max_unknown,
+            harvest_window_secs,
+            harvest_block_secs,
+        } => {
+            let mut body = serde_json::Map::new();
+            for (k, v) in [
+                ("message_size", message_size),
+                ("recipients", recipients),
+                ("harvest_max_unknown", harvest_max_unknown),
+                ("harvest_window_secs", harvest_window_secs),
+                ("harvest_block_secs", harvest_block_secs),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.into(), json!(v));
+                }
+            }
+            if body.is_empty() {
+                bail!("give at least one limit to set (see --help)");
+            }
+            call(remote, "PUT", "/api/v1/limits", Some(Value::Object(body)))?
+        }
+    };
+    for (k, v) in r.as_object().into_iter().flatten() {
+        println!("{k}\t{v}");
     }
     Ok(())
 }

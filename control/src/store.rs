@@ -43,6 +43,19 @@ const MIGRATIONS: &[&str] = &[
         cidr TEXT PRIMARY KEY NOT NULL,
         action TEXT NOT NULL CHECK (action IN ('allow', 'block'))
      );",
+    // 3: limits and harvest settings, with the engine's defaults.
+    "INSERT INTO meta (key, value) VALUES
+        ('message_size', 52428800), ('recipients', 1000),
+        ('harvest_max_unknown', 20), ('harvest_window_secs', 600), ('harvest_block_secs', 3600);",
+];
+
+/// The settable limits and their allowed ranges.
+pub const LIMITS: [(&str, i64, i64); 5] = [
+    ("message_size", 1024, 1 << 32),
+    ("recipients", 1, 100_000),
+    ("harvest_max_unknown", 0, 1_000_000),
+    ("harvest_window_secs", 1, 86_400 * 30),
+    ("harvest_block_secs", 1, 86_400 * 30),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -354,6 +367,34 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The limits, by the names in [`LIMITS`].
+    pub fn limits(&self) -> Result<Vec<(&'static str, i64)>, StoreError> {
+        LIMITS
+            .iter()
+            .map(|(k, _, _)| {
+                Ok((
+                    *k,
+                    self.conn.query_row(
+                        "SELECT value FROM meta WHERE key = ?1",
+                        params![k],
+                        |r| r.get(0),
+                    )?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Sets some limits (names from [`LIMITS`], values already range-checked).
+    pub fn set_limits(&mut self, values: &[(&str, i64)]) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        for (k, v) in values {
+            tx.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![k, v])?;
+        }
+        let generation = bump(&tx)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
     pub fn generation(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn
@@ -421,19 +462,21 @@ impl Store {
                 }
             }
         }
+        let l: std::collections::HashMap<&str, i64> = self.limits()?.into_iter().collect();
+        let get = |k: &str| l.get(k).copied().unwrap_or(0).max(0);
         Ok(Policy {
             generation: self.generation()?,
             domains,
             limits: bulwark_policy::Limits {
-                message_size: 52_428_800,
-                recipients: 1000,
+                message_size: get("message_size") as u64,
+                recipients: get("recipients") as u32,
             },
             senders: global,
             ips,
             harvest: bulwark_policy::Harvest {
-                max_unknown: 20,
-                window_secs: 600,
-                block_secs: 3600,
+                max_unknown: get("harvest_max_unknown") as u32,
+                window_secs: get("harvest_window_secs") as u32,
+                block_secs: get("harvest_block_secs") as u32,
             },
         })
     }
@@ -535,6 +578,19 @@ mod tests {
         assert_eq!(policy.senders.blocked, ["spam.test"]);
         assert_eq!(policy.domains[0].senders.approved, ["friend@spam.test"]);
         assert_eq!(policy.ips.block.len(), 1);
+        assert_eq!(policy.limits.message_size, 52_428_800);
+        assert_eq!(policy.harvest.max_unknown, 20);
+        s.set_limits(&[("message_size", 4096), ("harvest_max_unknown", 0)])
+            .unwrap();
+        let policy = s.compile().unwrap();
+        assert_eq!(
+            (
+                policy.limits.message_size,
+                policy.limits.recipients,
+                policy.harvest.max_unknown
+            ),
+            (4096, 1000, 0)
+        );
         s.remove_sender(None, "spam.test").unwrap();
         assert!(matches!(
             s.remove_sender(None, "spam.test"),

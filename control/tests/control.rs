@@ -699,3 +699,64 @@ fn thousand_policy_changes_under_load() {
     assert_eq!(rep["received"].as_u64().unwrap_or(0), accepted, "{rep}");
     assert_eq!(rep["incomplete"], 0, "{rep}");
 }
+
+/// Limits set through the API reach a running engine's next transaction.
+#[test]
+fn limits_reach_the_engine() {
+    let dir = tmp("limits");
+    let (c, _engine, smtp, _) = control_and_engine(&dir);
+    let (ok, out) = cli(
+        &c,
+        &["domain", "add", "example.test", "--route", "127.0.0.1:2526"],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&c, &["limits", "show"]);
+    assert!(ok && out.contains("message_size\t52428800"), "{out}");
+    let t = Some(c.token.as_str());
+    let (status, body) = http(
+        &c.url,
+        "PUT",
+        "/api/v1/limits",
+        t,
+        Some(r#"{"recipients": 0}"#),
+    );
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("recipients")),
+        "{body}"
+    );
+    let (status, body) = http(&c.url, "PUT", "/api/v1/limits", t, Some(r#"{}"#));
+    assert_eq!(status, 400, "{body}");
+    let (ok, out) = cli(
+        &c,
+        &[
+            "limits",
+            "set",
+            "--message-size",
+            "2048",
+            "--recipients",
+            "1",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("message_size\t2048") && out.contains("recipients\t1"),
+        "{out}"
+    );
+    let ehlo_size = || {
+        let mut s = TcpStream::connect(("127.0.0.1", smtp)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "EHLO c\r\nMAIL FROM:<a@b.test> SIZE=4000\r\nQUIT\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let end = Instant::now() + Duration::from_secs(2);
+    let mut out = ehlo_size();
+    while !out.contains("250-SIZE 2048") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+        out = ehlo_size();
+    }
+    assert!(out.contains("250-SIZE 2048"), "{out}");
+    assert!(out.contains("552 5.3.4"), "{out}");
+}

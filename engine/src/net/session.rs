@@ -95,6 +95,11 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
             if !session.in_transaction() {
                 core.policy.refresh();
                 snapshot = core.policy.current();
+                let limits = &snapshot.policy().limits;
+                session.set_limits(
+                    limits.message_size.to_native(),
+                    limits.recipients.to_native() as usize,
+                );
             }
             let progress = session.feed(&buf[start..end], &SnapshotPolicy(&snapshot));
             start += progress.consumed;

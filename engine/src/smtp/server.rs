@@ -203,6 +203,12 @@ impl Session {
         self.bytes_received
     }
 
+    /// Takes new limits (from a newer policy); call only between transactions.
+    pub fn set_limits(&mut self, max_message_size: u64, max_recipients: usize) {
+        self.cfg.max_message_size = max_message_size;
+        self.cfg.max_recipients = max_recipients;
+    }
+
     /// A transaction is under way (MAIL accepted, not yet finished or reset).
     pub fn in_transaction(&self) -> bool {
         matches!(

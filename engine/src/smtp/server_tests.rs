@@ -511,3 +511,19 @@ fn directory_and_sender_verdicts() {
     let st = d.s.stats();
     assert_eq!((st.unknown_user, st.sender_blocked), (1, 1));
 }
+
+#[test]
+fn limits_change_between_transactions() {
+    let mut d = greeted();
+    d.s.set_limits(5000, 1);
+    let r = d.send(b"EHLO c\r\n");
+    assert!(r.contains("250-SIZE 5000\r\n"), "{r}");
+    assert_eq!(
+        d.codes(b"MAIL FROM:<s@x.test> SIZE=4000\r\n"),
+        ["250 2.1.0"]
+    );
+    assert_eq!(
+        d.codes(b"RCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\n"),
+        ["250 2.1.5", "452 4.5.3"]
+    );
+}
