@@ -236,7 +236,7 @@ async fn add_domain(
     State(state): State<Arc<AppState>>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let map = object(body, &["name", "route"])?;
+    let map = object(body, &["name", "route", "tls", "tls_ca"])?;
     let name = string_field(&map, "name")?
         .trim_end_matches('.')
         .to_ascii_lowercase();
@@ -248,18 +248,40 @@ async fn add_domain(
     }
     let route = string_field(&map, "route")?;
     let (host, port) = parse_route(&route).map_err(|e| ApiError::bad("route", e))?;
+    let tls = match map.get("tls") {
+        None | Some(Value::Null) => "opportunistic".to_string(),
+        Some(Value::String(t)) if bulwark_policy::TlsPolicy::parse(t).is_some() => t.clone(),
+        Some(other) => {
+            return Err(ApiError::bad(
+                "tls",
+                format!("{other} must be \"opportunistic\", \"required\" or \"none\""),
+            ));
+        }
+    };
+    let tls_ca = match map.get("tls_ca") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(p)) if p.is_empty() || p.starts_with('/') => p.clone(),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "tls_ca",
+                "tls_ca must be an absolute path on the engine hosts",
+            ));
+        }
+    };
     let st = state.clone();
-    let n = name.clone();
+    let (n, t, c) = (name.clone(), tls.clone(), tls_ca.clone());
     let generation = blocking(move || {
         lock(&st.store)
-            .add_domain(&n, &host, port)
+            .add_domain(&n, &host, port, &t, &c)
             .map_err(ApiError::from)?;
         publish(&st).map(|p| p.generation)
     })
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"name": name, "route": route, "generation": generation})),
+        Json(
+            json!({"name": name, "route": route, "tls": tls, "tls_ca": tls_ca, "generation": generation}),
+        ),
     ))
 }
 
@@ -605,7 +627,9 @@ const OPENAPI: &str = r##"{
     "schemas": {
       "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "field": {"type": "string"}}},
       "Domain": {"type": "object", "required": ["name", "route"], "additionalProperties": false,
-        "properties": {"name": {"type": "string", "description": "domain name"}, "route": {"type": "string", "description": "host:port of the customer's server"}}},
+        "properties": {"name": {"type": "string", "description": "domain name"}, "route": {"type": "string", "description": "host:port of the customer's server"},
+          "tls": {"type": "string", "enum": ["opportunistic", "required", "none"], "description": "TLS on delivery to the route"},
+          "tls_ca": {"type": "string", "description": "CA file (absolute path on the engines) for tls=required; empty: web PKI roots"}}},
       "Sender": {"type": "object", "required": ["pattern", "action"], "additionalProperties": false,
         "properties": {"pattern": {"type": "string"}, "action": {"type": "string", "enum": ["approved", "blocked"]}, "domain": {"type": "string"}}},
       "Ip": {"type": "object", "required": ["cidr", "action"], "additionalProperties": false,

@@ -114,6 +114,12 @@ enum DomainCommand {
         name: String,
         #[arg(long)]
         route: String,
+        /// TLS on delivery: opportunistic (default), required (verified) or none.
+        #[arg(long)]
+        tls: Option<String>,
+        /// CA file on the engine hosts for --tls required (default: web PKI roots).
+        #[arg(long)]
+        tls_ca: Option<String>,
     },
     /// List managed domains.
     List,
@@ -319,12 +325,17 @@ fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> anyho
 
 fn domain(command: DomainCommand, remote: &Remote) -> anyhow::Result<()> {
     match command {
-        DomainCommand::Add { name, route } => {
+        DomainCommand::Add {
+            name,
+            route,
+            tls,
+            tls_ca,
+        } => {
             let r = call(
                 remote,
                 "POST",
                 "/api/v1/domains",
-                Some(json!({"name": name, "route": route})),
+                Some(json!({"name": name, "route": route, "tls": tls, "tls_ca": tls_ca})),
             )?;
             println!(
                 "added {} -> {} (generation {})",
@@ -336,10 +347,16 @@ fn domain(command: DomainCommand, remote: &Remote) -> anyhow::Result<()> {
         DomainCommand::List => {
             let r = call(remote, "GET", "/api/v1/domains", None)?;
             for d in r.as_array().into_iter().flatten() {
+                let ca = d["tls_ca"]
+                    .as_str()
+                    .filter(|c| !c.is_empty())
+                    .map(|c| format!("\t{c}"))
+                    .unwrap_or_default();
                 println!(
-                    "{}\t{}",
+                    "{}\t{}\t{}{ca}",
                     d["name"].as_str().unwrap_or(""),
-                    d["route"].as_str().unwrap_or("")
+                    d["route"].as_str().unwrap_or(""),
+                    d["tls"].as_str().unwrap_or("")
                 );
             }
         }

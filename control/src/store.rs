@@ -47,6 +47,10 @@ const MIGRATIONS: &[&str] = &[
     "INSERT INTO meta (key, value) VALUES
         ('message_size', 52428800), ('recipients', 1000),
         ('harvest_max_unknown', 20), ('harvest_window_secs', 600), ('harvest_block_secs', 3600);",
+    // 4: TLS policy of each route.
+    "ALTER TABLE domains ADD COLUMN tls TEXT NOT NULL DEFAULT 'opportunistic'
+        CHECK (tls IN ('opportunistic', 'required', 'none'));
+     ALTER TABLE domains ADD COLUMN tls_ca TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The settable limits and their allowed ranges.
@@ -97,6 +101,11 @@ pub struct DirectoryRecord {
 pub struct DomainRecord {
     pub name: String,
     pub route: String,
+    /// `opportunistic`, `required` or `none`.
+    pub tls: String,
+    /// CA file the engines verify the route against when `tls` is `required`; empty:
+    /// the web PKI roots.
+    pub tls_ca: String,
 }
 
 pub struct Store {
@@ -185,9 +194,9 @@ impl Store {
     }
 
     pub fn domains(&self) -> Result<Vec<DomainRecord>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT name, route_host, route_port FROM domains ORDER BY name")?;
+        let mut st = self.conn.prepare(
+            "SELECT name, route_host, route_port, tls, tls_ca FROM domains ORDER BY name",
+        )?;
         let rows = st.query_map([], |r| {
             let host: String = r.get(1)?;
             let port: u16 = r.get(2)?;
@@ -199,13 +208,22 @@ impl Store {
             Ok(DomainRecord {
                 name: r.get(0)?,
                 route,
+                tls: r.get(3)?,
+                tls_ca: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Adds a domain (name lower case; route already validated as host and port).
-    pub fn add_domain(&mut self, name: &str, host: &str, port: u16) -> Result<u64, StoreError> {
+    pub fn add_domain(
+        &mut self,
+        name: &str,
+        host: &str,
+        port: u16,
+        tls: &str,
+        tls_ca: &str,
+    ) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
         let exists = tx
             .query_row(
@@ -219,8 +237,8 @@ impl Store {
             return Err(StoreError::Exists(name.to_string()));
         }
         tx.execute(
-            "INSERT INTO domains (name, route_host, route_port, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![name, host, port, now()],
+            "INSERT INTO domains (name, route_host, route_port, created_at, tls, tls_ca) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, host, port, now(), tls, tls_ca],
         )?;
         let generation = bump(&tx)?;
         tx.commit()?;
@@ -414,9 +432,9 @@ impl Store {
 
     /// The policy the store describes, at its generation.
     pub fn compile(&self) -> Result<Policy, StoreError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT name, route_host, route_port FROM domains ORDER BY name")?;
+        let mut st = self.conn.prepare(
+            "SELECT name, route_host, route_port, tls, tls_ca FROM domains ORDER BY name",
+        )?;
         let mut domains = st
             .query_map([], |r| {
                 Ok(Domain {
@@ -424,6 +442,9 @@ impl Store {
                     route: Route {
                         host: r.get(1)?,
                         port: r.get(2)?,
+                        tls: bulwark_policy::TlsPolicy::parse(&r.get::<_, String>(3)?)
+                            .unwrap_or_default(),
+                        tls_ca: r.get(4)?,
                     },
                     ..Default::default()
                 })
@@ -513,7 +534,11 @@ mod tests {
         let mut s = Store::open(&p).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         assert_eq!(s.generation().unwrap(), 1);
-        assert_eq!(s.add_domain("example.test", "127.0.0.1", 2526).unwrap(), 2);
+        assert_eq!(
+            s.add_domain("example.test", "127.0.0.1", 2526, "opportunistic", "")
+                .unwrap(),
+            2
+        );
         drop(s);
         let s = Store::open(&p).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
@@ -521,7 +546,9 @@ mod tests {
             s.domains().unwrap(),
             [DomainRecord {
                 name: "example.test".into(),
-                route: "127.0.0.1:2526".into()
+                route: "127.0.0.1:2526".into(),
+                tls: "opportunistic".into(),
+                tls_ca: String::new(),
             }]
         );
         let policy = s.compile().unwrap();
@@ -534,12 +561,18 @@ mod tests {
     fn domains_and_tokens() {
         let p = tmp("domains");
         let mut s = Store::open(&p).unwrap();
-        s.add_domain("a.test", "::1", 25).unwrap();
+        s.add_domain("a.test", "::1", 25, "required", "/etc/ca.pem")
+            .unwrap();
         assert!(matches!(
-            s.add_domain("a.test", "x", 25),
+            s.add_domain("a.test", "x", 25, "none", ""),
             Err(StoreError::Exists(_))
         ));
         assert_eq!(s.domains().unwrap()[0].route, "[::1]:25");
+        assert_eq!(
+            s.compile().unwrap().domains[0].route.tls,
+            bulwark_policy::TlsPolicy::Required
+        );
+        assert_eq!(s.compile().unwrap().domains[0].route.tls_ca, "/etc/ca.pem");
         assert_eq!(s.remove_domain("a.test").unwrap(), 3);
         assert!(matches!(
             s.remove_domain("a.test"),
@@ -558,7 +591,8 @@ mod tests {
     fn lists_compile_into_the_policy() {
         let p = tmp("lists");
         let mut s = Store::open(&p).unwrap();
-        s.add_domain("example.test", "127.0.0.1", 25).unwrap();
+        s.add_domain("example.test", "127.0.0.1", 25, "opportunistic", "")
+            .unwrap();
         let entries = vec![crate::csv::Entry {
             address: "alice@example.test".into(),
             name: "Alice".into(),

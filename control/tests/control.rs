@@ -438,9 +438,38 @@ fn api_auth_validation_and_cli() {
     );
     assert!(!ok);
     assert!(out.contains("400 Bad Request: route:"), "{out}");
+    let (ok, out) = cli(
+        &c,
+        &[
+            "domain",
+            "add",
+            "secure.test",
+            "--route",
+            "127.0.0.1:2527",
+            "--tls",
+            "required",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        &c,
+        &[
+            "domain",
+            "add",
+            "odd.test",
+            "--route",
+            "127.0.0.1:2527",
+            "--tls",
+            "sometimes",
+        ],
+    );
+    assert!(!ok && out.contains("400 Bad Request: tls:"), "{out}");
     let (ok, out) = cli(&c, &["domain", "list"]);
     assert!(ok);
-    assert_eq!(out.trim(), "example.test\t127.0.0.1:2526");
+    assert_eq!(
+        out.trim(),
+        "example.test\t127.0.0.1:2526\topportunistic\nsecure.test\t127.0.0.1:2527\trequired"
+    );
     let (ok, out) = cli(&c, &["domain", "remove", "nowhere.test"]);
     assert!(!ok && out.contains("404"), "{out}");
     let (ok, out) = cli(&c, &["snapshot", "show"]);

@@ -10,7 +10,7 @@ use toml::de::{DeArray, DeTable, DeValue};
 
 pub use bulwark_policy::address::parse_route;
 use bulwark_policy::address::{check_directory_address, check_sender_pattern, is_hostname};
-use bulwark_policy::{Cidr, Domain, Harvest, IpLists, Limits, Policy, Route};
+use bulwark_policy::{Cidr, Domain, Harvest, IpLists, Limits, Policy, Route, TlsPolicy};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -125,6 +125,9 @@ pub struct DomainConfig {
     /// The addresses that exist, when the domain has a recipient directory.
     pub directory: Option<Vec<String>>,
     pub senders: SenderLists,
+    pub tls: TlsPolicy,
+    /// CA file for verifying the route's certificate (`tls = "required"`); empty: web PKI.
+    pub tls_ca: String,
 }
 
 impl Config {
@@ -140,6 +143,8 @@ impl Config {
                     route: Route {
                         host: d.host.clone(),
                         port: d.port,
+                        tls: d.tls,
+                        tls_ca: d.tls_ca.clone(),
                     },
                     has_directory: d.directory.is_some(),
                     directory: d.directory.clone().unwrap_or_default(),
@@ -837,6 +842,30 @@ impl<'t> Validator<'t> {
             let route = self.required_string(&mut s, "route");
             let directory = self.string_list(&mut s, "directory");
             let senders = self.sender_lists(&mut s, "approved_senders", "blocked_senders");
+            let tls = match self.string(&mut s, "tls") {
+                None => TlsPolicy::Opportunistic,
+                Some((t, span)) => TlsPolicy::parse(&t).unwrap_or_else(|| {
+                    self.err(
+                        &format!("{path}.tls"),
+                        Some(span),
+                        format!("{t:?} must be \"opportunistic\", \"required\" or \"none\""),
+                    );
+                    TlsPolicy::Opportunistic
+                }),
+            };
+            let tls_ca = match self.string(&mut s, "tls_ca") {
+                None => String::new(),
+                Some((ca, span)) => {
+                    if let Err(e) = std::fs::metadata(&ca) {
+                        self.err(
+                            &format!("{path}.tls_ca"),
+                            Some(span),
+                            format!("cannot read {ca:?}: {e}"),
+                        );
+                    }
+                    ca
+                }
+            };
             self.finish(s);
             let (Some((name, nspan)), Some((route, rspan))) = (name, route) else {
                 continue;
@@ -887,6 +916,8 @@ impl<'t> Validator<'t> {
                         port,
                         directory,
                         senders,
+                        tls,
+                        tls_ca,
                     })
                 }
                 Err(e) => self.err(&format!("{path}.route"), Some(rspan), e),

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bulwark_policy::shm::Follower;
-use bulwark_policy::{SenderVerdict, Snapshot};
+use bulwark_policy::{SenderVerdict, Snapshot, TlsPolicy};
 use tracing::{error, info};
 
 use crate::metrics::Metrics;
@@ -86,8 +86,13 @@ impl CorePolicy {
 /// Where mail for an address goes, by its domain.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Destination {
-    /// A managed domain's route: the customer's server.
-    Route { host: String, port: u16 },
+    /// A managed domain's route: the customer's server, with its TLS policy.
+    Route {
+        host: String,
+        port: u16,
+        tls: TlsPolicy,
+        tls_ca: String,
+    },
     /// Anywhere else (bounces, for now): the domain's MX hosts.
     Mx { domain: String },
 }
@@ -95,7 +100,7 @@ pub enum Destination {
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Destination::Route { host, port } => write!(f, "route:{host}:{port}"),
+            Destination::Route { host, port, .. } => write!(f, "route:{host}:{port}"),
             Destination::Mx { domain } => write!(f, "mx:{domain}"),
         }
     }
@@ -112,6 +117,8 @@ pub fn destination(snap: &Snapshot, rcpt: &str) -> Destination {
         Some(d) => Destination::Route {
             host: d.route.host.as_str().to_string(),
             port: d.route.port.to_native(),
+            tls: d.route.tls.to_native(),
+            tls_ca: d.route.tls_ca.as_str().to_string(),
         },
         None => Destination::Mx {
             domain: domain.trim_end_matches('.').to_ascii_lowercase(),

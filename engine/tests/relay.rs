@@ -457,3 +457,128 @@ fn quit_gets_its_221_before_the_connection_closes() {
     assert_eq!(r, ["221 2.0.0 Bye"]);
     assert!(c.closed());
 }
+
+fn route_with_tls(sink: SocketAddr, tls: &str, ca: Option<&std::path::Path>) -> String {
+    let ca = ca
+        .map(|p| format!("tls_ca = \"{}\"\n", p.display()))
+        .unwrap_or_default();
+    format!("[[domains]]\nname = \"example.test\"\nroute = \"{sink}\"\ntls = \"{tls}\"\n{ca}\n")
+}
+
+/// `tls = "required"`: delivered over TLS to a route whose certificate chains to the
+/// configured CA; held (deferred, 4.7.x) when the route offers no STARTTLS or presents a
+/// certificate from another CA. `tls = "none"`: plaintext even when STARTTLS is offered.
+#[test]
+fn route_tls_policies() {
+    let certs = TempDir::new("tlspolicy");
+    let (ca, crt, key) = make_ca_signed(certs.path(), "127.0.0.1");
+    let tls_args = [
+        "--tls-cert",
+        crt.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+
+    // Required, verified against the CA: delivered encrypted.
+    let sink = Sink::start_with(sink_addr(), &tls_args);
+    let engine = Engine::start(EngineConfig {
+        extra: route_with_tls(sink.addr, "required", Some(&ca)),
+        ..Default::default()
+    });
+    run(
+        "swaks",
+        &[
+            "--server",
+            &engine.smtp.to_string(),
+            "--from",
+            "a@s.test",
+            "--to",
+            "u@example.test",
+        ],
+    );
+    let msgs = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1, "{}", engine.log_text());
+    assert!(msgs[0].tls);
+    drop(engine);
+
+    // None: plaintext although the route offers STARTTLS.
+    let engine = Engine::start(EngineConfig {
+        extra: route_with_tls(sink.addr, "none", None),
+        ..Default::default()
+    });
+    run(
+        "swaks",
+        &[
+            "--server",
+            &engine.smtp.to_string(),
+            "--from",
+            "a@s.test",
+            "--to",
+            "u@example.test",
+        ],
+    );
+    let msgs = sink.wait_for(2, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 2);
+    assert!(!msgs[1].tls);
+    drop(engine);
+
+    // Required, but no STARTTLS offered: held, never sent in the clear.
+    let plain = Sink::start(sink_addr());
+    let engine = Engine::start(EngineConfig {
+        extra: route_with_tls(plain.addr, "required", Some(&ca)),
+        ..Default::default()
+    });
+    run(
+        "swaks",
+        &[
+            "--server",
+            &engine.smtp.to_string(),
+            "--from",
+            "a@s.test",
+            "--to",
+            "u@example.test",
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(5), || engine
+        .log_text()
+        .contains("4.7.4 TLS is required, but was not offered")));
+    assert!(plain.messages().is_empty());
+    assert!(engine.metric("bulwark_deliveries_total{result=\"deferred\"}") >= 1.0);
+    drop(engine);
+
+    // Required, certificate from another CA: held.
+    let other = TempDir::new("othercert");
+    let (self_crt, self_key) = make_cert(other.path(), "127.0.0.1");
+    let stranger = Sink::start_with(
+        sink_addr(),
+        &[
+            "--tls-cert",
+            self_crt.to_str().unwrap(),
+            "--tls-key",
+            self_key.to_str().unwrap(),
+        ],
+    );
+    let engine = Engine::start(EngineConfig {
+        extra: route_with_tls(stranger.addr, "required", Some(&ca)),
+        ..Default::default()
+    });
+    run(
+        "swaks",
+        &[
+            "--server",
+            &engine.smtp.to_string(),
+            "--from",
+            "a@s.test",
+            "--to",
+            "u@example.test",
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || engine
+            .log_text()
+            .contains("4.7.5 TLS handshake failed")),
+        "{}",
+        engine.log_text()
+    );
+    assert!(stranger.messages().is_empty());
+}

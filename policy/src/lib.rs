@@ -15,6 +15,6 @@ mod snapshot;
 pub use schema::{
     ArchivedCidr, ArchivedDomain, ArchivedIpLists, ArchivedLimits, ArchivedPolicy, ArchivedRoute,
     ArchivedSenderLists, Cidr, Domain, Harvest, IpLists, IpVerdict, Limits, Policy, Route,
-    SenderLists, SenderVerdict,
+    SenderLists, SenderVerdict, TlsPolicy,
 };
 pub use snapshot::{HEADER_LEN, MAGIC, SCHEMA_VERSION, Snapshot, SnapshotError, encode};

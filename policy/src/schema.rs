@@ -83,6 +83,52 @@ pub struct Route {
     /// An IP address literal or a host name (resolved with A/AAAA, never MX).
     pub host: String,
     pub port: u16,
+    /// TLS on delivery to this route.
+    pub tls: TlsPolicy,
+    /// PEM file of the CA(s) that sign the route's certificate, for `Required`; empty:
+    /// the web PKI roots.
+    pub tls_ca: String,
+}
+
+/// TLS on delivery to a route.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TlsPolicy {
+    /// STARTTLS when offered, unauthenticated; plaintext when not offered or broken.
+    #[default]
+    Opportunistic,
+    /// STARTTLS with a verified certificate, or no delivery (the mail waits).
+    Required,
+    /// Never STARTTLS.
+    None,
+}
+
+impl TlsPolicy {
+    pub fn parse(s: &str) -> Option<TlsPolicy> {
+        match s {
+            "opportunistic" => Some(TlsPolicy::Opportunistic),
+            "required" => Some(TlsPolicy::Required),
+            "none" => Some(TlsPolicy::None),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPolicy::Opportunistic => "opportunistic",
+            TlsPolicy::Required => "required",
+            TlsPolicy::None => "none",
+        }
+    }
+}
+
+impl ArchivedTlsPolicy {
+    pub fn to_native(&self) -> TlsPolicy {
+        match self {
+            ArchivedTlsPolicy::Opportunistic => TlsPolicy::Opportunistic,
+            ArchivedTlsPolicy::Required => TlsPolicy::Required,
+            ArchivedTlsPolicy::None => TlsPolicy::None,
+        }
+    }
 }
 
 /// Envelope limits.

@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use crate::metrics::{Delivery, Metrics};
 use crate::policy::{CorePolicy, Destination, destination};
 use crate::queue::{Location, QueueIds, Spool, unix_now};
+use bulwark_policy::TlsPolicy;
 use client::{ConnError, Connection, Reply, Timeouts};
 use dns::{Dns, MxAnswer};
 
@@ -157,6 +158,8 @@ pub struct Deliverer {
     next_retry_key: Cell<u64>,
     /// Messages in the queue on this core.
     queued: Cell<usize>,
+    /// Verifying TLS client configurations, by CA file ("" is the web PKI).
+    verifying: RefCell<HashMap<String, Arc<ClientConfig>>>,
 }
 
 impl Deliverer {
@@ -185,6 +188,7 @@ impl Deliverer {
             waiting: RefCell::new(HashMap::new()),
             next_retry_key: Cell::new(0),
             queued: Cell::new(0),
+            verifying: RefCell::new(HashMap::new()),
         });
         let ticker = d.clone();
         glommio::spawn_local(async move { ticker.retry_loop().await }).detach();
@@ -382,20 +386,54 @@ impl Deliverer {
     }
 
     /// Resolves and connects, trying each address in preference order.
+    /// Resolves and connects, trying each address in preference order, with the
+    /// route's TLS policy: opportunistic (unauthenticated, plaintext when STARTTLS is
+    /// missing or broken), required (a verified certificate or no delivery) or none.
     async fn connect(&self, dest: &Destination) -> Result<Connection, Failure> {
         let targets = self.resolve(dest).await?;
+        let (policy, ca) = match dest {
+            Destination::Route { tls, tls_ca, .. } => (*tls, tls_ca.as_str()),
+            Destination::Mx { .. } => (TlsPolicy::Opportunistic, ""),
+        };
+        let client = match policy {
+            TlsPolicy::None => None,
+            TlsPolicy::Opportunistic => Some(self.tls.clone()),
+            TlsPolicy::Required => match self.verifying_config(ca) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    return Err(Failure::Temporary(Reply::local(
+                        451,
+                        &format!("4.7.5 TLS required but unusable: {e}"),
+                    )));
+                }
+            },
+        };
         let mut last = Failure::Temporary(Reply::local(451, "4.4.4 no address to deliver to"));
         for (host, addr) in targets {
             match Connection::open(
                 &host,
                 addr,
                 &self.settings.hostname,
-                Some(&self.tls),
+                client.as_ref(),
                 self.settings.timeouts,
             )
             .await
             {
+                Ok(c) if policy == TlsPolicy::Required && !c.is_tls() => {
+                    info!(%host, %addr, "TLS is required but the server did not offer STARTTLS");
+                    c.quit().await;
+                    last = Failure::Temporary(Reply::local(
+                        451,
+                        "4.7.4 TLS is required, but was not offered by the host",
+                    ));
+                }
                 Ok(c) => return Ok(c),
+                Err(ConnError::Io(e))
+                    if e.starts_with("TLS handshake failed") && policy == TlsPolicy::Required =>
+                {
+                    info!(%host, %addr, "{e}");
+                    last = Failure::Temporary(Reply::local(451, &format!("4.7.5 {e}")));
+                }
                 Err(ConnError::Io(e)) if e.starts_with("TLS handshake failed") => {
                     // Opportunistic TLS: a broken handshake falls back to plaintext.
                     warn!(%host, %addr, "{e}; retrying without TLS");
@@ -421,11 +459,24 @@ impl Deliverer {
         Err(last)
     }
 
+    /// A client configuration that verifies certificates against `ca` (a PEM file) or,
+    /// when empty, the web PKI roots; built once per CA file.
+    fn verifying_config(&self, ca: &str) -> Result<Arc<ClientConfig>, String> {
+        if let Some(c) = self.verifying.borrow().get(ca) {
+            return Ok(c.clone());
+        }
+        let c = crate::net::tls::verifying_client_config(ca)?;
+        self.verifying
+            .borrow_mut()
+            .insert(ca.to_string(), c.clone());
+        Ok(c)
+    }
+
     async fn resolve(&self, dest: &Destination) -> Result<Vec<(String, SocketAddr)>, Failure> {
         let temp =
             |e: dns::TempFailure| Failure::Temporary(Reply::local(451, &format!("4.4.3 {e}")));
         match dest {
-            Destination::Route { host, port } => {
+            Destination::Route { host, port, .. } => {
                 if let Ok(ip) = host.parse::<IpAddr>() {
                     return Ok(vec![(host.clone(), SocketAddr::new(ip, *port))]);
                 }

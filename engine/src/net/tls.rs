@@ -61,6 +61,30 @@ pub fn opportunistic_client_config() -> Arc<ClientConfig> {
     }
 }
 
+/// Client configuration for required TLS: the certificate must chain to a CA in `ca`
+/// (a PEM file) or, when `ca` is empty, to the web PKI roots, and name the host.
+pub fn verifying_client_config(ca: &str) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if ca.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        let file = std::fs::File::open(ca).map_err(|e| format!("cannot open CA file {ca}: {e}"))?;
+        let certs: Vec<CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut std::io::BufReader::new(file))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("CA file {ca} is not PEM: {e}"))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!("CA file {ca} holds no usable certificate"));
+        }
+    }
+    Ok(Arc::new(
+        ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
 /// The SNI / verification name for a host string (name or IP literal).
 pub fn server_name(host: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(host.to_string()).ok()

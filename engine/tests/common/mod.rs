@@ -400,3 +400,30 @@ pub fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 pub fn domain(name: &str, route: SocketAddr) -> String {
     format!("[[domains]]\nname = \"{name}\"\nroute = \"{route}\"\n\n")
 }
+
+/// A test CA and a certificate it signed for `name` (an IP literal becomes an IP SAN).
+/// Returns (ca.pem, leaf cert, leaf key) paths in `dir`.
+pub fn make_ca_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Bulwark Test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let (ca, crt, key) = (
+        dir.join("ca.pem"),
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(&crt, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    (ca, crt, key)
+}
