@@ -320,6 +320,7 @@ mod tests {
                 route: Route {
                     host: "127.0.0.1".into(),
                     port: 25,
+                    ..Default::default()
                 },
                 has_directory: true,
                 directory: vec!["Alice@Example.test".into(), "bob@example.test".into()],

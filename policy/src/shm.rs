@@ -259,6 +259,7 @@ mod tests {
                 route: Route {
                     host: "127.0.0.1".into(),
                     port: 25,
+                    ..Default::default()
                 },
                 ..Default::default()
             }],

@@ -150,6 +150,7 @@ mod tests {
                     route: Route {
                         host: "10.0.0.2".into(),
                         port: 25,
+                        ..Default::default()
                     },
                     ..Default::default()
                 },
@@ -158,6 +159,7 @@ mod tests {
                     route: Route {
                         host: "mx.alpha.test".into(),
                         port: 2526,
+                        ..Default::default()
                     },
                     ..Default::default()
                 },
