@@ -458,6 +458,22 @@ fn quit_gets_its_221_before_the_connection_closes() {
     assert!(c.closed());
 }
 
+/// One message to u@example.test through `engine`, with swaks.
+fn send_one(engine: &Engine) {
+    let (ok, out) = run(
+        "swaks",
+        &[
+            "--server",
+            &engine.smtp.to_string(),
+            "--from",
+            "a@s.test",
+            "--to",
+            "u@example.test",
+        ],
+    );
+    assert!(ok, "{out}");
+}
+
 fn route_with_tls(sink: SocketAddr, tls: &str, ca: Option<&std::path::Path>) -> String {
     let ca = ca
         .map(|p| format!("tls_ca = \"{}\"\n", p.display()))
@@ -485,17 +501,7 @@ fn route_tls_policies() {
         extra: route_with_tls(sink.addr, "required", Some(&ca)),
         ..Default::default()
     });
-    run(
-        "swaks",
-        &[
-            "--server",
-            &engine.smtp.to_string(),
-            "--from",
-            "a@s.test",
-            "--to",
-            "u@example.test",
-        ],
-    );
+    send_one(&engine);
     let msgs = sink.wait_for(1, Duration::from_secs(10));
     assert_eq!(msgs.len(), 1, "{}", engine.log_text());
     assert!(msgs[0].tls);
@@ -506,17 +512,7 @@ fn route_tls_policies() {
         extra: route_with_tls(sink.addr, "none", None),
         ..Default::default()
     });
-    run(
-        "swaks",
-        &[
-            "--server",
-            &engine.smtp.to_string(),
-            "--from",
-            "a@s.test",
-            "--to",
-            "u@example.test",
-        ],
-    );
+    send_one(&engine);
     let msgs = sink.wait_for(2, Duration::from_secs(10));
     assert_eq!(msgs.len(), 2);
     assert!(!msgs[1].tls);
@@ -528,17 +524,7 @@ fn route_tls_policies() {
         extra: route_with_tls(plain.addr, "required", Some(&ca)),
         ..Default::default()
     });
-    run(
-        "swaks",
-        &[
-            "--server",
-            &engine.smtp.to_string(),
-            "--from",
-            "a@s.test",
-            "--to",
-            "u@example.test",
-        ],
-    );
+    send_one(&engine);
     assert!(wait_until(Duration::from_secs(5), || engine
         .log_text()
         .contains("4.7.4 TLS is required, but was not offered")));
@@ -562,17 +548,7 @@ fn route_tls_policies() {
         extra: route_with_tls(stranger.addr, "required", Some(&ca)),
         ..Default::default()
     });
-    run(
-        "swaks",
-        &[
-            "--server",
-            &engine.smtp.to_string(),
-            "--from",
-            "a@s.test",
-            "--to",
-            "u@example.test",
-        ],
-    );
+    send_one(&engine);
     assert!(
         wait_until(Duration::from_secs(5), || engine
             .log_text()
