@@ -150,6 +150,8 @@ pub struct Shard {
     pub dsns: Counter,
     pub queue_messages: Gauge,
     pub spool_commits: Counter,
+    /// Damaged spool stretches moved to `damaged/` at start.
+    pub spool_damaged: Counter,
     /// Policy generation this core decides with.
     pub policy_generation: Gauge,
     /// Published snapshots this core refused (checksum, archive, schema, generation).
@@ -178,6 +180,7 @@ impl Shard {
             dsns: Counter::default(),
             queue_messages: Gauge::default(),
             spool_commits: Counter::default(),
+            spool_damaged: Counter::default(),
             policy_generation: Gauge::default(),
             policy_refused: Counter::default(),
             accept_latency: Histogram::new(LATENCY),
@@ -402,6 +405,12 @@ impl Collector for Families {
                 "Messages in the queue (spooled, not yet finished).",
                 g,
                 vec![gauge(m.sum_i(|s| s.queue_messages.get()))],
+            ),
+            family(
+                "bulwark_spool_damaged_records_total",
+                "Damaged spool records found at start and moved to the spool's damaged/ folder.",
+                c,
+                vec![counter(m.sum(|s| s.spool_damaged.get()), &[])],
             ),
             family(
                 "bulwark_spool_commits_total",

@@ -227,6 +227,11 @@ async fn run_core(
     let (spool, recovered) = Spool::open(&cfg.spool.dir, id, shared.cores, cfg.spool.segment_size)
         .await
         .with_context(|| format!("spool.dir: cannot open {}", cfg.spool.dir.display()))?;
+    shared
+        .metrics
+        .shard(id)
+        .spool_damaged
+        .add(spool.damaged_records());
     let ids = Rc::new(QueueIds::new(id));
     let settings = deliver::Settings {
         hostname: cfg.server.hostname.clone(),

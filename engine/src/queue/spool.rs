@@ -18,7 +18,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::io::{BufferedFile, Directory, OpenOptions};
 use tracing::{error, info, warn};
 
-use super::record::{self, ReadError, Record};
+use super::record::{self, Record};
 
 /// Where a message's content lives on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +95,8 @@ struct Inner {
     wake: LocalSender<()>,
     /// Commits so far and messages in them: the group-commit ratio.
     stats: Cell<(u64, u64)>,
+    /// Damaged stretches moved to `damaged/` at recovery.
+    damaged: Cell<u64>,
 }
 
 /// Handle to the core's spool; cheap to clone.
@@ -135,6 +137,7 @@ impl Spool {
             pending: RefCell::new(Vec::new()),
             wake,
             stats: Cell::new((0, 0)),
+            damaged: Cell::new(0),
         });
         let spool = Spool { inner };
         let mut dirs = vec![dir.clone()];
@@ -185,17 +188,23 @@ impl Spool {
         Ok(())
     }
 
-    /// Reads one segment; keeps it open if it still holds unfinished messages.
+    /// Reads one segment; keeps it open if it still holds unfinished messages. A torn
+    /// or damaged stretch is moved to `damaged/` beside the core directories, every valid
+    /// record after it is kept, and the segment is rewritten without it.
     async fn recover_segment(&self, path: &Path, out: &mut Vec<Recovered>) -> io::Result<()> {
         let data = std::fs::read(path)?;
         let key = self.inner.next_key.get();
         let mut msgs: Vec<Recovered> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut done: Vec<bool> = Vec::new();
+        // The good records, as the segment will hold them.
+        let mut clean: Vec<u8> = Vec::new();
+        let mut damaged: Vec<(usize, usize)> = Vec::new();
         let mut at = 0usize;
         while at < data.len() {
             match record::decode(&data[at..]) {
                 Ok((rec, n)) => {
+                    let base = clean.len();
                     match rec {
                         Record::Message(m) => {
                             index.insert(m.id.to_string(), msgs.len());
@@ -209,7 +218,7 @@ impl Spool {
                                 finished: vec![false; m.rcpts.len()],
                                 location: Location {
                                     segment: key,
-                                    offset: (at + m.content_offset) as u64,
+                                    offset: (base + m.content_offset) as u64,
                                     len: m.content.len() as u64,
                                 },
                             });
@@ -229,23 +238,18 @@ impl Spool {
                             }
                         }
                     }
+                    clean.extend_from_slice(&data[at..at + n]);
                     at += n;
                 }
-                Err(e) => {
-                    // Nothing after a torn or damaged record was acknowledged by a sync
-                    // that covered it alone; keep what precedes it.
-                    let what = if e == ReadError::Truncated {
-                        "torn"
-                    } else {
-                        "damaged"
-                    };
-                    warn!(segment = %path.display(), offset = at, dropped = data.len() - at, "spool segment has a {what} record; truncating");
-                    let f = std::fs::OpenOptions::new().write(true).open(path)?;
-                    f.set_len(at as u64)?;
-                    f.sync_all()?;
-                    break;
+                Err(_) => {
+                    let end = next_record(&data, at + 1).unwrap_or(data.len());
+                    damaged.push((at, end));
+                    at = end;
                 }
             }
+        }
+        if !damaged.is_empty() {
+            self.set_aside(path, &data, &damaged, &clean)?;
         }
         let live: Vec<Recovered> = msgs
             .into_iter()
@@ -275,6 +279,59 @@ impl Spool {
         info!(segment = %path.display(), messages = live.len(), "recovered spool segment");
         out.extend(live);
         Ok(())
+    }
+
+    /// Moves damaged stretches of a segment to `damaged/` and rewrites the segment with
+    /// its good records only (written aside, synced, then renamed over it).
+    fn set_aside(
+        &self,
+        path: &Path,
+        data: &[u8],
+        damaged: &[(usize, usize)],
+        clean: &[u8],
+    ) -> io::Result<()> {
+        let base = path
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        let dir = base.join("damaged");
+        std::fs::create_dir_all(&dir)?;
+        let name = format!(
+            "{}-{}",
+            path.parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .unwrap_or("core"),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("segment")
+        );
+        for &(from, to) in damaged {
+            let target = dir.join(format!("{name}.at-{from}.bin"));
+            let mut f = std::fs::File::create(&target)?;
+            std::io::Write::write_all(&mut f, &data[from..to])?;
+            f.sync_all()?;
+            error!(segment = %path.display(), offset = from, octets = to - from, moved_to = %target.display(), "damaged spool record set aside");
+        }
+        self.inner
+            .damaged
+            .set(self.inner.damaged.get() + damaged.len() as u64);
+        let tmp = path.with_extension("seg.rewrite");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, clean)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Damaged stretches set aside since start.
+    pub fn damaged_records(&self) -> u64 {
+        self.inner.damaged.get()
     }
 
     /// Appends a message record and waits until it is durable.
@@ -551,6 +608,14 @@ impl Spool {
     }
 }
 
+/// The offset of the next valid record at or after `from`, if any.
+fn next_record(data: &[u8], from: usize) -> Option<usize> {
+    let rest = data.get(from..)?;
+    memchr::memmem::find_iter(rest, &record::MAGIC)
+        .map(|i| from + i)
+        .find(|&at| record::decode(&data[at..]).is_ok())
+}
+
 async fn write_all_and_sync(file: &BufferedFile, buf: Vec<u8>, start: u64) -> io::Result<()> {
     let total = buf.len();
     let n = file.write_at(buf, start).await?;
@@ -687,6 +752,70 @@ mod tests {
             let (_, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
             assert_eq!(rec.len(), 1);
             assert_eq!(rec[0].id, "A");
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn damaged_record_is_set_aside_and_later_messages_kept() {
+        let dir = tmpdir("damaged");
+        let d = dir.clone();
+        run(move || async move {
+            let (spool, _) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            for id in ["A", "B", "C"] {
+                let body = format!("body of {id}\r\n");
+                spool
+                    .append_message(
+                        id,
+                        1,
+                        0,
+                        "",
+                        &["u@example.test".into()],
+                        b"",
+                        body.as_bytes(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+        let seg = std::fs::read_dir(dir.join("core-0"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut data = std::fs::read(&seg).unwrap();
+        // Flip a byte inside B's content.
+        let at = memchr::memmem::find(&data, b"body of B").unwrap();
+        data[at + 3] ^= 0x20;
+        std::fs::write(&seg, &data).unwrap();
+        let d = dir.clone();
+        run(move || async move {
+            let (spool, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            let ids: Vec<&str> = rec.iter().map(|m| m.id.as_str()).collect();
+            assert_eq!(
+                ids,
+                ["A", "C"],
+                "a damaged record must not take the records after it"
+            );
+            assert_eq!(spool.damaged_records(), 1);
+            let c = rec.iter().find(|m| m.id == "C").unwrap();
+            assert_eq!(
+                spool.read_content(c.location).await.unwrap(),
+                b"body of C\r\n"
+            );
+        });
+        let aside: Vec<_> = std::fs::read_dir(dir.join("damaged")).unwrap().collect();
+        assert_eq!(aside.len(), 1);
+        let d = dir.clone();
+        run(move || async move {
+            let (spool, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            assert_eq!(rec.len(), 2);
+            assert_eq!(
+                spool.damaged_records(),
+                0,
+                "the segment was rewritten clean"
+            );
         });
         let _ = std::fs::remove_dir_all(&dir);
     }
