@@ -102,13 +102,14 @@ impl Engine {
         let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let spool = dir.path().join("spool");
+        let spool_section = if cfg.extra.contains("[spool]") {
+            String::new()
+        } else {
+            format!("[spool]\ndir = \"{}\"\n\n", spool.display())
+        };
         let text = format!(
-            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"{smtp}\"]\nmetrics = \"{metrics}\"\ncores = {}\n\n[spool]\ndir = \"{}\"\n\n[queue]\nlifetime = \"{}\"\nretry = {}\n\n[delivery]\nidle_time = \"1s\"\nconnect_timeout = \"2s\"\n\n{}\n",
-            cfg.cores,
-            spool.display(),
-            cfg.lifetime,
-            cfg.retry,
-            cfg.extra
+            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"{smtp}\"]\nmetrics = \"{metrics}\"\ncores = {}\n\n{spool_section}[queue]\nlifetime = \"{}\"\nretry = {}\n\n[delivery]\nidle_time = \"1s\"\nconnect_timeout = \"2s\"\n\n{}\n",
+            cfg.cores, cfg.lifetime, cfg.retry, cfg.extra
         );
         let config = dir.path().join("bulwark.toml");
         std::fs::write(&config, text).unwrap();

@@ -1,0 +1,100 @@
+//! Running out of spool space: new mail gets 452 4.3.1, nothing accepted is lost, and
+//! service resumes when space returns. Uses a small tmpfs as the spool (needs root,
+//! which CI has).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Sends messages of `size` octets until one is refused; returns (accepted, refusal).
+fn fill(engine: &Engine, size: usize, max: usize) -> (usize, String) {
+    let out = python(&format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("127.0.0.1", {port})
+s.ehlo("c")
+body = "Subject: fill\r\n\r\n" + ("x" * 70 + "\r\n") * ({size} // 72)
+n = 0
+refusal = ""
+for i in range({max}):
+    s.mail("s@sender.test")
+    s.rcpt("u@example.test")
+    code, msg = s.data(body)
+    if code != 250:
+        refusal = "%d %s" % (code, msg.decode())
+        break
+    n += 1
+s.quit()
+print(n)
+print(refusal)
+"#,
+        port = engine.smtp.port()
+    ));
+    let mut lines = out.lines();
+    (
+        lines.next().unwrap().parse().unwrap(),
+        lines.next().unwrap_or("").to_string(),
+    )
+}
+
+#[test]
+fn disk_full_answers_452_loses_nothing_and_recovers() {
+    let dir = TempDir::new("diskfull");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&spool)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mounting a tmpfs needs root");
+    let _mount = Mount(spool.clone());
+    let route = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let engine = Engine::start(EngineConfig {
+        extra: format!(
+            "[spool]\ndir = \"{}\"\nsegment_size = 1048576\n\n{}",
+            spool.display(),
+            domain("example.test", route)
+        ),
+        ..Default::default()
+    });
+    // The route is down: everything accepted stays in the spool until the disk is full.
+    let (accepted, refusal) = fill(&engine, 64 * 1024, 200);
+    assert!(accepted > 5, "accepted only {accepted}");
+    assert!(refusal.starts_with("452 4.3.1"), "{refusal}");
+    assert!(engine.metric("bulwark_smtp_rejections_total{reason=\"spool_failed\"}") >= 1.0);
+    // Space returns: delivery drains the queue, which frees the spool, and mail is
+    // accepted again.
+    let sink = Sink::start(route);
+    let msgs = sink.wait_for(accepted, Duration::from_secs(30));
+    assert_eq!(
+        msgs.len(),
+        accepted,
+        "messages accepted before the disk filled were lost"
+    );
+    assert!(
+        msgs.iter()
+            .all(|m| m.content.ends_with(&format!("{}\r\n", "x".repeat(70)))),
+        "a message was damaged"
+    );
+    assert!(wait_until(Duration::from_secs(10), || engine
+        .metric("bulwark_queue_messages")
+        == 0.0));
+    let (again, refusal) = fill(&engine, 1024, 3);
+    assert_eq!(again, 3, "not accepting after space returned: {refusal}");
+    assert_eq!(
+        sink.wait_for(accepted + 3, Duration::from_secs(10)).len(),
+        accepted + 3
+    );
+}
