@@ -279,3 +279,105 @@ fn kill_9_loses_nothing_that_got_250() {
         .sum();
     assert!(left <= 2, "{left} spool segments left");
 }
+
+/// SIGKILL at random moments while bulwark-load sends at full speed, ten times: every
+/// message that got a 250 reaches the downstream. Duplicates (at-least-once) are counted.
+#[test]
+fn kill_9_ten_times_under_load_loses_nothing() {
+    let load = std::path::Path::new(env!("CARGO_BIN_EXE_bulwark")).with_file_name("bulwark-load");
+    assert!(
+        load.exists(),
+        "build the workspace first: {} is missing",
+        load.display()
+    );
+    let dir = TempDir::new("kill9load");
+    let (sent_ids, sink_ids, report) = (
+        dir.path().join("sent.txt"),
+        dir.path().join("sink.txt"),
+        dir.path().join("sink.json"),
+    );
+    let route = addr("127.0.0.1");
+    let mut sink = Command::new(&load)
+        .args([
+            "sink",
+            "--threads",
+            "1",
+            "--listen",
+            &route.to_string(),
+            "--ids",
+        ])
+        .arg(&sink_ids)
+        .arg("--report")
+        .arg(&report)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut engine = Engine::start(EngineConfig {
+        cores: 2,
+        extra: domain("example.test", route),
+        ..Default::default()
+    });
+    let sender = Command::new(&load)
+        .args([
+            "send",
+            "--target",
+            &engine.smtp.to_string(),
+            "--connections",
+            "10",
+            "--threads",
+            "1",
+        ])
+        .args(["--duration", "12", "--size", "2048", "--json", "--ids"])
+        .arg(&sent_ids)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seed = std::process::id() as u64 | 1;
+    for _ in 0..10 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(300 + seed % 700));
+        engine.kill9();
+        engine.restart();
+    }
+    let out = sender.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let sent: std::collections::HashSet<String> = std::fs::read_to_string(&sent_ids)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(sent.len() > 100, "too little load: {r}");
+    let received = || -> Vec<String> {
+        std::fs::read_to_string(&sink_ids)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    wait_until(Duration::from_secs(60), || {
+        let got: std::collections::HashSet<String> = received().into_iter().collect();
+        sent.is_subset(&got)
+    });
+    unsafe { libc::kill(sink.id() as i32, libc::SIGTERM) };
+    let _ = sink.wait();
+    let all = received();
+    let unique: std::collections::HashSet<&String> = all.iter().collect();
+    let lost: Vec<&String> = sent.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost, e.g. {:?}",
+        lost.len(),
+        sent.len(),
+        &lost[..lost.len().min(3)]
+    );
+    eprintln!(
+        "kill -9 x10 under load: {} acknowledged, {} delivered, {} duplicates, {} client errors",
+        sent.len(),
+        all.len(),
+        all.len() - unique.len(),
+        r["errors"]
+    );
+}

@@ -69,6 +69,9 @@ enum Command {
         /// Envelope recipient; with --recipients N the others are numbered (user1@…).
         #[arg(long, default_value = "user@example.test")]
         to: String,
+        /// Write the Message-ID of every message that got a 2xx here, one per line.
+        #[arg(long)]
+        ids: Option<PathBuf>,
     },
     /// Accept SMTP mail, count it, check it, and report.
     Sink {
@@ -132,6 +135,7 @@ fn main() -> ExitCode {
             threads,
             from,
             to,
+            ids,
         } => resolve(&target, "--target").and_then(|target| {
             send::run(send::Options {
                 target,
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
                 threads: threads.unwrap_or_else(cpus),
                 from,
                 to,
+                ids,
             })
         }),
         Command::Sink {

@@ -34,6 +34,8 @@ pub struct Options {
     pub threads: usize,
     pub from: String,
     pub to: String,
+    /// Write the Message-ID of every accepted message here.
+    pub ids: Option<std::path::PathBuf>,
 }
 
 /// Counters every thread adds to, read by the progress bar.
@@ -64,6 +66,8 @@ struct ThreadStats {
     data_end: Histogram<u64>,
     transaction: Histogram<u64>,
     codes: BTreeMap<u16, u64>,
+    /// Message-IDs that got a 2xx, when --ids is given.
+    accepted_ids: Vec<String>,
 }
 
 impl ThreadStats {
@@ -76,6 +80,7 @@ impl ThreadStats {
             data_end: h(),
             transaction: h(),
             codes: BTreeMap::new(),
+            accepted_ids: Vec::new(),
         }
     }
 }
@@ -220,11 +225,20 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 for (k, v) in s.codes {
                     *stats.codes.entry(k).or_default() += v;
                 }
+                stats.accepted_ids.extend(s.accepted_ids);
             }
             Err(e) => eprintln!("a load thread failed: {e}"),
         }
     }
     progress.finish();
+    if let Some(path) = &opts.ids {
+        let mut text = stats.accepted_ids.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        std::fs::write(path, text)
+            .with_context(|| format!("--ids: cannot write {}", path.display()))?;
+    }
     let seconds = started.elapsed().as_secs_f64();
     let t = &shared.totals;
     let report = Report {
@@ -463,7 +477,8 @@ async fn connection(
     'connect: while !done(shared) {
         let Some(mut conn) = open(shared).await else {
             failures += 1;
-            if failures >= 5 {
+            // A timed run rides out a server restart; a counted one gives up.
+            if failures >= 5 && shared.deadline.is_none() {
                 return;
             }
             glommio::timer::sleep(Duration::from_millis(200)).await;
@@ -515,6 +530,9 @@ async fn connection(
                     }
                     if (200..300).contains(&code) {
                         shared.totals.accepted.fetch_add(1, Relaxed);
+                        if opts.ids.is_some() {
+                            st.accepted_ids.push(format!("{id}@bulwark-load"));
+                        }
                         shared.totals.bytes.fetch_add(buf.len() as u64, Relaxed);
                     } else {
                         shared.totals.rejected.fetch_add(1, Relaxed);
