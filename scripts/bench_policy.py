@@ -22,6 +22,8 @@ import subprocess
 import tempfile
 import time
 
+from bench_peers import wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 
@@ -32,17 +34,6 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
-
-
-def wait_port(port, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("nothing listening on %d" % port)
 
 
 APPLIED = re.compile(r"^(\S+)\s+INFO policy snapshot applied core=(\d+) generation=(\d+)")

@@ -66,33 +66,9 @@ pub fn core_count(config: &Config) -> usize {
     })
 }
 
-/// Lifts the soft open-file limit to the hard one: every session is a descriptor.
-fn raise_nofile() -> u64 {
-    // SAFETY: plain libc calls on a zero-initialised struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return 0;
-        }
-        if r.rlim_cur < r.rlim_max {
-            let wanted = libc::rlimit {
-                rlim_cur: r.rlim_max,
-                rlim_max: r.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
-                return r.rlim_max;
-            }
-        }
-        r.rlim_cur
-    }
-}
-
 /// Runs the engine until the process is stopped.
 pub fn serve(config: Config) -> anyhow::Result<()> {
-    let open_files = raise_nofile();
+    let open_files = crate::util::raise_nofile();
     let cores = core_count(&config);
     let metrics = Metrics::new(cores);
     let policy = config.policy();
@@ -232,6 +208,12 @@ async fn run_core(
         .shard(id)
         .spool_damaged
         .add(spool.damaged_records());
+    let metrics = shared.metrics.clone();
+    spool.on_commit(move |messages| {
+        let shard = metrics.shard(id);
+        shard.spool_commits.inc();
+        shard.commit_batch.observe(messages as f64);
+    });
     let ids = Rc::new(QueueIds::new(id));
     let settings = deliver::Settings {
         hostname: cfg.server.hostname.clone(),

@@ -35,6 +35,31 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// Lifts the soft open-file limit to the hard one: every connection is a descriptor.
+/// Returns the limit now in force.
+pub fn raise_nofile() -> u64 {
+    // SAFETY: plain libc calls on a zero-initialised struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                return r.rlim_max;
+            }
+        }
+        r.rlim_cur
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

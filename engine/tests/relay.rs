@@ -134,7 +134,11 @@ fn smtp_source_load_arrives_complete() {
     assert_eq!(msgs.len(), 200);
     assert!(msgs.iter().all(|m| m.rcpts == ["sink@example.test"]));
     assert_eq!(engine.metric("bulwark_messages_received_total"), 200.0);
-    assert!(engine.metric("bulwark_spool_commit_batch_messages_count") >= 0.0);
+    // Every accepted message was made durable by some commit, and commits were shared.
+    let commits = engine.metric("bulwark_spool_commits_total");
+    assert!(commits >= 1.0);
+    assert!(engine.metric("bulwark_spool_commit_batch_messages_sum") >= 200.0);
+    assert!(engine.metric("bulwark_spool_commit_batch_messages_count") == commits);
 }
 
 #[test]

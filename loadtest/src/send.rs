@@ -122,20 +122,6 @@ pub struct Report {
     pub rejected_by_code: BTreeMap<String, u64>,
 }
 
-fn raise_nofile() {
-    // SAFETY: plain libc calls with a properly initialised struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
 fn rfc5322_now() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -151,7 +137,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     if opts.recipients == 0 {
         bail!("--recipients must be at least 1");
     }
-    raise_nofile();
+    bulwark::util::raise_nofile();
     let stop_signal = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop_signal.clone())

@@ -197,6 +197,28 @@ impl Cidr {
     }
 }
 
+/// The canonical text: the network address and, unless a single host, its prefix in
+/// the address family's own terms (`192.0.2.0/24`, `192.0.2.7`, `2001:db8::/32`).
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v6 = std::net::Ipv6Addr::from(self.addr);
+        match (v6.to_ipv4_mapped(), self.prefix) {
+            (Some(v4), p) if p >= 96 => {
+                write!(f, "{v4}")?;
+                if p < 128 {
+                    write!(f, "/{}", p - 96)
+                } else {
+                    Ok(())
+                }
+            }
+            (_, p) => {
+                write!(f, "{v6}")?;
+                if p < 128 { write!(f, "/{p}") } else { Ok(()) }
+            }
+        }
+    }
+}
+
 fn mask(mut bits: [u8; 16], prefix: u8) -> [u8; 16] {
     for (i, b) in bits.iter_mut().enumerate() {
         let keep = (prefix as i32 - 8 * i as i32).clamp(0, 8);
@@ -403,5 +425,13 @@ mod tests {
         assert!(Cidr::parse("::/0").is_some());
         assert!(Cidr::parse("not an ip").is_none());
         assert_eq!(Cidr::parse("10.1.2.3/8"), Cidr::parse("10.0.0.0/8"));
+        for (text, canonical) in [
+            ("10.1.2.3/8", "10.0.0.0/8"),
+            ("192.0.2.7", "192.0.2.7"),
+            ("2001:db8::1/32", "2001:db8::/32"),
+            ("::1", "::1"),
+        ] {
+            assert_eq!(Cidr::parse(text).unwrap().to_string(), canonical);
+        }
     }
 }

@@ -44,6 +44,9 @@ impl Reply {
 pub enum ConnError {
     #[error("{0}")]
     Io(String),
+    /// The STARTTLS handshake failed (including certificate verification).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     #[error("timed out {0}")]
     Timeout(&'static str),
     #[error("{}", .0.text)]
@@ -176,7 +179,7 @@ impl Connection {
                     connector
                         .connect(name, tcp)
                         .await
-                        .map_err(|e| ConnError::Io(format!("TLS handshake failed: {e}")))
+                        .map_err(|e| ConnError::Tls(e.to_string()))
                 })
                 .await?;
                 c.stream = Stream::Client(Box::new(tls_stream));

@@ -156,8 +156,6 @@ pub struct Deliverer {
     retries: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
     waiting: RefCell<HashMap<u64, Rc<Message>>>,
     next_retry_key: Cell<u64>,
-    /// Messages in the queue on this core.
-    queued: Cell<usize>,
     /// Verifying TLS client configurations, by CA file ("" is the web PKI).
     verifying: RefCell<HashMap<String, Arc<ClientConfig>>>,
 }
@@ -187,7 +185,6 @@ impl Deliverer {
             retries: RefCell::new(BinaryHeap::new()),
             waiting: RefCell::new(HashMap::new()),
             next_retry_key: Cell::new(0),
-            queued: Cell::new(0),
             verifying: RefCell::new(HashMap::new()),
         });
         let ticker = d.clone();
@@ -195,13 +192,8 @@ impl Deliverer {
         d
     }
 
-    pub fn queued(&self) -> usize {
-        self.queued.get()
-    }
-
     /// Takes a newly spooled (or recovered) message into the queue.
     pub fn enqueue(self: &Rc<Self>, msg: Rc<Message>) {
-        self.queued.set(self.queued.get() + 1);
         self.metrics.shard(self.core).queue_messages.add(1);
         self.attempt(msg);
     }
@@ -428,13 +420,11 @@ impl Deliverer {
                     ));
                 }
                 Ok(c) => return Ok(c),
-                Err(ConnError::Io(e))
-                    if e.starts_with("TLS handshake failed") && policy == TlsPolicy::Required =>
-                {
+                Err(e @ ConnError::Tls(_)) if policy == TlsPolicy::Required => {
                     info!(%host, %addr, "{e}");
                     last = Failure::Temporary(Reply::local(451, &format!("4.7.5 {e}")));
                 }
-                Err(ConnError::Io(e)) if e.starts_with("TLS handshake failed") => {
+                Err(e @ ConnError::Tls(_)) => {
                     // Opportunistic TLS: a broken handshake falls back to plaintext.
                     warn!(%host, %addr, "{e}; retrying without TLS");
                     match Connection::open(
@@ -697,7 +687,6 @@ impl Deliverer {
             info!(id = %msg.id, "failed message from the null sender: no bounce");
         }
         self.spool.mark_done(msg.location, &msg.id);
-        self.queued.set(self.queued.get().saturating_sub(1));
         let shard = self.metrics.shard(self.core);
         shard.queue_messages.add(-1);
         shard

@@ -97,6 +97,8 @@ struct Inner {
     stats: Cell<(u64, u64)>,
     /// Damaged stretches moved to `damaged/` at recovery.
     damaged: Cell<u64>,
+    /// Told the number of messages made durable by each commit (metrics).
+    on_commit: RefCell<Option<Box<dyn Fn(u64)>>>,
 }
 
 /// Handle to the core's spool; cheap to clone.
@@ -138,6 +140,7 @@ impl Spool {
             wake,
             stats: Cell::new((0, 0)),
             damaged: Cell::new(0),
+            on_commit: RefCell::new(None),
         });
         let spool = Spool { inner };
         let mut dirs = vec![dir.clone()];
@@ -415,6 +418,11 @@ impl Spool {
         Ok(r.to_vec())
     }
 
+    /// Calls `f` with the number of messages each commit made durable.
+    pub fn on_commit(&self, f: impl Fn(u64) + 'static) {
+        *self.inner.on_commit.borrow_mut() = Some(Box::new(f));
+    }
+
     /// (commits, messages committed) since start.
     pub fn commit_stats(&self) -> (u64, u64) {
         self.inner.stats.get()
@@ -585,6 +593,9 @@ impl Spool {
                     }
                     let (c, m) = self.inner.stats.get();
                     self.inner.stats.set((c + 1, m + added));
+                    if let Some(f) = self.inner.on_commit.borrow().as_ref() {
+                        f(added);
+                    }
                 }
                 Err(e) => {
                     error!(segment = key, "spool write failed: {e}");
