@@ -82,6 +82,9 @@ struct Request {
     reply: Option<oneshot::Sender<Result<Location, SpoolError>>>,
 }
 
+/// Told the number of messages each commit made durable.
+type CommitObserver = Box<dyn Fn(u64)>;
+
 struct Inner {
     dir: PathBuf,
     segment_size: u64,
@@ -98,7 +101,7 @@ struct Inner {
     /// Damaged stretches moved to `damaged/` at recovery.
     damaged: Cell<u64>,
     /// Told the number of messages made durable by each commit (metrics).
-    on_commit: RefCell<Option<Box<dyn Fn(u64)>>>,
+    on_commit: RefCell<Option<CommitObserver>>,
 }
 
 /// Handle to the core's spool; cheap to clone.
