@@ -65,6 +65,9 @@ pub struct Server {
     pub metrics: Option<SocketAddr>,
     /// Executors to run; `None` means one per online CPU.
     pub cores: Option<usize>,
+    /// Directory of the per-core admin sockets (`bulwark queue`); `None`: `admin/` in
+    /// the spool directory.
+    pub admin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +82,9 @@ pub struct Queue {
     pub lifetime: Duration,
     /// Delay before each retry; the last repeats.
     pub retry: Vec<Duration>,
+    /// A "delivery delayed" notice goes to the sender once a message has waited this
+    /// long; `None` turns the notices off.
+    pub delay_warning: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +108,22 @@ pub struct Delivery {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub connections_per_destination: usize,
+    /// Messages per second to one destination, engine-wide; `None`: no limit.
+    pub rate_per_destination: Option<f64>,
     pub idle_time: Duration,
+    /// First backoff of a destination after a connection-level failure; it doubles with
+    /// each failure in a row, up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Limits for particular destinations (a route host, or a domain delivered by MX).
+    pub destinations: Vec<DestinationLimits>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationLimits {
+    pub name: String,
+    pub connections: Option<usize>,
+    pub rate: Option<Option<f64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +152,14 @@ pub struct DomainConfig {
 }
 
 impl Config {
+    /// Where the per-core admin sockets live.
+    pub fn admin_dir(&self) -> PathBuf {
+        self.server
+            .admin_dir
+            .clone()
+            .unwrap_or_else(|| self.spool.dir.join("admin"))
+    }
+
     /// The first policy snapshot, built from this file.
     pub fn policy(&self) -> Policy {
         Policy {
@@ -551,12 +580,14 @@ impl<'t> Validator<'t> {
             },
         };
         let cores = self.integer(&mut s, "cores", 1, 1024).map(|n| n as usize);
+        let admin_dir = self.string(&mut s, "admin_dir").map(|(d, _)| PathBuf::from(d));
         self.finish(s);
         Server {
             hostname,
             listen,
             metrics,
             cores,
+            admin_dir,
         }
     }
 
@@ -602,8 +633,23 @@ impl<'t> Validator<'t> {
                 out
             }
         };
+        let delay_warning = match self.string(&mut s, "delay_warning") {
+            None => Some(Duration::from_secs(4 * 3600)),
+            Some((t, _)) if matches!(t.trim(), "0" | "0s" | "off") => None,
+            Some((t, span)) => match parse_duration(&t) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.err("queue.delay_warning", Some(span), e);
+                    None
+                }
+            },
+        };
         self.finish(s);
-        Queue { lifetime, retry }
+        Queue {
+            lifetime,
+            retry,
+            delay_warning,
+        }
     }
 
     fn limits(&mut self, root: &Table<'_>) -> LimitsConfig {
@@ -660,17 +706,113 @@ impl<'t> Validator<'t> {
         let connections_per_destination = self
             .integer(&mut s, "connections_per_destination", 1, 1000)
             .unwrap_or(8) as usize;
+        let rate_per_destination = self.rate(&mut s, "rate_per_destination").unwrap_or(None);
         let idle_time = self
             .duration(&mut s, "idle_time")
             .unwrap_or(Duration::from_secs(2));
+        let backoff_min = self
+            .duration(&mut s, "backoff_min")
+            .unwrap_or(Duration::from_secs(10));
+        let backoff_max = self
+            .duration(&mut s, "backoff_max")
+            .unwrap_or(Duration::from_secs(300));
+        if backoff_min.is_zero() || backoff_max < backoff_min {
+            let line = s.line;
+            self.errors.push(ConfigError {
+                key: "delivery.backoff_max".into(),
+                line,
+                message: format!(
+                    "backoff_min ({}) must be above zero and at most backoff_max ({})",
+                    humantime::format_duration(backoff_min),
+                    humantime::format_duration(backoff_max)
+                ),
+            });
+        }
+        let destinations = self.destination_limits(&mut s);
         self.finish(s);
         Delivery {
             connect_timeout,
             command_timeout,
             data_timeout,
             connections_per_destination,
+            rate_per_destination,
             idle_time,
+            backoff_min,
+            backoff_max,
+            destinations,
         }
+    }
+
+    /// A rate such as `"100/s"`, `"600/m"` or `"20/h"`; `"0"` means no limit.
+    fn rate(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<Option<f64>> {
+        let (text, span) = self.string(s, key)?;
+        match parse_rate(&text) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let path = format!("{}.{key}", s.path);
+                self.err(&path, Some(span), e);
+                None
+            }
+        }
+    }
+
+    /// `[[delivery.destinations]]`: name, connections, rate.
+    fn destination_limits(&mut self, parent: &mut Section<'_, '_>) -> Vec<DestinationLimits> {
+        let Some(v) = self.get(parent, "destinations") else {
+            return Vec::new();
+        };
+        let DeValue::Array(arr) = v.get_ref() else {
+            self.err(
+                "delivery.destinations",
+                Some(v.span()),
+                "must be an array of tables ([[delivery.destinations]])",
+            );
+            return Vec::new();
+        };
+        let mut out: Vec<DestinationLimits> = Vec::new();
+        for (i, item) in arr.iter().enumerate() {
+            let path = format!("delivery.destinations[{i}]");
+            let DeValue::Table(t) = item.get_ref() else {
+                self.err(&path, Some(item.span()), "must be a table");
+                continue;
+            };
+            let mut s = Section {
+                path: path.clone(),
+                table: Some(t),
+                line: Some(line_of(self.text, item.span().start)),
+                used: Vec::new(),
+            };
+            let name = self.required_string(&mut s, "name");
+            let connections = self
+                .integer(&mut s, "connections", 1, 1000)
+                .map(|n| n as usize);
+            let rate = self.rate(&mut s, "rate");
+            self.finish(s);
+            let Some((name, span)) = name else { continue };
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if !is_hostname(&name) && name.parse::<IpAddr>().is_err() {
+                self.err(
+                    &format!("{path}.name"),
+                    Some(span),
+                    format!("{name:?} is not a host name, IP address or domain"),
+                );
+                continue;
+            }
+            if out.iter().any(|d| d.name == name) {
+                self.err(
+                    &format!("{path}.name"),
+                    Some(span),
+                    format!("destination {name:?} is listed twice"),
+                );
+                continue;
+            }
+            out.push(DestinationLimits {
+                name,
+                connections,
+                rate,
+            });
+        }
+        out
     }
 
     fn tls(&mut self, root: &Table<'_>) -> Option<Tls> {
@@ -936,6 +1078,33 @@ fn system_hostname() -> String {
 }
 
 /// A humantime duration such as "10d" or "1m 30s"; zero is refused.
+/// Parses `N/s`, `N/m` or `N/h` into messages per second; `0` (or `0/s`…) is no limit.
+pub fn parse_rate(text: &str) -> Result<Option<f64>, String> {
+    let t = text.trim();
+    let (n, per) = match t.split_once('/') {
+        Some((n, unit)) => {
+            let per = match unit.trim() {
+                "s" | "sec" | "second" => 1.0,
+                "m" | "min" | "minute" => 60.0,
+                "h" | "hour" => 3600.0,
+                u => {
+                    return Err(format!(
+                        "{text:?}: unknown unit {u:?} (use N/s, N/m or N/h)"
+                    ));
+                }
+            };
+            (n.trim(), per)
+        }
+        None if t == "0" => return Ok(None),
+        None => return Err(format!("{text:?} is not a rate (use N/s, N/m or N/h)")),
+    };
+    match n.parse::<u32>() {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(f64::from(n) / per)),
+        Err(_) => Err(format!("{text:?}: {n:?} is not a whole number")),
+    }
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => Err(format!("{text:?} must be longer than zero")),
@@ -978,6 +1147,21 @@ retry = ["1m", "5m", "15m", "30m", "1h"]
 message_size = 52428800
 recipients = 1000
 
+[delivery]
+connections_per_destination = 4
+rate_per_destination = "600/m"
+backoff_min = "5s"
+backoff_max = "2m"
+
+[[delivery.destinations]]
+name = "Mail.Other.Test"
+connections = 1
+rate = "2/s"
+
+[[delivery.destinations]]
+name = "gmail.test"
+rate = "0"
+
 [dns]
 nameservers = ["127.0.0.1:5353", "10.0.0.1"]
 
@@ -994,6 +1178,25 @@ route = "mail.other.test"
         assert_eq!(c.server.cores, Some(2));
         assert_eq!(c.queue.retry.len(), 5);
         assert_eq!(c.queue.retry[4], Duration::from_secs(3600));
+        assert_eq!(c.queue.delay_warning, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(c.delivery.rate_per_destination, Some(10.0));
+        assert_eq!(c.delivery.backoff_min, Duration::from_secs(5));
+        assert_eq!(
+            c.delivery.destinations,
+            [
+                DestinationLimits {
+                    name: "mail.other.test".into(),
+                    connections: Some(1),
+                    rate: Some(Some(2.0)),
+                },
+                DestinationLimits {
+                    name: "gmail.test".into(),
+                    connections: None,
+                    rate: Some(None),
+                },
+            ]
+        );
+        assert_eq!(c.admin_dir(), PathBuf::from("/tmp/spool/admin"));
         assert_eq!(
             c.dns.nameservers[1],
             "10.0.0.1:53".parse::<SocketAddr>().unwrap()
@@ -1051,6 +1254,55 @@ route = "127.0.0.1:25"
             );
         }
         assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn delivery_limits_errors_name_key_and_line() {
+        let text = r#"[delivery]
+rate_per_destination = "fast"
+backoff_min = "10m"
+backoff_max = "1m"
+
+[[delivery.destinations]]
+name = "bad name!"
+
+[[delivery.destinations]]
+name = "ok.test"
+rate = "5/fortnight"
+connections = 0
+speed = 3
+
+[queue]
+delay_warning = "soon"
+"#;
+        let errs = Config::parse(text).unwrap_err().errors;
+        let found: Vec<(String, Option<usize>)> =
+            errs.iter().map(|e| (e.key.clone(), e.line)).collect();
+        let expect = [
+            ("delivery.rate_per_destination", 2),
+            ("delivery.backoff_max", 1),
+            ("delivery.destinations[0].name", 7),
+            ("delivery.destinations[1].rate", 11),
+            ("delivery.destinations[1].connections", 12),
+            ("delivery.destinations[1].speed", 13),
+            ("queue.delay_warning", 16),
+        ];
+        for (key, line) in expect {
+            assert!(
+                found.contains(&(key.to_string(), Some(line))),
+                "missing {key} at line {line} in {found:?}"
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        assert_eq!(parse_rate("0"), Ok(None));
+        assert_eq!(parse_rate("30/m"), Ok(Some(0.5)));
+        assert_eq!(
+            Config::parse("[queue]\ndelay_warning = \"0s\"\n")
+                .unwrap()
+                .queue
+                .delay_warning,
+            None
+        );
     }
 
     #[test]

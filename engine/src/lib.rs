@@ -1,5 +1,6 @@
 //! Bulwark's data plane.
 
+pub mod admin;
 pub mod config;
 pub mod deliver;
 pub mod metrics;

@@ -39,6 +39,51 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Inspect and act on the queue of a running engine (through its admin sockets).
+    Queue {
+        /// Configuration file of the running engine (finds `server.admin_dir`).
+        #[arg(long, short, default_value = "/etc/bulwark/bulwark.toml")]
+        config: PathBuf,
+        /// The admin socket directory, instead of reading it from the configuration.
+        #[arg(long)]
+        admin_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        op: QueueOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueOp {
+    /// Every queued message: id, size, age, state, attempts, next attempt, last error,
+    /// sender and recipients.
+    List {
+        /// One JSON document (an array of messages) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message in detail, with each recipient's status and last reply.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attempt deferred messages now and end their destinations' backoff.
+    Flush {
+        /// Only messages with a pending recipient in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Remove a message (no delivery, no bounce), or every pending recipient in a domain.
+    Delete {
+        #[arg(required_unless_present = "domain", conflicts_with = "domain")]
+        id: Option<String>,
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Stop delivery attempts of a message until it is released.
+    Hold { id: String },
+    /// Let a held message be delivered again, at once.
+    Release { id: String },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +92,17 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::PublishPolicy { config } => match publish_policy(&config) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bulwark: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Queue {
+            config,
+            admin_dir,
+            op,
+        } => match queue(&config, admin_dir, op) {
+            Ok(code) => code,
             Err(e) => {
                 eprintln!("bulwark: {e:#}");
                 ExitCode::FAILURE
@@ -126,6 +182,182 @@ fn publish_policy(path: &std::path::Path) -> anyhow::Result<()> {
         target.display()
     );
     Ok(())
+}
+
+fn queue(config: &std::path::Path, admin_dir: Option<PathBuf>, op: QueueOp) -> anyhow::Result<ExitCode> {
+    use bulwark::deliver::ops::Request;
+    let dir = match admin_dir {
+        Some(d) => d,
+        None => Config::load(config)
+            .map_err(|e| anyhow::anyhow!("{}:\n{e}", config.display()))?
+            .admin_dir(),
+    };
+    let (req, json) = match &op {
+        QueueOp::List { json } => (Request::List, *json),
+        QueueOp::Show { id, json } => (Request::Show { id: id.clone() }, *json),
+        QueueOp::Flush { domain } => (
+            Request::Flush {
+                domain: domain.clone(),
+            },
+            false,
+        ),
+        QueueOp::Delete { id, domain } => (
+            Request::Delete {
+                id: id.clone(),
+                domain: domain.clone(),
+            },
+            false,
+        ),
+        QueueOp::Hold { id } => (Request::Hold { id: id.clone() }, false),
+        QueueOp::Release { id } => (Request::Release { id: id.clone() }, false),
+    };
+    let answers = bulwark::admin::ask_all(&dir, &req)?;
+    // Operations on one id: the core that has it answers; the others do not know it.
+    let by_id = matches!(
+        req,
+        Request::Show { .. } | Request::Hold { .. } | Request::Release { .. }
+    ) || matches!(req, Request::Delete { id: Some(_), .. });
+    let mut errors = Vec::new();
+    let mut not_found = None;
+    let (mut entries, mut messages, mut recipients) = (Vec::new(), 0, 0);
+    for a in answers {
+        if a.ok {
+            entries.extend(a.entries);
+            messages += a.messages;
+            recipients += a.recipients;
+        } else if a.not_found() {
+            not_found = a.error;
+        } else {
+            errors.push(a.error.unwrap_or_else(|| "failed".into()));
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("; "));
+    }
+    if by_id && messages == 0 {
+        anyhow::bail!("{}", not_found.unwrap_or_else(|| "no such message".into()));
+    }
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    let now = bulwark::queue::unix_now();
+    match op {
+        QueueOp::List { .. } | QueueOp::Show { .. } if json => {
+            let v = match op {
+                QueueOp::Show { .. } => serde_json::to_string_pretty(&entries.first())?,
+                _ => serde_json::to_string_pretty(&entries)?,
+            };
+            println!("{v}");
+        }
+        QueueOp::List { .. } => print_list(&entries, now),
+        QueueOp::Show { .. } => {
+            for e in &entries {
+                print_entry(e, now);
+            }
+        }
+        QueueOp::Flush { domain } => println!(
+            "{messages} message{} scheduled for delivery now{}",
+            plural(messages),
+            domain.map(|d| format!(" (domain {d})")).unwrap_or_default()
+        ),
+        QueueOp::Delete { id: Some(id), .. } => {
+            println!("{id}: deleted ({recipients} pending recipient{})", plural(recipients))
+        }
+        QueueOp::Delete { domain, .. } => println!(
+            "{recipients} recipient{} in {} removed from {messages} message{}",
+            plural(recipients),
+            domain.unwrap_or_default(),
+            plural(messages)
+        ),
+        QueueOp::Hold { id } => println!("{id}: on hold"),
+        QueueOp::Release { id } => println!("{id}: released"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{:02}h", secs / 86400, (secs % 86400) / 3600),
+    }
+}
+
+fn print_list(entries: &[bulwark::deliver::ops::Entry], now: u64) {
+    let mut size = 0u64;
+    let mut held = 0;
+    let mut deferred = 0;
+    for e in entries {
+        size += e.size;
+        held += (e.state == "held") as usize;
+        deferred += (e.state == "deferred") as usize;
+        let next = match e.next_attempt {
+            Some(t) => format!(", next in {}", age(t.saturating_sub(now))),
+            None => String::new(),
+        };
+        println!(
+            "{}  {:>9}  {:>7}  {}, {} attempt{}{}  <{}>",
+            e.id,
+            e.size,
+            age(now.saturating_sub(e.arrival)),
+            e.state,
+            e.attempts,
+            plural(e.attempts as usize),
+            next,
+            e.sender
+        );
+        if !e.last_error.is_empty() {
+            println!("    ({})", e.last_error);
+        }
+        for r in e.recipients.iter().filter(|r| r.status == "pending") {
+            println!("    {}", r.address);
+        }
+    }
+    println!(
+        "-- {} message{}, {} octets in the queue ({held} held, {deferred} deferred)",
+        entries.len(),
+        plural(entries.len()),
+        size
+    );
+}
+
+fn print_entry(e: &bulwark::deliver::ops::Entry, now: u64) {
+    println!("id:           {}", e.id);
+    println!("core:         {}", e.core);
+    println!("sender:       <{}>", e.sender);
+    println!("size:         {} octets", e.size);
+    println!(
+        "arrival:      {} ({} ago)",
+        bulwark::util::rfc5322_date(e.arrival),
+        age(now.saturating_sub(e.arrival))
+    );
+    println!("state:        {}", e.state);
+    println!("attempts:     {}", e.attempts);
+    if let Some(t) = e.next_attempt {
+        println!(
+            "next attempt: {} (in {})",
+            bulwark::util::rfc5322_date(t),
+            age(t.saturating_sub(now))
+        );
+    }
+    if !e.last_error.is_empty() {
+        println!("last error:   {}", e.last_error);
+    }
+    println!("recipients:");
+    for r in &e.recipients {
+        print!("  {:<10} {}", r.status, r.address);
+        if let Some(reply) = &r.last_reply {
+            print!("  ({reply}");
+            if let Some(remote) = &r.remote {
+                print!(" from {remote}");
+            }
+            print!(")");
+        }
+        println!();
+    }
 }
 
 fn serve(path: &std::path::Path) -> anyhow::Result<()> {

@@ -148,7 +148,21 @@ pub struct Shard {
     pub tls_handshakes_failed: Counter,
     pub deliveries: [Counter; 3],
     pub dsns: Counter,
+    /// "Delivery delayed" notices sent.
+    pub delay_notices: Counter,
     pub queue_messages: Gauge,
+    /// Messages an operator put on hold.
+    pub queue_held: Gauge,
+    /// Messages or recipients an operator deleted from the queue.
+    pub queue_deleted: Counter,
+    /// Connection-level failures that put a destination into backoff.
+    pub destination_failures: Counter,
+    /// Destinations backing off now.
+    pub destinations_backing_off: Gauge,
+    /// Recipients deferred without a connection because their destination backs off.
+    pub suspended: Counter,
+    /// Messages found in the spool at start and put back in the queue.
+    pub recovered: Counter,
     pub spool_commits: Counter,
     /// Damaged spool stretches moved to `damaged/` at start.
     pub spool_damaged: Counter,
@@ -178,7 +192,14 @@ impl Shard {
             tls_handshakes_failed: Counter::default(),
             deliveries: Default::default(),
             dsns: Counter::default(),
+            delay_notices: Counter::default(),
             queue_messages: Gauge::default(),
+            queue_held: Gauge::default(),
+            queue_deleted: Counter::default(),
+            destination_failures: Counter::default(),
+            destinations_backing_off: Gauge::default(),
+            suspended: Counter::default(),
+            recovered: Counter::default(),
             spool_commits: Counter::default(),
             spool_damaged: Counter::default(),
             policy_generation: Gauge::default(),
@@ -401,10 +422,52 @@ impl Collector for Families {
                 vec![counter(m.sum(|s| s.dsns.get()), &[])],
             ),
             family(
+                "bulwark_delay_notices_total",
+                "\"Delivery delayed\" notices (RFC 3464 Action: delayed) sent to senders.",
+                c,
+                vec![counter(m.sum(|s| s.delay_notices.get()), &[])],
+            ),
+            family(
                 "bulwark_queue_messages",
                 "Messages in the queue (spooled, not yet finished).",
                 g,
                 vec![gauge(m.sum_i(|s| s.queue_messages.get()))],
+            ),
+            family(
+                "bulwark_queue_held_messages",
+                "Messages on hold (bulwark queue hold).",
+                g,
+                vec![gauge(m.sum_i(|s| s.queue_held.get()))],
+            ),
+            family(
+                "bulwark_queue_deleted_total",
+                "Recipients removed from the queue by an operator (bulwark queue delete).",
+                c,
+                vec![counter(m.sum(|s| s.queue_deleted.get()), &[])],
+            ),
+            family(
+                "bulwark_queue_recovered_total",
+                "Messages read back from the spool at start and requeued.",
+                c,
+                vec![counter(m.sum(|s| s.recovered.get()), &[])],
+            ),
+            family(
+                "bulwark_destination_failures_total",
+                "Connection-level delivery failures that put a destination into backoff.",
+                c,
+                vec![counter(m.sum(|s| s.destination_failures.get()), &[])],
+            ),
+            family(
+                "bulwark_destinations_backing_off",
+                "Destinations (per core) in backoff after a failure.",
+                g,
+                vec![gauge(m.sum_i(|s| s.destinations_backing_off.get()))],
+            ),
+            family(
+                "bulwark_delivery_suspended_total",
+                "Recipients deferred without a connection because their destination was backing off.",
+                c,
+                vec![counter(m.sum(|s| s.suspended.get()), &[])],
             ),
             family(
                 "bulwark_spool_damaged_records_total",

@@ -97,6 +97,16 @@ pub enum Destination {
     Mx { domain: String },
 }
 
+impl Destination {
+    /// The name limits are configured by: the route host, or the recipient domain.
+    pub fn name(&self) -> &str {
+        match self {
+            Destination::Route { host, .. } => host,
+            Destination::Mx { domain } => domain,
+        }
+    }
+}
+
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

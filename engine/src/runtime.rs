@@ -159,6 +159,46 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This core's delivery settings: engine-wide destination limits are split over the
+/// cores (connections rounded up, so every core can deliver).
+fn delivery_settings(cfg: &Config, cores: usize) -> deliver::Settings {
+    let d = &cfg.delivery;
+    let per_core = |connections: usize, rate: Option<f64>| deliver::dest::Limits {
+        connections: connections.div_ceil(cores).max(1),
+        interval: rate.map(|r| std::time::Duration::from_secs_f64(cores as f64 / r)),
+    };
+    let limits = per_core(d.connections_per_destination, d.rate_per_destination);
+    let destination_limits = d
+        .destinations
+        .iter()
+        .map(|l| {
+            (
+                l.name.clone(),
+                per_core(
+                    l.connections.unwrap_or(d.connections_per_destination),
+                    l.rate.unwrap_or(d.rate_per_destination),
+                ),
+            )
+        })
+        .collect();
+    deliver::Settings {
+        hostname: cfg.server.hostname.clone(),
+        lifetime: cfg.queue.lifetime,
+        retry: cfg.queue.retry.clone(),
+        delay_warning: cfg.queue.delay_warning,
+        timeouts: Timeouts {
+            connect: d.connect_timeout,
+            command: d.command_timeout,
+            data: d.data_timeout,
+        },
+        limits,
+        destination_limits,
+        idle_time: d.idle_time,
+        backoff_min: d.backoff_min,
+        backoff_max: d.backoff_max,
+    }
+}
+
 async fn run_core(
     id: usize,
     shared: Arc<Shared>,
@@ -200,7 +240,7 @@ async fn run_core(
         })
         .detach();
     }
-    let (spool, recovered) = Spool::open(&cfg.spool.dir, id, shared.cores, cfg.spool.segment_size)
+    let (spool, recovery) = Spool::open(&cfg.spool.dir, id, shared.cores, cfg.spool.segment_size)
         .await
         .with_context(|| format!("spool.dir: cannot open {}", cfg.spool.dir.display()))?;
     shared
@@ -215,18 +255,7 @@ async fn run_core(
         shard.commit_batch.observe(messages as f64);
     });
     let ids = Rc::new(QueueIds::new(id));
-    let settings = deliver::Settings {
-        hostname: cfg.server.hostname.clone(),
-        lifetime: cfg.queue.lifetime,
-        retry: cfg.queue.retry.clone(),
-        timeouts: Timeouts {
-            connect: cfg.delivery.connect_timeout,
-            command: cfg.delivery.command_timeout,
-            data: cfg.delivery.data_timeout,
-        },
-        connections_per_destination: cfg.delivery.connections_per_destination,
-        idle_time: cfg.delivery.idle_time,
-    };
+    let settings = delivery_settings(cfg, shared.cores);
     let deliverer = Deliverer::new(
         id,
         settings,
@@ -266,29 +295,33 @@ async fn run_core(
             .map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {addr}: {e}"))?;
         listeners.push(l);
     }
-    // Requeue what was on disk without holding up the listeners.
-    if !recovered.is_empty() {
-        info!(
-            core = id,
-            messages = recovered.len(),
-            "requeueing spooled messages"
-        );
+    let admin_dir = cfg.admin_dir();
+    crate::admin::serve(id, &admin_dir, deliverer.clone()).with_context(|| {
+        format!(
+            "server.admin_dir: cannot open the admin socket in {}",
+            admin_dir.display()
+        )
+    })?;
+    // Read back what was on disk while the listeners take new mail.
+    if recovery.segments() > 0 {
         let d = deliverer.clone();
+        let segments = recovery.segments();
         glommio::spawn_local(async move {
-            for r in recovered {
-                let m = Message::new(
-                    r.id,
-                    r.arrival,
-                    r.flags,
-                    r.sender,
-                    r.rcpts,
-                    Some(&r.finished),
-                    r.location,
-                    None,
-                );
-                d.enqueue(m);
-                glommio::yield_if_needed().await;
-            }
+            let started = std::time::Instant::now();
+            info!(core = id, segments, "recovering the spool");
+            let messages = recovery
+                .run(|batch| {
+                    for r in batch {
+                        d.requeue(Message::recovered(r));
+                    }
+                })
+                .await;
+            info!(
+                core = id,
+                messages,
+                ms = started.elapsed().as_millis() as u64,
+                "spool recovered"
+            );
         })
         .detach();
     }

@@ -1,5 +1,6 @@
 //! Delivery status notifications (RFC 3464): the bounce sent to the envelope sender when
-//! recipients fail for good or the queue lifetime runs out.
+//! recipients fail for good or the queue lifetime runs out, and the "delivery delayed"
+//! warning sent once while a message is still being retried.
 
 use std::fmt::Write as _;
 
@@ -27,6 +28,9 @@ pub struct Report<'a> {
     pub failed: &'a [FailedRecipient],
     /// The original message (its header is returned).
     pub original: &'a [u8],
+    /// `Some(retry until, unix seconds)`: a warning that delivery is delayed
+    /// (`Action: delayed`), not a failure.
+    pub delayed: Option<u64>,
 }
 
 /// The enhanced status code of a reply text (`550 5.1.1 ...` → `5.1.1`), or one derived
@@ -55,7 +59,10 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
         r.reporting_mta
     );
     let _ = write!(m, "To: <{}>\r\n", r.original_sender);
-    m.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    m.push_str(match r.delayed {
+        None => "Subject: Undelivered Mail Returned to Sender\r\n",
+        Some(_) => "Subject: Delayed Mail (still being retried)\r\n",
+    });
     let _ = write!(m, "Date: {}\r\n", rfc5322_date(r.now));
     let _ = write!(m, "Message-ID: <{}@{}>\r\n", r.dsn_id, r.reporting_mta);
     m.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
@@ -73,7 +80,18 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
         "This is the mail system at host {}.\r\n\r\n",
         r.reporting_mta
     );
-    m.push_str("I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n\r\n");
+    match r.delayed {
+        None => m.push_str("I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n\r\n"),
+        Some(until) => {
+            m.push_str("####################################################################\r\n# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #\r\n####################################################################\r\n\r\n");
+            m.push_str("Your message could not be delivered yet to one or more recipients.\r\n");
+            let _ = write!(
+                m,
+                "Delivery will be tried until {}.\r\n\r\n",
+                rfc5322_date(until)
+            );
+        }
+    }
     for f in r.failed {
         let _ = write!(m, "<{}>: {}\r\n", ascii(&f.rcpt), ascii(&f.diagnostic));
     }
@@ -86,12 +104,18 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
     let _ = write!(m, "Arrival-Date: {}\r\n", rfc5322_date(r.arrival));
     for f in r.failed {
         let _ = write!(m, "\r\nFinal-Recipient: rfc822; {}\r\n", ascii(&f.rcpt));
-        m.push_str("Action: failed\r\n");
+        m.push_str(match r.delayed {
+            None => "Action: failed\r\n",
+            Some(_) => "Action: delayed\r\n",
+        });
         let _ = write!(m, "Status: {}\r\n", f.status);
         if let Some(mta) = &f.remote_mta {
             let _ = write!(m, "Remote-MTA: dns; {}\r\n", ascii(mta));
         }
         let _ = write!(m, "Diagnostic-Code: smtp; {}\r\n", ascii(&f.diagnostic));
+        if let Some(until) = r.delayed {
+            let _ = write!(m, "Will-Retry-Until: {}\r\n", rfc5322_date(until));
+        }
     }
     let _ = write!(
         m,
@@ -167,6 +191,7 @@ mod tests {
             now: 1_700_000_100,
             failed: &failed,
             original,
+            delayed: None,
         });
         let text = String::from_utf8(dsn).unwrap();
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
@@ -180,5 +205,33 @@ mod tests {
         assert!(text.ends_with("--Q2/mx.bulwark.test--\r\n"));
         assert!(text.split("\r\n").all(|l| l.len() <= 998));
         assert!(!text.replace("\r\n", "").contains('\n'));
+    }
+
+    #[test]
+    fn delay_warning_structure() {
+        let waiting = vec![FailedRecipient {
+            rcpt: "u@example.test".into(),
+            status: "4.4.1".into(),
+            diagnostic: "451 4.4.1 connection refused".into(),
+            remote_mta: None,
+        }];
+        let dsn = build(&Report {
+            reporting_mta: "mx.bulwark.test",
+            queue_id: "Q1",
+            dsn_id: "Q3",
+            original_sender: "s@sender.test",
+            arrival: 1_700_000_000,
+            now: 1_700_014_400,
+            failed: &waiting,
+            original: b"Subject: hello\r\n\r\nbody\r\n",
+            delayed: Some(1_700_864_000),
+        });
+        let text = String::from_utf8(dsn).unwrap();
+        assert!(text.contains("Subject: Delayed Mail (still being retried)\r\n"));
+        assert!(text.contains("THIS IS A WARNING ONLY"));
+        assert!(text.contains(
+            "Final-Recipient: rfc822; u@example.test\r\nAction: delayed\r\nStatus: 4.4.1\r\nDiagnostic-Code: smtp; 451 4.4.1 connection refused\r\nWill-Retry-Until: "
+        ));
+        assert!(!text.contains("Action: failed"));
     }
 }

@@ -1,17 +1,22 @@
-//! Delivery: per-destination queues, the SMTP client, retries and bounces.
+//! Delivery: per-destination queues, the SMTP client, retries, backoff and bounces.
 //!
 //! Each core delivers what it spooled. A message's pending recipients are grouped by
 //! destination (a managed domain's route, or MX hosts for anything else); each group is
-//! a job on that destination's queue. A destination has up to
-//! `connections_per_destination` workers, each holding one connection and running job
-//! after job on it until the queue has been empty for `idle_time`. When every job of a
-//! message has reported, the message is finished (delivered, or bounced with a DSN) or
-//! scheduled for its next attempt on the `[queue] retry` schedule, until its lifetime
-//! runs out.
+//! a job on that destination's queue ([`dest`]). A destination has up to its connection
+//! limit of workers, each holding one connection and running job after job on it,
+//! paced by the destination's rate limit, until the queue has been empty for
+//! `idle_time`. A connection-level failure puts the destination into backoff, so mail
+//! for a dead server costs no connection attempts until a probe finds it up again.
+//! When every job of a message has reported, the message is finished (delivered, or
+//! bounced with a DSN) or waits for its next attempt on the `[queue] retry` schedule,
+//! until its lifetime runs out; a "delivery delayed" notice goes out once after
+//! `[queue] delay_warning`. Operators act on the queue through [`ops`].
 
 pub mod client;
+pub mod dest;
 pub mod dns;
 pub mod dsn;
+pub mod ops;
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -21,26 +26,34 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use rustls::ClientConfig;
 use tracing::{info, warn};
 
 use crate::metrics::{Delivery, Metrics};
 use crate::policy::{CorePolicy, Destination, destination};
-use crate::queue::{Location, QueueIds, Spool, unix_now};
+use crate::queue::record::{STATE_HELD, STATE_WARNED, StateRecord};
+use crate::queue::{Location, QueueIds, Recovered, Spool, unix_now};
 use bulwark_policy::TlsPolicy;
 use client::{ConnError, Connection, Reply, Timeouts};
+use dest::{Admit, DestQueue, Limits};
 use dns::{Dns, MxAnswer};
 
-/// Fixed settings of delivery.
+/// Fixed settings of delivery (per core: engine-wide limits are already divided).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub hostname: String,
     pub lifetime: Duration,
     pub retry: Vec<Duration>,
+    /// Send a "delivery delayed" notice once a message has waited this long.
+    pub delay_warning: Option<Duration>,
     pub timeouts: Timeouts,
-    pub connections_per_destination: usize,
+    /// Limits of a destination without its own entry.
+    pub limits: Limits,
+    /// Limits by destination name (route host or recipient domain).
+    pub destination_limits: HashMap<String, Limits>,
     pub idle_time: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +61,8 @@ enum Status {
     Pending,
     Delivered,
     Failed,
+    /// Removed from the queue by an operator: no delivery, no bounce.
+    Removed,
 }
 
 struct Rcpt {
@@ -55,6 +70,21 @@ struct Rcpt {
     status: Status,
     /// The last reply about this recipient and who gave it.
     last: Option<(Reply, Option<String>)>,
+}
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Jobs queued or running.
+    Active,
+    /// Waiting for its next attempt; the key of its retry entry.
+    Waiting(u64),
+    /// On hold: no attempt until released.
+    Held,
+    /// Being finished (bounce being spooled).
+    Finishing,
+    /// Finished or deleted.
+    Gone,
 }
 
 struct State {
@@ -65,6 +95,14 @@ struct State {
     /// Content kept in memory between spooling and the first attempt, and during an
     /// attempt; dropped while the message waits for a retry.
     content: Option<Rc<Vec<u8>>>,
+    phase: Phase,
+    held: bool,
+    /// The "delivery delayed" notice went out.
+    warned: bool,
+    /// Unix seconds of the next attempt while waiting.
+    next_attempt: u64,
+    /// The last temporary error, for the queue listing.
+    last_error: String,
 }
 
 /// A message in the queue.
@@ -78,32 +116,22 @@ pub struct Message {
 }
 
 impl Message {
-    /// `finished[i]` marks recipients already done before a restart.
-    #[allow(clippy::too_many_arguments)]
+    /// A message just spooled.
     pub fn new(
         id: String,
         arrival: u64,
         flags: u8,
         sender: String,
         rcpts: Vec<String>,
-        finished: Option<&[bool]>,
         location: Location,
         content: Option<Rc<Vec<u8>>>,
     ) -> Rc<Message> {
         let rcpts = rcpts
             .into_iter()
-            .enumerate()
-            .map(|(i, addr)| {
-                let done = finished.and_then(|f| f.get(i).copied()).unwrap_or(false);
-                Rcpt {
-                    addr,
-                    status: if done {
-                        Status::Delivered
-                    } else {
-                        Status::Pending
-                    },
-                    last: None,
-                }
+            .map(|addr| Rcpt {
+                addr,
+                status: Status::Pending,
+                last: None,
             })
             .collect();
         Rc::new(Message {
@@ -117,8 +145,36 @@ impl Message {
                 attempts: 0,
                 outstanding: 0,
                 content,
+                phase: Phase::Active,
+                held: false,
+                warned: false,
+                next_attempt: 0,
+                last_error: String::new(),
             }),
         })
+    }
+
+    /// A message read back from the spool at start.
+    pub fn recovered(r: Recovered) -> Rc<Message> {
+        let m = Message::new(r.id, r.arrival, r.flags, r.sender, r.rcpts, r.location, None);
+        {
+            let mut st = m.state.borrow_mut();
+            for (rc, done) in st.rcpts.iter_mut().zip(r.finished) {
+                if done {
+                    rc.status = Status::Delivered;
+                }
+            }
+            st.attempts = r.attempts;
+            st.held = r.state_flags & STATE_HELD != 0;
+            st.warned = r.state_flags & STATE_WARNED != 0;
+            st.next_attempt = r.next_attempt;
+            st.last_error = r.last_error;
+        }
+        m
+    }
+
+    fn phase(&self) -> Phase {
+        self.state.borrow().phase
     }
 }
 
@@ -126,6 +182,8 @@ impl Message {
 struct Job {
     msg: Rc<Message>,
     rcpts: Vec<usize>,
+    /// This job tests a destination in backoff.
+    probe: bool,
 }
 
 /// Outcome for one recipient of a job.
@@ -135,13 +193,7 @@ enum Outcome {
     Failed(Reply),
 }
 
-struct DestQueue {
-    dest: Destination,
-    tx: LocalSender<Job>,
-    rx: Rc<LocalReceiver<Job>>,
-    workers: Cell<usize>,
-    idle: Cell<usize>,
-}
+type Outcomes = Vec<(usize, Outcome, Option<String>)>;
 
 pub struct Deliverer {
     core: usize,
@@ -156,6 +208,8 @@ pub struct Deliverer {
     retries: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
     waiting: RefCell<HashMap<u64, Rc<Message>>>,
     next_retry_key: Cell<u64>,
+    /// Every message of this core's queue, by id.
+    messages: RefCell<HashMap<String, Rc<Message>>>,
     /// Verifying TLS client configurations, by CA file ("" is the web PKI).
     verifying: RefCell<HashMap<String, Arc<ClientConfig>>>,
 }
@@ -185,6 +239,7 @@ impl Deliverer {
             retries: RefCell::new(BinaryHeap::new()),
             waiting: RefCell::new(HashMap::new()),
             next_retry_key: Cell::new(0),
+            messages: RefCell::new(HashMap::new()),
             verifying: RefCell::new(HashMap::new()),
         });
         let ticker = d.clone();
@@ -192,10 +247,41 @@ impl Deliverer {
         d
     }
 
-    /// Takes a newly spooled (or recovered) message into the queue.
+    fn shard(&self) -> &crate::metrics::Shard {
+        self.metrics.shard(self.core)
+    }
+
+    /// Takes a newly spooled message into the queue.
     pub fn enqueue(self: &Rc<Self>, msg: Rc<Message>) {
-        self.metrics.shard(self.core).queue_messages.add(1);
+        self.shard().queue_messages.add(1);
+        self.messages
+            .borrow_mut()
+            .insert(msg.id.clone(), msg.clone());
         self.attempt(msg);
+    }
+
+    /// Takes a message recovered from the spool into the queue: held ones stay held,
+    /// deferred ones wait for the attempt they were due for.
+    pub fn requeue(self: &Rc<Self>, msg: Rc<Message>) {
+        let shard = self.shard();
+        shard.queue_messages.add(1);
+        shard.recovered.inc();
+        self.messages
+            .borrow_mut()
+            .insert(msg.id.clone(), msg.clone());
+        let (held, due) = {
+            let st = msg.state.borrow();
+            (st.held, st.next_attempt)
+        };
+        let now = unix_now();
+        if held {
+            msg.state.borrow_mut().phase = Phase::Held;
+            shard.queue_held.add(1);
+        } else if due > now {
+            self.schedule(msg, Duration::from_secs(due - now));
+        } else {
+            self.attempt(msg);
+        }
     }
 
     /// Starts one delivery attempt: a job per destination of the pending recipients.
@@ -220,17 +306,36 @@ impl Deliverer {
             glommio::spawn_local(async move { me.finish(msg).await }).detach();
             return;
         }
-        msg.state.borrow_mut().outstanding = groups.len();
+        {
+            let mut st = msg.state.borrow_mut();
+            st.phase = Phase::Active;
+            st.attempts += 1;
+            st.outstanding = groups.len();
+            st.next_attempt = 0;
+        }
+        let now = Instant::now();
         for (dest, rcpts) in groups {
             let q = self.dest_queue(&dest);
-            let _ = q.tx.try_send(Job {
+            let admit = q.health.borrow_mut().admit(now);
+            let job = Job {
                 msg: msg.clone(),
                 rcpts,
-            });
-            if q.idle.get() == 0 && q.workers.get() < self.settings.connections_per_destination {
-                q.workers.set(q.workers.get() + 1);
-                let me = self.clone();
-                glommio::spawn_local(async move { me.worker(q).await }).detach();
+                probe: admit == Admit::Probe,
+            };
+            match admit {
+                Admit::Go | Admit::Probe => {
+                    q.push(job);
+                    self.ensure_worker(&q);
+                }
+                Admit::Suspended(why) => {
+                    let reply = Reply::local(451, &format!("4.4.1 {why}"));
+                    self.shard().suspended.add(job.rcpts.len() as u64);
+                    q.parked
+                        .borrow_mut()
+                        .insert(msg.id.clone(), msg.clone());
+                    let outcomes = all(&job, &|| Outcome::Deferred(reply.clone()), None);
+                    self.report(job, outcomes);
+                }
             }
         }
     }
@@ -239,132 +344,193 @@ impl Deliverer {
         if let Some(q) = self.dests.borrow().get(dest) {
             return q.clone();
         }
-        let (tx, rx) = local_channel::new_unbounded();
-        let q = Rc::new(DestQueue {
-            dest: dest.clone(),
-            tx,
-            rx: Rc::new(rx),
-            workers: Cell::new(0),
-            idle: Cell::new(0),
-        });
+        let limits = self
+            .settings
+            .destination_limits
+            .get(dest.name())
+            .copied()
+            .unwrap_or(self.settings.limits);
+        let q = Rc::new(DestQueue::new(dest.clone(), limits));
         self.dests.borrow_mut().insert(dest.clone(), q.clone());
         q
+    }
+
+    fn ensure_worker(self: &Rc<Self>, q: &Rc<DestQueue>) {
+        if q.wants_worker() {
+            q.workers.set(q.workers.get() + 1);
+            let me = self.clone();
+            let q = q.clone();
+            glommio::spawn_local(async move { me.worker(q).await }).detach();
+        }
     }
 
     /// One connection's worth of work for a destination.
     async fn worker(self: Rc<Self>, q: Rc<DestQueue>) {
         let mut conn: Option<Connection> = None;
-        loop {
-            q.idle.set(q.idle.get() + 1);
-            let rx = q.rx.clone();
-            let job = futures_lite::future::or(async { rx.recv().await }, async {
-                glommio::timer::sleep(self.settings.idle_time).await;
-                None
-            })
-            .await;
-            q.idle.set(q.idle.get() - 1);
-            let Some(job) = job else {
-                if q.tx.len() > 0 {
+        while let Some(job) = q.next_job(self.settings.idle_time).await {
+            if job.msg.phase() != Phase::Active || job.msg.state.borrow().held {
+                // Held or deleted while queued.
+                if job.probe {
+                    q.health.borrow_mut().probe_abandoned(Instant::now());
+                }
+                self.drop_job(job);
+                continue;
+            }
+            let started = Instant::now();
+            let content = match self.content(&job.msg).await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(id = %job.msg.id, "cannot read spooled content: {e}");
+                    if job.probe {
+                        q.health.borrow_mut().probe_abandoned(Instant::now());
+                    }
+                    let r = Reply::local(451, &format!("4.3.0 spool read failed: {e}"));
+                    let outcomes = all(&job, &|| Outcome::Deferred(r.clone()), None);
+                    self.report(job, outcomes);
                     continue;
                 }
-                break;
             };
-            let started = Instant::now();
-            let outcomes = self.run_job(&q.dest, &mut conn, &job).await;
-            self.metrics
-                .shard(self.core)
+            if conn.is_none() {
+                match self.connect(&q.dest).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        self.dest_up(&q);
+                    }
+                    Err(Failure::Temporary(r)) => {
+                        q.parked
+                            .borrow_mut()
+                            .insert(job.msg.id.clone(), job.msg.clone());
+                        let outcomes = all(&job, &|| Outcome::Deferred(r.clone()), None);
+                        self.report(job, outcomes);
+                        self.dest_failed(&q, &r);
+                        break;
+                    }
+                    Err(Failure::Permanent(r)) => {
+                        // A definite answer (no such domain, null MX) is not an outage.
+                        self.dest_up(&q);
+                        let outcomes = all(&job, &|| Outcome::Failed(r.clone()), None);
+                        self.report(job, outcomes);
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { break };
+            q.pace().await;
+            let (outcomes, usable) = transact(c, &job, &content).await;
+            if !usable {
+                conn = None;
+            }
+            self.shard()
                 .delivery_latency
                 .observe_duration(started.elapsed());
             self.report(job, outcomes);
+            if !q.health.borrow().is_up() {
+                break;
+            }
         }
         q.workers.set(q.workers.get() - 1);
         if let Some(c) = conn {
             c.quit().await;
         }
+        if q.is_unused() {
+            let mut dests = self.dests.borrow_mut();
+            if dests.get(&q.dest).is_some_and(|d| Rc::ptr_eq(d, &q)) {
+                dests.remove(&q.dest);
+            }
+        } else if q.health.borrow().is_up() {
+            // Jobs queued while this worker was leaving.
+            self.ensure_worker(&q);
+        }
     }
 
-    async fn run_job(
-        &self,
-        dest: &Destination,
-        conn: &mut Option<Connection>,
-        job: &Job,
-    ) -> Vec<(usize, Outcome, Option<String>)> {
-        let all = |o: &dyn Fn() -> Outcome, remote: Option<String>| {
-            job.rcpts
-                .iter()
-                .map(|&i| (i, o(), remote.clone()))
-                .collect::<Vec<_>>()
-        };
-        let content = match self.content(&job.msg).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(id = %job.msg.id, "cannot read spooled content: {e}");
-                let r = Reply::local(451, &format!("4.3.0 spool read failed: {e}"));
-                return all(&|| Outcome::Deferred(r.clone()), None);
-            }
-        };
-        if conn.is_none() {
-            match self.connect(dest).await {
-                Ok(c) => *conn = Some(c),
-                Err(Failure::Temporary(r)) => return all(&|| Outcome::Deferred(r.clone()), None),
-                Err(Failure::Permanent(r)) => return all(&|| Outcome::Failed(r.clone()), None),
-            }
+    /// A connection to the destination failed: back off, and park what is queued.
+    fn dest_failed(self: &Rc<Self>, q: &Rc<DestQueue>, reply: &Reply) {
+        let now = Instant::now();
+        let (until, was_up) = q.health.borrow_mut().failed(
+            now,
+            &reply.text,
+            self.settings.backoff_min,
+            self.settings.backoff_max,
+        );
+        q.epoch.set(q.epoch.get() + 1);
+        let shard = self.shard();
+        shard.destination_failures.inc();
+        if was_up {
+            shard.destinations_backing_off.add(1);
         }
-        let Some(c) = conn.as_mut() else {
-            return Vec::new();
-        };
-        let remote = Some(c.remote.clone());
-        let rcpt_addrs: Vec<String> = {
-            let st = job.msg.state.borrow();
-            job.rcpts
-                .iter()
-                .map(|&i| st.rcpts[i].addr.clone())
-                .collect()
-        };
-        let rcpt_refs: Vec<&str> = rcpt_addrs.iter().map(String::as_str).collect();
-        let eight_bit = job.msg.flags & crate::queue::record::FLAG_8BIT != 0;
-        let utf8 = job.msg.flags & crate::queue::record::FLAG_SMTPUTF8 != 0;
-        match c
-            .send(&job.msg.sender, &rcpt_refs, &content, eight_bit, utf8)
-            .await
-        {
-            Err(e) => {
-                *conn = None;
-                let r = e.as_reply();
-                all(&|| Outcome::Deferred(r.clone()), remote)
+        warn!(destination = %q.dest, error = %reply.text, backoff_secs = until.duration_since(now).as_secs(), "destination backing off");
+        let why = Reply::local(
+            451,
+            &format!(
+                "4.4.1 delivery suspended for {}s after: {}",
+                until.duration_since(now).as_secs().max(1),
+                reply.text
+            ),
+        );
+        for job in q.drain() {
+            shard.suspended.add(job.rcpts.len() as u64);
+            q.parked
+                .borrow_mut()
+                .insert(job.msg.id.clone(), job.msg.clone());
+            let outcomes = all(&job, &|| Outcome::Deferred(why.clone()), None);
+            self.report(job, outcomes);
+        }
+        // When the backoff is over, one parked message probes the destination.
+        let me = self.clone();
+        let q = q.clone();
+        let epoch = q.epoch.get();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(until.saturating_duration_since(Instant::now())).await;
+            if q.epoch.get() != epoch {
+                return;
             }
-            Ok(tx) => {
-                let by_class = |r: &Reply| {
-                    if r.is_positive() {
-                        Outcome::Delivered
-                    } else if r.is_permanent() {
-                        Outcome::Failed(r.clone())
-                    } else {
-                        Outcome::Deferred(r.clone())
-                    }
-                };
-                if !tx.mail.is_positive() {
-                    return all(&|| by_class(&tx.mail), remote);
-                }
-                job.rcpts
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &i)| {
-                        let o = match tx.rcpts.get(k) {
-                            Some(r) if !r.is_positive() => by_class(r),
-                            Some(_) => match &tx.data {
-                                Some(d) => by_class(d),
-                                None => Outcome::Deferred(Reply::local(
-                                    451,
-                                    "4.4.2 no reply to the content",
-                                )),
-                            },
-                            None => Outcome::Deferred(Reply::local(451, "4.4.2 no reply to RCPT")),
-                        };
-                        (i, o, remote.clone())
-                    })
-                    .collect()
+            let probe = q
+                .parked
+                .borrow()
+                .values()
+                .find(|m| matches!(m.phase(), Phase::Waiting(_)))
+                .cloned();
+            if let Some(m) = probe {
+                me.retry_now(m);
             }
+        })
+        .detach();
+    }
+
+    /// A connection to the destination worked: if it was backing off, it is up again
+    /// and everything parked behind it is tried now.
+    fn dest_up(self: &Rc<Self>, q: &Rc<DestQueue>) {
+        if !q.health.borrow_mut().up() {
+            return;
+        }
+        q.epoch.set(q.epoch.get() + 1);
+        self.shard().destinations_backing_off.add(-1);
+        let parked: Vec<Rc<Message>> = q.parked.borrow_mut().drain().map(|(_, m)| m).collect();
+        info!(destination = %q.dest, parked = parked.len(), "destination is up again");
+        for m in parked {
+            self.retry_now(m);
+        }
+    }
+
+    /// Takes a waiting message out of the retry schedule and attempts it now.
+    fn retry_now(self: &Rc<Self>, msg: Rc<Message>) -> bool {
+        let Phase::Waiting(key) = msg.phase() else {
+            return false;
+        };
+        self.waiting.borrow_mut().remove(&key);
+        self.attempt(msg);
+        true
+    }
+
+    /// A queued job whose message was held or deleted meanwhile.
+    fn drop_job(self: &Rc<Self>, job: Job) {
+        let settle = {
+            let mut st = job.msg.state.borrow_mut();
+            st.outstanding = st.outstanding.saturating_sub(1);
+            st.outstanding == 0
+        };
+        if settle {
+            self.settle(job.msg);
         }
     }
 
@@ -377,7 +543,6 @@ impl Deliverer {
         Ok(c)
     }
 
-    /// Resolves and connects, trying each address in preference order.
     /// Resolves and connects, trying each address in preference order, with the
     /// route's TLS policy: opportunistic (unauthenticated, plaintext when STARTTLS is
     /// missing or broken), required (a verified certificate or no delivery) or none.
@@ -521,15 +686,24 @@ impl Deliverer {
     }
 
     /// Applies a job's outcomes; settles the message when its last job reports.
-    fn report(self: &Rc<Self>, job: Job, outcomes: Vec<(usize, Outcome, Option<String>)>) {
+    fn report(self: &Rc<Self>, job: Job, outcomes: Outcomes) {
         let msg = job.msg;
-        let shard = self.metrics.shard(self.core);
+        if msg.phase() == Phase::Gone {
+            // Deleted while its job ran: the Done record is written already.
+            return;
+        }
+        let shard = self.shard();
         let mut delivered = Vec::new();
         let settle;
         {
             let mut st = msg.state.borrow_mut();
             for (i, o, remote) in outcomes {
                 let r = &mut st.rcpts[i];
+                if r.status != Status::Pending {
+                    // Removed by an operator while the job ran.
+                    continue;
+                }
+                let mut error = None;
                 match o {
                     Outcome::Delivered => {
                         r.status = Status::Delivered;
@@ -540,6 +714,7 @@ impl Deliverer {
                     Outcome::Deferred(reply) => {
                         shard.delivery(Delivery::Deferred, 1);
                         info!(id = %msg.id, rcpt = %r.addr, reply = %reply.text, "deferred");
+                        error = Some(reply.text.clone());
                         r.last = Some((reply, remote));
                     }
                     Outcome::Failed(reply) => {
@@ -548,6 +723,9 @@ impl Deliverer {
                         info!(id = %msg.id, rcpt = %r.addr, reply = %reply.text, "failed");
                         r.last = Some((reply, remote));
                     }
+                }
+                if let Some(e) = error {
+                    st.last_error = e;
                 }
             }
             st.outstanding = st.outstanding.saturating_sub(1);
@@ -561,14 +739,18 @@ impl Deliverer {
         }
     }
 
-    /// After an attempt: finished, or wait for the next one.
+    /// After an attempt: finished, expired, on hold, or waiting for the next attempt.
     fn settle(self: &Rc<Self>, msg: Rc<Message>) {
-        let pending = msg
-            .state
-            .borrow()
-            .rcpts
-            .iter()
-            .any(|r| r.status == Status::Pending);
+        let (phase, pending) = {
+            let st = msg.state.borrow();
+            (
+                st.phase,
+                st.rcpts.iter().any(|r| r.status == Status::Pending),
+            )
+        };
+        if phase == Phase::Gone {
+            return;
+        }
         if !pending {
             let me = self.clone();
             glommio::spawn_local(async move { me.finish(msg).await }).detach();
@@ -576,28 +758,71 @@ impl Deliverer {
         }
         let now = unix_now();
         let expires = msg.arrival + self.settings.lifetime.as_secs();
-        let delay = {
-            let mut st = msg.state.borrow_mut();
-            st.attempts += 1;
-            st.content = None;
-            let i = (st.attempts as usize - 1).min(self.settings.retry.len().saturating_sub(1));
-            self.settings
-                .retry
-                .get(i)
-                .copied()
-                .unwrap_or(Duration::from_secs(300))
-        };
         if now >= expires {
             self.expire(msg);
             return;
         }
-        self.schedule(msg, delay.min(Duration::from_secs(expires - now)));
+        let (delay, warn_now, held) = {
+            let mut st = msg.state.borrow_mut();
+            st.content = None;
+            let i = (st.attempts.max(1) as usize - 1).min(self.settings.retry.len().saturating_sub(1));
+            let delay = self
+                .settings
+                .retry
+                .get(i)
+                .copied()
+                .unwrap_or(Duration::from_secs(300))
+                .min(Duration::from_secs(expires - now));
+            let warn_now = !st.warned
+                && !msg.sender.is_empty()
+                && self
+                    .settings
+                    .delay_warning
+                    .is_some_and(|w| now >= msg.arrival + w.as_secs());
+            if warn_now {
+                st.warned = true;
+            }
+            st.next_attempt = now + delay.as_secs();
+            (delay, warn_now, st.held)
+        };
+        if warn_now {
+            let me = self.clone();
+            let m = msg.clone();
+            glommio::spawn_local(async move { me.notify_delay(m).await }).detach();
+        }
+        if held {
+            msg.state.borrow_mut().phase = Phase::Held;
+        } else {
+            self.schedule(msg.clone(), delay);
+        }
+        self.persist(&msg);
+    }
+
+    /// Records the message's queue state in the spool (durable with the next batch).
+    fn persist(&self, msg: &Message) {
+        let st = msg.state.borrow();
+        let flags = if st.held { STATE_HELD } else { 0 } | if st.warned { STATE_WARNED } else { 0 };
+        self.spool.mark_state(
+            msg.location,
+            &StateRecord {
+                id: &msg.id,
+                attempts: st.attempts,
+                flags,
+                next_attempt: st.next_attempt,
+                last_error: &st.last_error,
+            },
+        );
     }
 
     /// Puts a message aside until `wait` has passed; the retry loop picks it up.
     fn schedule(&self, msg: Rc<Message>, wait: Duration) {
         let key = self.next_retry_key.get();
         self.next_retry_key.set(key + 1);
+        {
+            let mut st = msg.state.borrow_mut();
+            st.phase = Phase::Waiting(key);
+            st.next_attempt = unix_now() + wait.as_secs();
+        }
         self.waiting.borrow_mut().insert(key, msg);
         self.retries
             .borrow_mut()
@@ -650,55 +875,75 @@ impl Deliverer {
                 } else {
                     self.attempt(msg);
                 }
+                glommio::yield_if_needed().await;
             }
         }
     }
 
     /// The message has no pending recipient: bounce the failures, then mark it done.
     async fn finish(self: Rc<Self>, msg: Rc<Message>) {
-        let failed: Vec<dsn::FailedRecipient> = msg
-            .state
-            .borrow()
-            .rcpts
-            .iter()
-            .filter(|r| r.status == Status::Failed)
-            .map(|r| {
-                let (reply, remote) = r
-                    .last
-                    .clone()
-                    .unwrap_or((Reply::local(550, "5.0.0 delivery failed"), None));
-                dsn::FailedRecipient {
-                    rcpt: r.addr.clone(),
-                    status: dsn::status_of(reply.code, &reply.text),
-                    diagnostic: reply.text,
-                    remote_mta: remote,
-                }
-            })
-            .collect();
+        msg.state.borrow_mut().phase = Phase::Finishing;
+        let failed = reported(&msg, Status::Failed, "5.0.0 delivery failed");
         if !failed.is_empty() && !msg.sender.is_empty() {
             // The bounce must be durable before the original is forgotten.
-            if let Err(e) = self.bounce(&msg, &failed).await {
+            if let Err(e) = self.report_to_sender(&msg, &failed, None).await {
                 warn!(id = %msg.id, "cannot spool the bounce, will retry: {e}");
                 // The failed recipients stay failed, so the next attempt comes back here.
                 self.schedule(msg, Duration::from_secs(60));
                 return;
             }
+            self.shard().dsns.inc();
         } else if !failed.is_empty() {
             info!(id = %msg.id, "failed message from the null sender: no bounce");
         }
-        self.spool.mark_done(msg.location, &msg.id);
-        let shard = self.metrics.shard(self.core);
-        shard.queue_messages.add(-1);
-        shard
-            .queue_residence
-            .observe(unix_now().saturating_sub(msg.arrival) as f64);
+        self.forget(&msg);
         info!(id = %msg.id, "finished");
     }
 
-    async fn bounce(
+    /// Marks a message done in the spool and drops it from the queue.
+    fn forget(&self, msg: &Message) {
+        let was_held = {
+            let mut st = msg.state.borrow_mut();
+            st.phase = Phase::Gone;
+            st.content = None;
+            std::mem::replace(&mut st.held, false)
+        };
+        self.spool.mark_done(msg.location, &msg.id);
+        self.messages.borrow_mut().remove(&msg.id);
+        let shard = self.shard();
+        shard.queue_messages.add(-1);
+        if was_held {
+            shard.queue_held.add(-1);
+        }
+        shard
+            .queue_residence
+            .observe(unix_now().saturating_sub(msg.arrival) as f64);
+    }
+
+    /// Sends the "delivery delayed" notice for the recipients still pending.
+    async fn notify_delay(self: Rc<Self>, msg: Rc<Message>) {
+        let waiting = reported(&msg, Status::Pending, "4.0.0 delivery delayed");
+        if waiting.is_empty() {
+            return;
+        }
+        let until = msg.arrival + self.settings.lifetime.as_secs();
+        match self.report_to_sender(&msg, &waiting, Some(until)).await {
+            Ok(()) => self.shard().delay_notices.inc(),
+            Err(e) => {
+                warn!(id = %msg.id, "cannot spool the delay notice, will try after the next attempt: {e}");
+                msg.state.borrow_mut().warned = false;
+                self.persist(&msg);
+            }
+        }
+    }
+
+    /// Spools and queues a DSN to the message's sender: a bounce (`delayed: None`) or a
+    /// "delivery delayed" notice.
+    async fn report_to_sender(
         self: &Rc<Self>,
         msg: &Message,
-        failed: &[dsn::FailedRecipient],
+        rcpts: &[dsn::FailedRecipient],
+        delayed: Option<u64>,
     ) -> Result<(), crate::queue::SpoolError> {
         let original = match self.content(msg).await {
             Ok(c) => c,
@@ -713,28 +958,114 @@ impl Deliverer {
             original_sender: &msg.sender,
             arrival: msg.arrival,
             now,
-            failed,
+            failed: rcpts,
             original: &original,
+            delayed,
         });
-        let rcpts = vec![msg.sender.clone()];
+        if msg.phase() != Phase::Finishing {
+            // Only the content's header was needed; a waiting message keeps no content.
+            msg.state.borrow_mut().content = None;
+        }
+        let to = vec![msg.sender.clone()];
         let loc = self
             .spool
-            .append_message(&dsn_id, now, 0, "", &rcpts, b"", &body)
+            .append_message(&dsn_id, now, 0, "", &to, b"", &body)
             .await?;
-        self.metrics.shard(self.core).dsns.inc();
-        info!(id = %msg.id, dsn = %dsn_id, to = %msg.sender, "bounce queued");
-        let m = Message::new(
-            dsn_id,
-            now,
-            0,
-            String::new(),
-            rcpts,
-            None,
-            loc,
-            Some(Rc::new(body)),
-        );
+        let kind = if delayed.is_some() { "delay notice" } else { "bounce" };
+        info!(id = %msg.id, dsn = %dsn_id, to = %msg.sender, "{kind} queued");
+        let m = Message::new(dsn_id, now, 0, String::new(), to, loc, Some(Rc::new(body)));
         self.enqueue(m);
         Ok(())
+    }
+}
+
+/// The recipients of `msg` with `status`, as a DSN lists them.
+fn reported(msg: &Message, status: Status, fallback: &str) -> Vec<dsn::FailedRecipient> {
+    msg.state
+        .borrow()
+        .rcpts
+        .iter()
+        .filter(|r| r.status == status)
+        .map(|r| {
+            let code = if status == Status::Failed { 550 } else { 451 };
+            let (reply, remote) = r
+                .last
+                .clone()
+                .unwrap_or((Reply::local(code, fallback), None));
+            dsn::FailedRecipient {
+                rcpt: r.addr.clone(),
+                status: dsn::status_of(reply.code, &reply.text),
+                diagnostic: reply.text,
+                remote_mta: remote,
+            }
+        })
+        .collect()
+}
+
+/// The same outcome for every recipient of a job.
+fn all(job: &Job, o: &dyn Fn() -> Outcome, remote: Option<String>) -> Outcomes {
+    job.rcpts
+        .iter()
+        .map(|&i| (i, o(), remote.clone()))
+        .collect()
+}
+
+/// Runs one job's transaction on an open connection. Returns the per-recipient outcomes
+/// and whether the connection is still usable.
+async fn transact(c: &mut Connection, job: &Job, content: &[u8]) -> (Outcomes, bool) {
+    let remote = Some(c.remote.clone());
+    let rcpt_addrs: Vec<String> = {
+        let st = job.msg.state.borrow();
+        job.rcpts
+            .iter()
+            .map(|&i| st.rcpts[i].addr.clone())
+            .collect()
+    };
+    let rcpt_refs: Vec<&str> = rcpt_addrs.iter().map(String::as_str).collect();
+    let eight_bit = job.msg.flags & crate::queue::record::FLAG_8BIT != 0;
+    let utf8 = job.msg.flags & crate::queue::record::FLAG_SMTPUTF8 != 0;
+    match c
+        .send(&job.msg.sender, &rcpt_refs, content, eight_bit, utf8)
+        .await
+    {
+        Err(e) => {
+            let r = e.as_reply();
+            (all(job, &|| Outcome::Deferred(r.clone()), remote), false)
+        }
+        Ok(tx) => {
+            let by_class = |r: &Reply| {
+                if r.is_positive() {
+                    Outcome::Delivered
+                } else if r.is_permanent() {
+                    Outcome::Failed(r.clone())
+                } else {
+                    Outcome::Deferred(r.clone())
+                }
+            };
+            if !tx.mail.is_positive() {
+                return (all(job, &|| by_class(&tx.mail), remote), true);
+            }
+            let outcomes = job
+                .rcpts
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let o = match tx.rcpts.get(k) {
+                        Some(r) if !r.is_positive() => by_class(r),
+                        Some(_) => match &tx.data {
+                            Some(d) => by_class(d),
+                            None => Outcome::Deferred(Reply::local(
+                                451,
+                                "4.4.2 no reply to the content",
+                            )),
+                        },
+                        None => Outcome::Deferred(Reply::local(451, "4.4.2 no reply to RCPT")),
+                    };
+                    (i, o, remote.clone())
+                })
+                .collect();
+            (outcomes, true)
+        }
     }
 }
 

@@ -289,7 +289,6 @@ async fn accept_message(
                 flags,
                 tx.mail_from,
                 tx.rcpts,
-                None,
                 location,
                 Some(Rc::new(content)),
             );

@@ -7,8 +7,10 @@
 //! * `Message`: id, arrival (unix seconds u64), flags u8, sender, recipient count u32 and
 //!   recipients, then the content (u64 length + octets), the `Received:` header included.
 //! * `Delivered`: id, count u32, recipient indices u32 each: these are finished.
-//! * `Done`: id: the message is finished (delivered, bounced or expired); its content is
-//!   no longer needed.
+//! * `Done`: id: the message is finished (delivered, bounced, expired or deleted); its
+//!   content is no longer needed.
+//! * `State`: id, attempts u32, state flags u8 (held, delay warning sent), next attempt
+//!   (unix seconds u64), last error: the queue's view of the message; the latest wins.
 //!
 //! Strings are u16 length + UTF-8. A torn write (crash mid-append) leaves a record whose
 //! length runs past the end of the file or whose CRC does not match; readers stop there.
@@ -21,6 +23,12 @@ pub const MAX_PAYLOAD: usize = 1 << 33;
 const KIND_MESSAGE: u8 = 1;
 const KIND_DELIVERED: u8 = 2;
 const KIND_DONE: u8 = 3;
+const KIND_STATE: u8 = 4;
+
+/// `State` flag: an operator put the message on hold.
+pub const STATE_HELD: u8 = 1;
+/// `State` flag: the "delivery delayed" notice went out.
+pub const STATE_WARNED: u8 = 2;
 
 pub const FLAG_8BIT: u8 = 1;
 pub const FLAG_SMTPUTF8: u8 = 2;
@@ -31,6 +39,16 @@ pub enum Record<'a> {
     Message(MessageRecord<'a>),
     Delivered { id: &'a str, rcpts: Vec<u32> },
     Done { id: &'a str },
+    State(StateRecord<'a>),
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct StateRecord<'a> {
+    pub id: &'a str,
+    pub attempts: u32,
+    pub flags: u8,
+    pub next_attempt: u64,
+    pub last_error: &'a str,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -112,6 +130,16 @@ pub fn encode_delivered(out: &mut Vec<u8>, id: &str, rcpts: &[u32]) {
 pub fn encode_done(out: &mut Vec<u8>, id: &str) {
     let start = begin(out, KIND_DONE);
     put_str(out, id);
+    seal(out, start);
+}
+
+pub fn encode_state(out: &mut Vec<u8>, st: &StateRecord<'_>) {
+    let start = begin(out, KIND_STATE);
+    put_str(out, st.id);
+    out.extend_from_slice(&st.attempts.to_le_bytes());
+    out.push(st.flags);
+    out.extend_from_slice(&st.next_attempt.to_le_bytes());
+    put_str(out, st.last_error);
     seal(out, start);
 }
 
@@ -220,6 +248,13 @@ pub fn decode(data: &[u8]) -> Result<(Record<'_>, usize), ReadError> {
             Record::Delivered { id, rcpts }
         }
         KIND_DONE => Record::Done { id: c.str()? },
+        KIND_STATE => Record::State(StateRecord {
+            id: c.str()?,
+            attempts: c.u32()?,
+            flags: c.take(1)?[0],
+            next_attempt: c.u64()?,
+            last_error: c.str()?,
+        }),
         _ => return Err(ReadError::Corrupt),
     };
     if c.at != payload.len() {
@@ -246,6 +281,16 @@ mod tests {
         );
         assert_eq!(&out[at..at + 13], b"Received: x\r\n");
         encode_delivered(&mut out, "ID1", &[1]);
+        encode_state(
+            &mut out,
+            &StateRecord {
+                id: "ID1",
+                attempts: 3,
+                flags: STATE_HELD,
+                next_attempt: 1700000300,
+                last_error: "451 4.4.1 no route",
+            },
+        );
         encode_done(&mut out, "ID1");
         out
     }
@@ -274,8 +319,19 @@ mod tests {
             }
         );
         let (r, n3) = decode(&data[n1 + n2..]).unwrap();
+        assert_eq!(
+            r,
+            Record::State(StateRecord {
+                id: "ID1",
+                attempts: 3,
+                flags: STATE_HELD,
+                next_attempt: 1700000300,
+                last_error: "451 4.4.1 no route",
+            })
+        );
+        let (r, n4) = decode(&data[n1 + n2 + n3..]).unwrap();
         assert_eq!(r, Record::Done { id: "ID1" });
-        assert_eq!(n1 + n2 + n3, data.len());
+        assert_eq!(n1 + n2 + n3 + n4, data.len());
     }
 
     #[test]

@@ -28,6 +28,82 @@ pub struct Location {
     pub len: u64,
 }
 
+/// What is on disk at start, read back segment by segment.
+pub struct Recovery {
+    spool: Spool,
+    segments: Vec<PathBuf>,
+}
+
+impl Recovery {
+    /// Segment files still to read.
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Reads every segment in order, handing each one's unfinished messages to `f` as
+    /// soon as the segment is read. A segment that cannot be read is logged and left in
+    /// place for the next start; the others are still recovered.
+    pub async fn run(self, mut f: impl FnMut(Vec<Recovered>)) -> u64 {
+        let mut messages = 0u64;
+        for path in &self.segments {
+            match self.spool.recover_segment(path).await {
+                Ok(live) => {
+                    messages += live.len() as u64;
+                    if !live.is_empty() {
+                        f(live);
+                    }
+                }
+                Err(e) => error!(segment = %path.display(), "cannot recover spool segment: {e}"),
+            }
+        }
+        messages
+    }
+
+    /// Runs the recovery to the end and returns every message (tests, tools).
+    pub async fn collect(self) -> Vec<Recovered> {
+        let mut all = Vec::new();
+        self.run(|v| all.extend(v)).await;
+        all
+    }
+}
+
+/// The segment files of a directory, by number.
+fn segment_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| u64::from_str_radix(n, 16).ok())
+        else {
+            continue;
+        };
+        names.push((n, entry.path()));
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Reads a file through the executor's ring, in pieces.
+async fn read_whole(path: &Path) -> io::Result<Vec<u8>> {
+    const PIECE: usize = 4 << 20;
+    let file = OpenOptions::new().read(true).buffered_open(path).await?;
+    let size = file.file_size().await?;
+    let mut data = Vec::with_capacity(size as usize);
+    while (data.len() as u64) < size {
+        let want = PIECE.min((size - data.len() as u64) as usize);
+        let r = file.read_at(data.len() as u64, want).await?;
+        if r.is_empty() {
+            break;
+        }
+        data.extend_from_slice(&r);
+    }
+    file.close().await?;
+    Ok(data)
+}
+
 /// A message found on disk at start.
 #[derive(Debug)]
 pub struct Recovered {
@@ -39,6 +115,13 @@ pub struct Recovered {
     /// Recipients already finished before the restart.
     pub finished: Vec<bool>,
     pub location: Location,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// `record::STATE_*` flags.
+    pub state_flags: u8,
+    /// When the next attempt was due (unix seconds; 0: at once).
+    pub next_attempt: u64,
+    pub last_error: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,15 +202,16 @@ fn segment_name(n: u64) -> String {
 }
 
 impl Spool {
-    /// Opens (creating if needed) this core's spool, recovers what is on disk (including
-    /// the directories of cores beyond `cores`, which this core adopts when `core` is
-    /// their index modulo `cores`) and starts the committer.
+    /// Opens (creating if needed) this core's spool and starts the committer. What is
+    /// already on disk (including the directories of cores beyond `cores`, which this
+    /// core adopts when `core` is their index modulo `cores`) is read back by the
+    /// returned [`Recovery`], which can run while the spool takes new messages.
     pub async fn open(
         base: &Path,
         core: usize,
         cores: usize,
         segment_size: u64,
-    ) -> io::Result<(Spool, Vec<Recovered>)> {
+    ) -> io::Result<(Spool, Recovery)> {
         std::fs::create_dir_all(base)?;
         let dir = core_dir(base, core);
         std::fs::create_dir_all(&dir)?;
@@ -161,45 +245,33 @@ impl Spool {
                 dirs.push(entry.path());
             }
         }
-        let mut recovered = Vec::new();
+        let mut segments = Vec::new();
         for d in dirs {
-            spool.recover_dir(&d, d == dir, &mut recovered).await?;
+            let mut names = segment_files(&d)?;
+            if d == dir
+                && let Some((last, _)) = names.last()
+            {
+                // New segments are numbered after every existing one.
+                spool.inner.next_file.set(last + 1);
+            }
+            segments.extend(names.drain(..).map(|(_, p)| p));
         }
         let s = spool.clone();
         glommio::spawn_local(async move { s.committer(wake_rx).await }).detach();
-        Ok((spool, recovered))
-    }
-
-    async fn recover_dir(&self, dir: &Path, own: bool, out: &mut Vec<Recovered>) -> io::Result<()> {
-        let mut names: Vec<(u64, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(n) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| u64::from_str_radix(n, 16).ok())
-            else {
-                continue;
-            };
-            names.push((n, entry.path()));
-        }
-        names.sort();
-        for (n, path) in names {
-            if own && n >= self.inner.next_file.get() {
-                self.inner.next_file.set(n + 1);
-            }
-            self.recover_segment(&path, out).await?;
-        }
-        Ok(())
+        let recovery = Recovery {
+            spool: spool.clone(),
+            segments,
+        };
+        Ok((spool, recovery))
     }
 
     /// Reads one segment; keeps it open if it still holds unfinished messages. A torn
     /// or damaged stretch is moved to `damaged/` beside the core directories, every valid
     /// record after it is kept, and the segment is rewritten without it.
-    async fn recover_segment(&self, path: &Path, out: &mut Vec<Recovered>) -> io::Result<()> {
-        let data = std::fs::read(path)?;
+    async fn recover_segment(&self, path: &Path) -> io::Result<Vec<Recovered>> {
+        let data = read_whole(path).await?;
         let key = self.inner.next_key.get();
+        self.inner.next_key.set(key + 1);
         let mut msgs: Vec<Recovered> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut done: Vec<bool> = Vec::new();
@@ -207,7 +279,13 @@ impl Spool {
         let mut clean: Vec<u8> = Vec::new();
         let mut damaged: Vec<(usize, usize)> = Vec::new();
         let mut at = 0usize;
+        let mut records = 0u32;
         while at < data.len() {
+            records += 1;
+            if records.is_multiple_of(512) {
+                // A big segment must not hold up the sessions of this core.
+                glommio::yield_if_needed().await;
+            }
             match record::decode(&data[at..]) {
                 Ok((rec, n)) => {
                     let base = clean.len();
@@ -227,6 +305,10 @@ impl Spool {
                                     offset: (base + m.content_offset) as u64,
                                     len: m.content.len() as u64,
                                 },
+                                attempts: 0,
+                                state_flags: 0,
+                                next_attempt: 0,
+                                last_error: String::new(),
                             });
                         }
                         Record::Delivered { id, rcpts } => {
@@ -243,6 +325,15 @@ impl Spool {
                                 done[i] = true;
                             }
                         }
+                        Record::State(st) => {
+                            if let Some(&i) = index.get(st.id) {
+                                let m = &mut msgs[i];
+                                m.attempts = st.attempts;
+                                m.state_flags = st.flags;
+                                m.next_attempt = st.next_attempt;
+                                m.last_error = st.last_error.to_string();
+                            }
+                        }
                     }
                     clean.extend_from_slice(&data[at..at + n]);
                     at += n;
@@ -257,6 +348,7 @@ impl Spool {
         if !damaged.is_empty() {
             self.set_aside(path, &data, &damaged, &clean)?;
         }
+        drop(data);
         let live: Vec<Recovered> = msgs
             .into_iter()
             .zip(done)
@@ -265,26 +357,25 @@ impl Spool {
             .collect();
         if live.is_empty() {
             std::fs::remove_file(path)?;
-            return Ok(());
+            return Ok(live);
         }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .buffered_open(path)
             .await?;
-        self.inner.next_key.set(key + 1);
         self.inner.segments.borrow_mut().insert(
             key,
             Segment {
                 path: path.to_path_buf(),
                 file: Rc::new(file),
-                len: at as u64,
+                // Records are appended after the good ones (the file as rewritten).
+                len: clean.len() as u64,
                 live: live.len() as u64,
             },
         );
         info!(segment = %path.display(), messages = live.len(), "recovered spool segment");
-        out.extend(live);
-        Ok(())
+        Ok(live)
     }
 
     /// Moves damaged stretches of a segment to `damaged/` and rewrites the segment with
@@ -397,6 +488,21 @@ impl Spool {
             bytes,
             content_at: 0,
             finishes: true,
+            adds: false,
+            reply: None,
+        });
+    }
+
+    /// Records the queue's view of a message (attempts, hold, warning sent). Durable
+    /// with the next batch; at start the latest one counts.
+    pub fn mark_state(&self, loc: Location, st: &record::StateRecord<'_>) {
+        let mut bytes = Vec::with_capacity(64 + st.last_error.len());
+        record::encode_state(&mut bytes, st);
+        self.push(Request {
+            target: Target::Segment(loc.segment),
+            bytes,
+            content_at: 0,
+            finishes: false,
             adds: false,
             reply: None,
         });
@@ -668,6 +774,7 @@ mod tests {
         let d = dir.clone();
         run(move || async move {
             let (spool, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            let rec = rec.collect().await;
             assert!(rec.is_empty());
             let mut tasks = Vec::new();
             for i in 0..200 {
@@ -715,6 +822,7 @@ mod tests {
         let d = dir.clone();
         run(move || async move {
             let (spool, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            let rec = rec.collect().await;
             assert_eq!(rec.len(), 100);
             let m = rec.iter().find(|m| m.id == "ID0100").unwrap();
             assert_eq!(m.finished, [false, true]);
@@ -764,6 +872,7 @@ mod tests {
         let d = dir.clone();
         run(move || async move {
             let (_, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            let rec = rec.collect().await;
             assert_eq!(rec.len(), 1);
             assert_eq!(rec[0].id, "A");
         });
@@ -771,7 +880,7 @@ mod tests {
     }
 
     #[test]
-    fn damaged_record_is_set_aside_and_later_messages_kept() {
+    fn damaged_record_is_set_aside_and_later_messages_kept_and_appends_land_after_the_rewrite() {
         let dir = tmpdir("damaged");
         let d = dir.clone();
         run(move || async move {
@@ -806,6 +915,7 @@ mod tests {
         let d = dir.clone();
         run(move || async move {
             let (spool, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            let rec = rec.collect().await;
             let ids: Vec<&str> = rec.iter().map(|m| m.id.as_str()).collect();
             assert_eq!(
                 ids,
@@ -818,17 +928,22 @@ mod tests {
                 spool.read_content(c.location).await.unwrap(),
                 b"body of C\r\n"
             );
+            // Progress is appended to the rewritten segment, after its good records.
+            spool.mark_done(c.location, "C");
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
         });
         let aside: Vec<_> = std::fs::read_dir(dir.join("damaged")).unwrap().collect();
         assert_eq!(aside.len(), 1);
         let d = dir.clone();
         run(move || async move {
             let (spool, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
-            assert_eq!(rec.len(), 2);
+            let rec = rec.collect().await;
+            let ids: Vec<&str> = rec.iter().map(|m| m.id.as_str()).collect();
+            assert_eq!(ids, ["A"], "C's Done record was lost");
             assert_eq!(
                 spool.damaged_records(),
                 0,
-                "the segment was rewritten clean"
+                "the segment was rewritten clean and appended to at its new end"
             );
         });
         let _ = std::fs::remove_dir_all(&dir);
@@ -849,8 +964,10 @@ mod tests {
         run(move || async move {
             // Now with 2 cores: core 1 owns core-3 (3 % 2 == 1).
             let (_, rec0) = Spool::open(&d, 0, 2, 1 << 20).await.unwrap();
+            let rec0 = rec0.collect().await;
             assert!(rec0.is_empty());
             let (_, rec1) = Spool::open(&d, 1, 2, 1 << 20).await.unwrap();
+            let rec1 = rec1.collect().await;
             assert_eq!(rec1.len(), 1);
         });
         let _ = std::fs::remove_dir_all(&dir);
