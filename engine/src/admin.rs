@@ -118,7 +118,8 @@ pub fn ask_all(dir: &Path, req: &Request) -> Result<Vec<Response>, ClientError> 
         })
         .collect();
     sockets.sort();
-    let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(dir.into(), e.to_string()))?;
+    let mut line =
+        serde_json::to_vec(req).map_err(|e| ClientError::Protocol(dir.into(), e.to_string()))?;
     line.push(b'\n');
     let mut out = Vec::new();
     for path in sockets {
@@ -129,7 +130,9 @@ pub fn ask_all(dir: &Path, req: &Request) -> Result<Vec<Response>, ClientError> 
             Err(e) => return Err(ClientError::Io(path, e)),
         };
         let io_err = |e| ClientError::Io(path.clone(), e);
-        stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(io_err)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(io_err)?;
         stream.write_all(&line).map_err(io_err)?;
         let mut reader = io::BufReader::new(stream);
         let mut answer = String::new();

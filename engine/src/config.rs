@@ -580,7 +580,9 @@ impl<'t> Validator<'t> {
             },
         };
         let cores = self.integer(&mut s, "cores", 1, 1024).map(|n| n as usize);
-        let admin_dir = self.string(&mut s, "admin_dir").map(|(d, _)| PathBuf::from(d));
+        let admin_dir = self
+            .string(&mut s, "admin_dir")
+            .map(|(d, _)| PathBuf::from(d));
         self.finish(s);
         Server {
             hostname,

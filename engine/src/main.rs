@@ -184,7 +184,11 @@ fn publish_policy(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn queue(config: &std::path::Path, admin_dir: Option<PathBuf>, op: QueueOp) -> anyhow::Result<ExitCode> {
+fn queue(
+    config: &std::path::Path,
+    admin_dir: Option<PathBuf>,
+    op: QueueOp,
+) -> anyhow::Result<ExitCode> {
     use bulwark::deliver::ops::Request;
     let dir = match admin_dir {
         Some(d) => d,
@@ -259,7 +263,10 @@ fn queue(config: &std::path::Path, admin_dir: Option<PathBuf>, op: QueueOp) -> a
             domain.map(|d| format!(" (domain {d})")).unwrap_or_default()
         ),
         QueueOp::Delete { id: Some(id), .. } => {
-            println!("{id}: deleted ({recipients} pending recipient{})", plural(recipients))
+            println!(
+                "{id}: deleted ({recipients} pending recipient{})",
+                plural(recipients)
+            )
         }
         QueueOp::Delete { domain, .. } => println!(
             "{recipients} recipient{} in {} removed from {messages} message{}",

@@ -105,9 +105,12 @@ struct Config {
     reply_data: Option<Vec<u8>>,
     fail_rate: f64,
     tls: Option<futures_rustls::TlsAcceptor>,
+    /// Set by SIGTERM/SIGINT: no message is acknowledged any more.
+    stop: Arc<AtomicBool>,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
     let cfg = Arc::new(Config {
         reply_rcpt: opts
             .reply_rcpt
@@ -126,6 +129,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             )),
             None => None,
         },
+        stop: stop.clone(),
     });
     if !(0.0..=1.0).contains(&cfg.fail_rate) {
         bail!("--fail-rate must be between 0 and 1");
@@ -133,7 +137,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let counters = Arc::new(Counters::default());
     let (id_tx, id_rx) = flume::unbounded::<String>();
     let id_tx = opts.ids.as_ref().map(|_| id_tx);
-    let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
@@ -190,6 +193,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     };
     loop {
         let stopping = stop.load(Relaxed);
+        if stopping {
+            // Messages recorded just before the flag was seen are still on their way.
+            std::thread::sleep(Duration::from_millis(300));
+        }
         if let Some(f) = ids_file.as_mut() {
             for id in id_rx.try_iter() {
                 let _ = writeln!(f, "{id}");
@@ -266,6 +273,11 @@ async fn session(
                     counters.rejected_data.fetch_add(1, Relaxed);
                     out.extend_from_slice(reply);
                 } else {
+                    if cfg.stop.load(Relaxed) {
+                        // Stopping: hang up rather than acknowledge a message the
+                        // report and the id file might no longer include.
+                        return;
+                    }
                     record(counters, &message, rcpts, ids);
                     out.extend_from_slice(b"250 2.0.0 Ok: stored\r\n");
                 }

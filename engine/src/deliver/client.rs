@@ -42,6 +42,9 @@ impl Reply {
 /// Why a connection could not be used.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnError {
+    /// No connection: refused, unreachable.
+    #[error("cannot connect: {0}")]
+    Connect(String),
     #[error("{0}")]
     Io(String),
     /// The STARTTLS handshake failed (including certificate verification).
@@ -60,6 +63,10 @@ impl ConnError {
     pub fn as_reply(&self) -> Reply {
         match self {
             ConnError::Refused(r) => r.clone(),
+            // RFC 3463: 4.4.1 no answer from host; 4.4.2 bad connection.
+            ConnError::Connect(_) | ConnError::Timeout("connecting") => {
+                Reply::local(451, &format!("4.4.1 {self}"))
+            }
             other => Reply::local(451, &format!("4.4.2 {other}")),
         }
     }
@@ -136,7 +143,7 @@ impl Connection {
         let tcp = deadline(timeouts.connect, "connecting", async {
             TcpStream::connect(addr)
                 .await
-                .map_err(|e| ConnError::Io(e.to_string()))
+                .map_err(|e| ConnError::Connect(e.to_string()))
         })
         .await?;
         let _ = tcp.set_nodelay(true);

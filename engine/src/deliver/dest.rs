@@ -33,7 +33,10 @@ pub(super) enum Health {
         error: String,
     },
     /// One job is testing the destination after a backoff.
-    Probing { failures: u32, error: String },
+    Probing {
+        failures: u32,
+        error: String,
+    },
 }
 
 /// What a new job for the destination may do.
@@ -194,11 +197,12 @@ impl DestQueue {
                 return Some(j);
             }
             self.idle.set(self.idle.get() + 1);
-            let rang = futures_lite::future::or(async { self.bell_rx.recv().await.is_some() }, async {
-                glommio::timer::sleep(idle).await;
-                false
-            })
-            .await;
+            let rang =
+                futures_lite::future::or(async { self.bell_rx.recv().await.is_some() }, async {
+                    glommio::timer::sleep(idle).await;
+                    false
+                })
+                .await;
             self.idle.set(self.idle.get() - 1);
             if !rang && self.jobs.borrow().is_empty() {
                 return None;
@@ -253,7 +257,10 @@ mod tests {
         assert_eq!(until, t0 + MIN);
         match h.admit(t0 + Duration::from_secs(3)) {
             Admit::Suspended(why) => {
-                assert!(why.contains("suspended for 7s after: 451 4.4.1 refused"), "{why}")
+                assert!(
+                    why.contains("suspended for 7s after: 451 4.4.1 refused"),
+                    "{why}"
+                )
             }
             other => panic!("{other:?}"),
         }

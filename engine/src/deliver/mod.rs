@@ -156,7 +156,9 @@ impl Message {
 
     /// A message read back from the spool at start.
     pub fn recovered(r: Recovered) -> Rc<Message> {
-        let m = Message::new(r.id, r.arrival, r.flags, r.sender, r.rcpts, r.location, None);
+        let m = Message::new(
+            r.id, r.arrival, r.flags, r.sender, r.rcpts, r.location, None,
+        );
         {
             let mut st = m.state.borrow_mut();
             for (rc, done) in st.rcpts.iter_mut().zip(r.finished) {
@@ -330,9 +332,7 @@ impl Deliverer {
                 Admit::Suspended(why) => {
                     let reply = Reply::local(451, &format!("4.4.1 {why}"));
                     self.shard().suspended.add(job.rcpts.len() as u64);
-                    q.parked
-                        .borrow_mut()
-                        .insert(msg.id.clone(), msg.clone());
+                    q.parked.borrow_mut().insert(msg.id.clone(), msg.clone());
                     let outcomes = all(&job, &|| Outcome::Deferred(reply.clone()), None);
                     self.report(job, outcomes);
                 }
@@ -765,7 +765,8 @@ impl Deliverer {
         let (delay, warn_now, held) = {
             let mut st = msg.state.borrow_mut();
             st.content = None;
-            let i = (st.attempts.max(1) as usize - 1).min(self.settings.retry.len().saturating_sub(1));
+            let i =
+                (st.attempts.max(1) as usize - 1).min(self.settings.retry.len().saturating_sub(1));
             let delay = self
                 .settings
                 .retry
@@ -971,7 +972,11 @@ impl Deliverer {
             .spool
             .append_message(&dsn_id, now, 0, "", &to, b"", &body)
             .await?;
-        let kind = if delayed.is_some() { "delay notice" } else { "bounce" };
+        let kind = if delayed.is_some() {
+            "delay notice"
+        } else {
+            "bounce"
+        };
         info!(id = %msg.id, dsn = %dsn_id, to = %msg.sender, "{kind} queued");
         let m = Message::new(dsn_id, now, 0, String::new(), to, loc, Some(Rc::new(body)));
         self.enqueue(m);

@@ -19,11 +19,22 @@ use crate::queue::unix_now;
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
     List,
-    Show { id: String },
-    Flush { domain: Option<String> },
-    Delete { id: Option<String>, domain: Option<String> },
-    Hold { id: String },
-    Release { id: String },
+    Show {
+        id: String,
+    },
+    Flush {
+        domain: Option<String>,
+    },
+    Delete {
+        id: Option<String>,
+        domain: Option<String>,
+    },
+    Hold {
+        id: String,
+    },
+    Release {
+        id: String,
+    },
 }
 
 /// The answer: one JSON object per line.
@@ -63,7 +74,11 @@ impl Response {
 
     /// No message with this id on this core (the client asks every core).
     pub fn not_found(&self) -> bool {
-        !self.ok && self.error.as_deref().is_some_and(|e| e.starts_with(NOT_FOUND))
+        !self.ok
+            && self
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(NOT_FOUND))
     }
 }
 
@@ -197,15 +212,13 @@ impl Deliverer {
     /// when given), and ends the backoff of their destinations so they are tried at once.
     fn flush(self: &Rc<Self>, domain: Option<&str>) -> usize {
         let domain = domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
-        let matches = |m: &Message| match &domain {
-            None => true,
-            Some(d) => m
-                .state
-                .borrow()
-                .rcpts
-                .iter()
-                .any(|r| r.status == Status::Pending && domain_of(&r.addr).eq_ignore_ascii_case(d)),
-        };
+        let matches =
+            |m: &Message| match &domain {
+                None => true,
+                Some(d) => m.state.borrow().rcpts.iter().any(|r| {
+                    r.status == Status::Pending && domain_of(&r.addr).eq_ignore_ascii_case(d)
+                }),
+            };
         let due: Vec<Rc<Message>> = self
             .messages
             .borrow()
@@ -229,7 +242,12 @@ impl Deliverer {
                 n += 1;
             }
         }
-        info!(core = self.core, messages = n, domain = domain.as_deref().unwrap_or("*"), "queue flushed");
+        info!(
+            core = self.core,
+            messages = n,
+            domain = domain.as_deref().unwrap_or("*"),
+            "queue flushed"
+        );
         n
     }
 
@@ -275,12 +293,17 @@ impl Deliverer {
                 let mut st = m.state.borrow_mut();
                 let mut removed = Vec::new();
                 for (i, r) in st.rcpts.iter_mut().enumerate() {
-                    if r.status == Status::Pending && domain_of(&r.addr).eq_ignore_ascii_case(&domain) {
+                    if r.status == Status::Pending
+                        && domain_of(&r.addr).eq_ignore_ascii_case(&domain)
+                    {
                         r.status = Status::Removed;
                         removed.push(i as u32);
                     }
                 }
-                (removed, st.rcpts.iter().any(|r| r.status == Status::Pending))
+                (
+                    removed,
+                    st.rcpts.iter().any(|r| r.status == Status::Pending),
+                )
             };
             if removed.is_empty() {
                 continue;

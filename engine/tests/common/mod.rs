@@ -72,7 +72,10 @@ pub struct EngineConfig {
     pub retry: &'static str,
     pub cores: usize,
     /// Extra TOML appended verbatim: `[[domains]]`, `[tls]`, `[dns]`, `[smtp]`, …
+    /// (a `[delivery]` table here replaces the default one).
     pub extra: String,
+    /// Extra keys of the `[queue]` table.
+    pub queue_extra: String,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +85,7 @@ impl Default for EngineConfig {
             retry: "[\"1s\"]",
             cores: 1,
             extra: String::new(),
+            queue_extra: String::new(),
         }
     }
 }
@@ -107,9 +111,14 @@ impl Engine {
         } else {
             format!("[spool]\ndir = \"{}\"\n\n", spool.display())
         };
+        let delivery_section = if cfg.extra.contains("[delivery]") {
+            ""
+        } else {
+            "[delivery]\nidle_time = \"1s\"\nconnect_timeout = \"2s\"\nbackoff_min = \"1s\"\nbackoff_max = \"2s\"\n\n"
+        };
         let text = format!(
-            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"{smtp}\"]\nmetrics = \"{metrics}\"\ncores = {}\n\n{spool_section}[queue]\nlifetime = \"{}\"\nretry = {}\n\n[delivery]\nidle_time = \"1s\"\nconnect_timeout = \"2s\"\n\n{}\n",
-            cfg.cores, cfg.lifetime, cfg.retry, cfg.extra
+            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"{smtp}\"]\nmetrics = \"{metrics}\"\ncores = {}\n\n{spool_section}[queue]\nlifetime = \"{}\"\nretry = {}\n{}\n{delivery_section}{}\n",
+            cfg.cores, cfg.lifetime, cfg.retry, cfg.queue_extra, cfg.extra
         );
         let config = dir.path().join("bulwark.toml");
         std::fs::write(&config, text).unwrap();
@@ -164,6 +173,27 @@ impl Engine {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Runs `bulwark queue ARGS` against this engine: (success, stdout and stderr).
+    pub fn queue(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+            .args(["queue", "--config"])
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run bulwark queue");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// `bulwark queue list --json`, parsed.
+    pub fn queue_list(&self) -> Vec<serde_json::Value> {
+        let (ok, text) = self.queue(&["list", "--json"]);
+        assert!(ok, "bulwark queue list failed: {text}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&text)
+            .unwrap_or_else(|e| panic!("bad JSON from queue list ({e}): {text}"))
     }
 
     /// The value of an unlabelled metric, or of `name{labels}` when given in full.
