@@ -127,6 +127,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let h = LocalExecutorBuilder::new(placement)
             .name(&format!("core-{id}"))
             .io_memory(1 << 20)
+            // Long work (spool recovery, big retry batches) yields at least this often,
+            // so sessions and I/O completions wait at most this long.
+            .preempt_timer(std::time::Duration::from_millis(10))
             .spawn(move || async move {
                 if let Err(e) = run_core(id, shared, mesh, ready.clone()).await {
                     let _ = ready.send(Err(format!("core {id}: {e:#}")));
@@ -309,13 +312,18 @@ async fn run_core(
         glommio::spawn_local(async move {
             let started = std::time::Instant::now();
             info!(core = id, segments, "recovering the spool");
-            let messages = recovery
-                .run(|batch| {
-                    for r in batch {
-                        d.requeue(Message::recovered(r));
+            let mut recovery = recovery;
+            let mut messages = 0u64;
+            while let Some(batch) = recovery.next_segment().await {
+                for r in batch {
+                    d.requeue(Message::recovered(r));
+                    messages += 1;
+                    if messages.is_multiple_of(64) {
+                        // Sessions of this core go first.
+                        glommio::yield_if_needed().await;
                     }
-                })
-                .await;
+                }
+            }
             info!(
                 core = id,
                 messages,

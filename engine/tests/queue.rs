@@ -220,6 +220,71 @@ fn bounce_to_a_foreign_sender_follows_its_mx() {
     drop(dns);
 }
 
+/// A bounce to a domain that publishes a null MX (RFC 7505) fails at once: no
+/// connection, no retries, and no bounce of the bounce.
+#[test]
+fn null_mx_fails_at_once() {
+    let dns_port = free_port();
+    let dns = Dnsmasq(
+        Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                &format!("--port={dns_port}"),
+                "--mx-host=nullmx.test,.,0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (dnsmasq-base) is required"),
+    );
+    let route_sink = Sink::start(addr("127.0.0.1"));
+    let engine = Engine::start(EngineConfig {
+        retry: "[\"1s\"]",
+        extra: format!(
+            "{}[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n",
+            domain("example.test", route_sink.addr)
+        ),
+        ..Default::default()
+    });
+    send_many(
+        &engine,
+        "alice@nullmx.test",
+        "reject-1@example.test",
+        1,
+        "nullmx",
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || engine
+            .metric("bulwark_queue_messages")
+            == 0.0),
+        "{}",
+        engine.log_text()
+    );
+    // The original was refused by the route; its bounce failed on the null MX.
+    assert_eq!(
+        engine.metric("bulwark_deliveries_total{result=\"failed\"}"),
+        2.0
+    );
+    assert_eq!(
+        engine.metric("bulwark_deliveries_total{result=\"deferred\"}"),
+        0.0
+    );
+    assert_eq!(engine.metric("bulwark_dsns_total"), 1.0);
+    assert_eq!(engine.metric("bulwark_destination_failures_total"), 0.0);
+    let log = engine.log_text();
+    assert!(
+        log.contains("5.1.10 nullmx.test accepts no mail (null MX)"),
+        "{log}"
+    );
+    assert!(log.contains("failed message from the null sender: no bounce"));
+    drop(dns);
+}
+
 /// Mail accepted while the route is down survives SIGKILL: every message that got 250
 /// arrives after the restart, and none twice.
 #[test]

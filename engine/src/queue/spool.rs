@@ -40,29 +40,27 @@ impl Recovery {
         self.segments.len()
     }
 
-    /// Reads every segment in order, handing each one's unfinished messages to `f` as
-    /// soon as the segment is read. A segment that cannot be read is logged and left in
-    /// place for the next start; the others are still recovered.
-    pub async fn run(self, mut f: impl FnMut(Vec<Recovered>)) -> u64 {
-        let mut messages = 0u64;
-        for path in &self.segments {
-            match self.spool.recover_segment(path).await {
-                Ok(live) => {
-                    messages += live.len() as u64;
-                    if !live.is_empty() {
-                        f(live);
-                    }
-                }
+    /// Reads the next segment and returns its unfinished messages; `None` when every
+    /// segment has been read. A segment that cannot be read is logged and left in place
+    /// for the next start; the others are still recovered.
+    pub async fn next_segment(&mut self) -> Option<Vec<Recovered>> {
+        while !self.segments.is_empty() {
+            let path = self.segments.remove(0);
+            match self.spool.recover_segment(&path).await {
+                Ok(live) if live.is_empty() => continue,
+                Ok(live) => return Some(live),
                 Err(e) => error!(segment = %path.display(), "cannot recover spool segment: {e}"),
             }
         }
-        messages
+        None
     }
 
     /// Runs the recovery to the end and returns every message (tests, tools).
-    pub async fn collect(self) -> Vec<Recovered> {
+    pub async fn collect(mut self) -> Vec<Recovered> {
         let mut all = Vec::new();
-        self.run(|v| all.extend(v)).await;
+        while let Some(v) = self.next_segment().await {
+            all.extend(v);
+        }
         all
     }
 }
