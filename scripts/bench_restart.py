@@ -94,8 +94,11 @@ route = "127.0.0.1:%d"
     procs = []
     log = open(os.path.join(work, "engine.log"), "ab")
 
+    restarted = False
+
     def start_engine():
-        p = subprocess.Popen([os.path.join(BIN, "bulwark"), "serve", "--config", config],
+        wrap = os.environ.get("BENCH_WRAP", "").split() if restarted else []
+        p = subprocess.Popen(wrap + [os.path.join(BIN, "bulwark"), "serve", "--config", config],
                              stdout=subprocess.DEVNULL, stderr=log)
         procs.append(p)
         return p
@@ -130,6 +133,7 @@ route = "127.0.0.1:%d"
         while not greeting(route):
             time.sleep(0.05)
         subprocess.run(["sync"], check=True)
+        restarted = True
         t0 = time.time()
         engine = start_engine()
         t_greet = None
@@ -186,6 +190,8 @@ route = "127.0.0.1:%d"
             table.append("| %s | %d | %.1f | %.1f |" % (name, len(v), statistics.median(v) * 1000, max(v) * 1000))
         table = "\n".join(table)
         print(table)
+        print("transactions while the spool was read back (ms): %s"
+              % " ".join("%.0f" % (d * 1000) for d in during))
         print("delivery after restart: %.0f msgs/s" % (total / max(t_last - t_first, 1e-9)))
         if args.results:
             begin, end = "<!-- restart:begin -->", "<!-- restart:end -->"

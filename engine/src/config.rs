@@ -707,7 +707,7 @@ impl<'t> Validator<'t> {
             .unwrap_or(Duration::from_secs(600));
         let connections_per_destination = self
             .integer(&mut s, "connections_per_destination", 1, 1000)
-            .unwrap_or(8) as usize;
+            .unwrap_or(16) as usize;
         let rate_per_destination = self.rate(&mut s, "rate_per_destination").unwrap_or(None);
         let idle_time = self
             .duration(&mut s, "idle_time")

@@ -129,7 +129,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .io_memory(1 << 20)
             // Long work (spool recovery, big retry batches) yields at least this often,
             // so sessions and I/O completions wait at most this long.
-            .preempt_timer(std::time::Duration::from_millis(10))
+            .preempt_timer(std::time::Duration::from_millis(2))
             .spawn(move || async move {
                 if let Err(e) = run_core(id, shared, mesh, ready.clone()).await {
                     let _ = ready.send(Err(format!("core {id}: {e:#}")));
@@ -309,28 +309,38 @@ async fn run_core(
     if recovery.segments() > 0 {
         let d = deliverer.clone();
         let segments = recovery.segments();
-        glommio::spawn_local(async move {
-            let started = std::time::Instant::now();
-            info!(core = id, segments, "recovering the spool");
-            let mut recovery = recovery;
-            let mut messages = 0u64;
-            while let Some(batch) = recovery.next_segment().await {
-                for r in batch {
-                    d.requeue(Message::recovered(r));
-                    messages += 1;
-                    if messages.is_multiple_of(64) {
-                        // Sessions of this core go first.
-                        glommio::yield_if_needed().await;
+        // Its own task queue with a small share: while sessions have work, they go first.
+        let background = glommio::executor().create_task_queue(
+            glommio::Shares::Static(50),
+            glommio::Latency::NotImportant,
+            "recovery",
+        );
+        glommio::spawn_local_into(
+            async move {
+                let started = std::time::Instant::now();
+                info!(core = id, segments, "recovering the spool");
+                let mut recovery = recovery;
+                let mut messages = 0u64;
+                while let Some(batch) = recovery.next_segment().await {
+                    for r in batch {
+                        d.requeue(Message::recovered(r));
+                        messages += 1;
+                        if messages.is_multiple_of(64) {
+                            // Sessions of this core go first.
+                            glommio::yield_if_needed().await;
+                        }
                     }
                 }
-            }
-            info!(
-                core = id,
-                messages,
-                ms = started.elapsed().as_millis() as u64,
-                "spool recovered"
-            );
-        })
+                info!(
+                    core = id,
+                    messages,
+                    ms = started.elapsed().as_millis() as u64,
+                    "spool recovered"
+                );
+            },
+            background,
+        )
+        .map_err(|e| anyhow::anyhow!("core {id}: cannot start the spool recovery: {e}"))?
         .detach();
     }
     for l in listeners {

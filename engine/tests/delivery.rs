@@ -265,7 +265,7 @@ fn a_down_destination_backs_off_instead_of_connecting_for_each_message() {
     let engine = Engine::start(EngineConfig {
         retry: "[\"1s\"]",
         extra: format!(
-            "{}[delivery]\nidle_time = \"1s\"\nconnect_timeout = \"2s\"\nbackoff_min = \"2s\"\nbackoff_max = \"4s\"\n",
+            "{}[delivery]\nidle_time = \"1s\"\nconnect_timeout = \"2s\"\nbackoff_min = \"2s\"\nbackoff_max = \"4s\"\nconnections_per_destination = 8\n",
             domain("example.test", route)
         ),
         ..Default::default()

@@ -651,7 +651,9 @@ impl Spool {
                 None => groups.push((key, vec![r])),
             }
         }
-        let mut finished_segments = Vec::new();
+        // Every segment's write and sync run at once: a commit costs the slowest
+        // sync, not the sum of them.
+        let mut writes = Vec::with_capacity(groups.len());
         for (key, reqs) in groups {
             let (file, start) = {
                 let segs = self.inner.segments.borrow();
@@ -673,8 +675,13 @@ impl Spool {
                 offsets.push(start + buf.len() as u64);
                 buf.extend_from_slice(&r.bytes);
             }
-            let result = write_all_and_sync(&file, buf, start).await;
-            match result {
+            let write =
+                glommio::spawn_local(async move { write_all_and_sync(&file, buf, start).await });
+            writes.push((key, reqs, offsets, start, total, write));
+        }
+        let mut finished_segments = Vec::new();
+        for (key, reqs, offsets, start, total, write) in writes {
+            match write.await {
                 Ok(()) => {
                     let mut added = 0u64;
                     let mut finished = 0u64;
