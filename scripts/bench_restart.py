@@ -206,7 +206,9 @@ route = "127.0.0.1:%d"
                 "- A 2-core engine queued %d messages of %d octets (%d spool octets) with its route down, was"
                 % (accepted, args.size, spool_bytes),
                 "  killed with SIGKILL, and started again with the route up (bulwark-load sink). Times are from",
-                "  the start of the process; transactions are smtplib sessions sent one after another.",
+                "  the start of the process; transactions are smtplib sessions sent one after another. The",
+                "  2 CPUs are shared by the engine (reading the spool back and delivering at full speed), the",
+                "  sink and the client, so transaction times during recovery vary from run to run.",
                 "- Delivery of the recovered queue after the restart: %.0f msgs/s." % (total / max(t_last - t_first, 1e-9)),
                 "- Machine: %s, %d CPUs. Date: %s." % (os.uname().release, os.cpu_count(), time.strftime("%Y-%m-%d")),
                 "",
