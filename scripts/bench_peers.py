@@ -84,6 +84,14 @@ class Cgroup:
 
 
 
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
 def wait_port(port, timeout=60):
     end = time.time() + timeout
     while time.time() < end:
@@ -354,14 +362,26 @@ def main():
         write_results(args, table)
 
 
-def write_results(args, table):
-    """Replaces the text between the peers markers of the results file."""
-    begin, end = "<!-- %s:begin -->" % args.section, "<!-- %s:end -->" % args.section
+def replace_section(path, name, section):
+    """Puts `section` (which starts and ends with the markers of `name`) in place of the
+    marked section of the Markdown file at `path`, or at its end."""
+    begin, end = "<!-- %s:begin -->" % name, "<!-- %s:end -->" % name
     try:
-        with open(args.results) as f:
+        with open(path) as f:
             text = f.read()
     except OSError:
         text = "# Benchmark results\n"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def write_results(args, table):
+    """Replaces the text between the peers markers of the results file."""
+    begin, end = "<!-- %s:begin -->" % args.section, "<!-- %s:end -->" % args.section
     uname = os.uname()
     postfix = subprocess.run(["postconf", "-d", "-h", "mail_version"], stdout=subprocess.PIPE, text=True).stdout.strip()
     haraka = "?"
@@ -390,12 +410,7 @@ def write_results(args, table):
         table,
         end,
     ])
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    with open(args.results, "w") as f:
-        f.write(text)
+    replace_section(args.results, args.section, section)
 
 
 def make_table(results, peers):

@@ -16,24 +16,15 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 
-from bench_peers import wait_port
+from bench_peers import free_port, replace_section, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 APPLIED = re.compile(r"^(\S+)\s+INFO policy snapshot applied core=(\d+) generation=(\d+)")
@@ -148,8 +139,6 @@ def main():
               % (sent.get("accepted"), sent.get("rejected"), sent.get("errors")))
         if args.results:
             begin, end = "<!-- policy:begin -->", "<!-- policy:end -->"
-            with open(args.results) as f:
-                text = f.read()
             section = "\n".join([
                 begin,
                 "## Policy propagation: API call returned → every core applied",
@@ -166,12 +155,7 @@ def main():
                 table,
                 end,
             ])
-            if begin in text:
-                text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
-            else:
-                text = text.rstrip("\n") + "\n\n" + section + "\n"
-            with open(args.results, "w") as f:
-                f.write(text)
+            replace_section(args.results, "policy", section)
     finally:
         for p in procs:
             p.terminate()

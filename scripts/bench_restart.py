@@ -24,16 +24,10 @@ import tempfile
 import time
 import urllib.request
 
+from bench_peers import free_port, replace_section
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def metric(port, name):
@@ -195,8 +189,6 @@ route = "127.0.0.1:%d"
         print("delivery after restart: %.0f msgs/s" % (total / max(t_last - t_first, 1e-9)))
         if args.results:
             begin, end = "<!-- restart:begin -->", "<!-- restart:end -->"
-            with open(args.results) as f:
-                text = f.read()
             section = "\n".join([
                 begin,
                 "## Restart with a full queue",
@@ -215,12 +207,7 @@ route = "127.0.0.1:%d"
                 table,
                 end,
             ])
-            if begin in text:
-                text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
-            else:
-                text = text.rstrip("\n") + "\n\n" + section + "\n"
-            with open(args.results, "w") as f:
-                f.write(text)
+            replace_section(args.results, "restart", section)
     finally:
         for p in procs:
             if p.poll() is None:

@@ -26,8 +26,11 @@ pub fn socket_path(dir: &Path, core: usize) -> PathBuf {
 
 /// Starts this core's admin socket.
 pub fn serve(core: usize, dir: &Path, deliverer: Rc<Deliverer>) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if !dir.exists() {
+        // A directory of our own is closed to others; an existing one is left as it is.
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     let path = socket_path(dir, core);
     match std::fs::remove_file(&path) {
         Ok(()) => {}

@@ -492,6 +492,36 @@ impl<'t> Validator<'t> {
         Some(out)
     }
 
+    /// The tables of an array of tables (`[[name]]`) at `path`, one section each.
+    fn tables<'a, 'b>(&mut self, v: Option<&'b Value<'a>>, path: &str) -> Vec<Section<'a, 'b>> {
+        let Some(v) = v else {
+            return Vec::new();
+        };
+        let DeValue::Array(arr) = v.get_ref() else {
+            self.err(
+                path,
+                Some(v.span()),
+                format!("must be an array of tables ([[{path}]])"),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in arr.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let DeValue::Table(t) = item.get_ref() else {
+                self.err(&item_path, Some(item.span()), "must be a table");
+                continue;
+            };
+            out.push(Section {
+                path: item_path,
+                table: Some(t),
+                line: Some(line_of(self.text, item.span().start)),
+                used: Vec::new(),
+            });
+        }
+        out
+    }
+
     fn config(&mut self, root: &Table<'_>) -> Config {
         const SECTIONS: [&str; 13] = [
             "server", "spool", "queue", "limits", "smtp", "delivery", "tls", "dns", "policy",
@@ -760,30 +790,10 @@ impl<'t> Validator<'t> {
 
     /// `[[delivery.destinations]]`: name, connections, rate.
     fn destination_limits(&mut self, parent: &mut Section<'_, '_>) -> Vec<DestinationLimits> {
-        let Some(v) = self.get(parent, "destinations") else {
-            return Vec::new();
-        };
-        let DeValue::Array(arr) = v.get_ref() else {
-            self.err(
-                "delivery.destinations",
-                Some(v.span()),
-                "must be an array of tables ([[delivery.destinations]])",
-            );
-            return Vec::new();
-        };
+        let v = self.get(parent, "destinations");
         let mut out: Vec<DestinationLimits> = Vec::new();
-        for (i, item) in arr.iter().enumerate() {
-            let path = format!("delivery.destinations[{i}]");
-            let DeValue::Table(t) = item.get_ref() else {
-                self.err(&path, Some(item.span()), "must be a table");
-                continue;
-            };
-            let mut s = Section {
-                path: path.clone(),
-                table: Some(t),
-                line: Some(line_of(self.text, item.span().start)),
-                used: Vec::new(),
-            };
+        for mut s in self.tables(v, "delivery.destinations") {
+            let path = s.path.clone();
             let name = self.required_string(&mut s, "name");
             let connections = self
                 .integer(&mut s, "connections", 1, 1000)
@@ -958,30 +968,9 @@ impl<'t> Validator<'t> {
     }
 
     fn domains(&mut self, root: &Table<'_>) -> Vec<DomainConfig> {
-        let Some(v) = root.get("domains") else {
-            return Vec::new();
-        };
-        let DeValue::Array(arr) = v.get_ref() else {
-            self.err(
-                "domains",
-                Some(v.span()),
-                "must be an array of tables ([[domains]])",
-            );
-            return Vec::new();
-        };
         let mut out: Vec<DomainConfig> = Vec::new();
-        for (i, item) in arr.iter().enumerate() {
-            let path = format!("domains[{i}]");
-            let DeValue::Table(t) = item.get_ref() else {
-                self.err(&path, Some(item.span()), "must be a table");
-                continue;
-            };
-            let mut s = Section {
-                path: path.clone(),
-                table: Some(t),
-                line: Some(line_of(self.text, item.span().start)),
-                used: Vec::new(),
-            };
+        for mut s in self.tables(root.get("domains"), "domains") {
+            let path = s.path.clone();
             let name = self.required_string(&mut s, "name");
             let route = self.required_string(&mut s, "route");
             let directory = self.string_list(&mut s, "directory");

@@ -15,32 +15,16 @@ fn local_addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
 
-/// Sends `n` messages with smtplib over one connection; returns the queue ids.
-fn send(engine: &Engine, from: &str, rcpts: &[&str], n: usize, tag: &str) -> Vec<String> {
-    let rcpts = rcpts
-        .iter()
-        .map(|r| format!("\"{r}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let out = python(&format!(
-        r#"
-import smtplib
-s = smtplib.SMTP("127.0.0.1", {port})
-s.ehlo("client.test")
-for i in range({n}):
-    msg = "From: <{from}>\r\nSubject: {tag} {{0}}\r\nMessage-ID: <{tag}-{{0}}@client.test>\r\n\r\nbody {{0}}\r\n".format(i)
-    s.mail("{from}")
-    for r in [{rcpts}]:
-        code, _ = s.rcpt(r)
-        assert code == 250, code
-    code, reply = s.data(msg)
-    assert code == 250, (code, reply)
-    print(reply.decode().split("queued as ")[1])
-s.quit()
-"#,
-        port = engine.smtp.port()
-    ));
-    out.lines().map(str::to_string).collect()
+/// The client addresses (one per connection) the sink stored messages from.
+fn sink_peers(sink: &Sink) -> HashSet<String> {
+    std::fs::read_dir(sink.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .map(|v| v["peer"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 fn entry<'a>(list: &'a [serde_json::Value], id: &str) -> Option<&'a serde_json::Value> {
@@ -61,8 +45,8 @@ fn queue_operations_on_a_running_engine() {
         ),
         ..Default::default()
     });
-    let ids = send(&engine, "s@sender.test", &["u@example.test"], 4, "ops");
-    let mixed = send(
+    let ids = send_messages(&engine, "s@sender.test", &["u@example.test"], 4, "ops");
+    let mixed = send_messages(
         &engine,
         "s@sender.test",
         &["a@example.test", "b@other.test"],
@@ -211,7 +195,7 @@ fn delay_notice_goes_once_then_the_message_is_delivered() {
         ),
         ..Default::default()
     });
-    let ids = send(&engine, "alice@sender.test", &["u@example.test"], 1, "slow");
+    let ids = send_messages(&engine, "alice@sender.test", &["u@example.test"], 1, "slow");
     let notices = senders.wait_for(1, Duration::from_secs(15));
     assert_eq!(notices.len(), 1, "{}", engine.log_text());
     let n = &notices[0];
@@ -270,7 +254,7 @@ fn a_down_destination_backs_off_instead_of_connecting_for_each_message() {
         ),
         ..Default::default()
     });
-    send(&engine, "s@sender.test", &["u@example.test"], 30, "down");
+    send_messages(&engine, "s@sender.test", &["u@example.test"], 30, "down");
     std::thread::sleep(Duration::from_secs(6));
     // 30 messages retried every second for 6 s: about 180 message attempts, but only a
     // connection per backoff period (2 s, 4 s, …).
@@ -289,14 +273,7 @@ fn a_down_destination_backs_off_instead_of_connecting_for_each_message() {
     assert!(wait_until(Duration::from_secs(5), || engine
         .metric("bulwark_destinations_backing_off")
         == 0.0));
-    let peers: HashSet<String> = std::fs::read_dir(sink.dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .map(|v| v["peer"].as_str().unwrap_or("").to_string())
-        .collect();
+    let peers = sink_peers(&sink);
     assert!(
         peers.len() <= 8,
         "30 messages took {} connections",
@@ -315,7 +292,7 @@ fn destination_connection_and_rate_limits_hold() {
         ..Default::default()
     });
     let started = Instant::now();
-    send(&engine, "s@sender.test", &["u@example.test"], 20, "paced");
+    send_messages(&engine, "s@sender.test", &["u@example.test"], 20, "paced");
     let got = sink.wait_for(20, Duration::from_secs(20));
     let took = started.elapsed();
     assert_eq!(got.len(), 20);
@@ -324,14 +301,7 @@ fn destination_connection_and_rate_limits_hold() {
         took >= Duration::from_millis(1800),
         "rate limit not applied: {took:?}"
     );
-    let peers: HashSet<String> = std::fs::read_dir(sink.dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .map(|v| v["peer"].as_str().unwrap_or("").to_string())
-        .collect();
+    let peers = sink_peers(&sink);
     assert_eq!(peers.len(), 1, "more than one connection: {peers:?}");
 }
 
@@ -375,16 +345,7 @@ fn stop(child: &mut Child) {
 }
 
 fn read_ids(files: &[PathBuf]) -> Vec<String> {
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    files.iter().flat_map(|f| read_lines(f)).collect()
 }
 
 #[test]
@@ -438,11 +399,7 @@ fn route_flapping_under_load_loses_nothing() {
     let f = dir.path().join("sink-final.txt");
     let mut sink = start_load_sink(&load, route, &f);
     sink_files.push(f);
-    let sent: HashSet<String> = std::fs::read_to_string(&sent_ids)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let sent: HashSet<String> = read_lines(&sent_ids).into_iter().collect();
     assert!(sent.len() > 1000, "too little load: {}", sent.len());
     wait_until(Duration::from_secs(60), || {
         engine.metric("bulwark_queue_messages") == 0.0
@@ -506,13 +463,9 @@ fn restart_with_a_full_queue_accepts_mail_while_recovering() {
     let mut sink = start_load_sink(&load, route, &sink_ids[0]);
     engine.restart();
     // New mail is taken at once, whatever the recovery is doing.
-    let ids = send(&engine, "s@sender.test", &["u@example.test"], 1, "during");
+    let ids = send_messages(&engine, "s@sender.test", &["u@example.test"], 1, "during");
     assert_eq!(ids.len(), 1);
-    let sent: HashSet<String> = std::fs::read_to_string(&sent_ids)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let sent: HashSet<String> = read_lines(&sent_ids).into_iter().collect();
     assert_eq!(sent.len(), 20000);
     wait_until(Duration::from_secs(60), || {
         engine.metric("bulwark_queue_messages") == 0.0

@@ -3,7 +3,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -12,26 +12,9 @@ fn addr(ip: &str) -> SocketAddr {
     format!("{ip}:{}", free_port()).parse().unwrap()
 }
 
-/// Sends `n` messages with smtplib over one connection; returns the queue ids given.
+/// Sends `n` messages to one recipient; returns the queue ids given.
 fn send_many(engine: &Engine, from: &str, to: &str, n: usize, tag: &str) -> Vec<String> {
-    let out = python(&format!(
-        r#"
-import smtplib
-s = smtplib.SMTP("127.0.0.1", {port})
-s.ehlo("client.test")
-for i in range({n}):
-    msg = "From: <{from}>\r\nTo: <{to}>\r\nSubject: {tag} {{0}}\r\nMessage-ID: <{tag}-{{0}}@client.test>\r\n\r\nbody {{0}}\r\n".format(i)
-    s.mail("{from}")
-    code, _ = s.rcpt("{to}")
-    assert code == 250, code
-    code, reply = s.data(msg)
-    assert code == 250, (code, reply)
-    print(reply.decode().split("queued as ")[1])
-s.quit()
-"#,
-        port = engine.smtp.port()
-    ));
-    out.lines().map(str::to_string).collect()
+    send_messages(engine, from, &[to], n, tag)
 }
 
 #[test]
@@ -164,37 +147,17 @@ fn expired_message_bounces_after_its_lifetime() {
         == 0.0));
 }
 
-struct Dnsmasq(Child);
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A DSN for a sender outside the managed domains goes to the sender domain's MX host,
 /// found through the configured DNS server.
 #[test]
 fn bounce_to_a_foreign_sender_follows_its_mx() {
     let dns_port = free_port();
-    let dns = Dnsmasq(
-        Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--user=root",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                &format!("--port={dns_port}"),
-                "--mx-host=sender.test,mx1.sender.test,10",
-                "--host-record=mx1.sender.test,127.0.0.7",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq (dnsmasq-base) is required"),
+    let dns = Dnsmasq::start(
+        dns_port,
+        &[
+            "--mx-host=sender.test,mx1.sender.test,10",
+            "--host-record=mx1.sender.test,127.0.0.7",
+        ],
     );
     let mx_sink = Sink::start("127.0.0.7:25".parse().unwrap());
     let route_sink = Sink::start(addr("127.0.0.1"));
@@ -225,23 +188,7 @@ fn bounce_to_a_foreign_sender_follows_its_mx() {
 #[test]
 fn null_mx_fails_at_once() {
     let dns_port = free_port();
-    let dns = Dnsmasq(
-        Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--user=root",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                &format!("--port={dns_port}"),
-                "--mx-host=nullmx.test,.,0",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq (dnsmasq-base) is required"),
-    );
+    let dns = Dnsmasq::start(dns_port, &["--mx-host=nullmx.test,.,0"]);
     let route_sink = Sink::start(addr("127.0.0.1"));
     let engine = Engine::start(EngineConfig {
         retry: "[\"1s\"]",
@@ -409,19 +356,9 @@ fn kill_9_ten_times_under_load_loses_nothing() {
     }
     let out = sender.wait_with_output().unwrap();
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let sent: std::collections::HashSet<String> = std::fs::read_to_string(&sent_ids)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let sent: std::collections::HashSet<String> = read_lines(&sent_ids).into_iter().collect();
     assert!(sent.len() > 100, "too little load: {r}");
-    let received = || -> Vec<String> {
-        std::fs::read_to_string(&sink_ids)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
+    let received = || read_lines(&sink_ids);
     wait_until(Duration::from_secs(60), || {
         let got: std::collections::HashSet<String> = received().into_iter().collect();
         sent.is_subset(&got)

@@ -467,28 +467,14 @@ impl Spool {
     pub fn mark_delivered(&self, loc: Location, id: &str, rcpts: &[u32]) {
         let mut bytes = Vec::with_capacity(64);
         record::encode_delivered(&mut bytes, id, rcpts);
-        self.push(Request {
-            target: Target::Segment(loc.segment),
-            bytes,
-            content_at: 0,
-            finishes: false,
-            adds: false,
-            reply: None,
-        });
+        self.push_progress(loc, bytes, false);
     }
 
     /// Records that the message is finished; its segment may then be reclaimed.
     pub fn mark_done(&self, loc: Location, id: &str) {
         let mut bytes = Vec::with_capacity(48);
         record::encode_done(&mut bytes, id);
-        self.push(Request {
-            target: Target::Segment(loc.segment),
-            bytes,
-            content_at: 0,
-            finishes: true,
-            adds: false,
-            reply: None,
-        });
+        self.push_progress(loc, bytes, true);
     }
 
     /// Records the queue's view of a message (attempts, hold, warning sent). Durable
@@ -496,11 +482,16 @@ impl Spool {
     pub fn mark_state(&self, loc: Location, st: &record::StateRecord<'_>) {
         let mut bytes = Vec::with_capacity(64 + st.last_error.len());
         record::encode_state(&mut bytes, st);
+        self.push_progress(loc, bytes, false);
+    }
+
+    /// Appends a progress record to the segment holding the message.
+    fn push_progress(&self, loc: Location, bytes: Vec<u8>, finishes: bool) {
         self.push(Request {
             target: Target::Segment(loc.segment),
             bytes,
             content_at: 0,
-            finishes: false,
+            finishes,
             adds: false,
             reply: None,
         });

@@ -471,3 +471,80 @@ pub fn make_ca_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
     (ca, crt, key)
 }
+
+/// Sends `n` messages from `from` to `rcpts` with smtplib over one connection (each with
+/// `Subject: TAG i` and `Message-ID: <TAG-i@client.test>`); returns the queue ids given.
+pub fn send_messages(
+    engine: &Engine,
+    from: &str,
+    rcpts: &[&str],
+    n: usize,
+    tag: &str,
+) -> Vec<String> {
+    let rcpts = rcpts
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let out = python(&format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("127.0.0.1", {port})
+s.ehlo("client.test")
+for i in range({n}):
+    msg = "From: <{from}>\r\nSubject: {tag} {{0}}\r\nMessage-ID: <{tag}-{{0}}@client.test>\r\n\r\nbody {{0}}\r\n".format(i)
+    s.mail("{from}")
+    for r in [{rcpts}]:
+        code, _ = s.rcpt(r)
+        assert code == 250, code
+    code, reply = s.data(msg)
+    assert code == 250, (code, reply)
+    print(reply.decode().split("queued as ")[1])
+s.quit()
+"#,
+        port = engine.smtp.port()
+    ));
+    out.lines().map(str::to_string).collect()
+}
+
+/// A DNS server for a test (dnsmasq), stopped on drop.
+pub struct Dnsmasq(Child);
+
+impl Dnsmasq {
+    /// Serves only `records` (dnsmasq options such as `--mx-host=…`) on 127.0.0.1:`port`.
+    pub fn start(port: u16, records: &[&str]) -> Dnsmasq {
+        Dnsmasq(
+            Command::new("dnsmasq")
+                .args([
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--user=root",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    &format!("--port={port}"),
+                ])
+                .args(records)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("dnsmasq (dnsmasq-base) is required"),
+        )
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lines of a file; none if it does not exist (yet).
+pub fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
