@@ -310,6 +310,7 @@ async fn run_core(
         let d = deliverer.clone();
         let segments = recovery.segments();
         // Its own task queue with a small share: while sessions have work, they go first.
+        // Delivery workers it starts run in that queue too.
         let background = glommio::executor().create_task_queue(
             glommio::Shares::Static(50),
             glommio::Latency::NotImportant,

@@ -371,7 +371,7 @@ impl Deliverer {
             if job.msg.phase() != Phase::Active || job.msg.state.borrow().held {
                 // Held or deleted while queued.
                 if job.probe {
-                    q.health.borrow_mut().probe_abandoned(Instant::now());
+                    self.abandon_probe(&q);
                 }
                 self.drop_job(job);
                 continue;
@@ -382,7 +382,7 @@ impl Deliverer {
                 Err(e) => {
                     warn!(id = %job.msg.id, "cannot read spooled content: {e}");
                     if job.probe {
-                        q.health.borrow_mut().probe_abandoned(Instant::now());
+                        self.abandon_probe(&q);
                     }
                     let r = Reply::local(451, &format!("4.3.0 spool read failed: {e}"));
                     let outcomes = all(&job, &|| Outcome::Deferred(r.clone()), None);
@@ -475,7 +475,12 @@ impl Deliverer {
             let outcomes = all(&job, &|| Outcome::Deferred(why.clone()), None);
             self.report(job, outcomes);
         }
-        // When the backoff is over, one parked message probes the destination.
+        self.arm_probe(q, until);
+    }
+
+    /// When the backoff is over, one parked message probes the destination (unless the
+    /// destination changed state meanwhile, or a message due anyway probes first).
+    fn arm_probe(self: &Rc<Self>, q: &Rc<DestQueue>, until: Instant) {
         let me = self.clone();
         let q = q.clone();
         let epoch = q.epoch.get();
@@ -495,6 +500,14 @@ impl Deliverer {
             }
         })
         .detach();
+    }
+
+    /// The probe job went away before it connected: another parked message probes.
+    fn abandon_probe(self: &Rc<Self>, q: &Rc<DestQueue>) {
+        let now = Instant::now();
+        q.health.borrow_mut().probe_abandoned(now);
+        q.epoch.set(q.epoch.get() + 1);
+        self.arm_probe(q, now);
     }
 
     /// A connection to the destination worked: if it was backing off, it is up again
