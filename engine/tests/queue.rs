@@ -183,6 +183,57 @@ fn bounce_to_a_foreign_sender_follows_its_mx() {
     drop(dns);
 }
 
+/// MX hosts are tried in preference order: the first one is down, so the bounce goes to
+/// the second. A domain without MX records gets its mail at its own address (RFC 5321
+/// §5.1, the implicit MX).
+#[test]
+fn mx_fallback_and_implicit_mx() {
+    let dns_port = free_port();
+    let dns = Dnsmasq::start(
+        dns_port,
+        &[
+            "--mx-host=fallback.test,mx1.fallback.test,10",
+            "--mx-host=fallback.test,mx2.fallback.test,20",
+            "--host-record=mx1.fallback.test,127.0.0.8",
+            "--host-record=mx2.fallback.test,127.0.0.9",
+            "--host-record=implicit.test,127.0.0.10",
+            // Answer for the zone itself: no MX (NOERROR, no data), as a real server does.
+            "--local=/implicit.test/",
+        ],
+    );
+    let second = Sink::start("127.0.0.9:25".parse().unwrap());
+    let implicit = Sink::start("127.0.0.10:25".parse().unwrap());
+    let route_sink = Sink::start(addr("127.0.0.1"));
+    let engine = Engine::start(EngineConfig {
+        extra: format!(
+            "{}[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n",
+            domain("example.test", route_sink.addr)
+        ),
+        ..Default::default()
+    });
+    send_many(
+        &engine,
+        "bob@fallback.test",
+        "reject-1@example.test",
+        1,
+        "fallback",
+    );
+    send_many(
+        &engine,
+        "carol@implicit.test",
+        "reject-2@example.test",
+        1,
+        "implicit",
+    );
+    let got = second.wait_for(1, Duration::from_secs(15));
+    assert_eq!(got.len(), 1, "{}", engine.log_text());
+    assert_eq!(got[0].rcpts, ["bob@fallback.test"]);
+    let got = implicit.wait_for(1, Duration::from_secs(15));
+    assert_eq!(got.len(), 1, "{}", engine.log_text());
+    assert_eq!(got[0].rcpts, ["carol@implicit.test"]);
+    drop(dns);
+}
+
 /// A bounce to a domain that publishes a null MX (RFC 7505) fails at once: no
 /// connection, no retries, and no bounce of the bounce.
 #[test]
