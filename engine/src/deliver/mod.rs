@@ -809,7 +809,9 @@ impl Deliverer {
         } else {
             self.schedule(msg.clone(), delay);
         }
-        self.persist(&msg);
+        if worth_persisting(msg.state.borrow().attempts) || warn_now {
+            self.persist(&msg);
+        }
     }
 
     /// Records the message's queue state in the spool (durable with the next batch).
@@ -995,6 +997,15 @@ impl Deliverer {
         self.enqueue(m);
         Ok(())
     }
+}
+
+/// Whether the state after this many attempts goes to the spool: every one of the
+/// first 8, then every 8th. A message deferred for days then appends a few dozen state
+/// records instead of hundreds to a segment that cannot be reclaimed while it waits;
+/// after a crash its count may be a few attempts behind and its next attempt earlier.
+/// Holds, releases and the delay notice are always recorded.
+fn worth_persisting(attempts: u32) -> bool {
+    attempts <= 8 || attempts.is_multiple_of(8)
 }
 
 /// The recipients of `msg` with `status`, as a DSN lists them.
