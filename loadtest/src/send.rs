@@ -18,23 +18,52 @@ use serde::Serialize;
 
 use crate::message::Template;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// Server to load, HOST:PORT.
+    #[arg(long, value_parser = crate::socket_addr)]
     pub target: SocketAddr,
+    /// Concurrent connections, each reused for message after message.
+    #[arg(long, default_value_t = 10)]
     pub connections: usize,
+    /// Messages to send in all (default 1000, or unlimited with --duration).
+    #[arg(long)]
     pub messages: Option<u64>,
+    /// Approximate size of each message in octets.
+    #[arg(long, default_value_t = 4096)]
     pub size: usize,
+    /// Recipients per message.
+    #[arg(long, default_value_t = 1)]
     pub recipients: usize,
+    /// Use STARTTLS (fails if the server does not offer it).
+    #[arg(long)]
     pub tls: bool,
+    /// Messages per second in all; default: as fast as possible.
+    #[arg(long)]
     pub rate: Option<f64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
     pub duration: Option<f64>,
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
     pub json: bool,
+    /// Add a base64 attachment of this many octets.
+    #[arg(long, default_value_t = 0)]
     pub attachment: usize,
+    /// Open N connections, say EHLO, and hold them idle until stopped (Ctrl-C).
+    #[arg(long)]
     pub hold: Option<usize>,
-    pub threads: usize,
+    /// Sender threads (one executor each); default: all CPUs.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Envelope sender.
+    #[arg(long, default_value = "load@bulwark-load.test")]
     pub from: String,
+    /// Envelope recipient; with --recipients N the others are numbered (user1@…).
+    #[arg(long, default_value = "user@example.test")]
     pub to: String,
-    /// Write the Message-ID of every accepted message here.
+    /// Write the Message-ID of every message that got a 2xx here, one per line.
+    #[arg(long)]
     pub ids: Option<std::path::PathBuf>,
 }
 
@@ -166,7 +195,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         run_id,
         finished: AtomicU64::new(0),
     });
-    let threads = opts.threads.max(1);
+    let threads = crate::threads(opts.threads);
     let conns = opts.hold.unwrap_or(opts.connections);
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -351,7 +380,7 @@ async fn thread_main(thread: usize, conns: usize, shared: Arc<Shared>) -> Thread
     let slot = Rc::new(std::cell::Cell::new(Instant::now()));
     let interval = opts
         .rate
-        .map(|r| Duration::from_secs_f64(opts.threads.max(1) as f64 / r.max(0.001)));
+        .map(|r| Duration::from_secs_f64(crate::threads(opts.threads) as f64 / r.max(0.001)));
     let mut tasks = Vec::new();
     for c in 0..conns {
         let (shared, stats, template, slot) = (

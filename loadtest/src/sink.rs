@@ -21,17 +21,35 @@ use serde::Serialize;
 
 use crate::message::{self, Rng};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// Address to listen on, HOST:PORT.
+    #[arg(long, value_parser = crate::socket_addr)]
     pub listen: SocketAddr,
+    /// Answer RCPT with this reply (e.g. "550 5.1.1 unknown user"), at --fail-rate.
+    #[arg(long)]
     pub reply_rcpt: Option<String>,
+    /// Answer the end of DATA with this reply (e.g. "451 4.3.0 try later"), at --fail-rate.
+    #[arg(long)]
     pub reply_data: Option<String>,
+    /// Share of RCPTs / messages given the replies above (0..1; default 1).
+    #[arg(long)]
     pub fail_rate: Option<f64>,
+    /// Write a JSON report here every second and on SIGTERM.
+    #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write the Message-ID of every message received here, one per line.
+    #[arg(long)]
     pub ids: Option<PathBuf>,
-    pub threads: usize,
-    /// PEM certificate and key: offer STARTTLS.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Receiver threads (one executor each); default: all CPUs.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// PEM certificate chain: offer STARTTLS (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -123,7 +141,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             .map(|r| reply_line(r, "--reply-data"))
             .transpose()?,
         fail_rate: opts.fail_rate.unwrap_or(1.0),
-        tls: match &opts.tls {
+        tls: match opts.tls_cert.as_ref().zip(opts.tls_key.as_ref()) {
             Some((cert, key)) => Some(futures_rustls::TlsAcceptor::from(
                 bulwark::net::tls::server_config(cert, key)?,
             )),
@@ -141,7 +159,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    for t in 0..opts.threads.max(1) {
+    for t in 0..crate::threads(opts.threads) {
         let (cfg, counters, id_tx, ready) = (
             cfg.clone(),
             counters.clone(),
@@ -177,7 +195,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("starting sink thread {t}: {e}"))?;
     }
     drop(ready_tx);
-    for _ in 0..opts.threads.max(1) {
+    for _ in 0..crate::threads(opts.threads) {
         ready_rx
             .recv()
             .context("a sink thread stopped")?

@@ -230,7 +230,7 @@ fn bad_arguments_are_named() {
     let (ok, _, err) = send(&["--target", "nowhere"]);
     assert!(!ok);
     assert!(
-        err.contains("--target: \"nowhere\" is not HOST:PORT"),
+        err.contains("'--target <TARGET>': \"nowhere\" is not HOST:PORT"),
         "{err}"
     );
 }
