@@ -229,7 +229,7 @@ fn queue(
             entries.extend(a.entries);
             messages += a.messages;
             recipients += a.recipients;
-        } else if a.not_found() {
+        } else if a.missing {
             not_found = a.error;
         } else {
             errors.push(a.error.unwrap_or_else(|| "failed".into()));

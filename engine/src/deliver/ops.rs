@@ -52,6 +52,9 @@ pub struct Response {
     /// Recipients removed (`delete`).
     #[serde(default)]
     pub recipients: usize,
+    /// The message asked for is not on this core (the client asks every core).
+    #[serde(default)]
+    pub missing: bool,
 }
 
 impl Response {
@@ -72,17 +75,28 @@ impl Response {
         }
     }
 
-    /// No message with this id on this core (the client asks every core).
-    pub fn not_found(&self) -> bool {
-        !self.ok
-            && self
-                .error
-                .as_deref()
-                .is_some_and(|e| e.starts_with(NOT_FOUND))
+    fn missing(id: &str) -> Response {
+        Response {
+            missing: true,
+            ..Response::error(format!("no message {id} in the queue"))
+        }
     }
 }
 
-const NOT_FOUND: &str = "no message";
+/// Why an operation on one message did not happen.
+enum OpError {
+    Missing,
+    Refused(String),
+}
+
+impl OpError {
+    fn response(self, id: &str) -> Response {
+        match self {
+            OpError::Missing => Response::missing(id),
+            OpError::Refused(e) => Response::error(e),
+        }
+    }
+}
 
 /// One message as the queue listing shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -138,7 +152,7 @@ impl Deliverer {
                     entries: vec![e],
                     ..Default::default()
                 },
-                None => Response::error(format!("{NOT_FOUND} {id} in the queue")),
+                None => Response::missing(&id),
             },
             Request::Flush { domain } => Response::done(self.flush(domain.as_deref()), 0),
             Request::Delete {
@@ -146,7 +160,7 @@ impl Deliverer {
                 domain: None,
             } => match self.delete(&id) {
                 Ok(n) => Response::done(1, n),
-                Err(e) => Response::error(e),
+                Err(e) => e.response(&id),
             },
             Request::Delete {
                 id: None,
@@ -158,11 +172,11 @@ impl Deliverer {
             Request::Delete { .. } => Response::error("delete takes an id or a domain"),
             Request::Hold { id } => match self.hold(&id) {
                 Ok(()) => Response::done(1, 0),
-                Err(e) => Response::error(e),
+                Err(e) => e.response(&id),
             },
             Request::Release { id } => match self.release(&id) {
                 Ok(()) => Response::done(1, 0),
-                Err(e) => Response::error(e),
+                Err(e) => e.response(&id),
             },
         }
     }
@@ -252,13 +266,13 @@ impl Deliverer {
     }
 
     /// Removes a message from the queue: no more delivery, no bounce.
-    fn delete(self: &Rc<Self>, id: &str) -> Result<usize, String> {
-        let m = self
-            .find(id)
-            .ok_or_else(|| format!("{NOT_FOUND} {id} in the queue"))?;
+    fn delete(self: &Rc<Self>, id: &str) -> Result<usize, OpError> {
+        let m = self.find(id).ok_or(OpError::Missing)?;
         let phase = m.phase();
         if phase == Phase::Finishing {
-            return Err(format!("{id} is being finished and cannot be deleted"));
+            return Err(OpError::Refused(format!(
+                "{id} is being finished and cannot be deleted"
+            )));
         }
         let removed = {
             let mut st = m.state.borrow_mut();
@@ -334,18 +348,18 @@ impl Deliverer {
     }
 
     /// Stops delivery attempts of a message until it is released.
-    fn hold(self: &Rc<Self>, id: &str) -> Result<(), String> {
-        let m = self
-            .find(id)
-            .ok_or_else(|| format!("{NOT_FOUND} {id} in the queue"))?;
+    fn hold(self: &Rc<Self>, id: &str) -> Result<(), OpError> {
+        let m = self.find(id).ok_or(OpError::Missing)?;
         {
             let mut st = m.state.borrow_mut();
             if st.held {
-                return Err(format!("{id} is already on hold"));
+                return Err(OpError::Refused(format!("{id} is already on hold")));
             }
             match st.phase {
                 Phase::Finishing | Phase::Gone => {
-                    return Err(format!("{id} is being finished and cannot be held"));
+                    return Err(OpError::Refused(format!(
+                        "{id} is being finished and cannot be held"
+                    )));
                 }
                 Phase::Waiting(key) => {
                     self.waiting.borrow_mut().remove(&key);
@@ -364,14 +378,12 @@ impl Deliverer {
     }
 
     /// Lets a held message be delivered again, at once.
-    fn release(self: &Rc<Self>, id: &str) -> Result<(), String> {
-        let m = self
-            .find(id)
-            .ok_or_else(|| format!("{NOT_FOUND} {id} in the queue"))?;
+    fn release(self: &Rc<Self>, id: &str) -> Result<(), OpError> {
+        let m = self.find(id).ok_or(OpError::Missing)?;
         let phase = {
             let mut st = m.state.borrow_mut();
             if !st.held {
-                return Err(format!("{id} is not on hold"));
+                return Err(OpError::Refused(format!("{id} is not on hold")));
             }
             st.held = false;
             st.next_attempt = unix_now();
