@@ -18,6 +18,7 @@ pub fn session_config() -> SessionConfig {
         max_recipients: 1000,
         max_errors: 1000,
         starttls: false,
+        max_line_length: bulwark::smtp::data::MAX_TEXT_LINE,
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Server {
     /// Directory of the per-core admin sockets (`bulwark queue`); `None`: `admin/` in
     /// the spool directory.
     pub admin_dir: Option<PathBuf>,
+    /// Octets of message content one core may hold in memory (sessions' buffers and
+    /// content cached for delivery); past it new transactions get `452 4.3.1`.
+    pub memory_per_core: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +103,8 @@ pub struct Smtp {
     pub session_time: Duration,
     pub max_errors: u32,
     pub max_connections: usize,
+    /// Longest text line accepted in message content (octets, without CRLF).
+    pub max_line_length: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +122,9 @@ pub struct Delivery {
     pub backoff_max: Duration,
     /// Limits for particular destinations (a route host, or a domain delivered by MX).
     pub destinations: Vec<DestinationLimits>,
+    /// Lines longer than this are wrapped when sent to the next hop; `None`: sent as
+    /// they are.
+    pub line_length_limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -613,6 +621,9 @@ impl<'t> Validator<'t> {
         let admin_dir = self
             .string(&mut s, "admin_dir")
             .map(|(d, _)| PathBuf::from(d));
+        let memory_per_core = self
+            .integer(&mut s, "memory_per_core", 8 << 20, 1 << 40)
+            .unwrap_or(128 << 20);
         self.finish(s);
         Server {
             hostname,
@@ -620,6 +631,7 @@ impl<'t> Validator<'t> {
             metrics,
             cores,
             admin_dir,
+            memory_per_core,
         }
     }
 
@@ -714,6 +726,9 @@ impl<'t> Validator<'t> {
         let max_connections = self
             .integer(&mut s, "max_connections", 1, 10_000_000)
             .unwrap_or(100_000) as usize;
+        let max_line_length = self
+            .integer(&mut s, "max_line_length", 998, 16 << 20)
+            .unwrap_or(1 << 20) as usize;
         self.finish(s);
         Smtp {
             command_timeout,
@@ -721,6 +736,7 @@ impl<'t> Validator<'t> {
             session_time,
             max_errors,
             max_connections,
+            max_line_length,
         }
     }
 
@@ -761,8 +777,25 @@ impl<'t> Validator<'t> {
             });
         }
         let destinations = self.destination_limits(&mut s);
+        let line_length_limit = match self.integer(&mut s, "line_length_limit", 0, 1 << 20) {
+            None => Some(crate::smtp::data::MAX_TEXT_LINE),
+            Some(0) => None,
+            Some(n) if n < 78 => {
+                let line = s.line;
+                self.errors.push(ConfigError {
+                    key: "delivery.line_length_limit".into(),
+                    line,
+                    message: format!(
+                        "{n} is too short to wrap lines at; use 0 (never wrap) or at least 78"
+                    ),
+                });
+                None
+            }
+            Some(n) => Some(n as usize),
+        };
         self.finish(s);
         Delivery {
+            line_length_limit,
             connect_timeout,
             command_timeout,
             data_timeout,

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod config;
 pub mod deliver;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod policy;

@@ -96,10 +96,11 @@ pub enum Reject {
     LineTooLong,
     SpoolFailed,
     TooManyConnections,
+    MemoryBudget,
 }
 
 impl Reject {
-    const ALL: [Reject; 11] = [
+    const ALL: [Reject; 12] = [
         Reject::RelayDenied,
         Reject::UnknownUser,
         Reject::SenderBlocked,
@@ -111,6 +112,7 @@ impl Reject {
         Reject::LineTooLong,
         Reject::SpoolFailed,
         Reject::TooManyConnections,
+        Reject::MemoryBudget,
     ];
     fn label(self) -> &'static str {
         match self {
@@ -125,6 +127,7 @@ impl Reject {
             Reject::LineTooLong => "line_too_long",
             Reject::SpoolFailed => "spool_failed",
             Reject::TooManyConnections => "too_many_connections",
+            Reject::MemoryBudget => "memory_budget",
         }
     }
 }
@@ -143,7 +146,11 @@ pub struct Shard {
     pub sessions_active: Gauge,
     pub messages_received: Counter,
     pub bytes_received: Counter,
-    pub rejections: [Counter; 11],
+    pub rejections: [Counter; 12],
+    /// Octets of message content this core holds in memory now.
+    pub content_memory: Gauge,
+    /// Messages written to the spool while they arrived (larger than the in-memory part).
+    pub streamed: Counter,
     pub tls_handshakes_ok: Counter,
     pub tls_handshakes_failed: Counter,
     pub deliveries: [Counter; 3],
@@ -188,6 +195,8 @@ impl Shard {
             messages_received: Counter::default(),
             bytes_received: Counter::default(),
             rejections: Default::default(),
+            content_memory: Gauge::default(),
+            streamed: Counter::default(),
             tls_handshakes_ok: Counter::default(),
             tls_handshakes_failed: Counter::default(),
             deliveries: Default::default(),
@@ -389,6 +398,18 @@ impl Collector for Families {
                         )
                     })
                     .collect(),
+            ),
+            family(
+                "bulwark_content_memory_bytes",
+                "Octets of message content held in memory now (session buffers and content cached for delivery), summed over the cores.",
+                g,
+                vec![gauge(m.sum_i(|s| s.content_memory.get()))],
+            ),
+            family(
+                "bulwark_messages_streamed_total",
+                "Messages written to the spool piece by piece as they arrived, because they were larger than what a session keeps in memory.",
+                c,
+                vec![counter(m.sum(|s| s.streamed.get()), &[])],
             ),
             family(
                 "bulwark_tls_handshakes_total",

@@ -17,6 +17,7 @@ use crate::config::{Config, Smtp};
 use crate::deliver::client::Timeouts;
 use crate::deliver::dns::Dns;
 use crate::deliver::{self, Deliverer, Message};
+use crate::memory::Budget;
 use crate::metrics::{Metrics, Shard};
 use crate::net::{session, tls};
 use crate::policy::CorePolicy;
@@ -38,6 +39,8 @@ pub struct Core {
     pub sessions: Cell<usize>,
     pub max_sessions: usize,
     pub harvest: Rc<Guard>,
+    /// Message content this core holds in memory, against `[server] memory_per_core`.
+    pub memory: Rc<Budget>,
 }
 
 impl Core {
@@ -199,6 +202,7 @@ fn delivery_settings(cfg: &Config, cores: usize) -> deliver::Settings {
         idle_time: d.idle_time,
         backoff_min: d.backoff_min,
         backoff_max: d.backoff_max,
+        line_length_limit: d.line_length_limit,
     }
 }
 
@@ -259,6 +263,11 @@ async fn run_core(
     });
     let ids = Rc::new(QueueIds::new(id));
     let settings = delivery_settings(cfg, shared.cores);
+    let memory = Budget::new(
+        usize::try_from(cfg.server.memory_per_core).unwrap_or(usize::MAX),
+        id,
+        shared.metrics.clone(),
+    );
     let deliverer = Deliverer::new(
         id,
         settings,
@@ -268,6 +277,7 @@ async fn run_core(
         policy.clone(),
         shared.dns.clone(),
         shared.client_tls.clone(),
+        memory.clone(),
     );
     let core = Rc::new(Core {
         id,
@@ -277,6 +287,7 @@ async fn run_core(
             max_recipients: limits.1 as usize,
             max_errors: cfg.smtp.max_errors,
             starttls: shared.server_tls.is_some(),
+            max_line_length: cfg.smtp.max_line_length,
         },
         smtp: cfg.smtp.clone(),
         policy: policy.clone(),
@@ -291,6 +302,7 @@ async fn run_core(
         sessions: Cell::new(0),
         max_sessions: cfg.smtp.max_connections.div_ceil(shared.cores).max(1),
         harvest: Guard::start(mesh_senders, mesh_receivers, policy.clone()),
+        memory,
     });
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {

@@ -98,3 +98,79 @@ fn disk_full_answers_452_loses_nothing_and_recovers() {
         accepted + 3
     );
 }
+
+#[test]
+fn messages_refused_when_the_disk_filled_mid_batch_never_come_back_after_a_restart() {
+    let dir = TempDir::new("diskfull-restart");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&spool)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mounting a tmpfs needs root");
+    let _mount = Mount(spool.clone());
+    let route = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut engine = Engine::start(EngineConfig {
+        extra: format!(
+            "[spool]\ndir = \"{}\"\nsegment_size = 16777216\n\n{}",
+            spool.display(),
+            domain("example.test", route)
+        ),
+        ..Default::default()
+    });
+    // Eight clients at once, so that commits hold several messages and the disk runs
+    // out inside a batch. Each message is named by its Subject.
+    let out = python(&format!(
+        r#"
+import smtplib, threading
+results = []
+lock = threading.Lock()
+def client(c):
+    s = smtplib.SMTP("127.0.0.1", {port})
+    s.ehlo("c")
+    for i in range(40):
+        name = "m-%d-%d" % (c, i)
+        body = "Subject: %s\r\n\r\n" % name + ("y" * 70 + "\r\n") * 300
+        s.mail("s@sender.test")
+        s.rcpt("u@example.test")
+        code, msg = s.data(body)
+        with lock:
+            results.append("%s %d" % (name, code))
+    s.quit()
+ts = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+for t in ts: t.start()
+for t in ts: t.join()
+print("\n".join(results))
+"#,
+        port = engine.smtp.port()
+    ));
+    let mut accepted = std::collections::BTreeSet::new();
+    let mut refused = std::collections::BTreeSet::new();
+    for line in out.lines() {
+        let (name, code) = line.split_once(' ').unwrap();
+        match code {
+            "250" => accepted.insert(name.to_string()),
+            _ => refused.insert(name.to_string()),
+        };
+    }
+    assert!(accepted.len() > 5, "accepted only {}", accepted.len());
+    assert!(refused.len() > 5, "the disk never filled: {out}");
+    // Crash, bring the route up, start again: what was refused must not be delivered.
+    engine.kill9();
+    let sink = Sink::start(route);
+    engine.restart();
+    let msgs = sink.wait_for(accepted.len(), Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    let msgs = sink.messages().into_iter().chain(msgs.into_iter().take(0));
+    let delivered: std::collections::BTreeSet<String> =
+        msgs.filter_map(|m| m.header("Subject")).collect();
+    let resurrected: Vec<&String> = delivered.intersection(&refused).collect();
+    assert!(
+        resurrected.is_empty(),
+        "messages answered with an error were delivered after the restart: {resurrected:?}"
+    );
+    let lost: Vec<&String> = accepted.difference(&delivered).collect();
+    assert!(lost.is_empty(), "accepted messages were lost: {lost:?}");
+}

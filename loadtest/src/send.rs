@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bulwark::deliver::client::{Connection, Timeouts};
+use bulwark::deliver::content::{Cached, Content};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -518,7 +519,16 @@ async fn connection(
             template.render(&mut buf, &opts.to, &id, &rfc5322_now());
             shared.totals.sent.fetch_add(1, Relaxed);
             let t0 = Instant::now();
-            match conn.send(&opts.from, &rcpt_refs, &buf, false, false).await {
+            let content = Content::Memory(Cached::new(Vec::new(), std::mem::take(&mut buf), None));
+            let sent = conn
+                .send(&opts.from, &rcpt_refs, &content, false, false)
+                .await;
+            if let Content::Memory(c) = content
+                && let Ok(c) = std::rc::Rc::try_unwrap(c)
+            {
+                buf = c.into_body();
+            }
+            match sent {
                 Err(e) => {
                     shared.totals.errors.fetch_add(1, Relaxed);
                     if shared.totals.errors.load(Relaxed) <= 3 {

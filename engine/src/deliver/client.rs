@@ -12,6 +12,7 @@ use glommio::net::TcpStream;
 use rustls::ClientConfig;
 use tracing::debug;
 
+use super::content::{Content, Framer, PIECE};
 use crate::net::stream::Stream;
 use crate::net::tls::server_name;
 
@@ -109,6 +110,8 @@ pub struct Connection {
     /// `host[ip]` of the peer, for reports.
     pub remote: String,
     timeouts: Timeouts,
+    /// Lines longer than this are wrapped on the way out; `None`: sent as they are.
+    wrap: Option<usize>,
 }
 
 const MAX_REPLY_LINE: usize = 4096;
@@ -155,6 +158,7 @@ impl Connection {
             caps: Caps::default(),
             remote: format!("{host}[{}]", addr.ip()),
             timeouts,
+            wrap: Some(crate::smtp::data::MAX_TEXT_LINE),
         };
         let greeting = c.read_reply(timeouts.command).await?;
         if greeting.code != 220 {
@@ -202,11 +206,19 @@ impl Connection {
         self.stream.is_tls()
     }
 
+    /// Wraps content lines longer than `limit` octets (`None`: never).
+    pub fn set_line_limit(&mut self, limit: Option<usize>) {
+        self.wrap = limit;
+    }
+
     async fn ehlo(&mut self, helo: &str) -> Result<(), ConnError> {
         self.write(format!("EHLO {helo}\r\n").as_bytes()).await?;
-        let r = self.read_reply(self.timeouts.command).await?;
+        let mut lines = Vec::new();
+        let r = self
+            .read_reply_lines(self.timeouts.command, Some(&mut lines))
+            .await?;
         if r.code == 250 {
-            self.caps = parse_caps(&r.text);
+            self.caps = parse_caps(&lines);
             return Ok(());
         }
         if r.code >= 500 {
@@ -233,6 +245,16 @@ impl Connection {
 
     /// Reads one (possibly multi-line) reply.
     async fn read_reply(&mut self, timeout: Duration) -> Result<Reply, ConnError> {
+        self.read_reply_lines(timeout, None).await
+    }
+
+    /// Reads one reply; with `lines`, also each line's text after the code, one by one
+    /// (EHLO keywords are only ever at the start of a line after the first).
+    async fn read_reply_lines(
+        &mut self,
+        timeout: Duration,
+        mut lines: Option<&mut Vec<String>>,
+    ) -> Result<Reply, ConnError> {
         let mut text = String::new();
         let mut code = 0u16;
         for n in 0.. {
@@ -260,6 +282,9 @@ impl Connection {
                 }
                 text.push(' ');
                 text.push_str(line.get(4..).unwrap_or(""));
+            }
+            if let Some(lines) = lines.as_deref_mut() {
+                lines.push(line.get(4..).unwrap_or("").to_string());
             }
             match line.as_bytes().get(3) {
                 None | Some(b' ') => break,
@@ -313,13 +338,13 @@ impl Connection {
         &mut self,
         from: &str,
         rcpts: &[&str],
-        content: &[u8],
+        content: &Content,
         eight_bit: bool,
         smtputf8: bool,
     ) -> Result<TxReplies, ConnError> {
         if let Some(max) = self.caps.size
             && max > 0
-            && content.len() as u64 > max
+            && content.len() > max
         {
             let r = Reply::local(
                 552,
@@ -330,6 +355,17 @@ impl Connection {
             );
             return Ok(TxReplies {
                 mail: r,
+                rcpts: Vec::new(),
+                data: None,
+                content_sent: None,
+            });
+        }
+        if let Some(refusal) = self
+            .unsendable(from, rcpts, content, eight_bit, smtputf8)
+            .await?
+        {
+            return Ok(TxReplies {
+                mail: refusal,
                 rcpts: Vec::new(),
                 data: None,
                 content_sent: None,
@@ -402,17 +438,53 @@ impl Connection {
             self.reset().await?;
             return Ok(replies);
         }
-        let framed = dot_stuff(content);
         let timeout = self.timeouts.data;
+        let wrap = self.wrap;
         let stream = &mut self.stream;
         deadline(timeout, "sending content", async {
-            stream.write_all(&framed).await.map_err(io_err)?;
+            send_content(stream, content, wrap).await?;
             stream.flush().await.map_err(io_err)
         })
         .await?;
         replies.content_sent = Some(std::time::Instant::now());
         replies.data = Some(self.read_reply(self.timeouts.data).await?);
         Ok(replies)
+    }
+
+    /// Why this message cannot go to this server as it is, if it cannot: 8-bit content
+    /// to a server without 8BITMIME (RFC 6152 §3: bounce with 5.6.3), or a message that
+    /// needs SMTPUTF8 to a server without it (RFC 6531 §3.2: 5.6.7). A message that was
+    /// only declared so, but whose octets (and, for SMTPUTF8, whose envelope and header)
+    /// are ASCII, goes without the parameter: that loses nothing.
+    async fn unsendable(
+        &self,
+        from: &str,
+        rcpts: &[&str],
+        content: &Content,
+        eight_bit: bool,
+        smtputf8: bool,
+    ) -> Result<Option<Reply>, ConnError> {
+        if smtputf8 && !self.caps.smtputf8 {
+            let envelope_ascii = from.is_ascii() && rcpts.iter().all(|r| r.is_ascii());
+            let header = content
+                .prefix(HEADER_PROBE)
+                .await
+                .map_err(|e| ConnError::Io(format!("spool read failed: {e}")))?;
+            let end = memchr::memmem::find(&header, b"\r\n\r\n").unwrap_or(header.len());
+            if !envelope_ascii || !header[..end].is_ascii() {
+                return Ok(Some(Reply::local(
+                    553,
+                    "5.6.7 the message needs SMTPUTF8 and the next hop does not support it",
+                )));
+            }
+        }
+        if (eight_bit || smtputf8) && !self.caps.eight_bit && !seven_bit(content).await? {
+            return Ok(Some(Reply::local(
+                554,
+                "5.6.3 the message has 8-bit content and the next hop does not support 8BITMIME",
+            )));
+        }
+        Ok(None)
     }
 
     async fn reset(&mut self) -> Result<(), ConnError> {
@@ -440,13 +512,17 @@ fn truncate(s: &str) -> &str {
     }
 }
 
-fn parse_caps(ehlo: &str) -> Caps {
-    // The joined text is "250 host greeting KEYWORD ARGS KEYWORD ..."; keywords were at
-    // line starts, so look at the tokens.
+/// The extensions of an EHLO reply, from its lines after the code: the first line is the
+/// server's name and greeting, every later line one keyword and its parameters (RFC 5321
+/// §4.1.1.1). A keyword in the greeting text is not an extension.
+fn parse_caps(lines: &[String]) -> Caps {
     let mut caps = Caps::default();
-    let mut tokens = ehlo.split(' ').peekable();
-    while let Some(t) = tokens.next() {
-        match t.to_ascii_uppercase().as_str() {
+    for line in lines.iter().skip(1) {
+        let mut tokens = line.split_ascii_whitespace();
+        let Some(keyword) = tokens.next() else {
+            continue;
+        };
+        match keyword.to_ascii_uppercase().as_str() {
             "PIPELINING" => caps.pipelining = true,
             "STARTTLS" => caps.starttls = true,
             "8BITMIME" => caps.eight_bit = true,
@@ -454,7 +530,7 @@ fn parse_caps(ehlo: &str) -> Caps {
             "SIZE" => {
                 caps.size = Some(
                     tokens
-                        .peek()
+                        .next()
                         .and_then(|n| n.parse::<u64>().ok())
                         .unwrap_or(0),
                 );
@@ -465,65 +541,98 @@ fn parse_caps(ehlo: &str) -> Caps {
     caps
 }
 
-/// Frames content for DATA: a dot doubled at every line start, CRLF before the final
-/// `.` if the content does not end with one.
-pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + content.len() / 512 + 8);
-    let mut from = 0;
-    if content.first() == Some(&b'.') {
-        out.push(b'.');
+/// How much of a message is read to find its header when deciding on SMTPUTF8.
+const HEADER_PROBE: usize = 256 * 1024;
+
+/// Whether every octet of the content is 7-bit.
+async fn seven_bit(content: &Content) -> Result<bool, ConnError> {
+    match content {
+        Content::Memory(c) => Ok(c.parts().all(<[u8]>::is_ascii)),
+        Content::Spool { spool, location } => {
+            let mut at = 0;
+            while at < location.len {
+                let piece = spool
+                    .read_range(*location, at, PIECE)
+                    .await
+                    .map_err(|e| ConnError::Io(format!("spool read failed: {e}")))?;
+                if !piece.is_ascii() {
+                    return Ok(false);
+                }
+                at += piece.len() as u64;
+            }
+            Ok(true)
+        }
     }
-    for i in memchr::memmem::find_iter(content, b"\r\n.") {
-        out.extend_from_slice(&content[from..i + 2]);
-        out.push(b'.');
-        from = i + 2;
+}
+
+/// Writes content framed for DATA. A message in memory goes out in one write; one in
+/// the spool is read, framed and written a piece at a time, so it is never in memory
+/// whole.
+async fn send_content(
+    stream: &mut Stream,
+    content: &Content,
+    wrap: Option<usize>,
+) -> Result<(), ConnError> {
+    let mut framer = Framer::new(wrap);
+    let mut out = Vec::new();
+    match content {
+        Content::Memory(c) => {
+            for part in c.parts() {
+                framer.push(part, &mut out);
+            }
+        }
+        Content::Spool { spool, location } => {
+            let mut at = 0;
+            while at < location.len {
+                let piece = spool
+                    .read_range(*location, at, PIECE)
+                    .await
+                    .map_err(|e| ConnError::Io(format!("spool read failed: {e}")))?;
+                at += piece.len() as u64;
+                framer.push(&piece, &mut out);
+                drop(piece);
+                stream.write_all(&out).await.map_err(io_err)?;
+                out.clear();
+            }
+        }
     }
-    out.extend_from_slice(&content[from..]);
-    if !content.is_empty() && !content.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
+    framer.finish(&mut out);
+    stream.write_all(&out).await.map_err(io_err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::data::DataScanner;
 
-    #[test]
-    fn stuffing_round_trips_through_the_server_reader() {
-        let cases: &[&[u8]] = &[
-            b"",
-            b"a\r\n",
-            b".\r\n",
-            b"..\r\n",
-            b"x\r\n.\r\n.x\r\n",
-            b"no final crlf",
-            b".start\r\n\r\n..\r\n",
-        ];
-        for c in cases {
-            let framed = dot_stuff(c);
-            let mut s = DataScanner::new(1 << 20);
-            let mut body = Vec::new();
-            let r = s.scan(&framed, &mut body);
-            assert!(r.done, "{c:?}");
-            assert_eq!(r.consumed, framed.len(), "{c:?}");
-            let mut expect = c.to_vec();
-            if !expect.is_empty() && !expect.ends_with(b"\r\n") {
-                expect.extend_from_slice(b"\r\n");
-            }
-            assert_eq!(body, expect, "{c:?}");
-        }
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
     fn capabilities() {
-        let c = parse_caps(
-            "250 mx.test Hello x PIPELINING SIZE 1000 8BITMIME STARTTLS ENHANCEDSTATUSCODES",
-        );
+        let c = parse_caps(&lines(&[
+            "mx.test Hello x",
+            "PIPELINING",
+            "SIZE 1000",
+            "8BITMIME",
+            "STARTTLS",
+            "ENHANCEDSTATUSCODES",
+        ]));
         assert!(c.pipelining && c.eight_bit && c.starttls && !c.smtputf8);
         assert_eq!(c.size, Some(1000));
-        assert_eq!(parse_caps("250 mx.test SIZE").size, Some(0));
+        assert_eq!(parse_caps(&lines(&["mx.test", "SIZE"])).size, Some(0));
+    }
+
+    #[test]
+    fn keywords_in_the_greeting_are_not_extensions() {
+        let c = parse_caps(&lines(&[
+            "mx.test says hello; no PIPELINING STARTTLS 8BITMIME SMTPUTF8 SIZE 10 here",
+            "HELP",
+        ]));
+        assert!(!c.pipelining && !c.starttls && !c.eight_bit && !c.smtputf8);
+        assert_eq!(c.size, None);
+        // A keyword's parameters are not keywords either.
+        let c = parse_caps(&lines(&["mx.test", "AUTH PIPELINING STARTTLS"]));
+        assert!(!c.pipelining && !c.starttls);
     }
 }

@@ -13,6 +13,7 @@
 //! `[queue] delay_warning`. Operators act on the queue through [`ops`].
 
 pub mod client;
+pub mod content;
 pub mod dest;
 pub mod dns;
 pub mod dsn;
@@ -29,12 +30,14 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use tracing::{info, warn};
 
+use crate::memory::Budget;
 use crate::metrics::{Delivery, Metrics};
 use crate::policy::{CorePolicy, Destination, destination};
 use crate::queue::record::{STATE_HELD, STATE_WARNED, StateRecord};
 use crate::queue::{Location, QueueIds, Recovered, Spool, unix_now};
 use bulwark_policy::TlsPolicy;
 use client::{ConnError, Connection, Reply, Timeouts};
+use content::{Cached, Content};
 use dest::{Admit, DestQueue, Limits};
 use dns::{Dns, MxAnswer};
 
@@ -54,6 +57,8 @@ pub struct Settings {
     pub idle_time: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Content lines longer than this are wrapped on the way out; `None`: never.
+    pub line_length_limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +97,10 @@ struct State {
     attempts: u32,
     /// Jobs of the current attempt that have not reported.
     outstanding: usize,
-    /// Content kept in memory between spooling and the first attempt, and during an
-    /// attempt; dropped while the message waits for a retry.
-    content: Option<Rc<Vec<u8>>>,
+    /// Content of a small message kept in memory between spooling and the first
+    /// attempt, and during an attempt; dropped while the message waits for a retry.
+    /// Large messages are read from the spool in pieces as they are sent.
+    content: Option<Rc<Cached>>,
     phase: Phase,
     held: bool,
     /// The "delivery delayed" notice went out.
@@ -124,7 +130,7 @@ impl Message {
         sender: String,
         rcpts: Vec<String>,
         location: Location,
-        content: Option<Rc<Vec<u8>>>,
+        content: Option<Rc<Cached>>,
     ) -> Rc<Message> {
         let rcpts = rcpts
             .into_iter()
@@ -197,7 +203,15 @@ enum Outcome {
 
 type Outcomes = Vec<(usize, Outcome, Option<String>)>;
 
+/// The largest content kept in memory for delivery; larger messages are sent from the
+/// spool piece by piece.
+const CACHE_LIMIT: usize = crate::memory::IN_MEMORY_CONTENT;
+/// How much of the original a DSN reads to return its header.
+const DSN_ORIGINAL: usize = 256 * 1024;
+
 pub struct Deliverer {
+    /// The core's memory budget, charged for cached content.
+    memory: Rc<Budget>,
     core: usize,
     settings: Settings,
     spool: Spool,
@@ -227,9 +241,11 @@ impl Deliverer {
         policy: Rc<CorePolicy>,
         dns: Dns,
         tls: Arc<ClientConfig>,
+        memory: Rc<Budget>,
     ) -> Rc<Deliverer> {
         let d = Rc::new(Deliverer {
             core,
+            memory,
             settings,
             spool,
             ids,
@@ -392,7 +408,8 @@ impl Deliverer {
             };
             if conn.is_none() {
                 match self.connect(&q.dest).await {
-                    Ok(c) => {
+                    Ok(mut c) => {
+                        c.set_line_limit(self.settings.line_length_limit);
                         conn = Some(c);
                         self.dest_up(&q);
                     }
@@ -547,13 +564,38 @@ impl Deliverer {
         }
     }
 
-    async fn content(&self, msg: &Message) -> std::io::Result<Rc<Vec<u8>>> {
+    /// The content to send: the copy in memory, a small message read back and kept for
+    /// the rest of the attempt when the memory budget allows, or else the spool
+    /// location, read in pieces as it is sent.
+    async fn content(&self, msg: &Message) -> std::io::Result<Content> {
         if let Some(c) = msg.state.borrow().content.clone() {
-            return Ok(c);
+            return Ok(Content::Memory(c));
         }
-        let c = Rc::new(self.spool.read_content(msg.location).await?);
+        let spooled = Content::Spool {
+            spool: self.spool.clone(),
+            location: msg.location,
+        };
+        if msg.location.len > CACHE_LIMIT as u64 {
+            return Ok(spooled);
+        }
+        let Some(charge) = self.memory.try_charge(msg.location.len as usize) else {
+            return Ok(spooled);
+        };
+        let data = self.spool.read_content(msg.location).await?;
+        let c = Cached::new(Vec::new(), data, Some(charge));
         msg.state.borrow_mut().content = Some(c.clone());
-        Ok(c)
+        Ok(Content::Memory(c))
+    }
+
+    /// Keeps a just-spooled message's content for its first attempt, if it is small and
+    /// the core's memory budget allows; `None` and delivery reads it from the spool.
+    pub fn cache_content(&self, header: Vec<u8>, body: Vec<u8>) -> Option<Rc<Cached>> {
+        let len = header.len() + body.len();
+        if len > CACHE_LIMIT {
+            return None;
+        }
+        let charge = self.memory.try_charge(len)?;
+        Some(Cached::new(header, body, Some(charge)))
     }
 
     /// Resolves and connects, trying each address in preference order, with the
@@ -961,9 +1003,10 @@ impl Deliverer {
         rcpts: &[dsn::FailedRecipient],
         delayed: Option<u64>,
     ) -> Result<(), crate::queue::SpoolError> {
+        // A DSN returns the original's header only: read no more than a header can be.
         let original = match self.content(msg).await {
-            Ok(c) => c,
-            Err(_) => Rc::new(Vec::new()),
+            Ok(c) => c.prefix(DSN_ORIGINAL).await.unwrap_or_default(),
+            Err(_) => Vec::new(),
         };
         let dsn_id = self.ids.next();
         let now = unix_now();
@@ -993,7 +1036,8 @@ impl Deliverer {
             "bounce"
         };
         info!(id = %msg.id, dsn = %dsn_id, to = %msg.sender, "{kind} queued");
-        let m = Message::new(dsn_id, now, 0, String::new(), to, loc, Some(Rc::new(body)));
+        let cached = self.cache_content(Vec::new(), body);
+        let m = Message::new(dsn_id, now, 0, String::new(), to, loc, cached);
         self.enqueue(m);
         Ok(())
     }
@@ -1041,7 +1085,7 @@ fn all(job: &Job, o: &dyn Fn() -> Outcome, remote: Option<String>) -> Outcomes {
 
 /// Runs one job's transaction on an open connection. Returns the per-recipient outcomes
 /// and whether the connection is still usable.
-async fn transact(c: &mut Connection, job: &Job, content: &[u8]) -> (Outcomes, bool) {
+async fn transact(c: &mut Connection, job: &Job, content: &Content) -> (Outcomes, bool) {
     let remote = Some(c.remote.clone());
     let rcpt_addrs: Vec<String> = {
         let st = job.msg.state.borrow();

@@ -1,6 +1,11 @@
 //! Drives one SMTP session: socket reads into the sans-IO [`Session`], its replies back
 //! out, its events to the spool, TLS and the delivery queue. While the client is silent
 //! the task is parked on the socket and costs memory only.
+//!
+//! A message's content is kept in memory up to [`STREAM_PIECE`] octets; past that it is
+//! written to the spool piece by piece as it arrives ([`StreamedMessage`]), so a session
+//! holds at most about one piece and one read buffer whatever the message size. The
+//! `250` still comes only after the whole message is durable.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -16,15 +21,53 @@ use crate::metrics::Reject;
 use crate::net::stream::Stream;
 use crate::policy::SnapshotPolicy;
 use crate::queue::record::{FLAG_8BIT, FLAG_SMTPUTF8};
-use crate::queue::unix_now;
+use crate::queue::spool::StreamedMessage;
+use crate::queue::{SpoolError, unix_now};
 use crate::runtime::Core;
-use crate::smtp::{Event, Session, Transaction, Waiting};
+use crate::smtp::{EnvelopePolicy, Event, RcptVerdict, Session, Transaction, Waiting};
 use crate::util::rfc5322_date;
 
 /// Read buffer while reading commands; enough for any command line.
 const COMMAND_BUFFER: usize = 4096;
 /// Read buffer while reading message content.
 const DATA_BUFFER: usize = 64 * 1024;
+/// Content a session keeps in memory; a message that grows past it is streamed to the
+/// spool in pieces of about this size.
+const STREAM_PIECE: usize = crate::memory::IN_MEMORY_CONTENT;
+
+const NO_SPACE: &str = "452 4.3.1 Insufficient system storage";
+const SPOOL_ERROR: &str = "451 4.3.0 Local error in processing; try again later";
+
+/// The envelope policy of the snapshot in force, and the core's own conditions.
+struct SessionPolicy<'a> {
+    snapshot: SnapshotPolicy<'a>,
+    core: &'a Core,
+}
+
+impl EnvelopePolicy for SessionPolicy<'_> {
+    fn check_rcpt(&self, sender: &str, rcpt: &str) -> RcptVerdict {
+        self.snapshot.check_rcpt(sender, rcpt)
+    }
+
+    fn check_mail(&self) -> Option<&'static str> {
+        if self.core.memory.is_spent() {
+            self.core.shard().reject(Reject::MemoryBudget);
+            return Some("452 4.3.1 Insufficient system resources, try again later");
+        }
+        None
+    }
+}
+
+/// A message being streamed to the spool, with the queue id and arrival time it was
+/// given when streaming began.
+struct Streaming {
+    id: String,
+    arrival: u64,
+    /// `None` once writing failed: the rest of the content is read and dropped, and the
+    /// end of the message gets this reply.
+    message: Option<StreamedMessage>,
+    failure: &'static str,
+}
 
 enum ReadOutcome {
     Data(usize),
@@ -89,6 +132,8 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
     let mut buf = vec![0u8; COMMAND_BUFFER];
     let (mut start, mut end) = (0usize, 0usize);
     let mut snapshot = core.policy.current();
+    let mut streaming: Option<Streaming> = None;
+    let memory = core.memory.charge();
     'session: loop {
         loop {
             // Each transaction decides with the policy in force when it starts.
@@ -101,13 +146,21 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                     limits.recipients.to_native() as usize,
                 );
             }
-            let progress = session.feed(&buf[start..end], &SnapshotPolicy(&snapshot));
+            let policy = SessionPolicy {
+                snapshot: SnapshotPolicy(&snapshot),
+                core: &core,
+            };
+            let progress = session.feed(&buf[start..end], &policy);
             start += progress.consumed;
             match progress.event {
                 None => break,
                 Some(Event::Message(tx)) => {
                     let t0 = Instant::now();
-                    match accept_message(&core, &session, &stream, peer, tx).await {
+                    let result = match streaming.take() {
+                        Some(st) => accept_streamed(&core, peer, st, tx).await,
+                        None => accept_message(&core, &session, &stream, peer, tx).await,
+                    };
+                    match result {
                         Ok(id) => session.spooled(&id),
                         Err(reply) => session.spool_failed(reply),
                     }
@@ -156,6 +209,18 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                 }
             }
         }
+        // A large message goes to the spool while it arrives; a refused or abandoned one
+        // is thrown away.
+        if session.content_in_progress() {
+            if session.transaction().body.len() >= STREAM_PIECE {
+                stream_piece(&core, &mut session, &stream, peer, &mut streaming).await;
+            }
+        } else if let Some(st) = streaming.take()
+            && let Some(m) = st.message
+        {
+            m.abort().await;
+        }
+        memory.set(session.body_capacity() + buf.capacity());
         // Directory-harvest protection: report unknown recipients, then obey a block.
         let unknown = session.stats().unknown_user;
         if unknown > unknown_seen {
@@ -229,7 +294,126 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         shard.rejections[r as usize].add(n as u64);
     }
     shard.bytes_received.add(session.bytes_received());
+    if let Some(st) = streaming.take()
+        && let Some(m) = st.message
+    {
+        m.abort().await;
+    }
     let _ = stream.close().await;
+}
+
+/// Moves the content received so far to the spool, starting the streamed message at
+/// the first piece (its `Received:` header first). A spool failure is kept for the end
+/// of the message; until then the content is read and dropped.
+async fn stream_piece(
+    core: &Rc<Core>,
+    session: &mut Session,
+    stream: &Stream,
+    peer: SocketAddr,
+    streaming: &mut Option<Streaming>,
+) {
+    let piece = session.take_body(Vec::with_capacity(STREAM_PIECE + DATA_BUFFER));
+    if streaming.is_none() {
+        let id = core.ids.next();
+        let arrival = unix_now();
+        let tx = session.transaction();
+        let flags = flags_of(tx);
+        let mut st = Streaming {
+            id,
+            arrival,
+            message: None,
+            failure: SPOOL_ERROR,
+        };
+        match core
+            .spool
+            .stream_message(&st.id, arrival, flags, &tx.mail_from, &tx.rcpts)
+            .await
+        {
+            Ok(mut m) => {
+                let mut head = Vec::with_capacity(512);
+                received_header(&mut head, core, session, stream, peer, &st.id, tx, arrival);
+                match m.write(head).await {
+                    Ok(()) => st.message = Some(m),
+                    Err(e) => {
+                        st.failure = spool_reply(&e);
+                        m.abort().await;
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(%peer, "cannot start a streamed message: {e}");
+                st.failure = spool_reply(&e);
+            }
+        }
+        *streaming = Some(st);
+    }
+    let Some(st) = streaming.as_mut() else { return };
+    let Some(m) = st.message.as_mut() else { return };
+    if let Err(e) = m.write(piece).await {
+        warn!(%peer, id = %st.id, "streaming a message to the spool failed: {e}");
+        st.failure = spool_reply(&e);
+        if let Some(m) = st.message.take() {
+            m.abort().await;
+        }
+    }
+}
+
+/// Completes a streamed message: the rest of the content, the commit, the queue.
+async fn accept_streamed(
+    core: &Rc<Core>,
+    peer: SocketAddr,
+    st: Streaming,
+    tx: Transaction,
+) -> Result<String, &'static str> {
+    let Some(mut m) = st.message else {
+        core.shard().reject(Reject::SpoolFailed);
+        return Err(st.failure);
+    };
+    let written = async {
+        m.write(tx.body).await?;
+        let size = m.written();
+        m.commit().await.map(|loc| (loc, size))
+    };
+    match written.await {
+        Ok((location, size)) => {
+            let shard = core.shard();
+            shard.messages_received.inc();
+            shard.streamed.inc();
+            info!(id = %st.id, %peer, from = %tx.mail_from, rcpts = tx.rcpts.len(), size, "accepted (streamed)");
+            let msg = crate::deliver::Message::new(
+                st.id.clone(),
+                st.arrival,
+                flags_of_parts(tx.eight_bit, tx.smtputf8),
+                tx.mail_from,
+                tx.rcpts,
+                location,
+                None,
+            );
+            core.deliverer.enqueue(msg);
+            Ok(st.id)
+        }
+        Err(e) => {
+            core.shard().reject(Reject::SpoolFailed);
+            warn!(%peer, id = %st.id, "message not accepted: {e}");
+            Err(spool_reply(&e))
+        }
+    }
+}
+
+fn spool_reply(e: &SpoolError) -> &'static str {
+    if e.is_no_space() {
+        NO_SPACE
+    } else {
+        SPOOL_ERROR
+    }
+}
+
+fn flags_of(tx: &Transaction) -> u8 {
+    flags_of_parts(tx.eight_bit, tx.smtputf8)
+}
+
+fn flags_of_parts(eight_bit: bool, smtputf8: bool) -> u8 {
+    (if eight_bit { FLAG_8BIT } else { 0 }) | (if smtputf8 { FLAG_SMTPUTF8 } else { 0 })
 }
 
 async fn read(stream: &mut Stream, buf: &mut [u8], timeout: Duration) -> ReadOutcome {
@@ -269,20 +453,21 @@ async fn accept_message(
 ) -> Result<String, &'static str> {
     let id = core.ids.next();
     let now = unix_now();
-    let mut content = Vec::with_capacity(tx.body.len() + 256);
-    received_header(&mut content, core, session, stream, peer, &id, &tx, now);
-    content.extend_from_slice(&tx.body);
-    drop(tx.body);
-    let flags =
-        if tx.eight_bit { FLAG_8BIT } else { 0 } | if tx.smtputf8 { FLAG_SMTPUTF8 } else { 0 };
+    let mut header = Vec::with_capacity(512);
+    received_header(&mut header, core, session, stream, peer, &id, &tx, now);
+    let flags = flags_of(&tx);
     match core
         .spool
-        .append_message(&id, now, flags, &tx.mail_from, &tx.rcpts, b"", &content)
+        .append_message(&id, now, flags, &tx.mail_from, &tx.rcpts, &header, &tx.body)
         .await
     {
         Ok(location) => {
+            let size = header.len() + tx.body.len();
             core.shard().messages_received.inc();
-            info!(%id, %peer, from = %tx.mail_from, rcpts = tx.rcpts.len(), size = content.len(), "accepted");
+            info!(%id, %peer, from = %tx.mail_from, rcpts = tx.rcpts.len(), size, "accepted");
+            // The first attempt usually follows at once: keep the content for it when
+            // the core can afford it, else delivery reads it back from the spool.
+            let cached = core.deliverer.cache_content(header, tx.body);
             let msg = crate::deliver::Message::new(
                 id.clone(),
                 now,
@@ -290,7 +475,7 @@ async fn accept_message(
                 tx.mail_from,
                 tx.rcpts,
                 location,
-                Some(Rc::new(content)),
+                cached,
             );
             core.deliverer.enqueue(msg);
             Ok(id)
@@ -298,11 +483,7 @@ async fn accept_message(
         Err(e) => {
             core.shard().reject(Reject::SpoolFailed);
             warn!(%peer, "message not accepted: {e}");
-            if e.is_no_space() {
-                Err("452 4.3.1 Insufficient system storage")
-            } else {
-                Err("451 4.3.0 Local error in processing; try again later")
-            }
+            Err(spool_reply(&e))
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Spool records: the on-disk format of the append-only spool segments.
 //!
 //! ```text
-//! header (16 octets): magic "BWR1" | kind u8 | 0 0 0 | payload length u32 LE | CRC-32 u32 LE
+//! header (20 octets): magic "BWR2" | kind u8 | 0 0 0 | payload length u64 LE | CRC-32 u32 LE
 //! payload:            kind-specific, below; the CRC covers the kind octet and the payload
 //! ```
 //! * `Message`: id, arrival (unix seconds u64), flags u8, sender, recipient count u32 and
@@ -12,11 +12,19 @@
 //! * `State`: id, attempts u32, state flags u8 (held, delay warning sent), next attempt
 //!   (unix seconds u64), last error: the queue's view of the message; the latest wins.
 //!
-//! Strings are u16 length + UTF-8. A torn write (crash mid-append) leaves a record whose
-//! length runs past the end of the file or whose CRC does not match; readers stop there.
+//! Strings are u16 length + UTF-8, cut on a character boundary at 65,535 octets. A torn
+//! write (crash mid-append) leaves a record whose length runs past the end of the file or
+//! whose CRC does not match; recovery sets such a stretch aside and goes on with the next
+//! valid record.
+//!
+//! Records of the first format ("BWR1": a 16-octet header with a u32 payload length) are
+//! still read, so a spool written by an older release is recovered.
 
-pub const MAGIC: [u8; 4] = *b"BWR1";
-pub const HEADER_LEN: usize = 16;
+pub const MAGIC: [u8; 4] = *b"BWR2";
+/// The first format's magic, still read.
+pub const MAGIC_V1: [u8; 4] = *b"BWR1";
+pub const HEADER_LEN: usize = 20;
+const HEADER_LEN_V1: usize = 16;
 /// The largest payload a reader will believe (a message at the size limit plus envelope).
 pub const MAX_PAYLOAD: usize = 1 << 33;
 
@@ -63,10 +71,22 @@ pub struct MessageRecord<'a> {
     pub content: &'a [u8],
 }
 
+/// The longest prefix of `s` of at most `max` octets that ends on a character boundary.
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    let len = s.len().min(u16::MAX as usize);
-    out.extend_from_slice(&(len as u16).to_le_bytes());
-    out.extend_from_slice(&s.as_bytes()[..len]);
+    let s = cut(s, u16::MAX as usize);
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
 /// Begins a record; returns the offset of its header for [`seal`].
@@ -74,17 +94,26 @@ fn begin(out: &mut Vec<u8>, kind: u8) -> usize {
     let start = out.len();
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&[kind, 0, 0, 0]);
-    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&[0u8; 12]);
     start
 }
 
 fn seal(out: &mut [u8], start: usize) {
-    let payload_len = (out.len() - start - HEADER_LEN) as u32;
+    let tail = crc32fast::Hasher::new();
+    seal_with(&mut out[start..], 0, &tail);
+}
+
+/// Fills in the length and CRC of the record that starts `head`, whose payload is the
+/// rest of `head` followed by `tail_len` octets whose CRC is `tail` (content streamed to
+/// disk after the head; none for records built whole).
+fn seal_with(head: &mut [u8], tail_len: u64, tail: &crc32fast::Hasher) {
+    let payload_len = (head.len() - HEADER_LEN) as u64 + tail_len;
     let mut h = crc32fast::Hasher::new();
-    h.update(&out[start + 4..start + 5]);
-    h.update(&out[start + HEADER_LEN..]);
-    out[start + 8..start + 12].copy_from_slice(&payload_len.to_le_bytes());
-    out[start + 12..start + 16].copy_from_slice(&h.finalize().to_le_bytes());
+    h.update(&head[4..5]);
+    h.update(&head[HEADER_LEN..]);
+    h.combine(tail);
+    head[8..16].copy_from_slice(&payload_len.to_le_bytes());
+    head[16..20].copy_from_slice(&h.finalize().to_le_bytes());
 }
 
 /// Appends a `Message` record. Returns the offset of the content from the start of
@@ -115,6 +144,35 @@ pub fn encode_message(
     out.extend_from_slice(body);
     seal(out, start);
     content_at
+}
+
+/// The head of a `Message` record whose content is written after it in pieces (a
+/// message streamed to disk as it arrives): header and envelope, up to and including
+/// the content length. Its length and CRC are filled in by [`seal_message_head`] once
+/// the content is complete; the head's size does not depend on them.
+pub fn message_head(id: &str, arrival: u64, flags: u8, sender: &str, rcpts: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        HEADER_LEN + 64 + sender.len() + rcpts.iter().map(|r| r.len() + 2).sum::<usize>(),
+    );
+    begin(&mut out, KIND_MESSAGE);
+    put_str(&mut out, id);
+    out.extend_from_slice(&arrival.to_le_bytes());
+    out.push(flags);
+    put_str(&mut out, sender);
+    out.extend_from_slice(&(rcpts.len() as u32).to_le_bytes());
+    for r in rcpts {
+        put_str(&mut out, r);
+    }
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out
+}
+
+/// Completes a head from [`message_head`] for `content_len` octets of content whose
+/// CRC-32 is `content`.
+pub fn seal_message_head(head: &mut [u8], content_len: u64, content: &crc32fast::Hasher) {
+    let at = head.len() - 8;
+    head[at..].copy_from_slice(&content_len.to_le_bytes());
+    seal_with(head, content_len, content);
 }
 
 pub fn encode_delivered(out: &mut Vec<u8>, id: &str, rcpts: &[u32]) {
@@ -186,19 +244,33 @@ impl<'a> Cursor<'a> {
 
 /// Reads the record at the start of `data`. Returns it and its total length.
 pub fn decode(data: &[u8]) -> Result<(Record<'_>, usize), ReadError> {
-    if data.len() < HEADER_LEN {
+    if data.len() < HEADER_LEN_V1 {
         return Err(ReadError::Truncated);
     }
-    if data[0..4] != MAGIC {
+    let (header_len, len, crc) = if data[0..4] == MAGIC {
+        if data.len() < HEADER_LEN {
+            return Err(ReadError::Truncated);
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&data[8..16]);
+        let crc = u32::from_le_bytes([data[16], data[17], data[18], data[19]]);
+        (HEADER_LEN, u64::from_le_bytes(len), crc)
+    } else if data[0..4] == MAGIC_V1 {
+        let len = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+        let crc = u32::from_le_bytes([data[12], data[13], data[14], data[15]]);
+        (HEADER_LEN_V1, u64::from(len), crc)
+    } else {
+        return Err(ReadError::Corrupt);
+    };
+    if data[5..8] != [0, 0, 0] {
         return Err(ReadError::Corrupt);
     }
     let kind = data[4];
-    let len = u32::from_le_bytes([data[8], data[9], data[10], data[11]]) as usize;
-    let crc = u32::from_le_bytes([data[12], data[13], data[14], data[15]]);
-    if len > MAX_PAYLOAD {
-        return Err(ReadError::Corrupt);
-    }
-    let Some(payload) = data.get(HEADER_LEN..HEADER_LEN + len) else {
+    let len = match usize::try_from(len) {
+        Ok(l) if l <= MAX_PAYLOAD => l,
+        _ => return Err(ReadError::Corrupt),
+    };
+    let Some(payload) = data.get(header_len..header_len + len) else {
         return Err(ReadError::Truncated);
     };
     let mut h = crc32fast::Hasher::new();
@@ -223,7 +295,7 @@ pub fn decode(data: &[u8]) -> Result<(Record<'_>, usize), ReadError> {
                 rcpts.push(c.str()?);
             }
             let clen = usize::try_from(c.u64()?).map_err(|_| ReadError::Corrupt)?;
-            let content_offset = HEADER_LEN + c.at;
+            let content_offset = header_len + c.at;
             let content = c.take(clen)?;
             Record::Message(MessageRecord {
                 id,
@@ -260,7 +332,22 @@ pub fn decode(data: &[u8]) -> Result<(Record<'_>, usize), ReadError> {
     if c.at != payload.len() {
         return Err(ReadError::Corrupt);
     }
-    Ok((rec, HEADER_LEN + len))
+    Ok((rec, header_len + len))
+}
+
+/// The length of the record at the start of `data` as its header states it, when the
+/// header is complete and plausible (for readers that see only a record's beginning).
+pub fn stated_len(data: &[u8]) -> Option<u64> {
+    if data.len() >= HEADER_LEN && data[0..4] == MAGIC {
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&data[8..16]);
+        return Some(HEADER_LEN as u64 + u64::from_le_bytes(len));
+    }
+    if data.len() >= HEADER_LEN_V1 && data[0..4] == MAGIC_V1 {
+        let len = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+        return Some(HEADER_LEN_V1 as u64 + u64::from(len));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -335,6 +422,78 @@ mod tests {
     }
 
     #[test]
+    fn a_streamed_head_seals_to_the_same_record_as_a_whole_one() {
+        let rcpts = ["a@y.test".to_string()];
+        let mut whole = Vec::new();
+        encode_message(
+            &mut whole,
+            "ID9",
+            5,
+            0,
+            "s@x.test",
+            &rcpts,
+            b"H: v\r\n",
+            b"body\r\n",
+        );
+        let mut head = message_head("ID9", 5, 0, "s@x.test", &rcpts);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(b"H: v\r\n");
+        crc.update(b"body\r\n");
+        seal_message_head(&mut head, 12, &crc);
+        let mut streamed = head;
+        streamed.extend_from_slice(b"H: v\r\nbody\r\n");
+        assert_eq!(streamed, whole);
+        assert_eq!(stated_len(&streamed), Some(whole.len() as u64));
+    }
+
+    #[test]
+    fn a_message_longer_than_four_gib_states_its_length() {
+        // The length field is 64 bits wide: a record past u32::MAX octets is not cut.
+        let mut head = message_head("BIG", 1, 0, "", &["a@y.test".to_string()]);
+        let len = (u32::MAX as u64) + 10;
+        seal_message_head(&mut head, len, &crc32fast::Hasher::new());
+        assert_eq!(stated_len(&head), Some(head.len() as u64 + len));
+        assert_eq!(decode(&head), Err(ReadError::Truncated));
+    }
+
+    #[test]
+    fn records_of_the_first_format_are_still_read() {
+        // A v1 Done record for "ID1": magic, kind 3, zeros, u32 length, CRC.
+        let payload = [3u8, 0, b'I', b'D', b'1'];
+        let mut h = crc32fast::Hasher::new();
+        h.update(&[KIND_DONE]);
+        h.update(&payload);
+        let mut v1 = b"BWR1".to_vec();
+        v1.extend_from_slice(&[KIND_DONE, 0, 0, 0]);
+        v1.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        v1.extend_from_slice(&h.finalize().to_le_bytes());
+        v1.extend_from_slice(&payload);
+        assert_eq!(decode(&v1), Ok((Record::Done { id: "ID1" }, v1.len())));
+    }
+
+    #[test]
+    fn long_strings_are_cut_on_a_character_boundary() {
+        // 'é' is two octets: 65,535 would split the last one.
+        let long = "é".repeat(40_000);
+        let mut out = Vec::new();
+        encode_state(
+            &mut out,
+            &StateRecord {
+                id: "ID1",
+                attempts: 1,
+                flags: 0,
+                next_attempt: 0,
+                last_error: &long,
+            },
+        );
+        let (Record::State(st), _) = decode(&out).unwrap() else {
+            panic!()
+        };
+        assert_eq!(st.last_error.len(), 65_534);
+        assert!(st.last_error.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
     fn every_truncation_is_detected() {
         let mut data = Vec::new();
         encode_message(
@@ -369,9 +528,6 @@ mod tests {
             b"hello\r\n",
         );
         for i in 0..data.len() {
-            if (5..8).contains(&i) {
-                continue; // reserved octets
-            }
             let mut bad = data.clone();
             bad[i] ^= 0x01;
             assert!(decode(&bad).is_err(), "accepted a flip at {i}");

@@ -20,7 +20,9 @@ pub const SMUGGLING_VARIANTS: [&[u8]; 11] = [
     b"\r\r\n.\r\r\n",
 ];
 
-/// The longest text line allowed, without its CRLF (RFC 5321 §4.5.3.1.6).
+/// The longest text line RFC 5321 §4.5.3.1.6 allows, without its CRLF. Real mail breaks
+/// it (Postfix, Exim and the large providers accept longer lines), so the scanners take
+/// their own bound, which defaults to this.
 pub const MAX_TEXT_LINE: usize = 998;
 
 /// Why a message is refused once its end has been read.
@@ -28,7 +30,7 @@ pub const MAX_TEXT_LINE: usize = 998;
 pub enum ContentError {
     /// A CR not followed by LF, or an LF not preceded by CR.
     BareCrLf,
-    /// A line longer than [`MAX_TEXT_LINE`].
+    /// A line longer than the scanner's line bound.
     LineTooLong,
     /// More octets than the size limit.
     TooBig,
@@ -43,9 +45,6 @@ pub struct Scan {
     pub done: bool,
 }
 
-/// Incremental DATA reader: unstuffs into `body` and records the first content error.
-/// Once an error is recorded the rest is still read (so the session stays in step with
-/// the client) but no longer stored.
 /// The first content error seen; later ones do not replace it.
 #[derive(Debug, Default)]
 struct FirstError(Option<ContentError>);
@@ -58,11 +57,17 @@ impl FirstError {
     }
 }
 
+/// Incremental DATA reader: unstuffs into `body` and records the first content error.
+/// Once an error is recorded the rest is still read (so the session stays in step with
+/// the client) but no longer stored. The size limit counts every octet stored, so the
+/// caller may drain `body` between calls (a large message streamed to disk).
 #[derive(Debug)]
 pub struct DataScanner {
     at_line_start: bool,
     line_len: usize,
+    max_line: usize,
     limit: usize,
+    stored: usize,
     error: FirstError,
 }
 
@@ -72,9 +77,22 @@ impl DataScanner {
         DataScanner {
             at_line_start: true,
             line_len: 0,
+            max_line: MAX_TEXT_LINE,
             limit,
+            stored: 0,
             error: FirstError::default(),
         }
+    }
+
+    /// Allows lines of up to `max_line` octets (without CRLF).
+    pub fn max_line(mut self, max_line: usize) -> Self {
+        self.max_line = max_line;
+        self
+    }
+
+    /// Octets of content stored so far.
+    pub fn stored(&self) -> usize {
+        self.stored
     }
 
     pub fn error(&self) -> Option<ContentError> {
@@ -89,10 +107,11 @@ impl DataScanner {
         if self.error.0.is_some() || bytes.is_empty() {
             return;
         }
-        if body.len() + bytes.len() > self.limit {
+        if self.stored + bytes.len() > self.limit {
             self.fail(ContentError::TooBig);
             return;
         }
+        self.stored += bytes.len();
         body.extend_from_slice(bytes);
     }
 
@@ -152,7 +171,7 @@ impl DataScanner {
                         i = p + 1;
                         continue;
                     }
-                    if self.line_len > MAX_TEXT_LINE {
+                    if self.line_len > self.max_line {
                         self.fail(ContentError::LineTooLong);
                     }
                     i = p + 2;
@@ -161,7 +180,7 @@ impl DataScanner {
                 }
             }
         }
-        if self.line_len > MAX_TEXT_LINE {
+        if self.line_len > self.max_line {
             self.fail(ContentError::LineTooLong);
         }
         let chunk = &input[copy_from..i];
@@ -180,7 +199,9 @@ impl DataScanner {
 pub struct ChunkChecker {
     pending_cr: bool,
     line_len: usize,
+    max_line: usize,
     limit: usize,
+    stored: usize,
     error: FirstError,
 }
 
@@ -189,9 +210,22 @@ impl ChunkChecker {
         ChunkChecker {
             pending_cr: false,
             line_len: 0,
+            max_line: MAX_TEXT_LINE,
             limit,
+            stored: 0,
             error: FirstError::default(),
         }
+    }
+
+    /// Allows lines of up to `max_line` octets (without CRLF).
+    pub fn max_line(mut self, max_line: usize) -> Self {
+        self.max_line = max_line;
+        self
+    }
+
+    /// Octets of content stored so far, over every chunk.
+    pub fn stored(&self) -> usize {
+        self.stored
     }
 
     pub fn error(&self) -> Option<ContentError> {
@@ -238,7 +272,7 @@ impl ChunkChecker {
                         i = p + 1;
                         continue;
                     }
-                    if self.line_len > MAX_TEXT_LINE {
+                    if self.line_len > self.max_line {
                         self.fail(ContentError::LineTooLong);
                     }
                     self.line_len = 0;
@@ -246,13 +280,14 @@ impl ChunkChecker {
                 }
             }
         }
-        if self.line_len > MAX_TEXT_LINE {
+        if self.line_len > self.max_line {
             self.fail(ContentError::LineTooLong);
         }
         if self.error.0.is_none() {
-            if body.len() + bytes.len() > self.limit {
+            if self.stored + bytes.len() > self.limit {
                 self.fail(ContentError::TooBig);
             } else {
+                self.stored += bytes.len();
                 body.extend_from_slice(bytes);
             }
         }
@@ -370,6 +405,42 @@ mod tests {
         let (_, done, _, err) = run(&input, 100);
         assert!(done);
         assert_eq!(err, Some(ContentError::LineTooLong));
+    }
+
+    #[test]
+    fn a_longer_line_bound_accepts_long_lines_and_still_refuses_past_it() {
+        let mut input = vec![b'a'; 5000];
+        input.extend_from_slice(b"\r\n.\r\n");
+        let mut s = DataScanner::new(1 << 20).max_line(8192);
+        let mut body = Vec::new();
+        let r = s.scan(&input, &mut body);
+        assert!(r.done);
+        assert_eq!(s.error(), None);
+        let mut s = DataScanner::new(1 << 20).max_line(4096);
+        assert!(s.scan(&input, &mut Vec::new()).done);
+        assert_eq!(s.error(), Some(ContentError::LineTooLong));
+        let mut c = ChunkChecker::new(1 << 20).max_line(8192);
+        c.feed(&input[..5002], &mut Vec::new());
+        assert_eq!(c.error(), None);
+    }
+
+    #[test]
+    fn size_limit_counts_content_already_drained_from_the_body() {
+        // A streamed message: the caller empties `body` between reads; the limit must
+        // still see every octet.
+        let mut s = DataScanner::new(10);
+        let mut body = Vec::new();
+        assert!(!s.scan(b"012345\r\n", &mut body).done);
+        assert_eq!(s.stored(), 8);
+        body.clear();
+        assert!(s.scan(b"6789\r\n.\r\n", &mut body).done);
+        assert_eq!(s.error(), Some(ContentError::TooBig));
+        let mut c = ChunkChecker::new(4);
+        let mut body = Vec::new();
+        c.feed(b"abc", &mut body);
+        body.clear();
+        c.feed(b"de", &mut body);
+        assert_eq!(c.error(), Some(ContentError::TooBig));
     }
 
     #[test]

@@ -16,11 +16,19 @@ pub const MAX_COMMAND_LINE: usize = 512;
 /// MAIL and RCPT may be longer by what their ESMTP parameters add (RFC 1870 §3 and the
 /// like); this is the bound for them.
 pub const MAX_PARAM_LINE: usize = 1024;
+/// The most a DATA transaction reserves for its body before content arrives.
+const INITIAL_BODY_RESERVE: u64 = 64 * 1024;
 
 /// What the session needs from policy while reading the envelope.
 pub trait EnvelopePolicy {
     /// Decides one recipient (a full `local@domain`) for a sender (empty: null sender).
     fn check_rcpt(&self, sender: &str, rcpt: &str) -> RcptVerdict;
+
+    /// Whether a new transaction may start now; `Some(reply)` refuses MAIL with that
+    /// full reply line (e.g. `452 4.3.1 …` when the core's memory budget is spent).
+    fn check_mail(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +54,8 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// STARTTLS is offered (a certificate is configured).
     pub starttls: bool,
+    /// Longest text line accepted in message content, without CRLF.
+    pub max_line_length: usize,
 }
 
 /// A complete message, handed to the driver to be spooled.
@@ -219,6 +229,41 @@ impl Session {
 
     pub fn stats(&self) -> SessionStats {
         self.stats
+    }
+
+    /// The transaction under way: envelope, and the content received and not yet taken.
+    pub fn transaction(&self) -> &Transaction {
+        &self.tx
+    }
+
+    /// Takes the content received so far and not yet taken, leaving `replacement` (an
+    /// empty buffer) in its place: a driver streams a large message to disk this way
+    /// while it arrives. The size limit still counts what was taken.
+    pub fn take_body(&mut self, replacement: Vec<u8>) -> Vec<u8> {
+        std::mem::replace(&mut self.tx.body, replacement)
+    }
+
+    /// Octets of memory held for the transaction's content.
+    pub fn body_capacity(&self) -> usize {
+        self.tx.body.capacity()
+    }
+
+    /// Content of the current transaction is being received and may still be
+    /// accepted: DATA is being read, or BDAT chunks are under way without a failure. When
+    /// this turns false without an [`Event::Message`], the content was refused or the
+    /// transaction reset, and whatever a driver streamed of it must be thrown away.
+    pub fn content_in_progress(&self) -> bool {
+        match &self.state {
+            State::Data(scanner) => scanner.error().is_none(),
+            State::Chunk { refuse, .. } => {
+                refuse.is_none()
+                    && self.chunks.is_some()
+                    && !self.bdat_failed
+                    && self.chunks.as_ref().and_then(ChunkChecker::error).is_none()
+            }
+            State::Envelope => self.chunks.is_some() && !self.bdat_failed,
+            _ => false,
+        }
     }
 
     pub fn waiting(&self) -> Waiting {
@@ -443,7 +488,7 @@ impl Session {
                 self.greet(name, false);
                 None
             }
-            Command::Mail { path, params } => self.mail(path, params),
+            Command::Mail { path, params } => self.mail(path, params, policy),
             Command::Rcpt { path } => self.rcpt(path, policy),
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
@@ -515,11 +560,21 @@ impl Session {
         r.0.extend_from_slice(b"250 CHUNKING\r\n");
     }
 
-    fn mail(&mut self, path: &str, params: MailParams) -> Option<Event> {
+    fn mail(
+        &mut self,
+        path: &str,
+        params: MailParams,
+        policy: &impl EnvelopePolicy,
+    ) -> Option<Event> {
         match self.state {
             State::Fresh => return self.fail("503 5.5.1 Send EHLO or HELO first"),
             State::Envelope => return self.fail("503 5.5.1 Nested MAIL command"),
             _ => {}
+        }
+        if let Some(refusal) = policy.check_mail() {
+            // The server's condition, not the client's mistake: no error count.
+            self.reply(refusal);
+            return None;
         }
         if let Some(size) = params.size
             && size > self.cfg.max_message_size
@@ -599,10 +654,14 @@ impl Session {
         }
         self.reply("354 End data with <CR><LF>.<CR><LF>");
         let limit = self.cfg.max_message_size as usize;
-        self.tx
-            .body
-            .reserve(self.declared_size.min(self.cfg.max_message_size) as usize);
-        self.state = State::Data(DataScanner::new(limit));
+        // SIZE= is a claim, not a reason to hold memory: reserve for a small message at
+        // most; a large one grows the buffer as it really arrives (and is streamed).
+        self.tx.body.reserve(
+            self.declared_size
+                .min(self.cfg.max_message_size)
+                .min(INITIAL_BODY_RESERVE) as usize,
+        );
+        self.state = State::Data(DataScanner::new(limit).max_line(self.cfg.max_line_length));
         None
     }
 
@@ -615,7 +674,10 @@ impl Session {
             _ => Some("503 5.5.1 Need MAIL and RCPT before BDAT"),
         };
         if refuse.is_none() && self.chunks.is_none() {
-            self.chunks = Some(ChunkChecker::new(self.cfg.max_message_size as usize));
+            self.chunks = Some(
+                ChunkChecker::new(self.cfg.max_message_size as usize)
+                    .max_line(self.cfg.max_line_length),
+            );
         }
         let in_envelope = matches!(self.state, State::Envelope);
         self.state = State::Chunk {
@@ -650,8 +712,9 @@ impl Session {
                 self.stats.count(e);
                 return self.fail(content_reply(e));
             }
+            let stored = self.chunks.as_ref().map_or(0, ChunkChecker::stored);
             let mut r = Reply(&mut self.out);
-            let _ = write!(r, "250 2.0.0 {} octets received\r\n", self.tx.body.len());
+            let _ = write!(r, "250 2.0.0 {stored} octets received\r\n");
             return None;
         }
         if let Some(c) = self.chunks.as_mut() {
@@ -745,7 +808,7 @@ impl SessionStats {
 fn content_reply(e: ContentError) -> &'static str {
     match e {
         ContentError::BareCrLf => "550 5.6.0 Message contains a bare CR or LF; refused",
-        ContentError::LineTooLong => "550 5.6.0 Message has a line longer than 998 octets; refused",
+        ContentError::LineTooLong => "550 5.6.0 Message has a line longer than allowed; refused",
         ContentError::TooBig => "552 5.3.4 Message size exceeds fixed maximum message size",
     }
 }

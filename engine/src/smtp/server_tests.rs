@@ -30,6 +30,7 @@ fn config() -> SessionConfig {
         max_recipients: 3,
         max_errors: 20,
         starttls: true,
+        max_line_length: crate::smtp::data::MAX_TEXT_LINE,
     }
 }
 
