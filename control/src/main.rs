@@ -28,6 +28,9 @@ use store::Store;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// `--url` and `--token` go before or after the subcommand.
+    #[command(flatten)]
+    remote: Remote,
 }
 
 #[derive(clap::Args)]
@@ -56,43 +59,31 @@ enum Command {
     Domain {
         #[command(subcommand)]
         command: DomainCommand,
-        #[command(flatten)]
-        remote: Remote,
     },
     /// Recipient directories.
     Directory {
         #[command(subcommand)]
         command: DirectoryCommand,
-        #[command(flatten)]
-        remote: Remote,
     },
     /// Approved and blocked senders.
     Sender {
         #[command(subcommand)]
         command: SenderCommand,
-        #[command(flatten)]
-        remote: Remote,
     },
     /// IP allow and block lists.
     Ip {
         #[command(subcommand)]
         command: IpCommand,
-        #[command(flatten)]
-        remote: Remote,
     },
     /// Message size, recipient and harvest-protection limits.
     Limits {
         #[command(subcommand)]
         command: LimitsCommand,
-        #[command(flatten)]
-        remote: Remote,
     },
     /// The published policy snapshot.
     Snapshot {
         #[command(subcommand)]
         command: SnapshotCommand,
-        #[command(flatten)]
-        remote: Remote,
     },
 }
 
@@ -204,19 +195,20 @@ enum SnapshotCommand {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    let remote = cli.remote;
+    let result = match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Token {
             command: TokenCommand::Create { config, name },
         } => token_create(&config, &name),
-        Command::Domain { command, remote } => domain(command, &remote),
-        Command::Directory { command, remote } => directory(command, &remote),
-        Command::Sender { command, remote } => sender(command, &remote),
-        Command::Ip { command, remote } => ip(command, &remote),
-        Command::Limits { command, remote } => limits(command, &remote),
+        Command::Domain { command } => domain(command, &remote),
+        Command::Directory { command } => directory(command, &remote),
+        Command::Sender { command } => sender(command, &remote),
+        Command::Ip { command } => ip(command, &remote),
+        Command::Limits { command } => limits(command, &remote),
         Command::Snapshot {
             command: SnapshotCommand::Show,
-            remote,
         } => snapshot_show(&remote),
     };
     match result {

@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 
 const CONTROL: &str = env!("CARGO_BIN_EXE_bulwark-control");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// Binding port 0 and dropping it let another test take the port before the process
+// under test bound it; the engine tests' allocator hands each port out once.
+#[path = "../../engine/tests/common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
@@ -32,6 +30,25 @@ fn wait_port(port: u16) {
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < end, "nothing listening on {port}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_healthy(metrics: u16) {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut body = String::new();
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", metrics)) {
+            let _ = write!(s, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = s.read_to_string(&mut body);
+        }
+        if body.starts_with("HTTP/1.1 200") {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "the engine never became ready: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -174,6 +191,9 @@ fn control_and_engine(dir: &Path) -> (Control, Proc, u16, u16) {
             .unwrap(),
     );
     wait_port(smtp);
+    // Every core listens with its policy (one listening core is not enough: a slow
+    // second core would answer with generation 0).
+    wait_healthy(metrics);
     (c, engine, smtp, metrics)
 }
 
@@ -390,6 +410,17 @@ fn api_auth_validation_and_cli() {
     let (status, doc) = http(&c.url, "GET", "/api/v1/openapi.json", None, None);
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.0.3");
+    // --url and --token go before the subcommand as well as after it.
+    let out = Command::new(CONTROL)
+        .args(["--url", &c.url, "--token", &c.token, "domain", "list"])
+        .env_remove("BULWARK_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "global options before the subcommand were refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = Some(c.token.as_str());
     for (body, field) in [
         (r#"{"name":"a.test","route":"host:99999"}"#, "route"),
@@ -520,6 +551,9 @@ fn engine_follows_what_control_publishes() {
         reply = rcpt("u@new.test");
     }
     assert!(reply.starts_with("250 2.1.5"), "{reply}");
+    // The core that answered has the new policy; every core converges within
+    // milliseconds (idle ones check every 5 ms), and `snapshot show` reports the
+    // generation all of them apply.
     let (ok, out) = cli(&c, &["snapshot", "show"]);
     assert!(ok, "{out}");
     let generation = out
@@ -528,12 +562,14 @@ fn engine_follows_what_control_publishes() {
         .unwrap()
         .trim_end_matches(',')
         .to_string();
-    assert!(
-        out.contains(&format!(
-            "engine 127.0.0.1:{metrics}: generation {generation}"
-        )),
-        "{out}"
-    );
+    let want = format!("engine 127.0.0.1:{metrics}: generation {generation}");
+    let end = Instant::now() + Duration::from_secs(2);
+    let mut out = out;
+    while !out.contains(&want) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+        out = cli(&c, &["snapshot", "show"]).1;
+    }
+    assert!(out.contains(&want), "{out}");
     let (ok, _) = cli(&c, &["domain", "remove", "new.test"]);
     assert!(ok);
     let end = Instant::now() + Duration::from_secs(2);

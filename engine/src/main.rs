@@ -41,11 +41,17 @@ enum Command {
     },
     /// Inspect and act on the queue of a running engine (through its admin sockets).
     Queue {
-        /// Configuration file of the running engine (finds `server.admin_dir`).
-        #[arg(long, short, default_value = "/etc/bulwark/bulwark.toml")]
+        /// Configuration file of the running engine (finds `server.admin_dir`); before
+        /// or after the operation.
+        #[arg(
+            long,
+            short,
+            default_value = "/etc/bulwark/bulwark.toml",
+            global = true
+        )]
         config: PathBuf,
         /// The admin socket directory, instead of reading it from the configuration.
-        #[arg(long)]
+        #[arg(long, global = true)]
         admin_dir: Option<PathBuf>,
         #[command(subcommand)]
         op: QueueOp,
@@ -110,6 +116,7 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             let _guard = init_logging();
+            bulwark::runtime::abort_on_panic();
             match serve(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -236,13 +236,26 @@ struct Padded(Shard);
 /// All shards, plus engine-wide facts.
 pub struct Metrics {
     shards: Box<[Padded]>,
+    /// Cores that are listening with their policy loaded.
+    ready_cores: AtomicUsize,
 }
 
 impl Metrics {
     pub fn new(cores: usize) -> Arc<Self> {
         Arc::new(Metrics {
             shards: (0..cores).map(|_| Padded(Shard::new())).collect(),
+            ready_cores: AtomicUsize::new(0),
         })
+    }
+
+    /// A core is listening and has its policy.
+    pub fn core_ready(&self) {
+        self.ready_cores.fetch_add(1, Relaxed);
+    }
+
+    /// (cores ready, cores).
+    pub fn readiness(&self) -> (usize, usize) {
+        (self.ready_cores.load(Relaxed), self.shards.len())
     }
 
     pub fn shard(&self, core: usize) -> &Shard {
@@ -569,7 +582,14 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let (status, ctype, body) = match (method, path) {
                 ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                ("GET", "/healthz") => ("200 OK", "text/plain", b"ok\n".to_vec()),
+                ("GET", "/healthz") => match metrics.readiness() {
+                    (ready, cores) if ready >= cores => ("200 OK", "text/plain", b"ok\n".to_vec()),
+                    (ready, cores) => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        format!("starting: {ready} of {cores} cores ready\n").into_bytes(),
+                    ),
+                },
                 ("GET", _) => ("404 Not Found", "text/plain", b"not found: try /metrics\n".to_vec()),
                 _ => ("405 Method Not Allowed", "text/plain", b"only GET is served\n".to_vec()),
             };
@@ -583,6 +603,33 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn healthz_is_503_until_every_core_is_ready() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let m = Metrics::new(2);
+        serve(port, m.clone()).unwrap();
+        let r = get(port, "/healthz");
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(r.ends_with("starting: 0 of 2 cores ready\n"), "{r}");
+        m.core_ready();
+        assert!(get(port, "/healthz").starts_with("HTTP/1.1 503"));
+        m.core_ready();
+        let r = get(port, "/healthz");
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("ok\n"), "{r}");
+    }
 
     #[test]
     fn shards_are_summed() {

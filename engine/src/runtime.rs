@@ -60,6 +60,28 @@ struct Shared {
     client_tls: Arc<rustls::ClientConfig>,
 }
 
+/// The core named by `BULWARK_FAULT=panic-core-N`, a testing aid.
+fn fault_panic_core() -> Option<usize> {
+    std::env::var("BULWARK_FAULT")
+        .ok()?
+        .strip_prefix("panic-core-")?
+        .parse()
+        .ok()
+}
+
+/// Ends the process at the first panic, wherever it happens. An executor whose task
+/// panicked would otherwise unwind alone while the other cores went on, leaving its
+/// sessions and queue stranded behind a healthy-looking process; ending it lets the
+/// supervisor (systemd `Restart=always`) start it again and the spool recovery take over.
+pub fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("bulwark: a panic ends the process so that it can be restarted cleanly");
+        std::process::abort();
+    }));
+}
+
 /// Number of executors for a configuration.
 pub fn core_count(config: &Config) -> usize {
     config.server.cores.unwrap_or_else(|| {
@@ -375,7 +397,17 @@ async fn run_core(
         })
         .detach();
     }
+    shared.metrics.core_ready();
     let _ = ready.send(Ok(id));
+    if fault_panic_core() == Some(id) {
+        // Testing aid (BULWARK_FAULT=panic-core-N): a task of this core panics once the
+        // engine runs, to prove that a panic ends the whole process.
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(std::time::Duration::from_millis(300)).await;
+            panic!("BULWARK_FAULT: core {id} panics on purpose");
+        })
+        .detach();
+    }
     // The core lives as long as the process; its tasks do the work.
     std::future::pending::<()>().await;
     Ok(())

@@ -81,3 +81,20 @@ fn serve_refuses_a_taken_port_naming_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn queue_options_go_before_or_after_the_operation() {
+    // No engine runs here: both orders must get as far as reading the configuration.
+    for args in [
+        &["queue", "--config", "/nonexistent/bulwark.toml", "list"][..],
+        &["queue", "list", "--config", "/nonexistent/bulwark.toml"][..],
+        &["queue", "show", "X", "--admin-dir", "/nonexistent/admin"][..],
+    ] {
+        let (ok, _, err) = bulwark(args);
+        assert!(!ok);
+        assert!(
+            !err.contains("unexpected argument") && err.contains("/nonexistent"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -40,27 +40,10 @@ impl Drop for TempDir {
     }
 }
 
-/// A port free right now on 127.0.0.1, never handed out twice by this test process.
-/// Ports come from a counter below the kernel's ephemeral range, so a port an engine
-/// gives up across a restart is not given to another test meanwhile (regression: a
-/// restarted engine found its port taken by a parallel test's sink).
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 500) as u16 * 20,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        let p = if p >= 32_000 { 20_000 + p % 12_000 } else { p };
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
+// The one port allocator of every test process (the control tests include it too).
+#[path = "ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
@@ -164,10 +147,14 @@ impl Engine {
             .spawn()
             .expect("start bulwark");
         *self.child.borrow_mut() = Some(child);
+        // Ready means every core listens with its policy: /healthz says so (a port
+        // that accepts proves only that one core does).
         if !wait_for_port(self.metrics, Duration::from_secs(20))
-            || !wait_for_port(self.smtp, Duration::from_secs(20))
+            || !wait_until(Duration::from_secs(20), || {
+                http_get(self.metrics, "/healthz") == "ok\n"
+            })
         {
-            panic!("bulwark did not start listening; log:\n{}", self.log_text());
+            panic!("bulwark did not become ready; log:\n{}", self.log_text());
         }
     }
 

@@ -1,0 +1,71 @@
+//! The process as a supervisor sees it: a panic on any core ends the whole process (so
+//! `Restart=always` brings it back and the spool recovery takes over), and `/healthz`
+//! says ok only once every core serves.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn a_panic_on_one_core_ends_the_whole_process() {
+    let dir = TempDir::new("panic");
+    let smtp = free_port();
+    let metrics = free_port();
+    let config = dir.path().join("bulwark.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{smtp}\"]\nmetrics = \"127.0.0.1:{metrics}\"\ncores = 2\n\n[spool]\ndir = \"{}\"\n\n[[domains]]\nname = \"example.test\"\nroute = \"127.0.0.1:9\"\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("BULWARK_FAULT", "panic-core-1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the engine went on running after a core panicked");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "the process should abort, not exit: {status:?}"
+    );
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("core 1 panics on purpose"), "{err}");
+}
+
+#[test]
+fn healthz_says_ok_once_every_core_listens() {
+    let engine = Engine::start(EngineConfig {
+        cores: 2,
+        ..Default::default()
+    });
+    // Engine::start waits for /healthz; by then both cores take mail.
+    let r = http_get(engine.metrics, "/healthz");
+    assert_eq!(r, "ok\n");
+    for _ in 0..4 {
+        // Raw::connect reads and checks the 220 greeting.
+        let mut raw = Raw::connect(engine.smtp);
+        raw.send(b"QUIT\r\n");
+        assert_eq!(raw.replies(1), ["221 2.0.0 Bye"]);
+    }
+}
