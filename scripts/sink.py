@@ -62,6 +62,8 @@ def main():
     p.add_argument("--dir", required=True)
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--max-line", type=int, default=998,
+                   help="longest content line accepted, without CRLF (RFC 5321: 998)")
     a = p.parse_args()
     host, port = a.listen.rsplit(":", 1)
     os.makedirs(a.dir, exist_ok=True)
@@ -71,10 +73,16 @@ def main():
         ctx.load_cert_chain(a.tls_cert, a.tls_key)
     handler = Recorder(a.dir)
 
+    class Server(SMTP):
+        # aiosmtpd sizes its reader by this at construction; it counts the CRLF and
+        # allows one octet more than RFC 5321's 998.
+        line_length_limit = a.max_line + 3
+
     class Ctl(Controller):
         def factory(self):
-            return SMTP(self.handler, hostname="sink.test", tls_context=ctx, require_starttls=False,
-                        data_size_limit=0, decode_data=False, enable_SMTPUTF8=True)
+            return Server(self.handler, hostname="sink.test", tls_context=ctx,
+                          require_starttls=False, data_size_limit=0, decode_data=False,
+                          enable_SMTPUTF8=True)
 
     ctl = Ctl(handler, hostname=host, port=int(port), ready_timeout=10)
     ctl.start()

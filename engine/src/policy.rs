@@ -19,7 +19,7 @@ use crate::smtp::{EnvelopePolicy, RcptVerdict};
 /// once; a snapshot that fails validation is refused and the last good one stays.
 pub struct CorePolicy {
     current: RefCell<Rc<Snapshot>>,
-    follower: Option<Follower>,
+    follower: RefCell<Option<Follower>>,
     /// The last published generation examined, applied or refused.
     seen: Cell<u64>,
     core: usize,
@@ -39,7 +39,7 @@ impl CorePolicy {
             .set(snapshot.generation() as i64);
         let p = CorePolicy {
             current: RefCell::new(Rc::new(snapshot)),
-            follower,
+            follower: RefCell::new(follower),
             seen: Cell::new(0),
             core,
             metrics,
@@ -52,9 +52,28 @@ impl CorePolicy {
         self.current.borrow().clone()
     }
 
+    /// Maps the published header again if its file was truncated, replaced or removed
+    /// and a valid one is back (meanwhile the core keeps the policy it has). Costs a
+    /// `stat`: called now and then from the idle timer, never per transaction.
+    pub fn check_header(&self) {
+        let fresh = match self.follower.borrow().as_ref() {
+            Some(f) => f.reopen_if_replaced(),
+            None => return,
+        };
+        if let Some(f) = fresh {
+            info!(
+                core = self.core,
+                "policy header mapped again (it had been replaced)"
+            );
+            *self.follower.borrow_mut() = Some(f);
+            self.refresh();
+        }
+    }
+
     /// Applies a newly published generation, if any. True when the snapshot changed.
     pub fn refresh(&self) -> bool {
-        let Some(f) = &self.follower else {
+        let follower = self.follower.borrow();
+        let Some(f) = follower.as_ref() else {
             return false;
         };
         let generation = f.generation();

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bulwark_policy::Snapshot;
-use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, warn};
@@ -126,8 +125,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         server_tls,
         client_tls: tls::opportunistic_client_config(),
     });
-    // Cores talk to each other through this mesh (harvest protection).
-    let mesh: MeshBuilder<harvest::Message, Full> = MeshBuilder::full(cores, 1024);
+    // Cores talk to each other through these links (harvest protection).
+    let mut links = harvest::Links::new(cores).into_iter();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -142,7 +141,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     for id in 0..cores {
         let shared = shared.clone();
-        let mesh = mesh.clone();
+        let link = links
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no core link for core {id}"))?;
         let ready = ready_tx.clone();
         let placement = if cores <= cpus {
             Placement::Fixed(id)
@@ -156,7 +157,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             // so sessions and I/O completions wait at most this long.
             .preempt_timer(std::time::Duration::from_millis(2))
             .spawn(move || async move {
-                if let Err(e) = run_core(id, shared, mesh, ready.clone()).await {
+                tracing::debug!(core = id, "executor started");
+                if let Err(e) = run_core(id, shared, link, ready.clone()).await {
                     let _ = ready.send(Err(format!("core {id}: {e:#}")));
                 }
             })
@@ -231,15 +233,10 @@ fn delivery_settings(cfg: &Config, cores: usize) -> deliver::Settings {
 async fn run_core(
     id: usize,
     shared: Arc<Shared>,
-    mesh: MeshBuilder<harvest::Message, Full>,
+    link: harvest::Links,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
 ) -> anyhow::Result<()> {
     let cfg = &shared.config;
-    // Every core joins first, so no core waits on one that failed later in start-up.
-    let (mesh_senders, mesh_receivers) = mesh
-        .join()
-        .await
-        .map_err(|_| anyhow::anyhow!("core {id} could not join the core mesh"))?;
     let snapshot = Snapshot::from_bytes(&shared.snapshot_image)?;
     let limits = (
         snapshot.policy().limits.message_size.to_native(),
@@ -262,9 +259,15 @@ async fn run_core(
         // Idle cores converge too: a core with traffic checks at every transaction.
         let p = policy.clone();
         glommio::spawn_local(async move {
+            let mut ticks = 0u32;
             loop {
                 glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
                 p.refresh();
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(200) {
+                    // About once a second: a header someone truncated or replaced.
+                    p.check_header();
+                }
             }
         })
         .detach();
@@ -272,6 +275,7 @@ async fn run_core(
     let (spool, recovery) = Spool::open(&cfg.spool.dir, id, shared.cores, cfg.spool.segment_size)
         .await
         .with_context(|| format!("spool.dir: cannot open {}", cfg.spool.dir.display()))?;
+    tracing::debug!(core = id, "spool open");
     shared
         .metrics
         .shard(id)
@@ -323,7 +327,7 @@ async fn run_core(
         deliverer: deliverer.clone(),
         sessions: Cell::new(0),
         max_sessions: cfg.smtp.max_connections.div_ceil(shared.cores).max(1),
-        harvest: Guard::start(mesh_senders, mesh_receivers, policy.clone()),
+        harvest: Guard::start(link, policy.clone()),
         memory,
     });
     let mut listeners = Vec::new();
@@ -398,6 +402,7 @@ async fn run_core(
         .detach();
     }
     shared.metrics.core_ready();
+    tracing::debug!(core = id, "ready");
     let _ = ready.send(Ok(id));
     if fault_panic_core() == Some(id) {
         // Testing aid (BULWARK_FAULT=panic-core-N): a task of this core panics once the

@@ -245,6 +245,61 @@ print("ok")
     assert!(
         engine
             .log_text()
-            .contains("directory harvest: address blocked")
+            .contains("directory harvest: client blocked")
     );
+}
+
+#[test]
+fn a_header_truncated_or_overwritten_under_a_running_engine_breaks_nothing() {
+    let shm = TempDir::new("shm-break");
+    let header = shm.path().join("policy");
+    let sink = Sink::start(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let policy = format!("[policy]\nsnapshot = \"{}\"\n\n", header.display());
+    let engine = Engine::start(EngineConfig {
+        cores: 2,
+        extra: format!("{policy}{}", domain("example.test", sink.addr)),
+        ..Default::default()
+    });
+    let text = std::fs::read_to_string(&engine.config).unwrap();
+    let second = shm.path().join("second.toml");
+    std::fs::write(
+        &second,
+        format!("{text}\n{}", domain("new.test", sink.addr)),
+    )
+    .unwrap();
+    let (ok, out) = publish(&second);
+    assert!(ok, "{out}");
+    assert!(wait_until(Duration::from_secs(2), || engine
+        .metric("bulwark_policy_generation")
+        == 2.0));
+    // Someone cuts the header file to nothing while every core has it mapped.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&header)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..4 {
+        assert_eq!(rcpt_code(&engine, "u@new.test"), "250 2.1.5");
+    }
+    assert_eq!(engine.metric("bulwark_policy_generation"), 2.0);
+    // Then writes garbage over it: a generation with no image is refused, nothing else.
+    std::fs::write(&header, [0x5au8; 64]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(rcpt_code(&engine, "u@new.test"), "250 2.1.5");
+    assert_eq!(engine.metric("bulwark_policy_generation"), 2.0);
+    // The operator removes the damaged header and publishes again: the engine maps the
+    // new header and follows it.
+    let (ok, out) = publish(&engine.config);
+    assert!(!ok && out.contains("not a Bulwark policy header"), "{out}");
+    std::fs::remove_file(&header).unwrap();
+    let (ok, out) = publish(&engine.config);
+    assert!(ok, "{out}");
+    assert!(
+        wait_until(Duration::from_secs(5), || rcpt_code(&engine, "u@new.test")
+            == "550 5.7.1"),
+        "the engine did not follow the recreated header"
+    );
+    assert!(engine.log_text().contains("policy header mapped again"));
 }

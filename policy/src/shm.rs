@@ -10,6 +10,14 @@
 //!   verified anyway.
 //! * Old images are unlinked after a grace period; a reader that still holds one keeps
 //!   its copy.
+//!
+//! The header is memory another process can write. Its directory is created 0700 and the
+//! header 0600, sizes are checked before mapping, and the generation is reached through a
+//! raw pointer into the mapping (never a Rust reference over memory someone else
+//! changes). If the header file is truncated while mapped, touching it would raise
+//! SIGBUS in every core: a process-wide guard ([`fault`]) replaces the vanished page with
+//! zeros instead, so readers see generation 0 ("nothing new") and keep the policy they
+//! have; [`Follower::reopen_if_replaced`] maps the header again once it is recreated.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -61,52 +69,233 @@ pub fn image_path(header: &Path, generation: u64) -> PathBuf {
     header.with_file_name(name)
 }
 
-fn generation_cell(map: &[u8]) -> &AtomicU64 {
-    // SAFETY: the mapping is at least HEADER_SIZE bytes, page aligned, so offset 8 is
-    // 8-byte aligned; AtomicU64 has the layout of u64 and every bit pattern is valid.
-    unsafe { &*(map.as_ptr().add(8) as *const AtomicU64) }
+/// The generation word of a mapped header.
+///
+/// # Safety
+/// `base` must point to a live mapping of at least `HEADER_SIZE` bytes that is page
+/// aligned (so offset 8 is 8-byte aligned) and stays mapped for `'a`. Other processes may
+/// write the word at any time; it is only ever accessed atomically, and every bit pattern
+/// is a valid `u64`. If the file under it shrinks, [`fault`] keeps the page readable.
+unsafe fn generation_cell<'a>(base: *const u8) -> &'a AtomicU64 {
+    // SAFETY: see above; `AtomicU64::from_ptr` is the sanctioned way to treat shared
+    // memory as an atomic.
+    unsafe { AtomicU64::from_ptr(base.add(8) as *mut u64) }
+}
+
+/// Opens a header file for mapping, refusing anything that is not exactly a header.
+fn check_header_file(path: &Path, file: &File) -> Result<(), ShmError> {
+    let meta = file.metadata().map_err(io(path))?;
+    if !meta.is_file() || meta.len() != HEADER_SIZE as u64 {
+        return Err(ShmError::BadHeader(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Keeps mapped headers readable when their files are truncated under them.
+///
+/// A SIGBUS whose address lies in a registered header mapping is answered by mapping
+/// an anonymous zero page over it (MAP_FIXED), after which the faulting load re-executes
+/// and reads zeros. Any other SIGBUS goes to the handler that was installed before (the
+/// Rust runtime's), or to the default action.
+pub mod fault {
+    use std::sync::Once;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    const SLOTS: usize = 256;
+    static START: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+    static LEN: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+    static FAULTS: AtomicU64 = AtomicU64::new(0);
+    static INSTALL: Once = Once::new();
+    static mut PREVIOUS: Option<libc::sigaction> = None;
+
+    /// Header pages replaced by zeros so far (their files had been truncated).
+    pub fn faults() -> u64 {
+        FAULTS.load(Ordering::Relaxed)
+    }
+
+    fn page() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if p > 0 { p as usize } else { 4096 }
+    }
+
+    /// Guards `[start, start + len)`; returns the slot to release, or `None` when all
+    /// slots are taken (the mapping then goes unguarded).
+    pub(super) fn register(start: *const u8, len: usize) -> Option<usize> {
+        INSTALL.call_once(install);
+        let len = len.div_ceil(page()) * page();
+        for (i, s) in START.iter().enumerate() {
+            if s.compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                LEN[i].store(len, Ordering::Release);
+                s.store(start as usize, Ordering::Release);
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    pub(super) fn release(slot: usize) {
+        START[slot].store(0, Ordering::Release);
+    }
+
+    fn install() {
+        // SAFETY: a plain sigaction call with a handler that only does async-signal-safe
+        // work (atomics, mmap, sigaction).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigbus as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut sa.sa_mask);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGBUS, &sa, &mut old) == 0 {
+                PREVIOUS = Some(old);
+            }
+        }
+    }
+
+    extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        for i in 0..SLOTS {
+            let start = START[i].load(Ordering::Acquire);
+            if start == 0 || start == usize::MAX {
+                continue;
+            }
+            let len = LEN[i].load(Ordering::Acquire);
+            if addr >= start && addr < start + len {
+                // SAFETY: the range is a header mapping this process owns; replacing it
+                // with anonymous memory of the same size keeps every pointer into it valid.
+                let r = unsafe {
+                    libc::mmap(
+                        start as *mut libc::c_void,
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                if r != libc::MAP_FAILED {
+                    FAULTS.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        // Not ours: hand it on.
+        // SAFETY: PREVIOUS is written once, before the handler is installed.
+        unsafe {
+            #[allow(static_mut_refs)]
+            match PREVIOUS {
+                Some(old)
+                    if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN =>
+                {
+                    if old.sa_flags & libc::SA_SIGINFO != 0 {
+                        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                            std::mem::transmute(old.sa_sigaction);
+                        f(sig, info, ctx);
+                    } else {
+                        let f: extern "C" fn(libc::c_int) = std::mem::transmute(old.sa_sigaction);
+                        f(sig);
+                    }
+                }
+                _ => {
+                    // Default action: the faulting instruction runs again and ends the
+                    // process as an unhandled SIGBUS would have.
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    sa.sa_sigaction = libc::SIG_DFL;
+                    libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+                }
+            }
+        }
+    }
+}
+
+/// A header mapping registered with the [`fault`] guard while it lives.
+struct Guarded<M> {
+    map: M,
+    slot: Option<usize>,
+}
+
+impl<M: std::ops::Deref<Target = [u8]>> Guarded<M> {
+    fn new(map: M) -> Self {
+        let slot = fault::register(map.as_ptr(), map.len());
+        Guarded { map, slot }
+    }
+
+    fn generation(&self) -> &AtomicU64 {
+        // SAFETY: the mapping is HEADER_SIZE bytes (checked before mapping), page
+        // aligned, and lives as long as `self`.
+        unsafe { generation_cell(self.map.as_ptr()) }
+    }
+}
+
+impl<M> Drop for Guarded<M> {
+    fn drop(&mut self) {
+        if let Some(s) = self.slot {
+            fault::release(s);
+        }
+    }
 }
 
 /// The writing side (the control service, or `bulwark publish-policy`).
 pub struct Publisher {
     header_path: PathBuf,
-    header: MmapMut,
+    header: Guarded<MmapMut>,
+    identity: (u64, u64),
     grace: Duration,
     /// Images on disk, oldest first, with when they were published, for unlinking.
     published: VecDeque<(u64, SystemTime)>,
 }
 
 impl Publisher {
-    /// Opens the header at `path`, creating it (and its directory) if needed.
+    /// Opens the header at `path`, creating it (and its directory, 0700) if needed. A
+    /// header found empty (truncated by someone) is laid out again.
     pub fn open(path: &Path, grace: Duration) -> Result<Publisher, ShmError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir))?;
         }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)
             .map_err(io(path))?;
         let len = file.metadata().map_err(io(path))?.len();
         if len == 0 {
             file.set_len(HEADER_SIZE as u64).map_err(io(path))?;
-        } else if len != HEADER_SIZE as u64 {
-            return Err(ShmError::BadHeader(path.to_path_buf()));
         }
+        check_header_file(path, &file)?;
         // SAFETY: the file is ours and fixed-size; the generation is only accessed
         // atomically and the magic is written once, before any reader can trust it.
         let mut header = unsafe { MmapMut::map_mut(&file) }.map_err(io(path))?;
+        let published = existing_images(path);
         if len == 0 {
             header[..8].copy_from_slice(&HEADER_MAGIC);
+            // A header laid out again (it was removed or cut short) continues from the
+            // newest image still there: readers have seen that generation, so the next
+            // one must be newer, not a reused number with other contents.
+            let newest = published.back().map_or(0, |&(g, _)| g);
+            // SAFETY: the mapping was just made from a header-sized file.
+            unsafe { generation_cell(header.as_ptr()) }.store(newest, Ordering::Release);
         } else if header[..8] != HEADER_MAGIC {
             return Err(ShmError::BadHeader(path.to_path_buf()));
         }
-        let published = existing_images(path);
         Ok(Publisher {
             header_path: path.to_path_buf(),
-            header,
+            identity: identity(&file.metadata().map_err(io(path))?),
+            header: Guarded::new(header),
             grace,
             published,
         })
@@ -114,12 +303,18 @@ impl Publisher {
 
     /// The generation in force.
     pub fn generation(&self) -> u64 {
-        generation_cell(&self.header).load(Ordering::Acquire)
+        self.header.generation().load(Ordering::Acquire)
     }
 
     /// Publishes a complete snapshot image. Its generation must be newer than the one in
-    /// force; it is checked before anything is written.
+    /// force; it is checked before anything is written. A header that was truncated or
+    /// replaced since it was opened is laid out again first.
     pub fn publish(&mut self, image: &[u8]) -> Result<u64, ShmError> {
+        if !intact(&self.header_path, self.identity, &self.header.map) {
+            let fresh = Publisher::open(&self.header_path, self.grace)?;
+            self.header = fresh.header;
+            self.identity = fresh.identity;
+        }
         let snap = Snapshot::from_bytes(image).map_err(|source| ShmError::Invalid {
             path: self.header_path.clone(),
             generation: 0,
@@ -144,7 +339,9 @@ impl Publisher {
             f.sync_all().map_err(io(&tmp))?;
         }
         std::fs::rename(&tmp, &target).map_err(io(&target))?;
-        generation_cell(&self.header).store(generation, Ordering::Release);
+        self.header
+            .generation()
+            .store(generation, Ordering::Release);
         self.published.push_back((generation, SystemTime::now()));
         self.unlink_old();
         Ok(generation)
@@ -195,32 +392,59 @@ fn existing_images(header: &Path) -> VecDeque<(u64, SystemTime)> {
     found.into()
 }
 
+/// Device and inode of a file.
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Whether the header at `path` is still the intact file a mapping was made from.
+fn intact(path: &Path, id: (u64, u64), map: &[u8]) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| {
+        identity(&m) == id && m.len() == HEADER_SIZE as u64 && map[..8] == HEADER_MAGIC
+    })
+}
+
 /// The reading side: one per engine core.
 pub struct Follower {
     header_path: PathBuf,
-    header: Mmap,
+    header: Guarded<Mmap>,
+    /// Device and inode of the mapped header file.
+    identity: (u64, u64),
 }
 
 impl Follower {
     pub fn open(path: &Path) -> Result<Follower, ShmError> {
         let file = File::open(path).map_err(io(path))?;
-        if file.metadata().map_err(io(path))?.len() != HEADER_SIZE as u64 {
-            return Err(ShmError::BadHeader(path.to_path_buf()));
-        }
-        // SAFETY: read-only mapping of a fixed-size file; the generation is read atomically.
+        check_header_file(path, &file)?;
+        let meta = file.metadata().map_err(io(path))?;
+        // SAFETY: read-only mapping of a header-sized file; the generation is read
+        // atomically through a raw pointer, and truncation is caught by the fault guard.
         let header = unsafe { Mmap::map(&file) }.map_err(io(path))?;
-        if header[..8] != HEADER_MAGIC {
+        if header.len() != HEADER_SIZE || header[..8] != HEADER_MAGIC {
             return Err(ShmError::BadHeader(path.to_path_buf()));
         }
         Ok(Follower {
             header_path: path.to_path_buf(),
-            header,
+            header: Guarded::new(header),
+            identity: identity(&meta),
         })
     }
 
     /// The generation in force: one atomic load.
     pub fn generation(&self) -> u64 {
-        generation_cell(&self.header).load(Ordering::Acquire)
+        self.header.generation().load(Ordering::Acquire)
+    }
+
+    /// When the header file was truncated, replaced or removed since it was mapped, and
+    /// a valid one is there now: that one, mapped. Call it now and then (it costs a
+    /// `stat`); meanwhile the old mapping reads its last value, or zeros if its file was
+    /// cut short.
+    pub fn reopen_if_replaced(&self) -> Option<Follower> {
+        if intact(&self.header_path, self.identity, &self.header.map) {
+            return None;
+        }
+        Follower::open(&self.header_path).ok()
     }
 
     /// Reads and validates the image of `generation`.
@@ -298,6 +522,48 @@ mod tests {
         // A second publisher on the same header continues where the first left off.
         let p2 = Publisher::open(&path, Duration::ZERO).unwrap();
         assert_eq!(p2.generation(), 2);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_header_truncated_or_corrupted_under_its_readers_crashes_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("truncate");
+        let path = d.join("policy");
+        let mut p = Publisher::open(&path, Duration::ZERO).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        p.publish(&policy(1, "a.test")).unwrap();
+        let f = Follower::open(&path).unwrap();
+        assert_eq!(f.generation(), 1);
+        // Another process cuts the file short: the next read would be SIGBUS.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let before = fault::faults();
+        assert_eq!(f.generation(), 0, "a vanished header reads as nothing new");
+        assert!(fault::faults() > before);
+        assert_eq!(f.generation(), 0);
+        // Not yet usable again: the empty file is not a header.
+        assert!(f.reopen_if_replaced().is_none());
+        assert!(matches!(Follower::open(&path), Err(ShmError::BadHeader(_))));
+        // The publisher lays the header out again, continuing from the newest image.
+        assert!(matches!(
+            p.publish(&policy(1, "b.test")),
+            Err(ShmError::NotNewer { new: 1, current: 1 })
+        ));
+        p.publish(&policy(2, "b.test")).unwrap();
+        let f = f.reopen_if_replaced().expect("the header was recreated");
+        assert_eq!(f.generation(), 2);
+        assert!(f.reopen_if_replaced().is_none());
+        // Garbage written over the generation: a load of it is refused, nothing else.
+        std::fs::write(&path, [0xffu8; HEADER_SIZE]).unwrap();
+        assert_eq!(f.generation(), u64::MAX);
+        assert!(matches!(f.load(u64::MAX), Err(ShmError::Io { .. })));
         let _ = std::fs::remove_dir_all(&d);
     }
 

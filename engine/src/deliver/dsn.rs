@@ -93,7 +93,11 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
         }
     }
     for f in r.failed {
-        let _ = write!(m, "<{}>: {}\r\n", ascii(&f.rcpt), ascii(&f.diagnostic));
+        fold(
+            &mut m,
+            &format!("<{}>: {}", ascii(&f.rcpt), ascii(&f.diagnostic)),
+            "    ",
+        );
     }
     let _ = write!(
         m,
@@ -103,16 +107,25 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
     let _ = write!(m, "X-Bulwark-Queue-ID: {}\r\n", r.queue_id);
     let _ = write!(m, "Arrival-Date: {}\r\n", rfc5322_date(r.arrival));
     for f in r.failed {
-        let _ = write!(m, "\r\nFinal-Recipient: rfc822; {}\r\n", ascii(&f.rcpt));
+        m.push_str("\r\n");
+        fold(
+            &mut m,
+            &format!("Final-Recipient: rfc822; {}", ascii(&f.rcpt)),
+            " ",
+        );
         m.push_str(match r.delayed {
             None => "Action: failed\r\n",
             Some(_) => "Action: delayed\r\n",
         });
         let _ = write!(m, "Status: {}\r\n", f.status);
         if let Some(mta) = &f.remote_mta {
-            let _ = write!(m, "Remote-MTA: dns; {}\r\n", ascii(mta));
+            fold(&mut m, &format!("Remote-MTA: dns; {}", ascii(mta)), " ");
         }
-        let _ = write!(m, "Diagnostic-Code: smtp; {}\r\n", ascii(&f.diagnostic));
+        fold(
+            &mut m,
+            &format!("Diagnostic-Code: smtp; {}", ascii(&f.diagnostic)),
+            " ",
+        );
         if let Some(until) = r.delayed {
             let _ = write!(m, "Will-Retry-Until: {}\r\n", rfc5322_date(until));
         }
@@ -122,7 +135,7 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
         "\r\n--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n"
     );
     let mut out = m.into_bytes();
-    out.extend_from_slice(original_header(r.original));
+    fold_header_lines(&mut out, original_header(r.original));
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
@@ -144,6 +157,62 @@ fn original_header(msg: &[u8]) -> &[u8] {
     match memchr::memmem::find(msg, b"\r\n\r\n") {
         Some(i) => &msg[..i + 2],
         None => msg,
+    }
+}
+
+/// The longest line a DSN writes (RFC 5322 §2.1.1 recommends 78; 998 is the limit).
+const FOLD_AT: usize = 78;
+const MAX_LINE: usize = 998;
+
+/// Writes `line` (printable ASCII, no CRLF) folded at spaces to lines of about
+/// [`FOLD_AT`] octets, each continuation starting with `indent`; a word longer than
+/// [`MAX_LINE`] is cut there. Ends with CRLF.
+fn fold(out: &mut String, line: &str, indent: &str) {
+    let mut len = 0;
+    for (i, word) in line.split(' ').enumerate() {
+        if i > 0 {
+            if len + 1 + word.len() > FOLD_AT && len > indent.len() {
+                out.push_str("\r\n");
+                out.push_str(indent);
+                len = indent.len();
+            } else {
+                out.push(' ');
+                len += 1;
+            }
+        }
+        let mut rest = word;
+        while len + rest.len() > MAX_LINE {
+            let take = MAX_LINE - len;
+            out.push_str(&rest[..take]);
+            out.push_str("\r\n");
+            out.push_str(indent);
+            len = indent.len();
+            rest = &rest[take..];
+        }
+        out.push_str(rest);
+        len += rest.len();
+    }
+    out.push_str("\r\n");
+}
+
+/// Copies a header section, folding any line longer than [`MAX_LINE`] (the engine
+/// accepts longer lines than RFC 5322 allows) with CRLF and a space.
+fn fold_header_lines(out: &mut Vec<u8>, header: &[u8]) {
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        let body = line.strip_suffix(b"\r\n").unwrap_or(line);
+        let mut rest = body;
+        let mut first = true;
+        while rest.len() > MAX_LINE - 1 || (first && rest.len() > MAX_LINE) {
+            let take = if first { MAX_LINE } else { MAX_LINE - 1 };
+            out.extend_from_slice(&rest[..take]);
+            out.extend_from_slice(b"\r\n ");
+            rest = &rest[take..];
+            first = false;
+        }
+        out.extend_from_slice(rest);
+        if body.len() != line.len() {
+            out.extend_from_slice(b"\r\n");
+        }
     }
 }
 
@@ -205,6 +274,53 @@ mod tests {
         assert!(text.ends_with("--Q2/mx.bulwark.test--\r\n"));
         assert!(text.split("\r\n").all(|l| l.len() <= 998));
         assert!(!text.replace("\r\n", "").contains('\n'));
+    }
+
+    #[test]
+    fn long_replies_and_header_lines_are_folded_under_998_octets() {
+        let long_reply = format!("550 5.7.1 {}", "policy-violation ".repeat(300));
+        let unbroken = format!("550 5.7.1 {}", "x".repeat(3000));
+        let failed = vec![
+            FailedRecipient {
+                rcpt: "u@example.test".into(),
+                status: "5.7.1".into(),
+                diagnostic: long_reply.clone(),
+                remote_mta: Some("mx.example.test".into()),
+            },
+            FailedRecipient {
+                rcpt: "v@example.test".into(),
+                status: "5.7.1".into(),
+                diagnostic: unbroken,
+                remote_mta: None,
+            },
+        ];
+        let original = format!(
+            "Subject: {}\r\nX-Long: {}\r\n\r\nbody\r\n",
+            "s".repeat(2500),
+            "y".repeat(999)
+        );
+        let dsn = build(&Report {
+            reporting_mta: "mx.bulwark.test",
+            queue_id: "Q1",
+            dsn_id: "Q2",
+            original_sender: "s@sender.test",
+            arrival: 1_700_000_000,
+            now: 1_700_000_100,
+            failed: &failed,
+            original: original.as_bytes(),
+            delayed: None,
+        });
+        let text = String::from_utf8(dsn).unwrap();
+        let longest = text.split("\r\n").map(str::len).max().unwrap();
+        assert!(longest <= 998, "a DSN line of {longest} octets");
+        // Folding only inserts line breaks: unfolded, every field is whole.
+        let unfolded = text.replace("\r\n ", " ").replace("\r\n\t", " ");
+        assert!(unfolded.contains(&format!("Diagnostic-Code: smtp; {}", long_reply.trim_end())));
+        assert!(
+            text.replace("\r\n ", "")
+                .contains(&format!("Subject: {}", "s".repeat(2500)))
+        );
+        assert!(text.contains("Diagnostic-Code: smtp; 550 5.7.1\r\n xxx"));
     }
 
     #[test]

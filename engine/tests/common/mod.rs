@@ -72,6 +72,8 @@ pub struct EngineConfig {
     pub extra: String,
     /// Extra keys of the `[queue]` table.
     pub queue_extra: String,
+    /// Extra keys of the `[server]` table.
+    pub server_extra: String,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +84,7 @@ impl Default for EngineConfig {
             cores: 1,
             extra: String::new(),
             queue_extra: String::new(),
+            server_extra: String::new(),
         }
     }
 }
@@ -113,8 +116,8 @@ impl Engine {
             "[delivery]\nidle_time = \"1s\"\nconnect_timeout = \"2s\"\nbackoff_min = \"1s\"\nbackoff_max = \"2s\"\n\n"
         };
         let text = format!(
-            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"{smtp}\"]\nmetrics = \"{metrics}\"\ncores = {}\n\n{spool_section}[queue]\nlifetime = \"{}\"\nretry = {}\n{}\n{delivery_section}{}\n",
-            cfg.cores, cfg.lifetime, cfg.retry, cfg.queue_extra, cfg.extra
+            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"{smtp}\"]\nmetrics = \"{metrics}\"\ncores = {}\n{}\n{spool_section}[queue]\nlifetime = \"{}\"\nretry = {}\n{}\n{delivery_section}{}\n",
+            cfg.cores, cfg.server_extra, cfg.lifetime, cfg.retry, cfg.queue_extra, cfg.extra
         );
         let config = dir.path().join("bulwark.toml");
         std::fs::write(&config, text).unwrap();
