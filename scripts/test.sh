@@ -12,3 +12,5 @@ echo "== cargo clippy"
 cargo clippy --release --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --release --workspace
+echo "== fuzz targets, ${FUZZ_SECONDS:-20} s each (scripts/fuzz.sh runs them longer)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

@@ -4,8 +4,9 @@
 
 mod api;
 mod config;
-mod csv;
 mod store;
+
+use bulwark_policy::directory_csv as csv;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -8,6 +8,7 @@
 //! [`shm`] carries images from a publisher to the engine's cores through shared memory.
 
 pub mod address;
+pub mod directory_csv;
 mod schema;
 pub mod shm;
 mod snapshot;

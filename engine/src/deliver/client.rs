@@ -262,39 +262,12 @@ impl Connection {
                 return Err(ConnError::Protocol("reply has too many lines".into()));
             }
             let line = self.read_line(timeout).await?;
-            if line.len() < 3 || !line.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
-                return Err(ConnError::Protocol(format!(
-                    "malformed reply line {:?}",
-                    truncate(&line)
-                )));
-            }
-            let this_code: u16 = line[..3]
-                .parse()
-                .map_err(|_| ConnError::Protocol("bad reply code".into()))?;
-            if n == 0 {
-                code = this_code;
-                text.push_str(&line);
-            } else {
-                if this_code != code {
-                    return Err(ConnError::Protocol(
-                        "reply lines disagree on the code".into(),
-                    ));
-                }
-                text.push(' ');
-                text.push_str(line.get(4..).unwrap_or(""));
-            }
+            let more = reply_line(n, &line, &mut code, &mut text)?;
             if let Some(lines) = lines.as_deref_mut() {
                 lines.push(line.get(4..).unwrap_or("").to_string());
             }
-            match line.as_bytes().get(3) {
-                None | Some(b' ') => break,
-                Some(b'-') => continue,
-                Some(_) => {
-                    return Err(ConnError::Protocol(format!(
-                        "malformed reply line {:?}",
-                        truncate(&line)
-                    )));
-                }
+            if !more {
+                break;
             }
         }
         Ok(Reply {
@@ -515,7 +488,7 @@ fn truncate(s: &str) -> &str {
 /// The extensions of an EHLO reply, from its lines after the code: the first line is the
 /// server's name and greeting, every later line one keyword and its parameters (RFC 5321
 /// §4.1.1.1). A keyword in the greeting text is not an extension.
-fn parse_caps(lines: &[String]) -> Caps {
+pub fn parse_caps(lines: &[String]) -> Caps {
     let mut caps = Caps::default();
     for line in lines.iter().skip(1) {
         let mut tokens = line.split_ascii_whitespace();
@@ -539,6 +512,46 @@ fn parse_caps(lines: &[String]) -> Caps {
         }
     }
     caps
+}
+
+/// Takes line `n` (from 0) of a reply, without its CRLF, into the reply's `code` and
+/// `text` (lines joined with a space). True when more lines follow (`NNN-`).
+pub fn reply_line(
+    n: usize,
+    line: &str,
+    code: &mut u16,
+    text: &mut String,
+) -> Result<bool, ConnError> {
+    let digits = line.as_bytes().get(..3);
+    let Some(digits) = digits.filter(|d| d.iter().all(u8::is_ascii_digit)) else {
+        return Err(ConnError::Protocol(format!(
+            "malformed reply line {:?}",
+            truncate(line)
+        )));
+    };
+    let this_code = digits
+        .iter()
+        .fold(0u16, |c, d| c * 10 + u16::from(d - b'0'));
+    if n == 0 {
+        *code = this_code;
+        text.push_str(line);
+    } else {
+        if this_code != *code {
+            return Err(ConnError::Protocol(
+                "reply lines disagree on the code".into(),
+            ));
+        }
+        text.push(' ');
+        text.push_str(line.get(4..).unwrap_or(""));
+    }
+    match line.as_bytes().get(3) {
+        None | Some(b' ') => Ok(false),
+        Some(b'-') => Ok(true),
+        Some(_) => Err(ConnError::Protocol(format!(
+            "malformed reply line {:?}",
+            truncate(line)
+        ))),
+    }
 }
 
 /// How much of a message is read to find its header when deciding on SMTPUTF8.
