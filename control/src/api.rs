@@ -735,4 +735,14 @@ mod tests {
         assert_eq!(v["openapi"], "3.0.3");
         assert!(v["paths"]["/api/v1/domains"]["post"].is_object());
     }
+
+    #[test]
+    fn openapi_limit_ranges_are_the_shared_table() {
+        let v: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let props = &v["components"]["schemas"]["Limits"]["properties"];
+        for r in bulwark_policy::limits::ALL {
+            assert_eq!(props[r.name]["minimum"], r.min, "{}", r.name);
+            assert_eq!(props[r.name]["maximum"], r.max, "{}", r.name);
+        }
+    }
 }

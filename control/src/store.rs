@@ -54,13 +54,16 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// The settable limits and their allowed ranges.
-pub const LIMITS: [(&str, i64, i64); 5] = [
-    ("message_size", 1024, 1 << 32),
-    ("recipients", 1, 100_000),
-    ("harvest_max_unknown", 0, 1_000_000),
-    ("harvest_window_secs", 1, 86_400 * 30),
-    ("harvest_block_secs", 1, 86_400 * 30),
-];
+pub const LIMITS: [(&str, i64, i64); 5] = {
+    let all = bulwark_policy::limits::ALL;
+    let mut out = [("", 0i64, 0i64); 5];
+    let mut i = 0;
+    while i < all.len() {
+        out[i] = (all[i].name, all[i].min as i64, all[i].max as i64);
+        i += 1;
+    }
+    out
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

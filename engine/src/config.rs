@@ -10,6 +10,7 @@ use toml::de::{DeArray, DeTable, DeValue};
 
 pub use bulwark_policy::address::parse_route;
 use bulwark_policy::address::{check_directory_address, check_sender_pattern, is_hostname};
+use bulwark_policy::limits;
 use bulwark_policy::{Cidr, Domain, Harvest, IpLists, Limits, Policy, Route, TlsPolicy};
 
 #[derive(Debug, Clone)]
@@ -698,12 +699,13 @@ impl<'t> Validator<'t> {
 
     fn limits(&mut self, root: &Table<'_>) -> LimitsConfig {
         let mut s = self.section(root, "limits");
+        let (size, rcpts) = (limits::MESSAGE_SIZE, limits::RECIPIENTS);
         let message_size = self
-            .integer(&mut s, "message_size", 1024, 1 << 32)
-            .unwrap_or(52_428_800);
+            .integer(&mut s, "message_size", size.min, size.max)
+            .unwrap_or(size.default);
         let recipients = self
-            .integer(&mut s, "recipients", 1, 100_000)
-            .unwrap_or(1000) as u32;
+            .integer(&mut s, "recipients", rcpts.min, rcpts.max)
+            .unwrap_or(rcpts.default) as u32;
         self.finish(s);
         LimitsConfig {
             message_size,
@@ -959,15 +961,32 @@ impl<'t> Validator<'t> {
 
     fn harvest(&mut self, root: &Table<'_>) -> HarvestConfig {
         let mut s = self.section(root, "harvest");
+        let m = limits::HARVEST_MAX_UNKNOWN;
         let max_unknown = self
-            .integer(&mut s, "max_unknown", 0, 1_000_000)
-            .unwrap_or(20) as u32;
-        let window = self
-            .duration(&mut s, "window")
-            .unwrap_or(Duration::from_secs(600));
-        let block = self
-            .duration(&mut s, "block")
-            .unwrap_or(Duration::from_secs(3600));
+            .integer(&mut s, "max_unknown", m.min, m.max)
+            .unwrap_or(m.default) as u32;
+        let mut seconds = |this: &mut Self, key: &'static str, r: limits::Range| {
+            let d = this
+                .duration(&mut s, key)
+                .unwrap_or(Duration::from_secs(r.default));
+            if !r.contains(d.as_secs()) {
+                let line = s.line;
+                this.errors.push(ConfigError {
+                    key: format!("harvest.{key}"),
+                    line,
+                    message: format!(
+                        "{} is out of range {}s..={}s",
+                        humantime::format_duration(d),
+                        r.min,
+                        r.max
+                    ),
+                });
+                return Duration::from_secs(r.default);
+            }
+            d
+        };
+        let window = seconds(self, "window", limits::HARVEST_WINDOW_SECS);
+        let block = seconds(self, "block", limits::HARVEST_BLOCK_SECS);
         self.finish(s);
         HarvestConfig {
             max_unknown,
@@ -1101,7 +1120,6 @@ fn system_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// A humantime duration such as "10d" or "1m 30s"; zero is refused.
 /// Parses `N/s`, `N/m` or `N/h` into messages per second; `0` (or `0/s`…) is no limit.
 pub fn parse_rate(text: &str) -> Result<Option<f64>, String> {
     let t = text.trim();
@@ -1129,6 +1147,7 @@ pub fn parse_rate(text: &str) -> Result<Option<f64>, String> {
     }
 }
 
+/// A humantime duration such as "10d" or "1m 30s"; zero is refused.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => Err(format!("{text:?} must be longer than zero")),

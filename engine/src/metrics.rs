@@ -164,8 +164,11 @@ pub struct Shard {
     pub queue_deleted: Counter,
     /// Connection-level failures that put a destination into backoff.
     pub destination_failures: Counter,
-    /// Destinations backing off now.
-    pub destinations_backing_off: Gauge,
+    /// Destinations this core has backing off now, by name. Every core keeps its own
+    /// view of a destination, so the metric is the union over the cores (a destination
+    /// down on two cores is one destination down). Locked only when a destination
+    /// changes state and when Prometheus scrapes.
+    pub backing_off: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Recipients deferred without a connection because their destination backs off.
     pub suspended: Counter,
     /// Messages found in the spool at start and put back in the queue.
@@ -206,7 +209,7 @@ impl Shard {
             queue_held: Gauge::default(),
             queue_deleted: Counter::default(),
             destination_failures: Counter::default(),
-            destinations_backing_off: Gauge::default(),
+            backing_off: Default::default(),
             suspended: Counter::default(),
             recovered: Counter::default(),
             spool_commits: Counter::default(),
@@ -260,6 +263,17 @@ impl Metrics {
 
     pub fn shard(&self, core: usize) -> &Shard {
         &self.shards[core].0
+    }
+
+    /// Distinct destinations backing off on any core.
+    fn backing_off(&self) -> usize {
+        let mut all = std::collections::BTreeSet::new();
+        for s in self.shards.iter() {
+            if let Ok(set) = s.0.backing_off.lock() {
+                all.extend(set.iter().cloned());
+            }
+        }
+        all.len()
     }
 
     fn sum(&self, f: impl Fn(&Shard) -> u64) -> f64 {
@@ -493,9 +507,9 @@ impl Collector for Families {
             ),
             family(
                 "bulwark_destinations_backing_off",
-                "Destinations (per core) in backoff after a failure.",
+                "Destinations in backoff after a failure (on any core; each counted once).",
                 g,
-                vec![gauge(m.sum_i(|s| s.destinations_backing_off.get()))],
+                vec![gauge(m.backing_off() as f64)],
             ),
             family(
                 "bulwark_delivery_suspended_total",
@@ -652,5 +666,20 @@ mod tests {
         assert!(text.contains("bulwark_accept_latency_seconds_bucket{le=\"0.0025\"} 1\n"));
         assert!(text.contains("bulwark_accept_latency_seconds_count 2\n"));
         assert!(text.contains("process_resident_memory_bytes"));
+        // The same destination down on two cores is one destination down.
+        for core in 0..2 {
+            let mut set = m.shard(core).backing_off.lock().unwrap();
+            set.insert("route:mx.example.test:25".into());
+        }
+        m.shard(1)
+            .backing_off
+            .lock()
+            .unwrap()
+            .insert("mx:other.test".into());
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("bulwark_destinations_backing_off 2\n"),
+            "{text}"
+        );
     }
 }

@@ -472,8 +472,8 @@ impl Deliverer {
         q.epoch.set(q.epoch.get() + 1);
         let shard = self.shard();
         shard.destination_failures.inc();
-        if was_up {
-            shard.destinations_backing_off.add(1);
+        if was_up && let Ok(mut set) = shard.backing_off.lock() {
+            set.insert(q.dest.to_string());
         }
         warn!(destination = %q.dest, error = %reply.text, backoff_secs = until.duration_since(now).as_secs(), "destination backing off");
         let why = Reply::local(
@@ -534,7 +534,9 @@ impl Deliverer {
             return;
         }
         q.epoch.set(q.epoch.get() + 1);
-        self.shard().destinations_backing_off.add(-1);
+        if let Ok(mut set) = self.shard().backing_off.lock() {
+            set.remove(&q.dest.to_string());
+        }
         let parked: Vec<Rc<Message>> = q.parked.borrow_mut().drain().map(|(_, m)| m).collect();
         info!(destination = %q.dest, parked = parked.len(), "destination is up again");
         for m in parked {

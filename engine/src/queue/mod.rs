@@ -8,11 +8,12 @@ pub use spool::{Location, Recovered, Spool, SpoolError};
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Issues queue ids: microseconds since the epoch, the core, and a sequence within the
-/// microsecond. Unique across cores and restarts as long as the clock does not go back;
-/// 18 upper-case hex digits, sortable by arrival.
+/// Issues queue ids: microseconds since the epoch (13 hex digits), the core (3: up to
+/// 4096 cores, more than `[server] cores` allows), and a sequence within the microsecond
+/// (3). Unique across cores and restarts as long as the clock does not go back; 19
+/// upper-case hex digits, sortable by arrival.
 pub struct QueueIds {
-    core: u8,
+    core: u16,
     last_micros: Cell<u64>,
     seq: Cell<u16>,
 }
@@ -20,7 +21,7 @@ pub struct QueueIds {
 impl QueueIds {
     pub fn new(core: usize) -> Self {
         QueueIds {
-            core: core as u8,
+            core: (core & 0xfff) as u16,
             last_micros: Cell::new(0),
             seq: Cell::new(0),
         }
@@ -45,7 +46,7 @@ impl QueueIds {
             self.seq.set(0);
         }
         self.last_micros.set(now);
-        format!("{now:013X}{:02X}{:03X}", self.core, self.seq.get())
+        format!("{now:013X}{:03X}{:03X}", self.core, self.seq.get())
     }
 }
 
@@ -70,6 +71,10 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), v.len());
         assert_eq!(sorted, v);
-        assert!(v.iter().all(|id| id.len() == 18 && &id[13..15] == "03"));
+        assert!(v.iter().all(|id| id.len() == 19 && &id[13..16] == "003"));
+        // Cores past 255 keep ids apart too.
+        let a = QueueIds::new(1023).next();
+        let b = QueueIds::new(767).next();
+        assert_eq!((&a[13..16], &b[13..16]), ("3FF", "2FF"));
     }
 }

@@ -738,12 +738,24 @@ impl Spool {
                 }
             };
             let total: usize = reqs.iter().map(|r| r.bytes.len()).sum();
-            let mut buf = Vec::with_capacity(total);
+            // Where each record lands, and its length.
             let mut offsets = Vec::with_capacity(reqs.len());
+            let mut at = start;
             for r in &reqs {
-                offsets.push(start + buf.len() as u64);
-                buf.extend_from_slice(&r.bytes);
+                offsets.push((at, r.bytes.len() as u64));
+                at += r.bytes.len() as u64;
             }
+            let mut reqs = reqs;
+            let buf = if let [only] = reqs.as_mut_slice() {
+                // A batch of one is written as it is, not copied.
+                std::mem::take(&mut only.bytes)
+            } else {
+                let mut buf = Vec::with_capacity(total);
+                for r in &reqs {
+                    buf.extend_from_slice(&r.bytes);
+                }
+                buf
+            };
             let write =
                 glommio::spawn_local(async move { write_all_and_sync(&file, buf, start).await });
             writes.push((key, reqs, offsets, start, total, write));
@@ -754,14 +766,14 @@ impl Spool {
                 Ok(()) => {
                     let mut added = 0u64;
                     let mut finished = 0u64;
-                    for (r, off) in reqs.into_iter().zip(offsets) {
+                    for (r, (off, len)) in reqs.into_iter().zip(offsets) {
                         added += r.adds as u64;
                         finished += r.finishes as u64;
                         if let Some(tx) = r.reply {
                             let loc = Location {
                                 segment: key,
                                 offset: off + r.content_at,
-                                len: r.bytes.len() as u64 - r.content_at,
+                                len: len - r.content_at,
                             };
                             let _ = tx.send(Ok(loc));
                         }
