@@ -2,7 +2,7 @@
 //! no shared cache line), summed when Prometheus scrapes. The scrape endpoint runs on its
 //! own thread, never on an executor.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -572,46 +572,123 @@ impl Collector for Families {
 }
 
 /// Serves `GET /metrics` on `addr` from a dedicated thread.
+/// Serves `/metrics` and `/healthz` on `addr` from threads of its own, never an executor.
+/// Each connection gets its own short-lived thread (at most [`MAX_SCRAPES`] at once; more
+/// are answered 503), its request head is read up to [`MAX_REQUEST`] octets, and reads
+/// and writes time out, so a slow or hostile client cannot hold the endpoint.
 pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     info!(%addr, "metrics endpoint listening");
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut stream) = conn else { continue };
-            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            let mut reader = BufReader::new(match stream.try_clone() {
-                Ok(s) => s,
-                Err(_) => continue,
-            });
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            // Drain the headers.
-            let mut line = String::new();
-            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                line.clear();
-            }
-            let mut parts = request_line.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, ctype, body) = match (method, path) {
-                ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                ("GET", "/healthz") => match metrics.readiness() {
-                    (ready, cores) if ready >= cores => ("200 OK", "text/plain", b"ok\n".to_vec()),
-                    (ready, cores) => (
+    let busy = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut stream) = conn else { continue };
+                let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+                let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+                if busy.fetch_add(1, Relaxed) >= MAX_SCRAPES {
+                    busy.fetch_sub(1, Relaxed);
+                    let _ = respond(
+                        &mut stream,
                         "503 Service Unavailable",
                         "text/plain",
-                        format!("starting: {ready} of {cores} cores ready\n").into_bytes(),
-                    ),
-                },
-                ("GET", _) => ("404 Not Found", "text/plain", b"not found: try /metrics\n".to_vec()),
-                _ => ("405 Method Not Allowed", "text/plain", b"only GET is served\n".to_vec()),
-            };
-            let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-            let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body));
-        }
-    })?;
+                        b"busy\n",
+                    );
+                    continue;
+                }
+                let (metrics, busy) = (metrics.clone(), busy.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .spawn(move || {
+                        answer(stream, &metrics);
+                        busy.fetch_sub(1, Relaxed);
+                    });
+                if spawned.is_err() {
+                    warn!("metrics: cannot start a thread for a connection");
+                }
+            }
+        })?;
     Ok(())
+}
+
+/// Concurrent connections the endpoint serves.
+const MAX_SCRAPES: usize = 16;
+/// The longest request head read.
+const MAX_REQUEST: u64 = 8192;
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn answer(mut stream: std::net::TcpStream, metrics: &Arc<Metrics>) {
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half.take(MAX_REQUEST));
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() || !request_line.ends_with('\n') {
+        let _ = respond(
+            &mut stream,
+            "400 Bad Request",
+            "text/plain",
+            b"bad request\n",
+        );
+        // Lingering close: unread input would make the kernel reset the connection and
+        // the client might lose the reply. Drain a bounded amount, then close.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = std::io::copy(&mut (&stream).take(1 << 20), &mut std::io::sink());
+        return;
+    }
+    // Drain the headers (within the bound).
+    let mut line = String::new();
+    while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+        line.clear();
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let _ = match (method, path) {
+        ("GET", "/metrics") => respond(
+            &mut stream,
+            "200 OK",
+            "text/plain; version=0.0.4",
+            &metrics.render(),
+        ),
+        ("GET", "/healthz") => match metrics.readiness() {
+            (ready, cores) if ready >= cores => {
+                respond(&mut stream, "200 OK", "text/plain", b"ok\n")
+            }
+            (ready, cores) => respond(
+                &mut stream,
+                "503 Service Unavailable",
+                "text/plain",
+                format!("starting: {ready} of {cores} cores ready\n").as_bytes(),
+            ),
+        },
+        ("GET", _) => respond(
+            &mut stream,
+            "404 Not Found",
+            "text/plain",
+            b"not found: try /metrics\n",
+        ),
+        _ => respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"only GET is served\n",
+        ),
+    };
+}
+
+fn respond(
+    stream: &mut std::net::TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)
 }
 
 #[cfg(test)]
@@ -625,6 +702,30 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn a_silent_or_endless_client_does_not_hold_the_endpoint() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let m = Metrics::new(1);
+        m.core_ready();
+        serve(port, m).unwrap();
+        // One client connects and says nothing; another sends a header line without end.
+        let _silent = std::net::TcpStream::connect(port).unwrap();
+        let mut endless = std::net::TcpStream::connect(port).unwrap();
+        let junk = vec![b'a'; 64 * 1024];
+        let _ = endless.write_all(&junk);
+        // A scrape still answers at once.
+        let t = std::time::Instant::now();
+        let r = get(port, "/metrics");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(2));
+        let mut out = String::new();
+        let _ = endless.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     }
 
     #[test]

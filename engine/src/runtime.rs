@@ -304,6 +304,7 @@ async fn run_core(
         shared.dns.clone(),
         shared.client_tls.clone(),
         memory.clone(),
+        Rc::new(deliver::clock::SystemClock),
     );
     let core = Rc::new(Core {
         id,

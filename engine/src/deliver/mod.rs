@@ -13,6 +13,7 @@
 //! `[queue] delay_warning`. Operators act on the queue through [`ops`].
 
 pub mod client;
+pub mod clock;
 pub mod content;
 pub mod dest;
 pub mod dns;
@@ -34,9 +35,10 @@ use crate::memory::Budget;
 use crate::metrics::{Delivery, Metrics};
 use crate::policy::{CorePolicy, Destination, destination};
 use crate::queue::record::{STATE_HELD, STATE_WARNED, StateRecord};
-use crate::queue::{Location, QueueIds, Recovered, Spool, unix_now};
+use crate::queue::{Location, QueueIds, Recovered, Spool};
 use bulwark_policy::TlsPolicy;
 use client::{ConnError, Connection, Reply, Timeouts};
+use clock::Clock;
 use content::{Cached, Content};
 use dest::{Admit, DestQueue, Limits};
 use dns::{Dns, MxAnswer};
@@ -212,6 +214,8 @@ const DSN_ORIGINAL: usize = 256 * 1024;
 pub struct Deliverer {
     /// The core's memory budget, charged for cached content.
     memory: Rc<Budget>,
+    /// What "now" is for schedules, lifetimes and backoff.
+    clock: Rc<dyn Clock>,
     core: usize,
     settings: Settings,
     spool: Spool,
@@ -242,10 +246,12 @@ impl Deliverer {
         dns: Dns,
         tls: Arc<ClientConfig>,
         memory: Rc<Budget>,
+        clock: Rc<dyn Clock>,
     ) -> Rc<Deliverer> {
         let d = Rc::new(Deliverer {
             core,
             memory,
+            clock,
             settings,
             spool,
             ids,
@@ -291,7 +297,7 @@ impl Deliverer {
             let st = msg.state.borrow();
             (st.held, st.next_attempt)
         };
-        let now = unix_now();
+        let now = self.clock.unix();
         if held {
             msg.state.borrow_mut().phase = Phase::Held;
             shard.queue_held.add(1);
@@ -331,7 +337,7 @@ impl Deliverer {
             st.outstanding = groups.len();
             st.next_attempt = 0;
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         for (dest, rcpts) in groups {
             let q = self.dest_queue(&dest);
             let admit = q.health.borrow_mut().admit(now);
@@ -462,7 +468,7 @@ impl Deliverer {
 
     /// A connection to the destination failed: back off, and park what is queued.
     fn dest_failed(self: &Rc<Self>, q: &Rc<DestQueue>, reply: &Reply) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let (until, was_up) = q.health.borrow_mut().failed(
             now,
             &reply.text,
@@ -502,7 +508,14 @@ impl Deliverer {
         let q = q.clone();
         let epoch = q.epoch.get();
         glommio::spawn_local(async move {
-            glommio::timer::sleep(until.saturating_duration_since(Instant::now())).await;
+            // On the delivery clock: checked every 200 ms, as the retry loop does.
+            loop {
+                let left = until.saturating_duration_since(me.clock.now());
+                if left.is_zero() {
+                    break;
+                }
+                glommio::timer::sleep(left.min(Duration::from_millis(200))).await;
+            }
             if q.epoch.get() != epoch {
                 return;
             }
@@ -521,7 +534,7 @@ impl Deliverer {
 
     /// The probe job went away before it connected: another parked message probes.
     fn abandon_probe(self: &Rc<Self>, q: &Rc<DestQueue>) {
-        let now = Instant::now();
+        let now = self.clock.now();
         q.health.borrow_mut().probe_abandoned(now);
         q.epoch.set(q.epoch.get() + 1);
         self.arm_probe(q, now);
@@ -813,7 +826,7 @@ impl Deliverer {
             glommio::spawn_local(async move { me.finish(msg).await }).detach();
             return;
         }
-        let now = unix_now();
+        let now = self.clock.unix();
         let expires = msg.arrival + self.settings.lifetime.as_secs();
         if now >= expires {
             self.expire(msg);
@@ -881,12 +894,12 @@ impl Deliverer {
         {
             let mut st = msg.state.borrow_mut();
             st.phase = Phase::Waiting(key);
-            st.next_attempt = unix_now() + wait.as_secs();
+            st.next_attempt = self.clock.unix() + wait.as_secs();
         }
         self.waiting.borrow_mut().insert(key, msg);
         self.retries
             .borrow_mut()
-            .push(Reverse((Instant::now() + wait, key)));
+            .push(Reverse((self.clock.now() + wait, key)));
     }
 
     /// The lifetime ran out: every pending recipient fails with its last error.
@@ -917,7 +930,7 @@ impl Deliverer {
     async fn retry_loop(self: Rc<Self>) {
         loop {
             glommio::timer::sleep(Duration::from_millis(200)).await;
-            let now = Instant::now();
+            let now = self.clock.now();
             loop {
                 let due = {
                     let mut heap = self.retries.borrow_mut();
@@ -930,7 +943,7 @@ impl Deliverer {
                 let Some(msg) = self.waiting.borrow_mut().remove(&key) else {
                     continue;
                 };
-                if unix_now() >= msg.arrival + self.settings.lifetime.as_secs() {
+                if self.clock.unix() >= msg.arrival + self.settings.lifetime.as_secs() {
                     self.expire(msg);
                 } else {
                     self.attempt(msg);
@@ -977,7 +990,7 @@ impl Deliverer {
         }
         shard
             .queue_residence
-            .observe(unix_now().saturating_sub(msg.arrival) as f64);
+            .observe(self.clock.unix().saturating_sub(msg.arrival) as f64);
     }
 
     /// Sends the "delivery delayed" notice for the recipients still pending.
@@ -1011,7 +1024,7 @@ impl Deliverer {
             Err(_) => Vec::new(),
         };
         let dsn_id = self.ids.next();
-        let now = unix_now();
+        let now = self.clock.unix();
         let body = dsn::build(&dsn::Report {
             reporting_mta: &self.settings.hostname,
             queue_id: &msg.id,
@@ -1148,3 +1161,7 @@ enum Failure {
     Temporary(Reply),
     Permanent(Reply),
 }
+
+#[cfg(test)]
+#[path = "schedule_tests.rs"]
+mod schedule_tests;

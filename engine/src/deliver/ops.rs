@@ -5,14 +5,12 @@
 //! recipients it no longer has.
 
 use std::rc::Rc;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{Deliverer, Message, Phase, Status};
 use crate::policy::{destination, domain_of};
-use crate::queue::unix_now;
 
 /// A request on the admin socket: one JSON object per line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -240,7 +238,7 @@ impl Deliverer {
             .filter(|m| matches!(m.phase(), Phase::Waiting(_)) && matches(m))
             .cloned()
             .collect();
-        let now = Instant::now();
+        let now = self.clock.now();
         let snap = self.policy.current();
         let target = domain
             .as_deref()
@@ -386,7 +384,7 @@ impl Deliverer {
                 return Err(OpError::Refused(format!("{id} is not on hold")));
             }
             st.held = false;
-            st.next_attempt = unix_now();
+            st.next_attempt = self.clock.unix();
             st.phase
         };
         self.shard().queue_held.add(-1);
