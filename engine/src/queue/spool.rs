@@ -124,6 +124,104 @@ async fn read_whole(path: &Path) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// Segments larger than this are read record by record at recovery.
+const RECOVER_WHOLE: u64 = 8 << 20;
+/// The most of a segment recovery reads at once when it reads in pieces.
+const RECOVERY_PIECE: u64 = 1 << 20;
+
+/// Reads exactly `len` octets at `at`.
+async fn read_exact_at(file: &BufferedFile, at: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let r = file.read_at(at + out.len() as u64, len - out.len()).await?;
+        if r.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "spool segment ends early",
+            ));
+        }
+        out.extend_from_slice(&r);
+    }
+    Ok(out)
+}
+
+/// The messages of a segment as its records, read in order, leave them.
+#[derive(Default)]
+struct Replay {
+    msgs: Vec<Recovered>,
+    index: HashMap<String, usize>,
+    done: Vec<bool>,
+}
+
+impl Replay {
+    fn message(
+        &mut self,
+        id: &str,
+        arrival: u64,
+        flags: u8,
+        sender: &str,
+        rcpts: Vec<String>,
+        location: Location,
+    ) {
+        self.index.insert(id.to_string(), self.msgs.len());
+        self.done.push(false);
+        self.msgs.push(Recovered {
+            id: id.to_string(),
+            arrival,
+            flags,
+            sender: sender.to_string(),
+            finished: vec![false; rcpts.len()],
+            rcpts,
+            location,
+            attempts: 0,
+            state_flags: 0,
+            next_attempt: 0,
+            last_error: String::new(),
+        });
+    }
+
+    /// A record about a message read before: recipients finished, the message done, its
+    /// queue state.
+    fn progress(&mut self, rec: Record<'_>) {
+        match rec {
+            Record::Message(_) => {}
+            Record::Delivered { id, rcpts } => {
+                if let Some(&i) = self.index.get(id) {
+                    for r in rcpts {
+                        if let Some(f) = self.msgs[i].finished.get_mut(r as usize) {
+                            *f = true;
+                        }
+                    }
+                }
+            }
+            Record::Done { id } => {
+                if let Some(&i) = self.index.get(id) {
+                    self.done[i] = true;
+                }
+            }
+            Record::State(st) => {
+                if let Some(&i) = self.index.get(st.id) {
+                    let m = &mut self.msgs[i];
+                    m.attempts = st.attempts;
+                    m.state_flags = st.flags;
+                    m.next_attempt = st.next_attempt;
+                    m.last_error = st.last_error.to_string();
+                }
+            }
+        }
+    }
+
+    /// The messages not done and with a recipient still to deliver.
+    fn live(self) -> Vec<Recovered> {
+        self.msgs
+            .into_iter()
+            .zip(self.done)
+            .filter(|(m, d)| !*d && m.finished.iter().any(|f| !f))
+            .map(|(m, _)| m)
+            .collect()
+    }
+}
+
 /// A message found on disk at start.
 #[derive(Debug)]
 pub struct Recovered {
@@ -287,14 +385,22 @@ impl Spool {
 
     /// Reads one segment; keeps it open if it still holds unfinished messages. A torn
     /// or damaged stretch is moved to `damaged/` beside the core directories, every valid
-    /// record after it is kept, and the segment is rewritten without it.
+    /// record after it is kept, and the segment is rewritten without it. A large segment
+    /// (a streamed message's, or a full one) is read record by record, a large message's
+    /// content checked in pieces, so recovery holds at most about [`RECOVERY_PIECE`] of
+    /// it; only a damaged large segment is read whole, to be rewritten.
     async fn recover_segment(&self, path: &Path) -> io::Result<Vec<Recovered>> {
-        let data = read_whole(path).await?;
         let key = self.inner.next_key.get();
         self.inner.next_key.set(key + 1);
-        let mut msgs: Vec<Recovered> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut done: Vec<bool> = Vec::new();
+        let size = std::fs::metadata(path)?.len();
+        if size > RECOVER_WHOLE {
+            if let Some(replay) = self.read_in_pieces(path, key, size).await? {
+                return self.keep_or_remove(path, key, size, replay).await;
+            }
+            warn!(segment = %path.display(), "damaged large spool segment: reading it whole to set the damage aside");
+        }
+        let data = read_whole(path).await?;
+        let mut replay = Replay::default();
         // The good records, as the segment will hold them.
         let mut clean: Vec<u8> = Vec::new();
         let mut damaged: Vec<(usize, usize)> = Vec::new();
@@ -308,52 +414,21 @@ impl Spool {
             }
             match record::decode(&data[at..]) {
                 Ok((rec, n)) => {
-                    let base = clean.len();
+                    let base = clean.len() as u64;
                     match rec {
-                        Record::Message(m) => {
-                            index.insert(m.id.to_string(), msgs.len());
-                            done.push(false);
-                            msgs.push(Recovered {
-                                id: m.id.to_string(),
-                                arrival: m.arrival,
-                                flags: m.flags,
-                                sender: m.sender.to_string(),
-                                rcpts: m.rcpts.iter().map(|r| r.to_string()).collect(),
-                                finished: vec![false; m.rcpts.len()],
-                                location: Location {
-                                    segment: key,
-                                    offset: (base + m.content_offset) as u64,
-                                    len: m.content.len() as u64,
-                                },
-                                attempts: 0,
-                                state_flags: 0,
-                                next_attempt: 0,
-                                last_error: String::new(),
-                            });
-                        }
-                        Record::Delivered { id, rcpts } => {
-                            if let Some(&i) = index.get(id) {
-                                for r in rcpts {
-                                    if let Some(f) = msgs[i].finished.get_mut(r as usize) {
-                                        *f = true;
-                                    }
-                                }
-                            }
-                        }
-                        Record::Done { id } => {
-                            if let Some(&i) = index.get(id) {
-                                done[i] = true;
-                            }
-                        }
-                        Record::State(st) => {
-                            if let Some(&i) = index.get(st.id) {
-                                let m = &mut msgs[i];
-                                m.attempts = st.attempts;
-                                m.state_flags = st.flags;
-                                m.next_attempt = st.next_attempt;
-                                m.last_error = st.last_error.to_string();
-                            }
-                        }
+                        Record::Message(m) => replay.message(
+                            m.id,
+                            m.arrival,
+                            m.flags,
+                            m.sender,
+                            m.rcpts.iter().map(|r| r.to_string()).collect(),
+                            Location {
+                                segment: key,
+                                offset: base + m.content_offset as u64,
+                                len: m.content.len() as u64,
+                            },
+                        ),
+                        other => replay.progress(other),
                     }
                     clean.extend_from_slice(&data[at..at + n]);
                     at += n;
@@ -369,12 +444,94 @@ impl Spool {
             self.set_aside(path, &data, &damaged, &clean)?;
         }
         drop(data);
-        let live: Vec<Recovered> = msgs
-            .into_iter()
-            .zip(done)
-            .filter(|(m, d)| !*d && m.finished.iter().any(|f| !f))
-            .map(|(m, _)| m)
-            .collect();
+        self.keep_or_remove(path, key, clean.len() as u64, replay)
+            .await
+    }
+
+    /// Reads a segment record by record without holding it whole. `None` when a record
+    /// is damaged (the caller then reads the segment whole and sets the damage aside).
+    async fn read_in_pieces(&self, path: &Path, key: u64, size: u64) -> io::Result<Option<Replay>> {
+        let file = OpenOptions::new().read(true).buffered_open(path).await?;
+        let mut replay = Replay::default();
+        let mut at = 0u64;
+        let result = loop {
+            if at >= size {
+                break Some(replay);
+            }
+            glommio::yield_if_needed().await;
+            let header = file.read_at(at, record::HEADER_LEN).await?;
+            let Some(len) = record::stated_len(&header).filter(|&l| at + l <= size) else {
+                break None;
+            };
+            if len <= RECOVERY_PIECE {
+                let bytes = read_exact_at(&file, at, len as usize).await?;
+                let Ok((rec, n)) = record::decode(&bytes) else {
+                    break None;
+                };
+                debug_assert_eq!(n as u64, len);
+                match rec {
+                    Record::Message(m) => replay.message(
+                        m.id,
+                        m.arrival,
+                        m.flags,
+                        m.sender,
+                        m.rcpts.iter().map(|r| r.to_string()).collect(),
+                        Location {
+                            segment: key,
+                            offset: at + m.content_offset as u64,
+                            len: m.content.len() as u64,
+                        },
+                    ),
+                    other => replay.progress(other),
+                }
+            } else {
+                // A large message: its envelope, then its content through the CRC.
+                let head_len = len.min(RECOVERY_PIECE) as usize;
+                let head = read_exact_at(&file, at, head_len).await?;
+                let Ok(mut m) = record::decode_message_head(&head) else {
+                    break None;
+                };
+                let mut pos = at + m.content_offset as u64;
+                let end = at + len;
+                while pos < end {
+                    let want = (end - pos).min(RECOVERY_PIECE) as usize;
+                    let piece = read_exact_at(&file, pos, want).await?;
+                    m.crc_so_far.update(&piece);
+                    pos += want as u64;
+                    glommio::yield_if_needed().await;
+                }
+                if m.crc_so_far.finalize() != m.crc {
+                    break None;
+                }
+                replay.message(
+                    &m.id,
+                    m.arrival,
+                    m.flags,
+                    &m.sender,
+                    m.rcpts,
+                    Location {
+                        segment: key,
+                        offset: at + m.content_offset as u64,
+                        len: m.content_len,
+                    },
+                );
+            }
+            at += len;
+        };
+        file.close().await?;
+        Ok(result)
+    }
+
+    /// After a segment was read: removes it when nothing in it is unfinished, else keeps
+    /// it open (appends go after its `len` good octets) and returns its live messages.
+    async fn keep_or_remove(
+        &self,
+        path: &Path,
+        key: u64,
+        len: u64,
+        replay: Replay,
+    ) -> io::Result<Vec<Recovered>> {
+        let live = replay.live();
         if live.is_empty() {
             std::fs::remove_file(path)?;
             return Ok(live);
@@ -389,8 +546,7 @@ impl Spool {
             Segment {
                 path: path.to_path_buf(),
                 file: Rc::new(file),
-                // Records are appended after the good ones (the file as rewritten).
-                len: clean.len() as u64,
+                len,
                 live: live.len() as u64,
             },
         );
@@ -1239,6 +1395,67 @@ mod tests {
             0,
             "an unfinished streamed message is removed at start"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_large_segment_is_recovered_in_pieces_and_a_damaged_one_set_aside() {
+        let dir = tmpdir("large");
+        let d = dir.clone();
+        let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n";
+        run(move || async move {
+            let (spool, _) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            let rcpts = vec!["a@example.test".to_string(), "b@example.test".to_string()];
+            for id in ["BIG1", "BIG2"] {
+                let mut m = spool
+                    .stream_message(id, 9, 0, "s@x.test", &rcpts)
+                    .await
+                    .unwrap();
+                let lines = (12 << 20) / line.len();
+                for _ in 0..lines / 1000 {
+                    m.write(line.repeat(1000)).await.unwrap();
+                }
+                m.write(line.repeat(lines % 1000)).await.unwrap();
+                let loc = m.commit().await.unwrap();
+                // Progress after the big record, in the same segment.
+                spool.mark_delivered(loc, id, &[0]);
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        });
+        // Damage the second one's content.
+        let mut segs: Vec<PathBuf> = std::fs::read_dir(dir.join("core-0"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        segs.sort();
+        assert_eq!(segs.len(), 2);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segs[1])
+            .unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(5 << 20)).unwrap();
+        std::io::Write::write_all(&mut f, b"XX").unwrap();
+        drop(f);
+        let d = dir.clone();
+        run(move || async move {
+            let (spool, rec) = Spool::open(&d, 0, 1, 1 << 20).await.unwrap();
+            let rec = rec.collect().await;
+            let ids: Vec<&str> = rec.iter().map(|m| m.id.as_str()).collect();
+            assert_eq!(ids, ["BIG1"], "the damaged one must not come back");
+            assert_eq!(
+                rec[0].finished,
+                [true, false],
+                "its progress record was read"
+            );
+            assert_eq!(spool.damaged_records(), 1);
+            let loc = rec[0].location;
+            assert_eq!(loc.len, ((12 << 20) / line.len() * line.len()) as u64);
+            let tail = spool
+                .read_range(loc, loc.len - line.len() as u64, 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(tail, line);
+        });
         let _ = std::fs::remove_dir_all(&dir);
     }
 
