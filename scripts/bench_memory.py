@@ -17,24 +17,13 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 
 from bench_peers import free_port, replace_section
+from bench_restart import metric
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 MIB = 1 << 20
-
-
-def metric(port, name):
-    try:
-        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=2).read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
 
 
 def peak_rss(pid):

@@ -17,6 +17,21 @@ impl Drop for Mount {
     }
 }
 
+/// A spool directory on a 3 MB tmpfs, unmounted when the `Mount` is dropped.
+fn small_spool(name: &str) -> (TempDir, std::path::PathBuf, Mount) {
+    let dir = TempDir::new(name);
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&spool)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mounting a tmpfs needs root");
+    let mount = Mount(spool.clone());
+    (dir, spool, mount)
+}
+
 /// Sends messages of `size` octets until one is refused; returns (accepted, refusal).
 fn fill(engine: &Engine, size: usize, max: usize) -> (usize, String) {
     let out = python(&format!(
@@ -50,16 +65,7 @@ print(refusal)
 
 #[test]
 fn disk_full_answers_452_loses_nothing_and_recovers() {
-    let dir = TempDir::new("diskfull");
-    let spool = dir.path().join("spool");
-    std::fs::create_dir_all(&spool).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&spool)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "mounting a tmpfs needs root");
-    let _mount = Mount(spool.clone());
+    let (_dir, spool, _mount) = small_spool("diskfull");
     let route = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let engine = Engine::start(EngineConfig {
         extra: format!(
@@ -101,16 +107,7 @@ fn disk_full_answers_452_loses_nothing_and_recovers() {
 
 #[test]
 fn messages_refused_when_the_disk_filled_mid_batch_never_come_back_after_a_restart() {
-    let dir = TempDir::new("diskfull-restart");
-    let spool = dir.path().join("spool");
-    std::fs::create_dir_all(&spool).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&spool)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "mounting a tmpfs needs root");
-    let _mount = Mount(spool.clone());
+    let (_dir, spool, _mount) = small_spool("diskfull-restart");
     let route = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut engine = Engine::start(EngineConfig {
         extra: format!(

@@ -22,21 +22,27 @@ fn publish(config: &std::path::Path) -> (bool, String) {
     )
 }
 
-#[test]
-fn published_policy_is_followed_without_restart_and_bad_images_are_refused() {
-    let shm = TempDir::new("shm");
+/// A 2-core engine following a snapshot header in a fresh directory, and a second
+/// configuration beside it that adds the domain `new.test`: (directory, header, sink,
+/// engine, second configuration).
+fn following_engine(
+    name: &str,
+) -> (
+    TempDir,
+    std::path::PathBuf,
+    Sink,
+    Engine,
+    std::path::PathBuf,
+) {
+    let shm = TempDir::new(name);
     let header = shm.path().join("policy");
     let sink = Sink::start(format!("127.0.0.1:{}", free_port()).parse().unwrap());
     let policy = format!("[policy]\nsnapshot = \"{}\"\n\n", header.display());
-    let mut engine = Engine::start(EngineConfig {
+    let engine = Engine::start(EngineConfig {
         cores: 2,
         extra: format!("{policy}{}", domain("example.test", sink.addr)),
         ..Default::default()
     });
-    assert_eq!(engine.metric("bulwark_policy_generation"), 1.0);
-    assert_eq!(rcpt_code(&engine, "u@new.test"), "550 5.7.1");
-
-    // The operator adds a domain and publishes: no restart.
     let text = std::fs::read_to_string(&engine.config).unwrap();
     let second = shm.path().join("second.toml");
     std::fs::write(
@@ -44,6 +50,16 @@ fn published_policy_is_followed_without_restart_and_bad_images_are_refused() {
         format!("{text}\n{}", domain("new.test", sink.addr)),
     )
     .unwrap();
+    (shm, header, sink, engine, second)
+}
+
+#[test]
+fn published_policy_is_followed_without_restart_and_bad_images_are_refused() {
+    let (_shm, header, sink, mut engine, second) = following_engine("shm");
+    assert_eq!(engine.metric("bulwark_policy_generation"), 1.0);
+    assert_eq!(rcpt_code(&engine, "u@new.test"), "550 5.7.1");
+
+    // The operator adds a domain and publishes: no restart.
     let (ok, out) = publish(&second);
     assert!(ok, "{out}");
     assert!(out.contains("published generation 2"), "{out}");
@@ -251,22 +267,7 @@ print("ok")
 
 #[test]
 fn a_header_truncated_or_overwritten_under_a_running_engine_breaks_nothing() {
-    let shm = TempDir::new("shm-break");
-    let header = shm.path().join("policy");
-    let sink = Sink::start(format!("127.0.0.1:{}", free_port()).parse().unwrap());
-    let policy = format!("[policy]\nsnapshot = \"{}\"\n\n", header.display());
-    let engine = Engine::start(EngineConfig {
-        cores: 2,
-        extra: format!("{policy}{}", domain("example.test", sink.addr)),
-        ..Default::default()
-    });
-    let text = std::fs::read_to_string(&engine.config).unwrap();
-    let second = shm.path().join("second.toml");
-    std::fs::write(
-        &second,
-        format!("{text}\n{}", domain("new.test", sink.addr)),
-    )
-    .unwrap();
+    let (_shm, header, _sink, engine, second) = following_engine("shm-break");
     let (ok, out) = publish(&second);
     assert!(ok, "{out}");
     assert!(wait_until(Duration::from_secs(2), || engine

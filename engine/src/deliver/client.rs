@@ -557,21 +557,46 @@ pub fn reply_line(
 /// How much of a message is read to find its header when deciding on SMTPUTF8.
 const HEADER_PROBE: usize = 256 * 1024;
 
+/// A spooled message's content, [`PIECE`] octets at a time.
+struct Pieces<'a> {
+    spool: &'a crate::queue::Spool,
+    location: crate::queue::Location,
+    at: u64,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(spool: &'a crate::queue::Spool, location: crate::queue::Location) -> Self {
+        Pieces {
+            spool,
+            location,
+            at: 0,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, ConnError> {
+        if self.at >= self.location.len {
+            return Ok(None);
+        }
+        let piece = self
+            .spool
+            .read_range(self.location, self.at, PIECE)
+            .await
+            .map_err(|e| ConnError::Io(format!("spool read failed: {e}")))?;
+        self.at += piece.len() as u64;
+        Ok(Some(piece))
+    }
+}
+
 /// Whether every octet of the content is 7-bit.
 async fn seven_bit(content: &Content) -> Result<bool, ConnError> {
     match content {
         Content::Memory(c) => Ok(c.parts().all(<[u8]>::is_ascii)),
         Content::Spool { spool, location } => {
-            let mut at = 0;
-            while at < location.len {
-                let piece = spool
-                    .read_range(*location, at, PIECE)
-                    .await
-                    .map_err(|e| ConnError::Io(format!("spool read failed: {e}")))?;
+            let mut pieces = Pieces::new(spool, *location);
+            while let Some(piece) = pieces.next().await? {
                 if !piece.is_ascii() {
                     return Ok(false);
                 }
-                at += piece.len() as u64;
             }
             Ok(true)
         }
@@ -595,13 +620,8 @@ async fn send_content(
             }
         }
         Content::Spool { spool, location } => {
-            let mut at = 0;
-            while at < location.len {
-                let piece = spool
-                    .read_range(*location, at, PIECE)
-                    .await
-                    .map_err(|e| ConnError::Io(format!("spool read failed: {e}")))?;
-                at += piece.len() as u64;
+            let mut pieces = Pieces::new(spool, *location);
+            while let Some(piece) = pieces.next().await? {
                 framer.push(&piece, &mut out);
                 drop(piece);
                 stream.write_all(&out).await.map_err(io_err)?;

@@ -242,6 +242,27 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A `Message` payload up to its content: id, arrival, flags, sender, recipients and the
+/// content's length.
+type Envelope<'a> = (&'a str, u64, u8, &'a str, Vec<&'a str>, u64);
+
+fn envelope<'a>(c: &mut Cursor<'a>) -> Result<Envelope<'a>, ReadError> {
+    let id = c.str()?;
+    let arrival = c.u64()?;
+    let flags = c.take(1)?[0];
+    let sender = c.str()?;
+    let n = c.u32()? as usize;
+    // Each recipient takes at least its 2-octet length.
+    if n > (c.b.len() - c.at) / 2 {
+        return Err(ReadError::Corrupt);
+    }
+    let mut rcpts = Vec::with_capacity(n);
+    for _ in 0..n {
+        rcpts.push(c.str()?);
+    }
+    Ok((id, arrival, flags, sender, rcpts, c.u64()?))
+}
+
 /// Reads the record at the start of `data`. Returns it and its total length.
 pub fn decode(data: &[u8]) -> Result<(Record<'_>, usize), ReadError> {
     if data.len() < HEADER_LEN_V1 {
@@ -282,19 +303,8 @@ pub fn decode(data: &[u8]) -> Result<(Record<'_>, usize), ReadError> {
     let mut c = Cursor { b: payload, at: 0 };
     let rec = match kind {
         KIND_MESSAGE => {
-            let id = c.str()?;
-            let arrival = c.u64()?;
-            let flags = c.take(1)?[0];
-            let sender = c.str()?;
-            let n = c.u32()? as usize;
-            if n > payload.len() / 2 {
-                return Err(ReadError::Corrupt);
-            }
-            let mut rcpts = Vec::with_capacity(n);
-            for _ in 0..n {
-                rcpts.push(c.str()?);
-            }
-            let clen = usize::try_from(c.u64()?).map_err(|_| ReadError::Corrupt)?;
+            let (id, arrival, flags, sender, rcpts, clen) = envelope(&mut c)?;
+            let clen = usize::try_from(clen).map_err(|_| ReadError::Corrupt)?;
             let content_offset = header_len + c.at;
             let content = c.take(clen)?;
             Record::Message(MessageRecord {
@@ -374,19 +384,7 @@ pub fn decode_message_head(head: &[u8]) -> Result<MessageHead, ReadError> {
         b: &head[header_len..],
         at: 0,
     };
-    let id = c.str()?.to_string();
-    let arrival = c.u64()?;
-    let flags = c.take(1)?[0];
-    let sender = c.str()?.to_string();
-    let n = c.u32()? as usize;
-    if n > head.len() / 2 {
-        return Err(ReadError::Corrupt);
-    }
-    let mut rcpts = Vec::with_capacity(n);
-    for _ in 0..n {
-        rcpts.push(c.str()?.to_string());
-    }
-    let content_len = c.u64()?;
+    let (id, arrival, flags, sender, rcpts, content_len) = envelope(&mut c)?;
     let content_offset = header_len + c.at;
     if (content_offset as u64).checked_add(content_len) != Some(total) {
         return Err(ReadError::Corrupt);
@@ -395,11 +393,11 @@ pub fn decode_message_head(head: &[u8]) -> Result<MessageHead, ReadError> {
     crc_so_far.update(&head[4..5]);
     crc_so_far.update(&head[header_len..content_offset]);
     Ok(MessageHead {
-        id,
+        id: id.to_string(),
         arrival,
         flags,
-        sender,
-        rcpts,
+        sender: sender.to_string(),
+        rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
         content_offset,
         content_len,
         crc,

@@ -180,11 +180,21 @@ impl Replay {
         });
     }
 
-    /// A record about a message read before: recipients finished, the message done, its
-    /// queue state.
-    fn progress(&mut self, rec: Record<'_>) {
+    /// A record read whole, found `at` octets into segment `key`.
+    fn record(&mut self, rec: Record<'_>, key: u64, at: u64) {
         match rec {
-            Record::Message(_) => {}
+            Record::Message(m) => self.message(
+                m.id,
+                m.arrival,
+                m.flags,
+                m.sender,
+                m.rcpts.iter().map(|r| r.to_string()).collect(),
+                Location {
+                    segment: key,
+                    offset: at + m.content_offset as u64,
+                    len: m.content.len() as u64,
+                },
+            ),
             Record::Delivered { id, rcpts } => {
                 if let Some(&i) = self.index.get(id) {
                     for r in rcpts {
@@ -414,22 +424,7 @@ impl Spool {
             }
             match record::decode(&data[at..]) {
                 Ok((rec, n)) => {
-                    let base = clean.len() as u64;
-                    match rec {
-                        Record::Message(m) => replay.message(
-                            m.id,
-                            m.arrival,
-                            m.flags,
-                            m.sender,
-                            m.rcpts.iter().map(|r| r.to_string()).collect(),
-                            Location {
-                                segment: key,
-                                offset: base + m.content_offset as u64,
-                                len: m.content.len() as u64,
-                            },
-                        ),
-                        other => replay.progress(other),
-                    }
+                    replay.record(rec, key, clean.len() as u64);
                     clean.extend_from_slice(&data[at..at + n]);
                     at += n;
                 }
@@ -469,21 +464,7 @@ impl Spool {
                     break None;
                 };
                 debug_assert_eq!(n as u64, len);
-                match rec {
-                    Record::Message(m) => replay.message(
-                        m.id,
-                        m.arrival,
-                        m.flags,
-                        m.sender,
-                        m.rcpts.iter().map(|r| r.to_string()).collect(),
-                        Location {
-                            segment: key,
-                            offset: at + m.content_offset as u64,
-                            len: m.content.len() as u64,
-                        },
-                    ),
-                    other => replay.progress(other),
-                }
+                replay.record(rec, key, at);
             } else {
                 // A large message: its envelope, then its content through the CRC.
                 let head_len = len.min(RECOVERY_PIECE) as usize;
