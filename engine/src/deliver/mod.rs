@@ -604,12 +604,19 @@ impl Deliverer {
 
     /// Keeps a just-spooled message's content for its first attempt, if it is small and
     /// the core's memory budget allows; `None` and delivery reads it from the spool.
-    pub fn cache_content(&self, header: Vec<u8>, body: Vec<u8>) -> Option<Rc<Cached>> {
+    pub fn cache_content(&self, header: Vec<u8>, mut body: Vec<u8>) -> Option<Rc<Cached>> {
         let len = header.len() + body.len();
         if len > CACHE_LIMIT {
             return None;
         }
-        let charge = self.memory.try_charge(len)?;
+        // A buffer that grew by doubling holds up to twice its content: keep only the
+        // content while it waits for delivery.
+        if body.capacity() > body.len() + body.len() / 4 {
+            body.shrink_to_fit();
+        }
+        let charge = self
+            .memory
+            .try_charge(header.capacity() + body.capacity())?;
         Some(Cached::new(header, body, Some(charge)))
     }
 

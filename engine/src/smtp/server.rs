@@ -16,8 +16,10 @@ pub const MAX_COMMAND_LINE: usize = 512;
 /// MAIL and RCPT may be longer by what their ESMTP parameters add (RFC 1870 §3 and the
 /// like); this is the bound for them.
 pub const MAX_PARAM_LINE: usize = 1024;
-/// The most a DATA transaction reserves for its body before content arrives.
-const INITIAL_BODY_RESERVE: u64 = 64 * 1024;
+/// The most a DATA transaction reserves for its body from `SIZE=` before content
+/// arrives: what a session keeps in memory at most (a larger message is streamed), so a
+/// false `SIZE=` costs no more than a true one, and a true one needs no regrowth.
+const INITIAL_BODY_RESERVE: u64 = crate::memory::IN_MEMORY_CONTENT as u64;
 
 /// What the session needs from policy while reading the envelope.
 pub trait EnvelopePolicy {
@@ -654,8 +656,8 @@ impl Session {
         }
         self.reply("354 End data with <CR><LF>.<CR><LF>");
         let limit = self.cfg.max_message_size as usize;
-        // SIZE= is a claim, not a reason to hold memory: reserve for a small message at
-        // most; a large one grows the buffer as it really arrives (and is streamed).
+        // SIZE= is a claim: reserve by it only up to what a session may hold in memory;
+        // a larger message grows the buffer as it really arrives and is streamed.
         self.tx.body.reserve(
             self.declared_size
                 .min(self.cfg.max_message_size)
