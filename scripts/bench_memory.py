@@ -147,7 +147,7 @@ def main():
             "  each row is a fresh engine receiving N messages at once over N connections",
             "  (`bulwark-load send --connections N --messages N --size S`). Peak RSS is the engine's",
             "  VmHWM; the content figure is the largest `bulwark_content_memory_bytes` sampled every 50 ms.",
-            "- Before streaming (session 3's review): 40 × 25 MB took the engine to 1.7 GB RSS.",
+            "- Before streaming (as measured by the review that filed issue 9): 40 × 25 MB took the engine to 1.7 GB RSS.",
             "- Measured %s on %s (%d CPUs)." % (time.strftime("%Y-%m-%d"), os.uname().nodename, os.cpu_count()),
             "",
             table,
