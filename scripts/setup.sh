@@ -10,6 +10,7 @@ PACKAGES=(
   python3 python3-aiosmtpd
   dnsmasq-base            # a real DNS server for the MX tests
   fonts-dejavu-core       # the font of the benchmark charts
+  systemd                 # systemd-analyze checks examples/bulwark.service
 )
 
 missing=()

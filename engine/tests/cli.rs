@@ -98,3 +98,33 @@ fn queue_options_go_before_or_after_the_operation() {
         );
     }
 }
+
+#[test]
+fn the_example_systemd_unit_verifies() {
+    // The unit as shipped, pointed at this build's binary and the example configuration.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/bulwark.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("Restart=always"));
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/bulwark.toml");
+    let unit = unit
+        .replace("/usr/local/bin/bulwark", env!("CARGO_BIN_EXE_bulwark"))
+        .replace("/etc/bulwark/bulwark.toml", example);
+    let dir = TempDir::new("unit");
+    let path = dir.path().join("bulwark.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd) is needed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("bulwark.service:"), "{text}");
+}
