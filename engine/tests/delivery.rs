@@ -401,9 +401,14 @@ fn route_flapping_under_load_loses_nothing() {
     sink_files.push(f);
     let sent: HashSet<String> = read_lines(&sent_ids).into_iter().collect();
     assert!(sent.len() > 1000, "too little load: {}", sent.len());
-    wait_until(Duration::from_secs(60), || {
+    // Recovery first (until then the queue gauge does not count what is still on disk),
+    // then delivery.
+    assert!(wait_until(Duration::from_secs(60), || engine
+        .metric("bulwark_queue_recovered_total")
+        == 20000.0));
+    assert!(wait_until(Duration::from_secs(60), || {
         engine.metric("bulwark_queue_messages") == 0.0
-    });
+    }));
     stop(&mut sink);
     let all = read_ids(&sink_files);
     let got: HashSet<&String> = all.iter().collect();
@@ -467,9 +472,14 @@ fn restart_with_a_full_queue_accepts_mail_while_recovering() {
     assert_eq!(ids.len(), 1);
     let sent: HashSet<String> = read_lines(&sent_ids).into_iter().collect();
     assert_eq!(sent.len(), 20000);
-    wait_until(Duration::from_secs(60), || {
+    // Recovery first (until then the queue gauge does not count what is still on disk),
+    // then delivery.
+    assert!(wait_until(Duration::from_secs(60), || engine
+        .metric("bulwark_queue_recovered_total")
+        == 20000.0));
+    assert!(wait_until(Duration::from_secs(60), || {
         engine.metric("bulwark_queue_messages") == 0.0
-    });
+    }));
     stop(&mut sink);
     sink_ids.truncate(1);
     let all = read_ids(&sink_ids);

@@ -129,20 +129,42 @@ const RECOVER_WHOLE: u64 = 8 << 20;
 /// The most of a segment recovery reads at once when it reads in pieces.
 const RECOVERY_PIECE: u64 = 1 << 20;
 
-/// Reads exactly `len` octets at `at`.
-async fn read_exact_at(file: &BufferedFile, at: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let r = file.read_at(at + out.len() as u64, len - out.len()).await?;
-        if r.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "spool segment ends early",
-            ));
+/// A segment read through a buffer of at least [`RECOVERY_PIECE`] octets.
+struct Window<'a> {
+    file: &'a BufferedFile,
+    size: u64,
+    /// File offset of `data[0]`.
+    at: u64,
+    data: Vec<u8>,
+}
+
+impl Window<'_> {
+    /// `len` octets from `at` (fewer at the end of the file), reading the file again
+    /// from `at` when they are not in the buffer.
+    async fn get(&mut self, at: u64, len: u64) -> io::Result<&[u8]> {
+        let len = len.min(self.size.saturating_sub(at));
+        let end = self.at + self.data.len() as u64;
+        if at < self.at || at + len > end {
+            let want = len.max(RECOVERY_PIECE).min(self.size - at) as usize;
+            self.data.clear();
+            self.at = at;
+            while self.data.len() < want {
+                let r = self
+                    .file
+                    .read_at(at + self.data.len() as u64, want - self.data.len())
+                    .await?;
+                if r.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "spool segment ends early",
+                    ));
+                }
+                self.data.extend_from_slice(&r);
+            }
         }
-        out.extend_from_slice(&r);
+        let from = (at - self.at) as usize;
+        Ok(&self.data[from..from + len as usize])
     }
-    Ok(out)
 }
 
 /// The messages of a segment as its records, read in order, leave them.
@@ -443,42 +465,51 @@ impl Spool {
             .await
     }
 
-    /// Reads a segment record by record without holding it whole. `None` when a record
-    /// is damaged (the caller then reads the segment whole and sets the damage aside).
+    /// Reads a segment through a window of [`RECOVERY_PIECE`] octets without holding it
+    /// whole: records that fit are decoded from the window, a larger message is read in
+    /// pieces with its CRC checked as they pass. `None` when a record is damaged (the
+    /// caller then reads the segment whole and sets the damage aside).
     async fn read_in_pieces(&self, path: &Path, key: u64, size: u64) -> io::Result<Option<Replay>> {
         let file = OpenOptions::new().read(true).buffered_open(path).await?;
+        let mut window = Window {
+            file: &file,
+            size,
+            at: 0,
+            data: Vec::new(),
+        };
         let mut replay = Replay::default();
         let mut at = 0u64;
+        let mut records = 0u32;
         let result = loop {
             if at >= size {
                 break Some(replay);
             }
-            glommio::yield_if_needed().await;
-            let header = file.read_at(at, record::HEADER_LEN).await?;
-            let Some(len) = record::stated_len(&header).filter(|&l| at + l <= size) else {
+            records += 1;
+            if records.is_multiple_of(512) {
+                glommio::yield_if_needed().await;
+            }
+            let header = window.get(at, record::HEADER_LEN as u64).await?;
+            let Some(len) = record::stated_len(header).filter(|&l| at + l <= size) else {
                 break None;
             };
             if len <= RECOVERY_PIECE {
-                let bytes = read_exact_at(&file, at, len as usize).await?;
-                let Ok((rec, n)) = record::decode(&bytes) else {
+                let bytes = window.get(at, len).await?;
+                let Ok((rec, _)) = record::decode(bytes) else {
                     break None;
                 };
-                debug_assert_eq!(n as u64, len);
                 replay.record(rec, key, at);
             } else {
                 // A large message: its envelope, then its content through the CRC.
-                let head_len = len.min(RECOVERY_PIECE) as usize;
-                let head = read_exact_at(&file, at, head_len).await?;
-                let Ok(mut m) = record::decode_message_head(&head) else {
+                let head = window.get(at, RECOVERY_PIECE).await?;
+                let Ok(mut m) = record::decode_message_head(head) else {
                     break None;
                 };
                 let mut pos = at + m.content_offset as u64;
                 let end = at + len;
                 while pos < end {
-                    let want = (end - pos).min(RECOVERY_PIECE) as usize;
-                    let piece = read_exact_at(&file, pos, want).await?;
-                    m.crc_so_far.update(&piece);
-                    pos += want as u64;
+                    let want = (end - pos).min(RECOVERY_PIECE);
+                    m.crc_so_far.update(window.get(pos, want).await?);
+                    pos += want;
                     glommio::yield_if_needed().await;
                 }
                 if m.crc_so_far.finalize() != m.crc {
@@ -499,6 +530,7 @@ impl Spool {
             }
             at += len;
         };
+        drop(window);
         file.close().await?;
         Ok(result)
     }
