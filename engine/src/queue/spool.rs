@@ -124,7 +124,7 @@ async fn read_whole(path: &Path) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
-/// Segments larger than this are read record by record at recovery.
+/// Segments larger than this are read through a window at recovery, not whole.
 const RECOVER_WHOLE: u64 = 8 << 20;
 /// The most of a segment recovery reads at once when it reads in pieces.
 const RECOVERY_PIECE: u64 = 1 << 20;
@@ -145,7 +145,7 @@ impl Window<'_> {
         let len = len.min(self.size.saturating_sub(at));
         let end = self.at + self.data.len() as u64;
         if at < self.at || at + len > end {
-            let want = len.max(RECOVERY_PIECE).min(self.size - at) as usize;
+            let want = len.max(RECOVERY_PIECE).min(self.size.saturating_sub(at)) as usize;
             self.data.clear();
             self.at = at;
             while self.data.len() < want {
