@@ -12,7 +12,7 @@ use glommio::net::TcpStream;
 use rustls::ClientConfig;
 use tracing::debug;
 
-use super::content::{Content, Framer, PIECE};
+use super::content::{Content, Framer, HEADER_MAX, PIECE};
 use crate::net::stream::Stream;
 use crate::net::tls::server_name;
 
@@ -440,7 +440,7 @@ impl Connection {
         if smtputf8 && !self.caps.smtputf8 {
             let envelope_ascii = from.is_ascii() && rcpts.iter().all(|r| r.is_ascii());
             let header = content
-                .prefix(HEADER_PROBE)
+                .prefix(HEADER_MAX)
                 .await
                 .map_err(|e| ConnError::Io(format!("spool read failed: {e}")))?;
             let end = memchr::memmem::find(&header, b"\r\n\r\n").unwrap_or(header.len());
@@ -553,9 +553,6 @@ pub fn reply_line(
         ))),
     }
 }
-
-/// How much of a message is read to find its header when deciding on SMTPUTF8.
-const HEADER_PROBE: usize = 256 * 1024;
 
 /// A spooled message's content, [`PIECE`] octets at a time.
 struct Pieces<'a> {

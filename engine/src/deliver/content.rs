@@ -9,6 +9,8 @@ use crate::queue::{Location, Spool};
 
 /// Octets read from the spool at a time when sending a large message.
 pub const PIECE: u64 = 256 * 1024;
+/// The most of a message read to find its header (for a DSN, or the SMTPUTF8 check).
+pub const HEADER_MAX: usize = 256 * 1024;
 
 /// Content held in memory, in the pieces it arrived in (the `Received:` header and the
 /// client's content), charged against the core's memory budget while it lives.
@@ -199,15 +201,6 @@ impl Framer {
         }
         out.extend_from_slice(b".\r\n");
     }
-}
-
-/// Frames a whole message at once.
-pub fn frame(content: &[u8], wrap: Option<usize>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + content.len() / 512 + 8);
-    let mut f = Framer::new(wrap);
-    f.push(content, &mut out);
-    f.finish(&mut out);
-    out
 }
 
 #[cfg(test)]

@@ -208,8 +208,6 @@ type Outcomes = Vec<(usize, Outcome, Option<String>)>;
 /// The largest content kept in memory for delivery; larger messages are sent from the
 /// spool piece by piece.
 const CACHE_LIMIT: usize = crate::memory::IN_MEMORY_CONTENT;
-/// How much of the original a DSN reads to return its header.
-const DSN_ORIGINAL: usize = 256 * 1024;
 
 pub struct Deliverer {
     /// The core's memory budget, charged for cached content.
@@ -1027,7 +1025,7 @@ impl Deliverer {
     ) -> Result<(), crate::queue::SpoolError> {
         // A DSN returns the original's header only: read no more than a header can be.
         let original = match self.content(msg).await {
-            Ok(c) => c.prefix(DSN_ORIGINAL).await.unwrap_or_default(),
+            Ok(c) => c.prefix(content::HEADER_MAX).await.unwrap_or_default(),
             Err(_) => Vec::new(),
         };
         let dsn_id = self.ids.next();

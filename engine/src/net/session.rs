@@ -369,6 +369,7 @@ async fn accept_streamed(
         core.shard().reject(Reject::SpoolFailed);
         return Err(st.failure);
     };
+    let flags = flags_of(&tx);
     let written = async {
         m.write(tx.body).await?;
         let size = m.written();
@@ -383,7 +384,7 @@ async fn accept_streamed(
             let msg = crate::deliver::Message::new(
                 st.id.clone(),
                 st.arrival,
-                flags_of_parts(tx.eight_bit, tx.smtputf8),
+                flags,
                 tx.mail_from,
                 tx.rcpts,
                 location,
@@ -409,11 +410,7 @@ fn spool_reply(e: &SpoolError) -> &'static str {
 }
 
 fn flags_of(tx: &Transaction) -> u8 {
-    flags_of_parts(tx.eight_bit, tx.smtputf8)
-}
-
-fn flags_of_parts(eight_bit: bool, smtputf8: bool) -> u8 {
-    (if eight_bit { FLAG_8BIT } else { 0 }) | (if smtputf8 { FLAG_SMTPUTF8 } else { 0 })
+    (if tx.eight_bit { FLAG_8BIT } else { 0 }) | (if tx.smtputf8 { FLAG_SMTPUTF8 } else { 0 })
 }
 
 async fn read(stream: &mut Stream, buf: &mut [u8], timeout: Duration) -> ReadOutcome {

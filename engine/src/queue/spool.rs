@@ -124,9 +124,7 @@ async fn read_whole(path: &Path) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
-/// Segments larger than this are read through a window at recovery, not whole.
-const RECOVER_WHOLE: u64 = 8 << 20;
-/// The most of a segment recovery reads at once when it reads in pieces.
+/// The most of a segment recovery reads at once.
 const RECOVERY_PIECE: u64 = 1 << 20;
 
 /// A segment read through a buffer of at least [`RECOVERY_PIECE`] octets.
@@ -417,19 +415,16 @@ impl Spool {
 
     /// Reads one segment; keeps it open if it still holds unfinished messages. A torn
     /// or damaged stretch is moved to `damaged/` beside the core directories, every valid
-    /// record after it is kept, and the segment is rewritten without it. A large segment
-    /// (a streamed message's, or a full one) is read record by record, a large message's
-    /// content checked in pieces, so recovery holds at most about [`RECOVERY_PIECE`] of
-    /// it; only a damaged large segment is read whole, to be rewritten.
+    /// record after it is kept, and the segment is rewritten without it. A segment is
+    /// read through a window of [`RECOVERY_PIECE`] octets, a large message's content
+    /// checked in pieces, so recovery never holds a segment whole; only a damaged one is
+    /// read whole, to be rewritten without the damage.
     async fn recover_segment(&self, path: &Path) -> io::Result<Vec<Recovered>> {
         let key = self.inner.next_key.get();
         self.inner.next_key.set(key + 1);
         let size = std::fs::metadata(path)?.len();
-        if size > RECOVER_WHOLE {
-            if let Some(replay) = self.read_in_pieces(path, key, size).await? {
-                return self.keep_or_remove(path, key, size, replay).await;
-            }
-            warn!(segment = %path.display(), "damaged large spool segment: reading it whole to set the damage aside");
+        if let Some(replay) = self.read_in_pieces(path, key, size).await? {
+            return self.keep_or_remove(path, key, size, replay).await;
         }
         let data = read_whole(path).await?;
         let mut replay = Replay::default();
