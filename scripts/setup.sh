@@ -11,6 +11,9 @@ PACKAGES=(
   dnsmasq-base            # a real DNS server for the MX tests
   fonts-dejavu-core       # the font of the benchmark charts
   systemd                 # systemd-analyze checks examples/bulwark.service
+  libvectorscan-dev       # Hyperscan-compatible regex engine for content inspection
+  libpcre2-dev            # PCRE2 for the patterns Hyperscan refuses
+  spamassassin            # stock rules to import, and the detection peer (spamd/spamc)
 )
 
 missing=()

@@ -1,0 +1,11 @@
+//! Content inspection for Bulwark: a message parsed once into views, rules matched on
+//! Hyperscan (with PCRE2 where Hyperscan cannot), SpamAssassin rule import, a statistical
+//! classifier, and the verdict with the headers stamped on delivered mail.
+
+pub mod compiled;
+pub mod expr;
+pub mod html;
+pub mod mime;
+pub mod native;
+pub mod rules;
+pub mod sa;

@@ -1,0 +1,220 @@
+//! Checks implemented in code, for rules that SpamAssassin writes as `eval:` calls and
+//! for Bulwark's own. A call is named with its arguments (`check_bayes(0.99,1.00)`);
+//! only calls [`supported`] accepts are imported, the others are reported as skipped.
+
+use crate::mime::Views;
+
+/// What native checks read besides the views.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Context {
+    /// The classifier's spam probability, when a model is loaded.
+    pub spam_probability: Option<f64>,
+    /// When the message arrived (Unix seconds).
+    pub arrival: u64,
+}
+
+/// Whether `call` (function and arguments, as [`crate::sa`] names it) is implemented.
+pub fn supported(call: &str) -> bool {
+    let (func, args) = split_call(call);
+    match func {
+        "check_bayes" | "check_for_shifted_date" | "check_for_uppercase" => args.len() == 2,
+        "check_body_length" => args.len() == 1,
+        "check_illegal_chars" => args.len() == 3,
+        "check_for_missing_to_header" | "check_messageid_not_usable" => args.is_empty(),
+        "html_test" => args == ["html_message"],
+        "check_msg_parse_flags" => matches!(
+            args.as_slice(),
+            ["missing_head_body_separator"] | ["truncated_header"]
+        ),
+        _ => false,
+    }
+}
+
+/// Evaluates a supported call; unsupported ones are false.
+pub fn evaluate(call: &str, views: &Views<'_>, ctx: &Context) -> bool {
+    let (func, args) = split_call(call);
+    let num = |i: usize| args.get(i).and_then(|a| a.parse::<f64>().ok());
+    match func {
+        "check_bayes" => match (ctx.spam_probability, num(0), num(1)) {
+            (Some(p), Some(lo), Some(hi)) => p >= lo && (p < hi || hi >= 1.0 && p <= hi),
+            _ => false,
+        },
+        "check_for_shifted_date" => {
+            let Some(date) = views.header("Date").and_then(|h| parse_date(&h.raw)) else {
+                return false;
+            };
+            let shift = (date - ctx.arrival as i64) as f64 / 3600.0;
+            let lo = args.first().and_then(|a| a.parse::<f64>().ok());
+            let hi = args.get(1).and_then(|a| a.parse::<f64>().ok());
+            lo.is_none_or(|l| shift >= l) && hi.is_none_or(|h| shift < h)
+        }
+        "check_body_length" => {
+            let len = views.body.len().saturating_sub(views.subject.len() + 1);
+            num(0).is_some_and(|n| (len as f64) < n)
+        }
+        "check_for_uppercase" => {
+            // As SpamAssassin: only bodies of 200 characters or more, letters only.
+            let body = &views.body[(views.subject.len() + 1).min(views.body.len())..];
+            if body.len() < 200 {
+                return false;
+            }
+            let (mut upper, mut letters) = (0usize, 0usize);
+            for c in body.chars().filter(|c| c.is_alphabetic()) {
+                letters += 1;
+                if c.is_uppercase() {
+                    upper += 1;
+                }
+            }
+            if letters == 0 {
+                return false;
+            }
+            let pct = upper as f64 * 100.0 / letters as f64;
+            matches!((num(0), num(1)), (Some(lo), Some(hi)) if pct >= lo && pct < hi)
+        }
+        "check_illegal_chars" => {
+            let (Some(name), Some(ratio), Some(count)) = (args.first(), num(1), num(2)) else {
+                return false;
+            };
+            let mut high = 0usize;
+            let mut total = 0usize;
+            for h in views
+                .headers
+                .iter()
+                .filter(|h| name.eq_ignore_ascii_case("ALL") || h.name.eq_ignore_ascii_case(name))
+            {
+                // Encoded words are legal; raw 8-bit octets in a header are not.
+                total += h.raw.len();
+                high += h.raw.chars().filter(|c| !c.is_ascii()).count();
+            }
+            total > 0 && high as f64 >= count && high as f64 / total as f64 > ratio
+        }
+        "check_for_missing_to_header" => {
+            views.header("To").is_none() && views.header("Apparently-To").is_none()
+        }
+        "check_messageid_not_usable" => views.header("Message-ID").is_none(),
+        "html_test" => views.html_bytes > 0,
+        "check_msg_parse_flags" => match args.first().copied() {
+            Some("missing_head_body_separator") => {
+                views.header_bytes == views.full.len() && !views.full.ends_with(b"\n\n")
+            }
+            Some("truncated_header") => views.limit == Some(crate::mime::LimitHit::HeaderBytes),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn split_call(call: &str) -> (&str, Vec<&str>) {
+    match call.split_once('(') {
+        Some((f, rest)) => {
+            let inner = rest.trim_end_matches(')');
+            let args = if inner.is_empty() {
+                Vec::new()
+            } else {
+                inner.split(',').map(str::trim).collect()
+            };
+            (f, args)
+        }
+        None => (call, Vec::new()),
+    }
+}
+
+/// Parses an RFC 5322 date (`[Day, ]DD Mon YYYY HH:MM[:SS] zone`) to Unix seconds.
+pub fn parse_date(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let s = match s.find(',') {
+        Some(p) => &s[p + 1..],
+        None => s,
+    };
+    let mut it = s.split_whitespace();
+    let day: i64 = it.next()?.parse().ok()?;
+    let mon = it.next()?.to_ascii_lowercase();
+    let month = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ]
+    .iter()
+    .position(|m| mon.starts_with(m))? as i64
+        + 1;
+    let mut year: i64 = it.next()?.parse().ok()?;
+    if year < 50 {
+        year += 2000;
+    } else if year < 1000 {
+        year += 1900;
+    }
+    let time = it.next()?;
+    let mut t = time.split(':');
+    let h: i64 = t.next()?.parse().ok()?;
+    let m: i64 = t.next()?.parse().ok()?;
+    let sec: i64 = t.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+    let zone = it.next().unwrap_or("+0000");
+    let offset = if let Some(z) = zone.strip_prefix(['+', '-']) {
+        let v: i64 = z.get(..4)?.parse().ok()?;
+        let secs = (v / 100) * 3600 + (v % 100) * 60;
+        if zone.starts_with('-') { -secs } else { secs }
+    } else {
+        match zone.to_ascii_uppercase().as_str() {
+            "EST" => -5 * 3600,
+            "EDT" => -4 * 3600,
+            "CST" => -6 * 3600,
+            "CDT" => -5 * 3600,
+            "MST" => -7 * 3600,
+            "MDT" => -6 * 3600,
+            "PST" => -8 * 3600,
+            "PDT" => -7 * 3600,
+            _ => 0,
+        }
+    };
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86400 + h * 3600 + m * 60 + sec - offset)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mime::{Limits, parse};
+
+    #[test]
+    fn dates_parse() {
+        assert_eq!(parse_date("Thu, 01 Jan 1970 00:00:00 +0000"), Some(0));
+        assert_eq!(parse_date("1 Jan 1970 01:00 +0100"), Some(0));
+        assert_eq!(
+            parse_date("Mon, 30 Nov 2026 12:00:00 -0500 (EST)"),
+            Some(1_796_058_000)
+        );
+        assert_eq!(parse_date("garbage"), None);
+    }
+
+    #[test]
+    fn calls_evaluate() {
+        let m = b"Date: Mon, 30 Nov 2026 00:00:00 +0000\r\nSubject: hi\r\n\r\nbody\r\n";
+        let v = parse(m, &Limits::default());
+        let arrival = parse_date("Mon, 30 Nov 2026 12:00:00 +0000").unwrap_or(0) as u64;
+        let ctx = Context {
+            spam_probability: Some(0.995),
+            arrival,
+        };
+        assert!(supported("check_bayes(0.99,1.00)"));
+        assert!(evaluate("check_bayes(0.99,1.00)", &v, &ctx));
+        assert!(!evaluate("check_bayes(0.00,0.01)", &v, &ctx));
+        assert!(evaluate("check_for_shifted_date(-24,-6)", &v, &ctx));
+        assert!(!evaluate("check_for_shifted_date(-6,-3)", &v, &ctx));
+        assert!(evaluate("check_body_length(128)", &v, &ctx));
+        assert!(evaluate("check_for_missing_to_header()", &v, &ctx));
+        assert!(!evaluate("html_test(html_message)", &v, &ctx));
+        assert!(!supported("html_test(html_font_face_bad)"));
+        assert!(!supported("check_rbl(zen,zen.spamhaus.org)"));
+    }
+}
