@@ -28,6 +28,25 @@ pub struct Config {
     pub ip: IpConfig,
     pub harvest: HarvestConfig,
     pub domains: Vec<DomainConfig>,
+    pub inspection: Inspection,
+}
+
+/// Content inspection (`[inspection]`): on by default with the built-in rules.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub enabled: bool,
+    /// SpamAssassin `.cf` files or directories of them, and Bulwark `.toml` rule files.
+    pub rules: Vec<PathBuf>,
+    /// A classifier model made by `bulwark learn`.
+    pub model: Option<PathBuf>,
+    /// Where compiled rule sets are cached (default: `rules-cache` in the spool dir).
+    pub cache_dir: Option<PathBuf>,
+    pub tag_threshold: f64,
+    pub reject_threshold: f64,
+    pub subject_tag: String,
+    pub malformed_action: bulwark_inspect::inspector::Action,
+    pub phishing_action: bulwark_inspect::inspector::Action,
+    pub limits: bulwark_inspect::mime::Limits,
 }
 
 /// Directory-harvest protection.
@@ -532,9 +551,21 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 13] = [
-            "server", "spool", "queue", "limits", "smtp", "delivery", "tls", "dns", "policy",
-            "senders", "ip", "harvest", "domains",
+        const SECTIONS: [&str; 14] = [
+            "server",
+            "spool",
+            "queue",
+            "limits",
+            "smtp",
+            "delivery",
+            "tls",
+            "dns",
+            "policy",
+            "senders",
+            "ip",
+            "harvest",
+            "domains",
+            "inspection",
         ];
         for (k, _) in root.iter() {
             if !SECTIONS.contains(&k.get_ref().as_ref()) {
@@ -557,6 +588,7 @@ impl<'t> Validator<'t> {
         let ip = self.ip(root);
         let harvest = self.harvest(root);
         let domains = self.domains(root);
+        let inspection = self.inspection(root);
         Config {
             server,
             spool,
@@ -571,6 +603,118 @@ impl<'t> Validator<'t> {
             ip,
             harvest,
             domains,
+            inspection,
+        }
+    }
+
+    fn float(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<f64> {
+        let v = self.get(s, key)?;
+        let n = match v.get_ref() {
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(i) => i.as_str().replace('_', "").parse::<f64>().ok(),
+            _ => None,
+        };
+        if n.is_none_or(|x| !x.is_finite()) {
+            let path = format!("{}.{key}", s.path);
+            self.err(&path, Some(v.span()), "must be a number");
+            return None;
+        }
+        n
+    }
+
+    fn boolean(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<bool> {
+        let v = self.get(s, key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                let path = format!("{}.{key}", s.path);
+                self.err(&path, Some(v.span()), "must be true or false");
+                None
+            }
+        }
+    }
+
+    fn action(
+        &mut self,
+        s: &mut Section<'_, '_>,
+        key: &'static str,
+        default: bulwark_inspect::inspector::Action,
+    ) -> bulwark_inspect::inspector::Action {
+        let Some((text, span)) = self.string(s, key) else {
+            return default;
+        };
+        match bulwark_inspect::inspector::Action::parse(&text) {
+            Some(a) => a,
+            None => {
+                let path = format!("{}.{key}", s.path);
+                self.err(
+                    &path,
+                    Some(span),
+                    format!("{text:?} is not an action (reject, tag, deliver)"),
+                );
+                default
+            }
+        }
+    }
+
+    fn inspection(&mut self, root: &Table<'_>) -> Inspection {
+        use bulwark_inspect::inspector::Action;
+        let mut s = self.section(root, "inspection");
+        let enabled = self.boolean(&mut s, "enabled").unwrap_or(true);
+        let rules = self
+            .string_list(&mut s, "rules")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, _)| PathBuf::from(p))
+            .collect();
+        let model = self.string(&mut s, "model").map(|(p, _)| PathBuf::from(p));
+        let cache_dir = self
+            .string(&mut s, "cache_dir")
+            .map(|(p, _)| PathBuf::from(p));
+        let tag_threshold = self.float(&mut s, "tag_threshold").unwrap_or(5.0);
+        let reject_threshold = self.float(&mut s, "reject_threshold").unwrap_or(15.0);
+        if reject_threshold < tag_threshold {
+            let line = s.line;
+            self.errors.push(ConfigError {
+                key: "inspection.reject_threshold".into(),
+                line,
+                message: format!("{reject_threshold} is below tag_threshold ({tag_threshold})"),
+            });
+        }
+        let subject_tag = self
+            .string(&mut s, "subject_tag")
+            .map(|(t, _)| t)
+            .unwrap_or_default();
+        let malformed_action = self.action(&mut s, "malformed_action", Action::Reject);
+        let phishing_action = self.action(&mut s, "phishing_action", Action::Reject);
+        let d = bulwark_inspect::mime::Limits::default();
+        let limits = bulwark_inspect::mime::Limits {
+            max_parts: self
+                .integer(&mut s, "max_parts", 1, 1_000_000)
+                .map_or(d.max_parts, |v| v as usize),
+            max_depth: self
+                .integer(&mut s, "max_depth", 1, 1000)
+                .map_or(d.max_depth, |v| v as usize),
+            max_header_bytes: self
+                .integer(&mut s, "max_header_bytes", 1024, 64 << 20)
+                .map_or(d.max_header_bytes, |v| v as usize),
+            max_scan_bytes: self
+                .integer(&mut s, "max_scan_size", 64 << 10, 1 << 30)
+                .map_or(d.max_scan_bytes, |v| v as usize),
+            max_urls: d.max_urls,
+        };
+        self.finish(s);
+        Inspection {
+            enabled,
+            rules,
+            model,
+            cache_dir,
+            tag_threshold,
+            reject_threshold,
+            subject_tag,
+            malformed_action,
+            phishing_action,
+            limits,
         }
     }
 

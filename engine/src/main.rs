@@ -39,6 +39,19 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Train a classifier model from labelled mail (one message per file, maildirs or
+    /// mbox files) for `[inspection] model`.
+    Learn {
+        /// Spam: a directory of messages or an mbox file (repeatable).
+        #[arg(long, required = true)]
+        spam: Vec<PathBuf>,
+        /// Wanted mail: a directory of messages or an mbox file (repeatable).
+        #[arg(long, required = true)]
+        ham: Vec<PathBuf>,
+        /// Where to write the model.
+        #[arg(long)]
+        model: PathBuf,
+    },
     /// Inspect and act on the queue of a running engine (through its admin sockets).
     Queue {
         /// Configuration file of the running engine (finds `server.admin_dir`); before
@@ -103,6 +116,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Learn { spam, ham, model } => match learn(&spam, &ham, &model) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bulwark: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Queue {
             config,
             admin_dir,
@@ -127,6 +147,37 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn learn(spam: &[PathBuf], ham: &[PathBuf], model: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use bulwark_inspect::{classifier::Trainer, corpus, mime};
+    let limits = mime::Limits::default();
+    let mut trainer = Trainer::default();
+    for (paths, is_spam) in [(spam, true), (ham, false)] {
+        for p in paths {
+            corpus::for_each_message(p, |m| trainer.learn(&mime::parse(m, &limits), is_spam))
+                .with_context(|| format!("reading {}", p.display()))?;
+        }
+    }
+    let (s, h) = trainer.counts();
+    let m = trainer.finish();
+    let tmp = model.with_extension("tmp");
+    std::fs::write(&tmp, m.to_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, model).with_context(|| format!("writing {}", model.display()))?;
+    println!(
+        "learned {s} spam and {h} ham messages: {} tokens in {}",
+        m.tokens(),
+        model.display()
+    );
+    if s < bulwark_inspect::classifier::MIN_TRAINED || h < bulwark_inspect::classifier::MIN_TRAINED
+    {
+        println!(
+            "note: the model gives no opinion until it has learned at least {} messages of each class",
+            bulwark_inspect::classifier::MIN_TRAINED
+        );
+    }
+    Ok(())
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {

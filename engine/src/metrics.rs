@@ -57,6 +57,14 @@ const RESIDENCE: &[f64] = &[
     0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0, 864000.0,
 ];
 const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+const SCAN: &[f64] = &[
+    0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    1.0,
+];
+
+/// Inspection verdicts (`verdict` label) and actions (`action` label).
+pub const VERDICTS: [&str; 4] = ["clean", "spam", "phishing", "malformed"];
+pub const ACTIONS: [&str; 3] = ["deliver", "tag", "reject"];
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
@@ -188,6 +196,13 @@ pub struct Shard {
     pub delivery_latency: Histogram,
     /// Seconds from arrival to the final outcome.
     pub queue_residence: Histogram,
+    /// Inspected messages by verdict and action ([`VERDICTS`] × [`ACTIONS`]).
+    pub verdicts: [[Counter; 3]; 4],
+    /// Seconds to parse a message into views, and to match the rules.
+    pub scan_parse: Histogram,
+    pub scan_rules: Histogram,
+    /// Rule hits by rule index (sized when the rules are loaded).
+    pub rule_hits: std::sync::OnceLock<Box<[Counter]>>,
 }
 
 impl Shard {
@@ -220,6 +235,10 @@ impl Shard {
             commit_batch: Histogram::new(BATCH),
             delivery_latency: Histogram::new(LATENCY),
             queue_residence: Histogram::new(RESIDENCE),
+            verdicts: Default::default(),
+            scan_parse: Histogram::new(SCAN),
+            scan_rules: Histogram::new(SCAN),
+            rule_hits: std::sync::OnceLock::new(),
         }
     }
 
@@ -241,6 +260,8 @@ pub struct Metrics {
     shards: Box<[Padded]>,
     /// Cores that are listening with their policy loaded.
     ready_cores: AtomicUsize,
+    /// Names of the inspection rules, by index (the `rule` label of rule hits).
+    rule_names: std::sync::OnceLock<Vec<String>>,
 }
 
 impl Metrics {
@@ -248,7 +269,18 @@ impl Metrics {
         Arc::new(Metrics {
             shards: (0..cores).map(|_| Padded(Shard::new())).collect(),
             ready_cores: AtomicUsize::new(0),
+            rule_names: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sizes the per-rule hit counters for the rules loaded at start.
+    pub fn set_rules(&self, names: Vec<String>) {
+        for s in self.shards.iter() {
+            let _ =
+                s.0.rule_hits
+                    .set((0..names.len()).map(|_| Counter::default()).collect());
+        }
+        let _ = self.rule_names.set(names);
     }
 
     /// A core is listening and has its policy.
@@ -546,6 +578,55 @@ impl Collector for Families {
                 "Published policy snapshots refused by a core (the last good one stays in force).",
                 c,
                 vec![counter(m.sum(|s| s.policy_refused.get()), &[])],
+            ),
+            family(
+                "bulwark_inspection_verdicts_total",
+                "Inspected messages by verdict class and the action taken.",
+                c,
+                {
+                    let mut v = Vec::new();
+                    for (i, verdict) in VERDICTS.iter().enumerate() {
+                        for (j, action) in ACTIONS.iter().enumerate() {
+                            v.push(counter(
+                                m.sum(|s| s.verdicts[i][j].get()),
+                                &[("verdict", verdict), ("action", action)],
+                            ));
+                        }
+                    }
+                    v
+                },
+            ),
+            family(
+                "bulwark_inspection_rule_hits_total",
+                "Messages each inspection rule hit (rules that have hit at least once).",
+                c,
+                {
+                    let mut v = Vec::new();
+                    if let Some(names) = m.rule_names.get() {
+                        for (i, name) in names.iter().enumerate() {
+                            let n = m.sum(|s| {
+                                s.rule_hits
+                                    .get()
+                                    .and_then(|h| h.get(i))
+                                    .map_or(0, Counter::get)
+                            });
+                            if n > 0.0 {
+                                v.push(counter(n, &[("rule", name)]));
+                            }
+                        }
+                    }
+                    v
+                },
+            ),
+            self.histogram(
+                "bulwark_inspection_parse_seconds",
+                "Seconds to parse a message into the views the rules read.",
+                |s| &s.scan_parse,
+            ),
+            self.histogram(
+                "bulwark_inspection_rules_seconds",
+                "Seconds to match a message against the rules and the classifier.",
+                |s| &s.scan_rules,
             ),
             self.histogram(
                 "bulwark_accept_latency_seconds",

@@ -40,6 +40,14 @@ pub struct Core {
     pub harvest: Rc<Guard>,
     /// Message content this core holds in memory, against `[server] memory_per_core`.
     pub memory: Rc<Budget>,
+    /// Content inspection, when enabled: the shared rules and this core's scratch.
+    pub inspect: Option<CoreInspect>,
+}
+
+/// One core's inspection state.
+pub struct CoreInspect {
+    pub inspector: Arc<bulwark_inspect::inspector::Inspector>,
+    pub scanner: std::cell::RefCell<bulwark_inspect::compiled::Scanner>,
 }
 
 impl Core {
@@ -57,6 +65,63 @@ struct Shared {
     dns: Dns,
     server_tls: Option<Arc<rustls::ServerConfig>>,
     client_tls: Arc<rustls::ClientConfig>,
+    inspector: Option<Arc<bulwark_inspect::inspector::Inspector>>,
+}
+
+/// Loads the inspection rules and model named by `[inspection]` (compiling the rules, or
+/// loading them from the cache when they are unchanged).
+fn load_inspector(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<bulwark_inspect::inspector::Inspector>>> {
+    use anyhow::Context as _;
+    let c = &config.inspection;
+    if !c.enabled {
+        info!("content inspection is off ([inspection] enabled = false)");
+        return Ok(None);
+    }
+    let settings = bulwark_inspect::inspector::Settings {
+        limits: c.limits,
+        tag_threshold: c.tag_threshold,
+        reject_threshold: c.reject_threshold,
+        subject_tag: c.subject_tag.clone(),
+        phishing_action: c.phishing_action,
+        malformed_action: c.malformed_action,
+        ..Default::default()
+    };
+    let cache = c
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| config.spool.dir.join("rules-cache"));
+    let t0 = std::time::Instant::now();
+    let inspector = bulwark_inspect::inspector::Inspector::load(
+        &c.rules,
+        c.model.as_deref(),
+        Some(&cache),
+        settings,
+    )
+    .context("[inspection]")?;
+    let modes = inspector.compiled.modes();
+    info!(
+        rules = inspector.compiled.rules.len(),
+        hyperscan = modes.hyperscan,
+        prefilter = modes.prefilter,
+        pcre2 = modes.pcre,
+        skipped = inspector.compiled.skipped.len(),
+        model = inspector.model.is_some(),
+        from = ?inspector.origin,
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "inspection rules loaded"
+    );
+    metrics.set_rules(
+        inspector
+            .compiled
+            .rules
+            .iter()
+            .map(|r| r.name.clone())
+            .collect(),
+    );
+    Ok(Some(Arc::new(inspector)))
 }
 
 /// The core named by `BULWARK_FAULT=panic-core-N`, a testing aid.
@@ -116,6 +181,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.spool.dir)
         .with_context(|| format!("spool.dir: cannot create {}", config.spool.dir.display()))?;
+    let inspector = load_inspector(&config, &metrics)?;
     let shared = Arc::new(Shared {
         config,
         cores,
@@ -124,6 +190,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         dns,
         server_tls,
         client_tls: tls::opportunistic_client_config(),
+        inspector,
     });
     // Cores talk to each other through these links (harvest protection).
     let mut links = harvest::Links::new(cores).into_iter();
@@ -330,6 +397,16 @@ async fn run_core(
         max_sessions: cfg.smtp.max_connections.div_ceil(shared.cores).max(1),
         harvest: Guard::start(link, policy.clone()),
         memory,
+        inspect: match &shared.inspector {
+            Some(i) => Some(CoreInspect {
+                inspector: i.clone(),
+                scanner: std::cell::RefCell::new(
+                    i.scanner()
+                        .map_err(|e| anyhow::anyhow!("inspection scratch space: {e}"))?,
+                ),
+            }),
+            None => None,
+        },
     });
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {

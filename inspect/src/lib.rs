@@ -2,9 +2,12 @@
 //! Hyperscan (with PCRE2 where Hyperscan cannot), SpamAssassin rule import, a statistical
 //! classifier, and the verdict with the headers stamped on delivered mail.
 
+pub mod classifier;
 pub mod compiled;
+pub mod corpus;
 pub mod expr;
 pub mod html;
+pub mod inspector;
 pub mod mime;
 pub mod native;
 pub mod rules;

@@ -356,6 +356,8 @@ struct TomlRule {
     negate: bool,
     if_unset: Option<String>,
     expression: Option<String>,
+    /// A native check's call, such as `check_bayes(0.99,1.00)`.
+    call: Option<String>,
     score: Option<f64>,
     describe: Option<String>,
     #[serde(default)]
@@ -398,7 +400,13 @@ pub fn parse_toml(text: &str, file: &str) -> Result<RuleSet, String> {
                     .clone()
                     .ok_or_else(|| fail("needs expression".into()))?,
             ),
-            "native" => Test::Native(r.name.clone()),
+            "native" => {
+                let call = r.call.clone().ok_or_else(|| fail("needs call".into()))?;
+                if !crate::native::supported(&call) {
+                    return Err(fail(format!("no native check {call:?}")));
+                }
+                Test::Native(call)
+            }
             other => {
                 let class = Class::parse(other).ok_or_else(|| {
                     fail(format!(

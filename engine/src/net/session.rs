@@ -63,6 +63,8 @@ impl EnvelopePolicy for SessionPolicy<'_> {
 struct Streaming {
     id: String,
     arrival: u64,
+    /// Inspection (of the first piece) refused the message: the reply for its end.
+    refused: Option<String>,
     /// `None` once writing failed: the rest of the content is read and dropped, and the
     /// end of the message gets this reply.
     message: Option<StreamedMessage>,
@@ -162,7 +164,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                     };
                     match result {
                         Ok(id) => session.spooled(&id),
-                        Err(reply) => session.spool_failed(reply),
+                        Err(reply) => session.spool_failed(&reply),
                     }
                     shard.accept_latency.observe_duration(t0.elapsed());
                 }
@@ -312,15 +314,34 @@ async fn stream_piece(
     peer: SocketAddr,
     streaming: &mut Option<Streaming>,
 ) {
-    let piece = session.take_body(Vec::with_capacity(STREAM_PIECE + DATA_BUFFER));
+    let mut piece = session.take_body(Vec::with_capacity(STREAM_PIECE + DATA_BUFFER));
     if streaming.is_none() {
         let id = core.ids.next();
         let arrival = unix_now();
+        let flags = flags_of(session.transaction());
+        let inspected = inspect(
+            core,
+            session,
+            peer,
+            &id,
+            session.transaction(),
+            &piece,
+            arrival,
+        );
+        let (refused, stamp) = match inspected {
+            Inspected::Refuse(reply) => (Some(reply), Vec::new()),
+            Inspected::Accept { stamp, drop } => {
+                if !drop.is_empty() {
+                    piece = without(&piece, &drop);
+                }
+                (None, stamp)
+            }
+        };
         let tx = session.transaction();
-        let flags = flags_of(tx);
         let mut st = Streaming {
             id,
             arrival,
+            refused,
             message: None,
             failure: SPOOL_ERROR,
         };
@@ -330,8 +351,9 @@ async fn stream_piece(
             .await
         {
             Ok(mut m) => {
-                let mut head = Vec::with_capacity(512);
+                let mut head = Vec::with_capacity(512 + stamp.len());
                 received_header(&mut head, core, session, stream, peer, &st.id, tx, arrival);
+                head.extend_from_slice(&stamp);
                 match m.write(head).await {
                     Ok(()) => st.message = Some(m),
                     Err(e) => {
@@ -364,10 +386,16 @@ async fn accept_streamed(
     peer: SocketAddr,
     st: Streaming,
     tx: Transaction,
-) -> Result<String, &'static str> {
+) -> Result<String, String> {
+    if let Some(reply) = st.refused {
+        if let Some(m) = st.message {
+            m.abort().await;
+        }
+        return Err(reply);
+    }
     let Some(mut m) = st.message else {
         core.shard().reject(Reject::SpoolFailed);
-        return Err(st.failure);
+        return Err(st.failure.to_string());
     };
     let flags = flags_of(&tx);
     let written = async {
@@ -396,7 +424,7 @@ async fn accept_streamed(
         Err(e) => {
             core.shard().reject(Reject::SpoolFailed);
             warn!(%peer, id = %st.id, "message not accepted: {e}");
-            Err(spool_reply(&e))
+            Err(spool_reply(&e).to_string())
         }
     }
 }
@@ -446,12 +474,21 @@ async fn accept_message(
     session: &Session,
     stream: &Stream,
     peer: SocketAddr,
-    tx: Transaction,
-) -> Result<String, &'static str> {
+    mut tx: Transaction,
+) -> Result<String, String> {
     let id = core.ids.next();
     let now = unix_now();
-    let mut header = Vec::with_capacity(512);
+    let mut header = Vec::with_capacity(1024);
     received_header(&mut header, core, session, stream, peer, &id, &tx, now);
+    match inspect(core, session, peer, &id, &tx, &tx.body, now) {
+        Inspected::Refuse(reply) => return Err(reply),
+        Inspected::Accept { stamp, drop } => {
+            header.extend_from_slice(&stamp);
+            if !drop.is_empty() {
+                tx.body = without(&tx.body, &drop);
+            }
+        }
+    }
     let flags = flags_of(&tx);
     match core
         .spool
@@ -480,9 +517,129 @@ async fn accept_message(
         Err(e) => {
             core.shard().reject(Reject::SpoolFailed);
             warn!(%peer, "message not accepted: {e}");
-            Err(spool_reply(&e))
+            Err(spool_reply(&e).to_string())
         }
     }
+}
+
+/// What inspection decided: refuse with a reply, or accept with header fields to stamp
+/// and ranges of the content (inbound copies of those fields) to drop.
+enum Inspected {
+    Refuse(String),
+    Accept {
+        stamp: Vec<u8>,
+        drop: Vec<std::ops::Range<usize>>,
+    },
+}
+
+/// Inspects `content` (the message as received, or the first piece of a streamed one)
+/// on this core, synchronously: scanning is bounded by `[inspection] max_scan_size`.
+fn inspect(
+    core: &Core,
+    session: &Session,
+    peer: SocketAddr,
+    id: &str,
+    tx: &Transaction,
+    content: &[u8],
+    arrival: u64,
+) -> Inspected {
+    use bulwark_inspect::inspector::{self, Action, Envelope, Verdict};
+    let Some(ci) = &core.inspect else {
+        return Inspected::Accept {
+            stamp: Vec::new(),
+            drop: Vec::new(),
+        };
+    };
+    let Ok(mut scanner) = ci.scanner.try_borrow_mut() else {
+        // Never happens (inspection does not yield); accept untagged rather than fail.
+        return Inspected::Accept {
+            stamp: Vec::new(),
+            drop: Vec::new(),
+        };
+    };
+    let ins = &ci.inspector;
+    let env = Envelope {
+        client_ip: peer.ip(),
+        helo: session.helo(),
+        mail_from: &tx.mail_from,
+        hostname: &core.session_cfg.hostname,
+        queue_id: id,
+        arrival,
+    };
+    let report = ins.inspect(&mut scanner, content, &env);
+    drop(scanner);
+    let shard = core.shard();
+    shard.scan_parse.observe_duration(report.parse_time);
+    shard.scan_rules.observe_duration(report.rules_time);
+    let v = match report.verdict {
+        Verdict::Clean => 0,
+        Verdict::Spam => 1,
+        Verdict::Phishing => 2,
+        Verdict::Malformed(_) => 3,
+    };
+    shard.verdicts[v][report.action as usize].inc();
+    if let Some(hits) = shard.rule_hits.get() {
+        for h in &report.hits {
+            if let Some(c) = hits.get(h.index) {
+                c.inc();
+            }
+        }
+    }
+    let rules: Vec<&str> = report.hits.iter().map(|h| h.name.as_str()).collect();
+    info!(
+        %id,
+        %peer,
+        verdict = report.verdict.as_str(),
+        action = report.action.as_str(),
+        score = format_args!("{:.2}", report.score),
+        rules = %rules.join(","),
+        "inspected"
+    );
+    match report.action {
+        Action::Reject => {
+            let reply = match report.verdict {
+                Verdict::Malformed(limit) => format!(
+                    "550 5.7.1 Message refused: its structure exceeds a limit ({}); reference {id}",
+                    limit.as_str()
+                ),
+                Verdict::Phishing => {
+                    format!("550 5.7.1 Message refused as phishing; reference {id}")
+                }
+                _ => format!(
+                    "550 5.7.1 Message refused as spam (score {:.1}); reference {id}",
+                    report.score
+                ),
+            };
+            Inspected::Refuse(reply)
+        }
+        Action::Tag | Action::Deliver => {
+            let mut stamp = Vec::with_capacity(512);
+            ins.stamp(&report, &mut stamp);
+            let tag = &ins.settings.subject_tag;
+            let retag = report.action == Action::Tag && !tag.is_empty();
+            let drop = inspector::field_ranges(content, retag);
+            if retag {
+                stamp.extend_from_slice(b"Subject: ");
+                stamp.extend_from_slice(tag.as_bytes());
+                stamp.extend_from_slice(inspector::raw_subject(content).unwrap_or_default());
+                stamp.extend_from_slice(b"\r\n");
+            }
+            Inspected::Accept { stamp, drop }
+        }
+    }
+}
+
+/// `content` without the byte ranges `drop` (sorted, disjoint).
+fn without(content: &[u8], drop: &[std::ops::Range<usize>]) -> Vec<u8> {
+    let removed: usize = drop.iter().map(|r| r.len()).sum();
+    let mut out = Vec::with_capacity(content.len() - removed.min(content.len()));
+    let mut at = 0;
+    for r in drop {
+        out.extend_from_slice(&content[at..r.start.min(content.len())]);
+        at = r.end.min(content.len());
+    }
+    out.extend_from_slice(&content[at..]);
+    out
 }
 
 /// `Received:` (RFC 5321 §4.4) with the queue id, folded on several lines.

@@ -1,0 +1,263 @@
+//! Content inspection end to end: the real engine with its built-in rules (no
+//! `[inspection]` section), real clients (swaks, smtplib), a real downstream.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+
+fn sink_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+fn engine_for(sink: SocketAddr, extra: &str) -> Engine {
+    Engine::start(EngineConfig {
+        extra: format!("{}{extra}", domain("example.test", sink)),
+        ..Default::default()
+    })
+}
+
+fn swaks(engine: &Engine, extra: &[&str]) -> (bool, String) {
+    let server = engine.smtp.to_string();
+    let mut args = vec![
+        "--server",
+        server.as_str(),
+        "--from",
+        "alice@sender.test",
+        "--to",
+        "bob@example.test",
+    ];
+    args.extend_from_slice(extra);
+    run("swaks", &args)
+}
+
+#[test]
+fn gtube_is_refused_in_the_session_with_a_reference() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "");
+    let (ok, out) = swaks(&engine, &["--header", "Subject: test", "--body", GTUBE]);
+    assert!(!ok, "swaks reports the refusal: {out}");
+    let reply = out
+        .lines()
+        .find(|l| l.contains("<** 550"))
+        .unwrap_or_else(|| panic!("no 550 in:\n{out}"));
+    assert!(
+        reply.contains("550 5.7.1 Message refused as spam"),
+        "{reply}"
+    );
+    assert!(reply.contains("reference "), "{reply}");
+    // Nothing was queued or delivered, and the metrics and log say why.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sink.messages().is_empty());
+    assert_eq!(
+        engine.metric("bulwark_inspection_verdicts_total{verdict=\"spam\",action=\"reject\"}"),
+        1.0
+    );
+    assert_eq!(
+        engine.metric("bulwark_inspection_rule_hits_total{rule=\"GTUBE\"}"),
+        1.0
+    );
+    let log = engine.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("inspected") && l.contains("GTUBE") && l.contains("reject")),
+        "{log}"
+    );
+}
+
+#[test]
+fn delivered_mail_is_stamped_and_inbound_stamps_are_removed() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "");
+    // A sender that claims to have been scanned already, and clean.
+    let (ok, out) = swaks(
+        &engine,
+        &[
+            "--header",
+            "Subject: lunch",
+            "--add-header",
+            "X-Spam-Flag: NO",
+            "--add-header",
+            "X-Bulwark-Result: clean--0.000-5-15",
+            "--body",
+            "See you at noon.",
+        ],
+    );
+    assert!(ok, "{out}");
+    let msgs = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    let head = m.content.split("\r\n\r\n").next().unwrap_or("");
+    assert_eq!(head.matches("X-Spam-Flag:").count(), 1, "{head}");
+    assert_eq!(head.matches("X-Bulwark-Result:").count(), 1, "{head}");
+    assert_eq!(m.header("X-Spam-Flag").as_deref(), Some("NO"));
+    let result = m.header("X-Bulwark-Result").unwrap_or_default();
+    assert!(result.starts_with("clean--"), "{result}");
+    assert!(
+        m.header("X-Spam-Status")
+            .unwrap_or_default()
+            .starts_with("No, score=")
+    );
+    assert!(
+        m.header("X-Bulwark-Product-Ver")
+            .unwrap_or_default()
+            .starts_with("Bulwark ")
+    );
+    // Our stamps come after our Received and before the sender's header fields.
+    assert!(m.content.starts_with("Received: from "), "{}", m.content);
+    assert!(head.find("X-Bulwark-Result").unwrap_or(0) < head.find("Subject: lunch").unwrap_or(0));
+    assert!(m.content.contains("See you at noon."));
+}
+
+#[test]
+fn spam_above_the_tag_threshold_is_tagged_with_a_subject_prefix() {
+    let sink = Sink::start(sink_addr());
+    let rules = TempDir::new("rules");
+    let file = rules.path().join("local.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nname = \"LOCAL_CHEAP_MEDS\"\nclass = \"body\"\npattern = 'cheap\\s+meds'\nflags = \"i\"\nscore = 7.0\ndescribe = \"Sells medicine\"\n",
+    )
+    .unwrap();
+    let engine = engine_for(
+        sink.addr,
+        &format!(
+            "\n[inspection]\nrules = [\"{}\"]\nsubject_tag = \"[SPAM] \"\n",
+            file.display()
+        ),
+    );
+    let out = python(&format!(
+        r#"
+import smtplib
+from email.message import EmailMessage
+m = EmailMessage()
+m["From"] = "alice@sender.test"
+m["To"] = "bob@example.test"
+m["Subject"] = "offer"
+m.set_content("Buy CHEAP   meds here today")
+s = smtplib.SMTP("{}", {})
+s.send_message(m)
+s.quit()
+print("sent")
+"#,
+        engine.smtp.ip(),
+        engine.smtp.port()
+    ));
+    assert_eq!(out.trim(), "sent");
+    let msgs = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert_eq!(m.header("X-Spam-Flag").as_deref(), Some("YES"));
+    assert_eq!(m.header("Subject").as_deref(), Some("[SPAM] offer"));
+    let head = m.content.split("\r\n\r\n").next().unwrap_or("");
+    assert_eq!(
+        head.to_ascii_lowercase().matches("\r\nsubject:").count(),
+        1,
+        "{head}"
+    );
+    let detail = m.header("X-Bulwark-Result-Detail").unwrap_or_default();
+    assert!(detail.contains("LOCAL_CHEAP_MEDS=7"), "{detail}");
+    let result = m.header("X-Bulwark-Result").unwrap_or_default();
+    assert!(result.starts_with("spam--"), "{result}");
+    let score: f64 = result[6..]
+        .split('-')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .unwrap_or(0.0);
+    assert!((7.0..15.0).contains(&score), "{result}");
+}
+
+#[test]
+fn a_bad_rule_file_stops_the_engine_with_the_file_and_line() {
+    let rules = TempDir::new("rules");
+    let file = rules.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nname = \"X\"\nclass = \"nonsense\"\npattern = \"a\"\n",
+    )
+    .unwrap();
+    let cfg = rules.path().join("bulwark.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"127.0.0.1:{}\"]\n[spool]\ndir = \"{}\"\n[inspection]\nrules = [\"{}\"]\n",
+            free_port(),
+            rules.path().join("spool").display(),
+            file.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:2: rule X: unknown class"), "{err}");
+}
+
+#[test]
+fn bulwark_learn_trains_a_model_the_engine_scores_with() {
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus/train");
+    let dir = TempDir::new("model");
+    let model = dir.path().join("model.bwm");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["learn", "--spam"])
+        .arg(format!("{corpus}/spam"))
+        .arg("--ham")
+        .arg(format!("{corpus}/ham"))
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("learned 500 spam and 2500 ham messages"),
+        "{text}"
+    );
+
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(
+        sink.addr,
+        &format!(
+            "\n[inspection]\nmodel = \"{}\"\nreject_threshold = 1000\n",
+            model.display()
+        ),
+    );
+    let out = python(&format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("{}", {})
+s.sendmail("a@sender.test", ["bob@example.test"], "Subject: meeting\r\nFrom: a@sender.test\r\n\r\nFREE!!! Click here to claim your cash prize, limited time offer, act now!\r\n")
+s.quit()
+print("sent")
+"#,
+        engine.smtp.ip(),
+        engine.smtp.port()
+    ));
+    assert_eq!(out.trim(), "sent");
+    let msgs = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1);
+    let head = msgs[0]
+        .content
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let status = head.split("X-Spam-Status:").nth(1).unwrap_or("");
+    assert!(
+        status.contains("BAYES_"),
+        "the classifier scored the message: {head}"
+    );
+}

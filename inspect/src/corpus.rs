@@ -1,0 +1,85 @@
+//! Reading training mail: a directory of message files (one message per file, as
+//! `.eml` files or a maildir's `cur/` and `new/`, searched recursively), or an mbox file
+//! (messages split at `From ` lines).
+
+use std::path::{Path, PathBuf};
+
+/// Calls `f` with each message under `path`; returns how many were read.
+pub fn for_each_message(path: &Path, mut f: impl FnMut(&[u8])) -> std::io::Result<usize> {
+    let mut n = 0;
+    if path.is_file() {
+        let bytes = std::fs::read(path)?;
+        if bytes.starts_with(b"From ") {
+            for m in split_mbox(&bytes) {
+                f(m);
+                n += 1;
+            }
+        } else {
+            f(&bytes);
+            n += 1;
+        }
+        return Ok(n);
+    }
+    let mut stack = vec![path.to_path_buf()];
+    let mut files: Vec<PathBuf> = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if !p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.') || n == "cmds")
+            {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    for p in files {
+        let bytes = std::fs::read(&p)?;
+        if bytes.starts_with(b"From ") && memchr::memmem::find(&bytes[5..], b"\nFrom ").is_some() {
+            for m in split_mbox(&bytes) {
+                f(m);
+                n += 1;
+            }
+        } else {
+            f(&bytes);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The messages of an mbox, without their `From ` separator lines.
+pub fn split_mbox(b: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut starts: Vec<usize> = Vec::new();
+    if b.starts_with(b"From ") {
+        starts.push(0);
+    }
+    for p in memchr::memmem::find_iter(b, b"\nFrom ") {
+        starts.push(p + 1);
+    }
+    for (i, &s) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(b.len());
+        let body_start = memchr::memchr(b'\n', &b[s..end]).map_or(end, |p| s + p + 1);
+        out.push(&b[body_start..end]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mbox_splits_at_from_lines() {
+        let m = b"From a@b Mon Jan 1 00:00:00 2024\nSubject: 1\n\nx\nFrom c@d Mon Jan 1 00:00:00 2024\nSubject: 2\n\ny\n";
+        let parts = split_mbox(m);
+        assert_eq!(parts.len(), 2);
+        assert!(parts[0].starts_with(b"Subject: 1"));
+        assert!(parts[1].starts_with(b"Subject: 2"));
+    }
+}

@@ -1,0 +1,546 @@
+//! The inspection pipeline as the engine calls it: rules (built-in, then configured)
+//! compiled once and cached on disk by content hash, a message scored against them and
+//! the classifier, a verdict and an action, and the headers stamped on delivered mail.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::classifier::Model;
+use crate::compiled::{CompileError, Compiled, PseudoHeaders, Scanner};
+use crate::mime::{self, LimitHit, Limits};
+use crate::native;
+use crate::rules::{self, RuleSet};
+
+/// Bulwark's built-in rules.
+pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");
+
+/// What happens to a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Deliver,
+    /// Deliver with the spam headers set (and the subject tagged, if configured).
+    Tag,
+    /// `550 5.7.1` in the session.
+    Reject,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Deliver => "deliver",
+            Action::Tag => "tag",
+            Action::Reject => "reject",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "deliver" => Some(Action::Deliver),
+            "tag" => Some(Action::Tag),
+            "reject" => Some(Action::Reject),
+            _ => None,
+        }
+    }
+}
+
+/// The verdict class that decided the action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Clean,
+    Spam,
+    Phishing,
+    /// Past a structural limit (parts, nesting, header size).
+    Malformed(LimitHit),
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Clean => "clean",
+            Verdict::Spam => "spam",
+            Verdict::Phishing => "phishing",
+            Verdict::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// Thresholds and actions.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub limits: Limits,
+    /// Score from which a message is spam (tagged).
+    pub tag_threshold: f64,
+    /// Score from which spam is refused.
+    pub reject_threshold: f64,
+    /// Prefix put on the Subject of tagged mail; empty for none.
+    pub subject_tag: String,
+    pub phishing_action: Action,
+    pub malformed_action: Action,
+    /// Name in `X-Spam-Status` and `X-Bulwark-Product-Ver`.
+    pub product: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: Limits::default(),
+            tag_threshold: 5.0,
+            reject_threshold: 15.0,
+            subject_tag: String::new(),
+            phishing_action: Action::Reject,
+            malformed_action: Action::Reject,
+            product: format!("Bulwark {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// What the session knows about a message besides its content.
+#[derive(Debug, Clone)]
+pub struct Envelope<'a> {
+    pub client_ip: IpAddr,
+    pub helo: &'a str,
+    pub mail_from: &'a str,
+    pub hostname: &'a str,
+    pub queue_id: &'a str,
+    pub arrival: u64,
+}
+
+/// A rule that hit, with the score it added.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// The rule's index in the compiled set.
+    pub index: usize,
+    pub name: String,
+    pub score: f64,
+}
+
+/// The outcome of inspecting one message.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub score: f64,
+    pub hits: Vec<Hit>,
+    pub verdict: Verdict,
+    pub action: Action,
+    pub probability: Option<f64>,
+    /// Whether only the start of the message was read (larger than the scan bound).
+    pub truncated: bool,
+    pub parse_time: Duration,
+    pub rules_time: Duration,
+    pub pcre_limit: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Load(#[from] rules::LoadError),
+    #[error("built-in rules: {0}")]
+    Builtin(String),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("model {path}: {message}")]
+    Model { path: PathBuf, message: String },
+}
+
+/// How the rules were obtained at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Compiled,
+    Cache,
+}
+
+/// Rules and model, shared by every core; each core scans with its own [`Scanner`].
+pub struct Inspector {
+    pub compiled: Arc<Compiled>,
+    pub model: Option<Arc<Model>>,
+    pub settings: Settings,
+    /// SpamAssassin score set: 0 without a model, 2 with one (no network tests).
+    score_set: usize,
+    pub origin: Origin,
+}
+
+impl std::fmt::Debug for Inspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inspector")
+            .field("rules", &self.compiled.rules.len())
+            .field("model", &self.model.as_ref().map(|m| m.tokens()))
+            .finish()
+    }
+}
+
+/// The built-in rules followed by the rules at `paths`.
+pub fn load_rules(paths: &[PathBuf]) -> Result<RuleSet, InspectError> {
+    let mut set = rules::parse_toml(DEFAULT_RULES, "built-in").map_err(InspectError::Builtin)?;
+    set.merge(rules::load_paths(paths)?);
+    Ok(set)
+}
+
+/// A key for a rule set: its parsed content and the engine versions it compiles for.
+pub fn content_key(set: &RuleSet) -> String {
+    let mut h = Sha256::new();
+    h.update(crate::compiled::hyperscan_version().as_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(format!("{:?}", set.rules).as_bytes());
+    let d = h.finalize();
+    d.iter().take(12).fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Compiles `set`, or loads it from `cache_dir` when compiled before; a fresh compile
+/// is written there (a failed write only costs the next start a compile).
+pub fn compile_cached(
+    set: &RuleSet,
+    cache_dir: Option<&Path>,
+) -> Result<(Compiled, Origin), InspectError> {
+    let key = content_key(set);
+    let path = cache_dir.map(|d| d.join(format!("rules-{key}.bwr")));
+    if let Some(p) = &path
+        && let Ok(bytes) = std::fs::read(p)
+        && let Ok(c) = Compiled::from_bytes(&bytes)
+    {
+        return Ok((c, Origin::Cache));
+    }
+    let compiled = Compiled::compile(set)?;
+    if let (Some(dir), Some(p)) = (cache_dir, &path)
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let tmp = p.with_extension("tmp");
+        if std::fs::write(&tmp, compiled.to_bytes()).is_ok() {
+            let _ = std::fs::rename(&tmp, p);
+        }
+    }
+    Ok((compiled, Origin::Compiled))
+}
+
+impl Inspector {
+    pub fn new(
+        compiled: Compiled,
+        model: Option<Model>,
+        settings: Settings,
+        origin: Origin,
+    ) -> Self {
+        let score_set = if model.is_some() { 2 } else { 0 };
+        Inspector {
+            compiled: Arc::new(compiled),
+            model: model.map(Arc::new),
+            settings,
+            score_set,
+            origin,
+        }
+    }
+
+    /// Loads rules (built-in and `paths`, cached in `cache_dir`) and the model at
+    /// `model`.
+    pub fn load(
+        paths: &[PathBuf],
+        model: Option<&Path>,
+        cache_dir: Option<&Path>,
+        settings: Settings,
+    ) -> Result<Inspector, InspectError> {
+        let set = load_rules(paths)?;
+        let (compiled, origin) = compile_cached(&set, cache_dir)?;
+        let model = match model {
+            Some(p) => {
+                let bytes = std::fs::read(p).map_err(|e| InspectError::Model {
+                    path: p.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+                Some(Model::from_bytes(&bytes).map_err(|e| InspectError::Model {
+                    path: p.to_path_buf(),
+                    message: e.to_string(),
+                })?)
+            }
+            None => None,
+        };
+        Ok(Inspector::new(compiled, model, settings, origin))
+    }
+
+    pub fn scanner(&self) -> Result<Scanner, CompileError> {
+        Scanner::new(&self.compiled)
+    }
+
+    /// Inspects `raw` (the message as it will be delivered, without our own trace
+    /// header).
+    pub fn inspect(&self, scanner: &mut Scanner, raw: &[u8], env: &Envelope<'_>) -> Report {
+        let t0 = Instant::now();
+        let views = mime::parse(raw, &self.settings.limits);
+        let parse_time = t0.elapsed();
+        let t1 = Instant::now();
+        let probability = self.model.as_ref().and_then(|m| m.probability(&views));
+        let ctx = native::Context {
+            spam_probability: probability,
+            arrival: env.arrival,
+        };
+        let relay = format!(
+            "[ ip={} rdns= helo={} by={} ident= envfrom={} intl=0 id={} auth= msa=0 ]",
+            env.client_ip, env.helo, env.hostname, env.mail_from, env.queue_id
+        );
+        let pseudo = PseudoHeaders {
+            values: vec![
+                ("EnvelopeFrom", Cow::Borrowed(env.mail_from)),
+                ("X-Spam-Relays-External", Cow::Borrowed(relay.as_str())),
+                ("X-Spam-Relays-Untrusted", Cow::Borrowed(relay.as_str())),
+            ],
+        };
+        let hits = scanner.scan(&self.compiled, &views, &pseudo, |call| {
+            native::evaluate(call, &views, &ctx)
+        });
+        let rules_time = t1.elapsed();
+        let mut score = 0.0;
+        let mut hit_list = Vec::new();
+        let mut phishing = false;
+        for (i, r) in self.compiled.rules.iter().enumerate() {
+            if !hits.hit(i) {
+                continue;
+            }
+            if r.verdict.as_deref() == Some("phishing") {
+                phishing = true;
+            }
+            if r.subrule {
+                continue;
+            }
+            let s = r.scores[self.score_set];
+            if s == 0.0 {
+                continue;
+            }
+            score += s;
+            hit_list.push(Hit {
+                index: i,
+                name: r.name.clone(),
+                score: s,
+            });
+        }
+        hit_list.sort_by(|a, b| {
+            b.score
+                .abs()
+                .partial_cmp(&a.score.abs())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let s = &self.settings;
+        let (verdict, action) = if let Some(limit) = views.limit {
+            (Verdict::Malformed(limit), s.malformed_action)
+        } else if phishing {
+            (Verdict::Phishing, s.phishing_action)
+        } else if score >= s.reject_threshold {
+            (Verdict::Spam, Action::Reject)
+        } else if score >= s.tag_threshold {
+            (Verdict::Spam, Action::Tag)
+        } else {
+            (Verdict::Clean, Action::Deliver)
+        };
+        Report {
+            score,
+            hits: hit_list,
+            verdict,
+            action,
+            probability,
+            truncated: views.truncated,
+            parse_time,
+            rules_time,
+            pcre_limit: hits.pcre_limit,
+        }
+    }
+
+    /// The header fields stamped on a delivered message (each ending CRLF).
+    pub fn stamp(&self, report: &Report, out: &mut Vec<u8>) {
+        let s = &self.settings;
+        let spam = report.verdict != Verdict::Clean;
+        let mut h = String::with_capacity(512);
+        let _ = write!(
+            h,
+            "X-Bulwark-Result: {}--{:.3}-{}-{}\r\n",
+            report.verdict.as_str(),
+            report.score,
+            s.tag_threshold,
+            s.reject_threshold
+        );
+        let detail: Vec<String> = report
+            .hits
+            .iter()
+            .map(|x| format!("{}={}", x.name, trim_float(x.score)))
+            .collect();
+        fold_into(&mut h, "X-Bulwark-Result-Detail:", &detail, ",");
+        let _ = write!(h, "X-Bulwark-Product-Ver: {}\r\n", s.product);
+        let _ = write!(h, "X-Spam-Flag: {}\r\n", if spam { "YES" } else { "NO" });
+        let names: Vec<String> = {
+            let mut n: Vec<String> = report.hits.iter().map(|x| x.name.clone()).collect();
+            n.sort();
+            n
+        };
+        let tests = if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(",")
+        };
+        let status = format!(
+            "{}, score={:.1} required={:.1} tests={} autolearn=no version={}",
+            if spam { "Yes" } else { "No" },
+            report.score,
+            s.tag_threshold,
+            tests,
+            s.product
+        );
+        let words: Vec<String> = status.split(' ').map(str::to_string).collect();
+        fold_into(&mut h, "X-Spam-Status:", &words, "");
+        out.extend_from_slice(h.as_bytes());
+    }
+}
+
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+/// Writes `name` and `items` (joined by `sep` and a space) folded before 78 columns.
+fn fold_into(out: &mut String, name: &str, items: &[String], sep: &str) {
+    out.push_str(name);
+    let mut col = name.len();
+    if items.is_empty() {
+        out.push_str(" none\r\n");
+        return;
+    }
+    for (i, item) in items.iter().enumerate() {
+        let piece = if i + 1 < items.len() {
+            format!("{item}{sep}")
+        } else {
+            item.clone()
+        };
+        if col + 1 + piece.len() > 78 && col > name.len() {
+            out.push_str("\r\n\t");
+            col = 8;
+        } else {
+            out.push(' ');
+            col += 1;
+        }
+        out.push_str(&piece);
+        col += piece.len();
+    }
+    out.push_str("\r\n");
+}
+
+/// Whether a header field name is one Bulwark stamps (inbound copies are removed).
+pub fn is_stamped_name(name: &[u8]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with(b"x-bulwark-") || lower == b"x-spam-flag" || lower == b"x-spam-status"
+}
+
+/// Byte ranges (whole fields with their folded lines and CRLF) of the top-level header
+/// fields that Bulwark stamps, and of `Subject` when `subject` is set; removing them
+/// gives the body to deliver after our own fields.
+pub fn field_ranges(raw: &[u8], subject: bool) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i..].starts_with(b"\r\n") || raw[i] == b'\n' {
+            break;
+        }
+        // One field: up to a line end not followed by white space.
+        let start = i;
+        let mut end = i;
+        loop {
+            match memchr::memchr(b'\n', &raw[end..]) {
+                Some(p) => {
+                    end += p + 1;
+                    if end < raw.len() && (raw[end] == b' ' || raw[end] == b'\t') {
+                        continue;
+                    }
+                }
+                None => end = raw.len(),
+            }
+            break;
+        }
+        let field = &raw[start..end];
+        let colon = memchr::memchr(b':', field);
+        if let Some(c) = colon {
+            let name = field[..c].trim_ascii_end();
+            if is_stamped_name(name) || (subject && name.eq_ignore_ascii_case(b"subject")) {
+                out.push(start..end);
+            }
+        } else {
+            // Not a header field: the header section ended without an empty line.
+            break;
+        }
+        i = end;
+    }
+    out
+}
+
+/// The Subject field's value as written (unfolded is not needed: folding is kept).
+pub fn raw_subject(raw: &[u8]) -> Option<&[u8]> {
+    let r = field_ranges(raw, true).into_iter().find(|r| {
+        raw[r.clone()]
+            .get(..8)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"subject:"))
+    })?;
+    let field = &raw[r];
+    Some(field[8..].trim_ascii())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inspector() -> Inspector {
+        let set = load_rules(&[]).expect("built-in rules");
+        let compiled = Compiled::compile(&set).expect("compiles");
+        Inspector::new(compiled, None, Settings::default(), Origin::Compiled)
+    }
+
+    fn env() -> Envelope<'static> {
+        Envelope {
+            client_ip: "192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            helo: "client.example",
+            mail_from: "a@client.example",
+            hostname: "mx.bulwark.test",
+            queue_id: "0000000000000000001",
+            arrival: 1_796_000_000,
+        }
+    }
+
+    #[test]
+    fn gtube_is_rejected_and_clean_mail_delivered() {
+        let i = inspector();
+        let mut s = i.scanner().expect("scanner");
+        let gtube = b"From: a@b.example\r\nTo: c@d.example\r\nSubject: t\r\nDate: Mon, 30 Nov 2026 00:00:00 +0000\r\nMessage-ID: <1@b>\r\n\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n";
+        let r = i.inspect(&mut s, gtube, &env());
+        assert_eq!(r.action, Action::Reject);
+        assert_eq!(r.verdict, Verdict::Spam);
+        assert!(r.hits.iter().any(|h| h.name == "GTUBE"));
+        let clean = b"From: a@b.example\r\nTo: c@d.example\r\nSubject: lunch\r\nDate: Mon, 30 Nov 2026 00:00:00 +0000\r\nMessage-ID: <2@b>\r\n\r\nSee you at noon.\r\n";
+        let r = i.inspect(&mut s, clean, &env());
+        assert_eq!(r.action, Action::Deliver, "{:?}", r.hits);
+        let mut out = Vec::new();
+        i.stamp(&r, &mut out);
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(text.contains("X-Spam-Flag: NO\r\n"), "{text}");
+        assert!(text.starts_with("X-Bulwark-Result: clean--"), "{text}");
+        assert!(text.lines().all(|l| l.len() <= 998));
+    }
+
+    #[test]
+    fn stamped_copies_and_subject_are_found() {
+        let raw = b"X-Spam-Flag: NO\r\nSubject: hello\r\n\tworld\r\nX-Bulwark-Result: clean\r\nFrom: a\r\n\r\nX-Spam-Flag: body\r\n";
+        let r = field_ranges(raw, false);
+        assert_eq!(r.len(), 2);
+        assert_eq!(&raw[r[0].clone()], b"X-Spam-Flag: NO\r\n");
+        assert_eq!(&raw[r[1].clone()], b"X-Bulwark-Result: clean\r\n");
+        assert_eq!(raw_subject(raw), Some(&b"hello\r\n\tworld"[..]));
+    }
+
+    #[test]
+    fn long_detail_headers_are_folded() {
+        let mut out = String::new();
+        let items: Vec<String> = (0..40).map(|i| format!("RULE_NUMBER_{i}=1.5")).collect();
+        fold_into(&mut out, "X-Bulwark-Result-Detail:", &items, ",");
+        assert!(out.split("\r\n").all(|l| l.len() <= 78), "{out}");
+        assert!(out.ends_with("\r\n"));
+    }
+}
