@@ -58,53 +58,11 @@ pub enum CompileError {
 /// The key of one database: a class, and for header classes the header and form.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DbKey {
-    pub class: ClassKey,
-    pub header: Option<(String, PartKey)>,
+    pub class: Class,
+    pub header: Option<(String, HeaderPart)>,
     /// Prefilter patterns get databases of their own: compiled together with exact
     /// patterns they make Hyperscan's compile several times slower.
     pub prefilter: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum ClassKey {
-    Header,
-    MimeHeader,
-    Body,
-    RawBody,
-    Uri,
-    Full,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum PartKey {
-    Decoded,
-    Raw,
-    Addr,
-    Name,
-}
-
-impl From<Class> for ClassKey {
-    fn from(c: Class) -> Self {
-        match c {
-            Class::Header => ClassKey::Header,
-            Class::MimeHeader => ClassKey::MimeHeader,
-            Class::Body => ClassKey::Body,
-            Class::RawBody => ClassKey::RawBody,
-            Class::Uri => ClassKey::Uri,
-            Class::Full => ClassKey::Full,
-        }
-    }
-}
-
-impl From<HeaderPart> for PartKey {
-    fn from(p: HeaderPart) -> Self {
-        match p {
-            HeaderPart::Decoded => PartKey::Decoded,
-            HeaderPart::Raw => PartKey::Raw,
-            HeaderPart::Addr => PartKey::Addr,
-            HeaderPart::Name => PartKey::Name,
-        }
-    }
 }
 
 /// What the engine keeps of one rule.
@@ -328,12 +286,15 @@ impl Compiled {
         // Each group: compile, demoting any pattern the whole-database compile refuses.
         let mut dbs = Vec::with_capacity(groups.len());
         let mut serialized = Vec::with_capacity(groups.len());
-        for (db_index, (key, members)) in groups.into_iter().enumerate() {
-            for &m in &members {
+        // Every rule knows its database before any database's lists are taken.
+        for (db_index, members) in groups.values().enumerate() {
+            for &m in members {
                 if let RuleKind::Regex { db, .. } = &mut rules[m as usize].kind {
                     *db = db_index;
                 }
             }
+        }
+        for (db_index, (key, members)) in groups.into_iter().enumerate() {
             let (hs, bytes) = loop {
                 let mut patterns = Vec::new();
                 let mut ids = Vec::new();
@@ -357,7 +318,7 @@ impl Compiled {
                             dotall: *dotall,
                             multiline: *multiline,
                         };
-                        let class = class_of(key.class);
+                        let class = key.class;
                         let mut hp = hyperscan::Pattern::with_flags(
                             source.as_str(),
                             hs_flags(&p, class, *mode == Mode::Prefilter),
@@ -395,22 +356,8 @@ impl Compiled {
                     }
                 }
             };
-            let mut pcre_only = Vec::new();
-            let mut negated = Vec::new();
-            for &m in &members {
-                if let RuleKind::Regex { mode, negate, .. } = &rules[m as usize].kind {
-                    if *mode == Mode::Pcre && pcre.contains_key(&m) {
-                        pcre_only.push(m);
-                    }
-                    if *negate {
-                        negated.push(m);
-                    }
-                }
-            }
-            let (hs, ids) = match hs {
-                Some((db, ids)) => (Some(db), ids),
-                None => (None, Vec::new()),
-            };
+            let hs = hs.map(|(db, _)| db);
+            let (ids, pcre_only, negated, members) = db_lists(&rules, db_index);
             dbs.push(Db {
                 key,
                 hs,
@@ -509,9 +456,11 @@ impl Compiled {
             } = &r.kind
                 && *mode != Mode::Hyperscan
             {
-                let re = build_pcre(source, *caseless, *dotall, *multiline)
-                    .map_err(|e| CompileError::Format(format!("rule {}: {e}", r.name)))?;
-                pcre.insert(i as u32, re);
+                // A pattern PCRE2 refused was reported when the set was compiled; its
+                // rule never hits.
+                if let Ok(re) = build_pcre(source, *caseless, *dotall, *multiline) {
+                    pcre.insert(i as u32, re);
+                }
             }
         }
         let mut dbs = Vec::with_capacity(manifest.dbs.len());
@@ -519,26 +468,7 @@ impl Compiled {
         for (db_index, key) in manifest.dbs.iter().enumerate() {
             let (chunk, next) = take_chunk(rest).ok_or_else(|| bad("truncated database"))?;
             rest = next;
-            let mut ids = Vec::new();
-            let mut pcre_only = Vec::new();
-            let mut negated = Vec::new();
-            let mut members = Vec::new();
-            for (i, r) in manifest.rules.iter().enumerate() {
-                if let RuleKind::Regex {
-                    db, mode, negate, ..
-                } = &r.kind
-                    && *db == db_index
-                {
-                    members.push(i as u32);
-                    match mode {
-                        Mode::Pcre => pcre_only.push(i as u32),
-                        _ => ids.push(i as u32),
-                    }
-                    if *negate {
-                        negated.push(i as u32);
-                    }
-                }
-            }
+            let (ids, pcre_only, negated, members) = db_lists(&manifest.rules, db_index);
             let hs = if chunk.is_empty() {
                 None
             } else {
@@ -592,6 +522,35 @@ impl Compiled {
     pub fn rule_index(&self, name: &str) -> Option<usize> {
         self.rules.iter().position(|r| r.name == name)
     }
+}
+
+type DbLists = (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>);
+
+/// For database `db`: its Hyperscan pattern ids' rules (in id order), its PCRE2-only
+/// rules, its negated rules, and all its rules.
+fn db_lists(rules: &[RuleInfo], db: usize) -> DbLists {
+    let (mut ids, mut pcre_only, mut negated, mut members) = DbLists::default();
+    for (i, r) in rules.iter().enumerate() {
+        if let RuleKind::Regex {
+            db: d,
+            mode,
+            negate,
+            ..
+        } = &r.kind
+            && *d == db
+        {
+            let i = i as u32;
+            members.push(i);
+            match mode {
+                Mode::Pcre => pcre_only.push(i),
+                _ => ids.push(i),
+            }
+            if *negate {
+                negated.push(i);
+            }
+        }
+    }
+    (ids, pcre_only, negated, members)
 }
 
 fn unset_programs(rules: &[RuleInfo]) -> HashMap<u32, (pcre2::bytes::Regex, String)> {
@@ -672,21 +631,10 @@ fn demote(
     }
 }
 
-fn class_of(k: ClassKey) -> Class {
-    match k {
-        ClassKey::Header => Class::Header,
-        ClassKey::MimeHeader => Class::MimeHeader,
-        ClassKey::Body => Class::Body,
-        ClassKey::RawBody => Class::RawBody,
-        ClassKey::Uri => Class::Uri,
-        ClassKey::Full => Class::Full,
-    }
-}
-
 fn db_key(class: Class, header: Option<&HeaderTarget>, prefilter: bool) -> DbKey {
     DbKey {
-        class: class.into(),
-        header: header.map(|h| (h.name.to_ascii_lowercase(), h.part.into())),
+        class,
+        header: header.map(|h| (h.name.to_ascii_lowercase(), h.part)),
         prefilter,
     }
 }
@@ -849,7 +797,7 @@ impl Scanner {
             self.text.clear();
             let present = subject(&db.key, views, pseudo, &mut self.text);
             let subject: &[u8] = match db.key.class {
-                ClassKey::Full => views.full,
+                Class::Full => views.full,
                 _ => &self.text,
             };
             if present {
@@ -952,27 +900,27 @@ impl PseudoHeaders<'_> {
 /// absent from the message.
 fn subject(key: &DbKey, v: &Views<'_>, pseudo: &PseudoHeaders<'_>, out: &mut Vec<u8>) -> bool {
     match key.class {
-        ClassKey::Body => {
+        Class::Body => {
             out.extend_from_slice(v.body.as_bytes());
             true
         }
-        ClassKey::RawBody => {
+        Class::RawBody => {
             out.extend_from_slice(v.rawbody.as_bytes());
             true
         }
-        ClassKey::Uri => {
+        Class::Uri => {
             for u in &v.urls {
                 out.extend_from_slice(u.url.as_bytes());
                 out.push(b'\n');
             }
             true
         }
-        ClassKey::Full => true,
-        ClassKey::Header | ClassKey::MimeHeader => {
+        Class::Full => true,
+        Class::Header | Class::MimeHeader => {
             let Some((name, part)) = &key.header else {
                 return false;
             };
-            let headers = if key.class == ClassKey::Header {
+            let headers = if key.class == Class::Header {
                 &v.headers
             } else {
                 &v.mime_headers
@@ -984,7 +932,7 @@ fn subject(key: &DbKey, v: &Views<'_>, pseudo: &PseudoHeaders<'_>, out: &mut Vec
 
 fn header_subject(
     name: &str,
-    part: PartKey,
+    part: HeaderPart,
     headers: &[crate::mime::HeaderView],
     pseudo: &PseudoHeaders<'_>,
     out: &mut Vec<u8>,
@@ -1000,10 +948,10 @@ fn header_subject(
             out.extend_from_slice(b": ");
         }
         match part {
-            PartKey::Decoded => out.extend_from_slice(h.decoded.as_bytes()),
-            PartKey::Raw => out.extend_from_slice(h.raw.as_bytes()),
-            PartKey::Addr => out.extend_from_slice(h.addrs.join("\n").as_bytes()),
-            PartKey::Name => out.extend_from_slice(h.names.join("\n").as_bytes()),
+            HeaderPart::Decoded => out.extend_from_slice(h.decoded.as_bytes()),
+            HeaderPart::Raw => out.extend_from_slice(h.raw.as_bytes()),
+            HeaderPart::Addr => out.extend_from_slice(h.addrs.join("\n").as_bytes()),
+            HeaderPart::Name => out.extend_from_slice(h.names.join("\n").as_bytes()),
         }
     };
     let names: &[&str] = match name {

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What a regex rule is matched against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Class {
     /// A named header of the message (or a pseudo-header such as `ALL`).
     Header,
@@ -52,7 +52,7 @@ impl Class {
 
 /// Which form of a header value a header rule reads (`Name`, `Name:raw`, `Name:addr`,
 /// `Name:name`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum HeaderPart {
     Decoded,
     Raw,
