@@ -2,7 +2,8 @@
 //! (`<admin_dir>/core-N.sock`, mode 0600) for queue operations, one JSON request per
 //! line, one JSON response per line. The request runs on the core that owns the
 //! messages, between two steps of its work, so nothing crosses cores and nothing locks.
-//! `bulwark queue` asks every core and merges the answers.
+//! `bulwark queue` asks every core and merges the answers; `bulwark quarantine` asks
+//! core 0, which keeps the quarantine store's desk.
 
 use std::io::{self, BufRead, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -16,6 +17,15 @@ use tracing::{info, warn};
 
 use crate::deliver::Deliverer;
 use crate::deliver::ops::{Request, Response};
+use crate::quarantine::{self, Desk};
+
+/// Either kind of request: they differ by their `op`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum AnyRequest {
+    Queue(Request),
+    Quarantine(quarantine::Request),
+}
 
 /// The longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -25,7 +35,12 @@ pub fn socket_path(dir: &Path, core: usize) -> PathBuf {
 }
 
 /// Starts this core's admin socket.
-pub fn serve(core: usize, dir: &Path, deliverer: Rc<Deliverer>) -> io::Result<()> {
+pub fn serve(
+    core: usize,
+    dir: &Path,
+    deliverer: Rc<Deliverer>,
+    desk: Option<Rc<Desk>>,
+) -> io::Result<()> {
     if !dir.exists() {
         // A directory of our own is closed to others; an existing one is left as it is.
         std::fs::create_dir_all(dir)?;
@@ -45,8 +60,9 @@ pub fn serve(core: usize, dir: &Path, deliverer: Rc<Deliverer>) -> io::Result<()
             match listener.accept().await {
                 Ok(stream) => {
                     let d = deliverer.clone();
+                    let q = desk.clone();
                     glommio::spawn_local(async move {
-                        if let Err(e) = session(stream, d).await {
+                        if let Err(e) = session(stream, d, q).await {
                             warn!(core, "admin session: {e}");
                         }
                     })
@@ -63,7 +79,11 @@ pub fn serve(core: usize, dir: &Path, deliverer: Rc<Deliverer>) -> io::Result<()
     Ok(())
 }
 
-async fn session(mut stream: UnixStream, deliverer: Rc<Deliverer>) -> io::Result<()> {
+async fn session(
+    mut stream: UnixStream,
+    deliverer: Rc<Deliverer>,
+    desk: Option<Rc<Desk>>,
+) -> io::Result<()> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 4096];
     loop {
@@ -74,15 +94,25 @@ async fn session(mut stream: UnixStream, deliverer: Rc<Deliverer>) -> io::Result
         buf.extend_from_slice(&chunk[..n]);
         while let Some(end) = memchr::memchr(b'\n', &buf) {
             let line: Vec<u8> = buf.drain(..=end).collect();
-            let response = match serde_json::from_slice::<Request>(&line) {
-                Ok(req) => deliverer.handle(req),
-                Err(e) => Response {
-                    ok: false,
-                    error: Some(format!("bad request: {e}")),
-                    ..Default::default()
+            let response = match serde_json::from_slice::<AnyRequest>(&line) {
+                Ok(AnyRequest::Queue(req)) => serde_json::to_vec(&deliverer.handle(req)),
+                Ok(AnyRequest::Quarantine(req)) => match &desk {
+                    Some(d) => serde_json::to_vec(&d.handle(req).await),
+                    None => serde_json::to_vec(&quarantine::Response {
+                        error: Some("the quarantine is kept by core 0".into()),
+                        ..Default::default()
+                    }),
                 },
+                Err(_) => serde_json::to_vec(&Response {
+                    ok: false,
+                    error: Some(format!(
+                        "bad request: {}",
+                        String::from_utf8_lossy(&line).trim_end()
+                    )),
+                    ..Default::default()
+                }),
             };
-            let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+            let mut out = response.map_err(io::Error::other)?;
             out.push(b'\n');
             stream.write_all(&out).await?;
             stream.flush().await?;
@@ -105,6 +135,39 @@ pub enum ClientError {
     Io(PathBuf, io::Error),
     #[error("{0}: bad response: {1}")]
     Protocol(PathBuf, String),
+}
+
+/// Sends `req` to one core's socket and returns its response.
+pub fn ask_core<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+    dir: &Path,
+    core: usize,
+    req: &Q,
+) -> Result<A, ClientError> {
+    let path = socket_path(dir, core);
+    let mut line =
+        serde_json::to_vec(req).map_err(|e| ClientError::Protocol(path.clone(), e.to_string()))?;
+    line.push(b'\n');
+    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+            ) =>
+        {
+            return Err(ClientError::NoEngine(dir.to_path_buf()));
+        }
+        Err(e) => return Err(ClientError::Io(path, e)),
+    };
+    let io_err = |e| ClientError::Io(path.clone(), e);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(io_err)?;
+    stream.write_all(&line).map_err(io_err)?;
+    let mut reader = io::BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer).map_err(io_err)?;
+    serde_json::from_str(&answer).map_err(|e| ClientError::Protocol(path.clone(), e.to_string()))
 }
 
 /// Sends `req` to every core's socket in `dir` and returns each core's response.

@@ -29,6 +29,16 @@ pub struct Config {
     pub harvest: HarvestConfig,
     pub domains: Vec<DomainConfig>,
     pub inspection: Inspection,
+    pub quarantine: QuarantineConfig,
+}
+
+/// The quarantine store (`[quarantine]`).
+#[derive(Debug, Clone)]
+pub struct QuarantineConfig {
+    /// Default: `quarantine` in the spool directory.
+    pub dir: Option<PathBuf>,
+    /// How long a quarantined message is kept before it is removed.
+    pub retention: Duration,
 }
 
 /// Content inspection (`[inspection]`): on by default with the built-in rules.
@@ -42,7 +52,8 @@ pub struct Inspection {
     /// Where compiled rule sets are cached (default: `rules-cache` in the spool dir).
     pub cache_dir: Option<PathBuf>,
     pub tag_threshold: f64,
-    pub reject_threshold: f64,
+    pub spam_threshold: f64,
+    pub spam_action: bulwark_inspect::inspector::Action,
     pub subject_tag: String,
     pub malformed_action: bulwark_inspect::inspector::Action,
     pub phishing_action: bulwark_inspect::inspector::Action,
@@ -181,6 +192,13 @@ pub struct DomainConfig {
 
 impl Config {
     /// Where the per-core admin sockets live.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.quarantine
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.spool.dir.join("quarantine"))
+    }
+
     pub fn admin_dir(&self) -> PathBuf {
         self.server
             .admin_dir
@@ -551,7 +569,7 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 14] = [
+        const SECTIONS: [&str; 15] = [
             "server",
             "spool",
             "queue",
@@ -566,6 +584,7 @@ impl<'t> Validator<'t> {
             "harvest",
             "domains",
             "inspection",
+            "quarantine",
         ];
         for (k, _) in root.iter() {
             if !SECTIONS.contains(&k.get_ref().as_ref()) {
@@ -589,6 +608,7 @@ impl<'t> Validator<'t> {
         let harvest = self.harvest(root);
         let domains = self.domains(root);
         let inspection = self.inspection(root);
+        let quarantine = self.quarantine(root);
         Config {
             server,
             spool,
@@ -604,7 +624,18 @@ impl<'t> Validator<'t> {
             harvest,
             domains,
             inspection,
+            quarantine,
         }
+    }
+
+    fn quarantine(&mut self, root: &Table<'_>) -> QuarantineConfig {
+        let mut s = self.section(root, "quarantine");
+        let dir = self.string(&mut s, "dir").map(|(d, _)| PathBuf::from(d));
+        let retention = self
+            .duration(&mut s, "retention")
+            .unwrap_or(Duration::from_secs(30 * 86400));
+        self.finish(s);
+        QuarantineConfig { dir, retention }
     }
 
     fn float(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<f64> {
@@ -650,7 +681,7 @@ impl<'t> Validator<'t> {
                 self.err(
                     &path,
                     Some(span),
-                    format!("{text:?} is not an action (reject, tag, deliver)"),
+                    format!("{text:?} is not an action (reject, quarantine, tag, deliver)"),
                 );
                 default
             }
@@ -672,15 +703,16 @@ impl<'t> Validator<'t> {
             .string(&mut s, "cache_dir")
             .map(|(p, _)| PathBuf::from(p));
         let tag_threshold = self.float(&mut s, "tag_threshold").unwrap_or(5.0);
-        let reject_threshold = self.float(&mut s, "reject_threshold").unwrap_or(15.0);
-        if reject_threshold < tag_threshold {
+        let spam_threshold = self.float(&mut s, "spam_threshold").unwrap_or(15.0);
+        if spam_threshold < tag_threshold {
             let line = s.line;
             self.errors.push(ConfigError {
-                key: "inspection.reject_threshold".into(),
+                key: "inspection.spam_threshold".into(),
                 line,
-                message: format!("{reject_threshold} is below tag_threshold ({tag_threshold})"),
+                message: format!("{spam_threshold} is below tag_threshold ({tag_threshold})"),
             });
         }
+        let spam_action = self.action(&mut s, "spam_action", Action::Reject);
         let subject_tag = self
             .string(&mut s, "subject_tag")
             .map(|(t, _)| t)
@@ -710,7 +742,8 @@ impl<'t> Validator<'t> {
             model,
             cache_dir,
             tag_threshold,
-            reject_threshold,
+            spam_threshold,
+            spam_action,
             subject_tag,
             malformed_action,
             phishing_action,

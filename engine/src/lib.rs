@@ -7,6 +7,7 @@ pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod quarantine;
 pub mod queue;
 pub mod reputation;
 pub mod runtime;

@@ -69,6 +69,55 @@ enum Command {
         #[command(subcommand)]
         op: QueueOp,
     },
+    /// List, show, release and delete quarantined messages of a running engine.
+    Quarantine {
+        /// Configuration file of the running engine (finds `server.admin_dir`).
+        #[arg(
+            long,
+            short,
+            default_value = "/etc/bulwark/bulwark.toml",
+            global = true
+        )]
+        config: PathBuf,
+        /// The admin socket directory, instead of reading it from the configuration.
+        #[arg(long, global = true)]
+        admin_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        op: QuarantineOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineOp {
+    /// Quarantined messages, oldest first: id, age, size, verdict, score, sender,
+    /// recipients, subject.
+    List {
+        /// Only messages held for this recipient.
+        #[arg(long)]
+        recipient: Option<String>,
+        /// One JSON document (an array of messages) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message: its details and its content (the first 256 KiB).
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver a quarantined message through the queue (to one recipient or all of
+    /// them), with an `X-Bulwark-Released` header.
+    Release {
+        id: String,
+        #[arg(long)]
+        recipient: Option<String>,
+    },
+    /// Remove a quarantined message (for one recipient or all of them).
+    Delete {
+        id: String,
+        #[arg(long)]
+        recipient: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,6 +178,17 @@ fn main() -> ExitCode {
             op,
         } => match queue(&config, admin_dir, op) {
             Ok(code) => code,
+            Err(e) => {
+                eprintln!("bulwark: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Quarantine {
+            config,
+            admin_dir,
+            op,
+        } => match quarantine(&config, admin_dir, op) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bulwark: {e:#}");
                 ExitCode::FAILURE
@@ -242,18 +302,120 @@ fn publish_policy(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn queue(
-    config: &std::path::Path,
-    admin_dir: Option<PathBuf>,
-    op: QueueOp,
-) -> anyhow::Result<ExitCode> {
-    use bulwark::deliver::ops::Request;
-    let dir = match admin_dir {
+fn admin_dir(config: &std::path::Path, given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match given {
         Some(d) => d,
         None => Config::load(config)
             .map_err(|e| anyhow::anyhow!("{}:\n{e}", config.display()))?
             .admin_dir(),
+    })
+}
+
+fn quarantine(
+    config: &std::path::Path,
+    admin_dir_arg: Option<PathBuf>,
+    op: QuarantineOp,
+) -> anyhow::Result<()> {
+    use bulwark::quarantine::{Request, Response};
+    let dir = admin_dir(config, admin_dir_arg)?;
+    let by = format!(
+        "{}@cli",
+        std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "admin".into())
+    );
+    let req = match &op {
+        QuarantineOp::List { recipient, .. } => Request::QuarantineList {
+            recipient: recipient.clone(),
+        },
+        QuarantineOp::Show { id, .. } => Request::QuarantineShow { id: id.clone() },
+        QuarantineOp::Release { id, recipient } => Request::QuarantineRelease {
+            id: id.clone(),
+            recipient: recipient.clone(),
+            by: Some(by),
+        },
+        QuarantineOp::Delete { id, recipient } => Request::QuarantineDelete {
+            id: id.clone(),
+            recipient: recipient.clone(),
+        },
     };
+    let r: Response = bulwark::admin::ask_core(&dir, 0, &req)?;
+    if !r.ok {
+        anyhow::bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
+    }
+    let now = bulwark::queue::unix_now();
+    match op {
+        QuarantineOp::List { json: true, .. } => {
+            println!("{}", serde_json::to_string_pretty(&r.entries)?)
+        }
+        QuarantineOp::Show { json: true, .. } => println!("{}", serde_json::to_string_pretty(&r)?),
+        QuarantineOp::List { .. } => {
+            let mut size = 0;
+            for m in &r.entries {
+                size += m.size;
+                println!(
+                    "{}  {:>9}  {:>7}  {} {:.1}  <{}>",
+                    m.id,
+                    m.size,
+                    age(now.saturating_sub(m.arrival)),
+                    m.verdict,
+                    m.score,
+                    m.sender
+                );
+                println!("    subject: {}", m.subject.replace(['\r', '\n'], " "));
+                for rcpt in &m.recipients {
+                    println!("    {rcpt}");
+                }
+            }
+            println!(
+                "-- {} message{}, {} octets in quarantine",
+                r.entries.len(),
+                plural(r.entries.len()),
+                size
+            );
+        }
+        QuarantineOp::Show { .. } => {
+            for m in &r.entries {
+                println!("id:          {}", m.id);
+                println!("sender:      <{}>", m.sender);
+                println!("recipients:  {}", m.recipients.join(", "));
+                println!("client:      {} ({})", m.client_ip, m.helo);
+                println!(
+                    "arrival:     {} ({} ago)",
+                    bulwark::util::rfc5322_date(m.arrival),
+                    age(now.saturating_sub(m.arrival))
+                );
+                println!("expires:     {}", bulwark::util::rfc5322_date(m.expires));
+                println!("verdict:     {} (score {:.2})", m.verdict, m.score);
+                println!("rules:       {}", m.rules.join(", "));
+                println!("size:        {} octets", m.size);
+                println!("subject:     {}", m.subject.replace(['\r', '\n'], " "));
+            }
+            println!();
+            print!("{}", r.content.unwrap_or_default());
+            if r.truncated {
+                println!("\n[… truncated at 256 KiB]");
+            }
+        }
+        QuarantineOp::Release { id, .. } => println!(
+            "{id}: released to {} as {}",
+            r.recipients.join(", "),
+            r.queued_as.unwrap_or_default()
+        ),
+        QuarantineOp::Delete { id, .. } => {
+            println!("{id}: deleted for {}", r.recipients.join(", "))
+        }
+    }
+    Ok(())
+}
+
+fn queue(
+    config: &std::path::Path,
+    admin_dir_arg: Option<PathBuf>,
+    op: QueueOp,
+) -> anyhow::Result<ExitCode> {
+    use bulwark::deliver::ops::Request;
+    let dir = admin_dir(config, admin_dir_arg)?;
     let (req, json) = match &op {
         QueueOp::List { json } => (Request::List, *json),
         QueueOp::Show { id, json } => (Request::Show { id: id.clone() }, *json),

@@ -64,7 +64,9 @@ const SCAN: &[f64] = &[
 
 /// Inspection verdicts (`verdict` label) and actions (`action` label).
 pub const VERDICTS: [&str; 4] = ["clean", "spam", "phishing", "malformed"];
-pub const ACTIONS: [&str; 3] = ["deliver", "tag", "reject"];
+/// Quarantine operations (`op` label), indexes of `Shard::quarantine_ops`.
+pub const QUARANTINE_OPS: [&str; 3] = ["released", "deleted", "expired"];
+pub const ACTIONS: [&str; 4] = ["deliver", "tag", "quarantine", "reject"];
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
@@ -188,6 +190,8 @@ pub struct Shard {
     pub policy_generation: Gauge,
     /// Published snapshots this core refused (checksum, archive, schema, generation).
     pub policy_refused: Counter,
+    /// Quarantine operations: released, deleted, expired (messages).
+    pub quarantine_ops: [Counter; 3],
     /// Seconds from the end of DATA to the `250`: the spool's group commit.
     pub accept_latency: Histogram,
     /// Messages made durable per commit.
@@ -197,7 +201,7 @@ pub struct Shard {
     /// Seconds from arrival to the final outcome.
     pub queue_residence: Histogram,
     /// Inspected messages by verdict and action ([`VERDICTS`] × [`ACTIONS`]).
-    pub verdicts: [[Counter; 3]; 4],
+    pub verdicts: [[Counter; 4]; 4],
     /// Seconds to parse a message into views, and to match the rules.
     pub scan_parse: Histogram,
     pub scan_rules: Histogram,
@@ -231,6 +235,7 @@ impl Shard {
             spool_damaged: Counter::default(),
             policy_generation: Gauge::default(),
             policy_refused: Counter::default(),
+            quarantine_ops: Default::default(),
             accept_latency: Histogram::new(LATENCY),
             commit_batch: Histogram::new(BATCH),
             delivery_latency: Histogram::new(LATENCY),
@@ -578,6 +583,16 @@ impl Collector for Families {
                 "Published policy snapshots refused by a core (the last good one stays in force).",
                 c,
                 vec![counter(m.sum(|s| s.policy_refused.get()), &[])],
+            ),
+            family(
+                "bulwark_quarantine_operations_total",
+                "Quarantined messages released, deleted or expired (one per message and recipient set).",
+                c,
+                QUARANTINE_OPS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, op)| counter(m.sum(|s| s.quarantine_ops[i].get()), &[("op", op)]))
+                    .collect(),
             ),
             family(
                 "bulwark_inspection_verdicts_total",

@@ -42,6 +42,7 @@ pub struct Core {
     pub memory: Rc<Budget>,
     /// Content inspection, when enabled: the shared rules and this core's scratch.
     pub inspect: Option<CoreInspect>,
+    pub quarantine: crate::quarantine::Quarantine,
 }
 
 /// One core's inspection state.
@@ -83,7 +84,8 @@ fn load_inspector(
     let settings = bulwark_inspect::inspector::Settings {
         limits: c.limits,
         tag_threshold: c.tag_threshold,
-        reject_threshold: c.reject_threshold,
+        spam_threshold: c.spam_threshold,
+        spam_action: c.spam_action,
         subject_tag: c.subject_tag.clone(),
         phishing_action: c.phishing_action,
         malformed_action: c.malformed_action,
@@ -373,6 +375,24 @@ async fn run_core(
         memory.clone(),
         Rc::new(deliver::clock::SystemClock),
     );
+    let quarantine =
+        crate::quarantine::Quarantine::new(cfg.quarantine_dir(), cfg.quarantine.retention);
+    quarantine.prepare().with_context(|| {
+        format!(
+            "quarantine.dir: cannot create {}",
+            quarantine.dir().display()
+        )
+    })?;
+    let desk = (id == 0).then(|| {
+        crate::quarantine::Desk::start(
+            quarantine.clone(),
+            spool.clone(),
+            ids.clone(),
+            deliverer.clone(),
+            shared.metrics.clone(),
+            id,
+        )
+    });
     let core = Rc::new(Core {
         id,
         session_cfg: SessionConfig {
@@ -407,6 +427,7 @@ async fn run_core(
             }),
             None => None,
         },
+        quarantine,
     });
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {
@@ -415,7 +436,7 @@ async fn run_core(
         listeners.push(l);
     }
     let admin_dir = cfg.admin_dir();
-    crate::admin::serve(id, &admin_dir, deliverer.clone()).with_context(|| {
+    crate::admin::serve(id, &admin_dir, deliverer.clone(), desk).with_context(|| {
         format!(
             "server.admin_dir: cannot open the admin socket in {}",
             admin_dir.display()

@@ -231,7 +231,7 @@ fn bulwark_learn_trains_a_model_the_engine_scores_with() {
     let engine = engine_for(
         sink.addr,
         &format!(
-            "\n[inspection]\nmodel = \"{}\"\nreject_threshold = 1000\n",
+            "\n[inspection]\nmodel = \"{}\"\nspam_threshold = 1000\n",
             model.display()
         ),
     );
@@ -260,4 +260,175 @@ print("sent")
         status.contains("BAYES_"),
         "the classifier scored the message: {head}"
     );
+}
+
+fn quarantine_list(engine: &Engine, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["list", "--json"];
+    args.extend_from_slice(extra);
+    let (ok, text) = engine.quarantine(&args);
+    assert!(ok, "bulwark quarantine list failed: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))
+}
+
+#[test]
+fn quarantined_spam_is_kept_per_recipient_across_kill_9_and_released_through_the_queue() {
+    let sink = Sink::start(sink_addr());
+    let mut engine = engine_for(sink.addr, "\n[inspection]\nspam_action = \"quarantine\"\n");
+    let out = python(&format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("{}", {})
+r = s.sendmail("alice@sender.test", ["bob@example.test", "carol@example.test"],
+    "From: alice@sender.test\r\nSubject: =?utf-8?q?caf=C3=A9_deal?=\r\n\r\n{GTUBE}\r\n")
+s.quit()
+print("accepted", r)
+"#,
+        engine.smtp.ip(),
+        engine.smtp.port()
+    ));
+    assert_eq!(
+        out.trim(),
+        "accepted {}",
+        "a quarantined message is accepted"
+    );
+    assert_eq!(
+        engine.metric("bulwark_inspection_verdicts_total{verdict=\"spam\",action=\"quarantine\"}"),
+        1.0
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        sink.messages().is_empty(),
+        "quarantined mail is not delivered"
+    );
+    assert!(engine.queue_list().is_empty(), "nor queued");
+
+    let list = quarantine_list(&engine, &[]);
+    assert_eq!(list.len(), 1, "{list:?}");
+    let q = &list[0];
+    let id = q["id"].as_str().unwrap().to_string();
+    assert_eq!(q["verdict"], "spam");
+    assert_eq!(q["subject"], "café deal");
+    assert_eq!(q["sender"], "alice@sender.test");
+    assert!(q["rules"].as_array().unwrap().iter().any(|r| r == "GTUBE"));
+    assert!(q["expires"].as_u64().unwrap() >= q["arrival"].as_u64().unwrap() + 30 * 86400 - 1);
+    assert_eq!(
+        quarantine_list(&engine, &["--recipient", "carol@example.test"]).len(),
+        1
+    );
+    assert!(quarantine_list(&engine, &["--recipient", "dave@example.test"]).is_empty());
+    let (ok, shown) = engine.quarantine(&["show", &id]);
+    assert!(ok, "{shown}");
+    assert!(shown.contains("verdict:     spam"), "{shown}");
+    assert!(shown.contains("X-Spam-Flag: YES"), "{shown}");
+    assert!(shown.contains(GTUBE), "{shown}");
+
+    // A crash keeps it.
+    engine.restart();
+    assert_eq!(quarantine_list(&engine, &[]).len(), 1);
+
+    // Released for one recipient: delivered through the queue under a new id, saying so.
+    let (ok, out) = engine.quarantine(&["release", &id, "--recipient", "bob@example.test"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("released to bob@example.test as "), "{out}");
+    let msgs = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].rcpts, vec!["bob@example.test".to_string()]);
+    let released = msgs[0].header("X-Bulwark-Released").unwrap_or_default();
+    assert!(
+        released.starts_with(&format!("from quarantine {id} by ")),
+        "{released}"
+    );
+    assert!(msgs[0].content.contains(GTUBE));
+    // Carol's copy stays; releasing Bob's again is an error naming him.
+    let left = quarantine_list(&engine, &[]);
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0]["recipients"],
+        serde_json::json!(["carol@example.test"])
+    );
+    let (ok, out) = engine.quarantine(&["release", &id, "--recipient", "bob@example.test"]);
+    assert!(!ok);
+    assert!(
+        out.contains("not in quarantine for bob@example.test"),
+        "{out}"
+    );
+
+    // Deleted: gone, and it never reaches the sink.
+    let (ok, out) = engine.quarantine(&["delete", &id]);
+    assert!(ok, "{out}");
+    assert!(quarantine_list(&engine, &[]).is_empty());
+    let (ok, out) = engine.quarantine(&["show", &id]);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("no message {id} in quarantine")),
+        "{out}"
+    );
+    let (ok, out) = engine.quarantine(&["show", "../../etc/passwd"]);
+    assert!(!ok);
+    assert!(out.contains("is not a queue id"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.messages().len(), 1);
+    assert_eq!(
+        engine.metric("bulwark_quarantine_operations_total{op=\"released\"}"),
+        1.0
+    );
+    assert_eq!(
+        engine.metric("bulwark_quarantine_operations_total{op=\"deleted\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_streamed_message_is_quarantined_whole() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "\n[inspection]\nspam_action = \"quarantine\"\n");
+    // Larger than what a session keeps in memory: it streams to the spool.
+    let out = python(&format!(
+        r#"
+import smtplib
+body = "{GTUBE}\r\n" + ("filler line of a large message\r\n" * 200000) + "the end\r\n"
+s = smtplib.SMTP("{}", {})
+r = s.sendmail("alice@sender.test", ["bob@example.test"], "Subject: big\r\n\r\n" + body)
+s.quit()
+print("accepted", r, len(body))
+"#,
+        engine.smtp.ip(),
+        engine.smtp.port()
+    ));
+    assert!(out.starts_with("accepted {}"), "{out}");
+    assert_eq!(engine.metric("bulwark_messages_streamed_total"), 1.0);
+    let list = quarantine_list(&engine, &[]);
+    assert_eq!(list.len(), 1, "{list:?}");
+    let size = list[0]["size"].as_u64().unwrap();
+    assert!(size > 6_400_000, "{size}");
+    // The stored copy is the whole message, and the spool keeps nothing of it.
+    let id = list[0]["id"].as_str().unwrap();
+    let file = engine.spool.join("quarantine").join(format!("{id}.bwq"));
+    let stored = std::fs::read(&file).unwrap();
+    assert!(stored.ends_with(b"the end\r\n"));
+    assert!(engine.queue_list().is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sink.messages().is_empty());
+}
+
+#[test]
+fn quarantined_mail_is_removed_after_its_retention() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(
+        sink.addr,
+        "\n[inspection]\nspam_action = \"quarantine\"\n[quarantine]\nretention = \"2s\"\n",
+    );
+    let (ok, out) = swaks(&engine, &["--header", "Subject: t", "--body", GTUBE]);
+    assert!(ok, "{out}");
+    assert_eq!(quarantine_list(&engine, &[]).len(), 1);
+    assert!(
+        wait_until(Duration::from_secs(10), || quarantine_list(&engine, &[])
+            .is_empty()),
+        "still there after its retention"
+    );
+    assert_eq!(
+        engine.metric("bulwark_quarantine_operations_total{op=\"expired\"}"),
+        1.0
+    );
+    assert!(sink.messages().is_empty());
 }

@@ -26,6 +26,8 @@ pub enum Action {
     Deliver,
     /// Deliver with the spam headers set (and the subject tagged, if configured).
     Tag,
+    /// Kept in the quarantine store, not delivered until released.
+    Quarantine,
     /// `550 5.7.1` in the session.
     Reject,
 }
@@ -35,6 +37,7 @@ impl Action {
         match self {
             Action::Deliver => "deliver",
             Action::Tag => "tag",
+            Action::Quarantine => "quarantine",
             Action::Reject => "reject",
         }
     }
@@ -43,6 +46,7 @@ impl Action {
         match s {
             "deliver" => Some(Action::Deliver),
             "tag" => Some(Action::Tag),
+            "quarantine" => Some(Action::Quarantine),
             "reject" => Some(Action::Reject),
             _ => None,
         }
@@ -74,10 +78,11 @@ impl Verdict {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub limits: Limits,
-    /// Score from which a message is spam (tagged).
+    /// Score from which a message is suspect: tagged and delivered.
     pub tag_threshold: f64,
-    /// Score from which spam is refused.
-    pub reject_threshold: f64,
+    /// Score from which a message is spam and gets `spam_action`.
+    pub spam_threshold: f64,
+    pub spam_action: Action,
     /// Prefix put on the Subject of tagged mail; empty for none.
     pub subject_tag: String,
     pub phishing_action: Action,
@@ -91,7 +96,8 @@ impl Default for Settings {
         Settings {
             limits: Limits::default(),
             tag_threshold: 5.0,
-            reject_threshold: 15.0,
+            spam_threshold: 15.0,
+            spam_action: Action::Reject,
             subject_tag: String::new(),
             phishing_action: Action::Reject,
             malformed_action: Action::Reject,
@@ -126,6 +132,8 @@ pub struct Report {
     pub score: f64,
     pub hits: Vec<Hit>,
     pub verdict: Verdict,
+    /// The decoded Subject (at most 256 characters), for logs and the quarantine.
+    pub subject: String,
     pub action: Action,
     pub probability: Option<f64>,
     /// Whether only the start of the message was read (larger than the scan bound).
@@ -328,8 +336,8 @@ impl Inspector {
             (Verdict::Malformed(limit), s.malformed_action)
         } else if phishing {
             (Verdict::Phishing, s.phishing_action)
-        } else if score >= s.reject_threshold {
-            (Verdict::Spam, Action::Reject)
+        } else if score >= s.spam_threshold {
+            (Verdict::Spam, s.spam_action)
         } else if score >= s.tag_threshold {
             (Verdict::Spam, Action::Tag)
         } else {
@@ -339,6 +347,7 @@ impl Inspector {
             score,
             hits: hit_list,
             verdict,
+            subject: views.subject.chars().take(256).collect(),
             action,
             probability,
             truncated: views.truncated,
@@ -359,7 +368,7 @@ impl Inspector {
             report.verdict.as_str(),
             report.score,
             s.tag_threshold,
-            s.reject_threshold
+            s.spam_threshold
         );
         let detail: Vec<String> = report
             .hits

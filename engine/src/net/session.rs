@@ -65,6 +65,8 @@ struct Streaming {
     arrival: u64,
     /// Inspection (of the first piece) refused the message: the reply for its end.
     refused: Option<String>,
+    /// Inspection chose to quarantine it: copied to the store once complete.
+    quarantine: Option<Box<crate::quarantine::Meta>>,
     /// `None` once writing failed: the rest of the content is read and dropped, and the
     /// end of the message gets this reply.
     message: Option<StreamedMessage>,
@@ -328,13 +330,17 @@ async fn stream_piece(
             &piece,
             arrival,
         );
-        let (refused, stamp) = match inspected {
-            Inspected::Refuse(reply) => (Some(reply), Vec::new()),
-            Inspected::Accept { stamp, drop } => {
+        let (refused, stamp, quarantine) = match inspected {
+            Inspected::Refuse(reply) => (Some(reply), Vec::new(), None),
+            Inspected::Accept {
+                stamp,
+                drop,
+                quarantine,
+            } => {
                 if !drop.is_empty() {
                     piece = without(&piece, &drop);
                 }
-                (None, stamp)
+                (None, stamp, quarantine)
             }
         };
         let tx = session.transaction();
@@ -342,6 +348,7 @@ async fn stream_piece(
             id,
             arrival,
             refused,
+            quarantine,
             message: None,
             failure: SPOOL_ERROR,
         };
@@ -408,6 +415,25 @@ async fn accept_streamed(
             let shard = core.shard();
             shard.messages_received.inc();
             shard.streamed.inc();
+            if let Some(mut meta) = st.quarantine {
+                // In the spool already: copied to the quarantine, then finished there.
+                meta.size = size;
+                let stored = core
+                    .quarantine
+                    .store_from_spool(&mut meta, &core.spool, location)
+                    .await;
+                core.spool.mark_done(location, &st.id);
+                return match stored {
+                    Ok(()) => {
+                        info!(id = %st.id, %peer, from = %tx.mail_from, rcpts = tx.rcpts.len(), size, "quarantined (streamed)");
+                        Ok(st.id)
+                    }
+                    Err(e) => {
+                        warn!(%peer, id = %st.id, "cannot quarantine: {e}");
+                        Err(QUARANTINE_FAILED.to_string())
+                    }
+                };
+            }
             info!(id = %st.id, %peer, from = %tx.mail_from, rcpts = tx.rcpts.len(), size, "accepted (streamed)");
             let msg = crate::deliver::Message::new(
                 st.id.clone(),
@@ -428,6 +454,10 @@ async fn accept_streamed(
         }
     }
 }
+
+/// The reply when a message to quarantine cannot be written.
+const QUARANTINE_FAILED: &str =
+    "451 4.3.0 Message not accepted: local storage error, try again later";
 
 fn spool_reply(e: &SpoolError) -> &'static str {
     if e.is_no_space() {
@@ -480,14 +510,34 @@ async fn accept_message(
     let now = unix_now();
     let mut header = Vec::with_capacity(1024);
     received_header(&mut header, core, session, stream, peer, &id, &tx, now);
-    match inspect(core, session, peer, &id, &tx, &tx.body, now) {
+    let quarantine = match inspect(core, session, peer, &id, &tx, &tx.body, now) {
         Inspected::Refuse(reply) => return Err(reply),
-        Inspected::Accept { stamp, drop } => {
+        Inspected::Accept {
+            stamp,
+            drop,
+            quarantine,
+        } => {
             header.extend_from_slice(&stamp);
             if !drop.is_empty() {
                 tx.body = without(&tx.body, &drop);
             }
+            quarantine
         }
+    };
+    if let Some(mut meta) = quarantine {
+        meta.size = (header.len() + tx.body.len()) as u64;
+        return match core.quarantine.store(&mut meta, &[&header, &tx.body]).await {
+            Ok(()) => {
+                core.shard().messages_received.inc();
+                info!(%id, %peer, from = %tx.mail_from, rcpts = tx.rcpts.len(), size = meta.size, "quarantined");
+                Ok(id)
+            }
+            Err(e) => {
+                core.shard().reject(Reject::SpoolFailed);
+                warn!(%peer, %id, "cannot quarantine: {e}");
+                Err(QUARANTINE_FAILED.to_string())
+            }
+        };
     }
     let flags = flags_of(&tx);
     match core
@@ -529,6 +579,8 @@ enum Inspected {
     Accept {
         stamp: Vec<u8>,
         drop: Vec<std::ops::Range<usize>>,
+        /// Kept in the quarantine store instead of queued.
+        quarantine: Option<Box<crate::quarantine::Meta>>,
     },
 }
 
@@ -544,18 +596,17 @@ fn inspect(
     arrival: u64,
 ) -> Inspected {
     use bulwark_inspect::inspector::{self, Action, Envelope, Verdict};
+    let unscanned = || Inspected::Accept {
+        stamp: Vec::new(),
+        drop: Vec::new(),
+        quarantine: None,
+    };
     let Some(ci) = &core.inspect else {
-        return Inspected::Accept {
-            stamp: Vec::new(),
-            drop: Vec::new(),
-        };
+        return unscanned();
     };
     let Ok(mut scanner) = ci.scanner.try_borrow_mut() else {
         // Never happens (inspection does not yield); accept untagged rather than fail.
-        return Inspected::Accept {
-            stamp: Vec::new(),
-            drop: Vec::new(),
-        };
+        return unscanned();
     };
     let ins = &ci.inspector;
     let env = Envelope {
@@ -612,7 +663,7 @@ fn inspect(
             };
             Inspected::Refuse(reply)
         }
-        Action::Tag | Action::Deliver => {
+        Action::Tag | Action::Deliver | Action::Quarantine => {
             let mut stamp = Vec::with_capacity(512);
             ins.stamp(&report, &mut stamp);
             let tag = &ins.settings.subject_tag;
@@ -624,7 +675,28 @@ fn inspect(
                 stamp.extend_from_slice(inspector::raw_subject(content).unwrap_or_default());
                 stamp.extend_from_slice(b"\r\n");
             }
-            Inspected::Accept { stamp, drop }
+            let quarantine = (report.action == Action::Quarantine).then(|| {
+                Box::new(crate::quarantine::Meta {
+                    id: id.to_string(),
+                    arrival,
+                    sender: tx.mail_from.clone(),
+                    recipients: tx.rcpts.clone(),
+                    client_ip: peer.ip().to_string(),
+                    helo: session.helo().to_string(),
+                    verdict: report.verdict.as_str().to_string(),
+                    score: report.score,
+                    rules: report.hits.iter().map(|h| h.name.clone()).collect(),
+                    subject: report.subject.clone(),
+                    size: 0,
+                    flags: flags_of(tx),
+                    expires: 0,
+                })
+            });
+            Inspected::Accept {
+                stamp,
+                drop,
+                quarantine,
+            }
         }
     }
 }

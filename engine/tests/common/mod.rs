@@ -180,12 +180,21 @@ impl Engine {
 
     /// Runs `bulwark queue ARGS` against this engine: (success, stdout and stderr).
     pub fn queue(&self, args: &[&str]) -> (bool, String) {
+        self.admin("queue", args)
+    }
+
+    /// Runs `bulwark quarantine ARGS` against this engine.
+    pub fn quarantine(&self, args: &[&str]) -> (bool, String) {
+        self.admin("quarantine", args)
+    }
+
+    fn admin(&self, command: &str, args: &[&str]) -> (bool, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
-            .args(["queue", "--config"])
+            .args([command, "--config"])
             .arg(&self.config)
             .args(args)
             .output()
-            .expect("run bulwark queue");
+            .expect("run bulwark");
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
