@@ -30,6 +30,15 @@ pub struct Config {
     pub domains: Vec<DomainConfig>,
     pub inspection: Inspection,
     pub quarantine: QuarantineConfig,
+    pub authentication: AuthConfig,
+}
+
+/// Sender authentication (`[authentication]`).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    /// The longest the end of data waits for the results.
+    pub timeout: Duration,
 }
 
 /// The quarantine store (`[quarantine]`).
@@ -57,6 +66,8 @@ pub struct Inspection {
     pub subject_tag: String,
     pub malformed_action: bulwark_inspect::inspector::Action,
     pub phishing_action: bulwark_inspect::inspector::Action,
+    pub dmarc_reject_action: bulwark_inspect::inspector::Action,
+    pub dmarc_quarantine_action: bulwark_inspect::inspector::Action,
     pub limits: bulwark_inspect::mime::Limits,
 }
 
@@ -569,7 +580,7 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 15] = [
+        const SECTIONS: [&str; 16] = [
             "server",
             "spool",
             "queue",
@@ -585,6 +596,7 @@ impl<'t> Validator<'t> {
             "domains",
             "inspection",
             "quarantine",
+            "authentication",
         ];
         for (k, _) in root.iter() {
             if !SECTIONS.contains(&k.get_ref().as_ref()) {
@@ -609,6 +621,7 @@ impl<'t> Validator<'t> {
         let domains = self.domains(root);
         let inspection = self.inspection(root);
         let quarantine = self.quarantine(root);
+        let authentication = self.authentication(root);
         Config {
             server,
             spool,
@@ -625,7 +638,18 @@ impl<'t> Validator<'t> {
             domains,
             inspection,
             quarantine,
+            authentication,
         }
+    }
+
+    fn authentication(&mut self, root: &Table<'_>) -> AuthConfig {
+        let mut s = self.section(root, "authentication");
+        let enabled = self.boolean(&mut s, "enabled").unwrap_or(true);
+        let timeout = self
+            .duration(&mut s, "timeout")
+            .unwrap_or(Duration::from_secs(4));
+        self.finish(s);
+        AuthConfig { enabled, timeout }
     }
 
     fn quarantine(&mut self, root: &Table<'_>) -> QuarantineConfig {
@@ -719,6 +743,9 @@ impl<'t> Validator<'t> {
             .unwrap_or_default();
         let malformed_action = self.action(&mut s, "malformed_action", Action::Reject);
         let phishing_action = self.action(&mut s, "phishing_action", Action::Reject);
+        let dmarc_reject_action = self.action(&mut s, "dmarc_reject_action", Action::Reject);
+        let dmarc_quarantine_action =
+            self.action(&mut s, "dmarc_quarantine_action", Action::Quarantine);
         let d = bulwark_inspect::mime::Limits::default();
         let limits = bulwark_inspect::mime::Limits {
             max_parts: self
@@ -747,6 +774,8 @@ impl<'t> Validator<'t> {
             subject_tag,
             malformed_action,
             phishing_action,
+            dmarc_reject_action,
+            dmarc_quarantine_action,
             limits,
         }
     }

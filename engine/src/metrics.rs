@@ -63,7 +63,19 @@ const SCAN: &[f64] = &[
 ];
 
 /// Inspection verdicts (`verdict` label) and actions (`action` label).
-pub const VERDICTS: [&str; 4] = ["clean", "spam", "phishing", "malformed"];
+pub const VERDICTS: [&str; 5] = ["clean", "spam", "phishing", "malformed", "authfail"];
+/// Sender authentication methods (`method` label) and results (`result` label), in
+/// the order of `bulwark_inspect::native::AuthResult`.
+pub const AUTH_METHODS: [&str; 5] = ["spf", "dkim", "dmarc", "arc", "iprev"];
+pub const AUTH_RESULTS: [&str; 7] = [
+    "none",
+    "pass",
+    "fail",
+    "softfail",
+    "neutral",
+    "temperror",
+    "permerror",
+];
 /// Quarantine operations (`op` label), indexes of `Shard::quarantine_ops`.
 pub const QUARANTINE_OPS: [&str; 3] = ["released", "deleted", "expired"];
 pub const ACTIONS: [&str; 4] = ["deliver", "tag", "quarantine", "reject"];
@@ -201,7 +213,11 @@ pub struct Shard {
     /// Seconds from arrival to the final outcome.
     pub queue_residence: Histogram,
     /// Inspected messages by verdict and action ([`VERDICTS`] × [`ACTIONS`]).
-    pub verdicts: [[Counter; 4]; 4],
+    pub verdicts: [[Counter; 4]; 5],
+    /// Messages by authentication method and result.
+    pub auth_results: [[Counter; 7]; 5],
+    /// Messages whose authentication did not finish within `[authentication] timeout`.
+    pub auth_timeouts: Counter,
     /// Seconds to parse a message into views, and to match the rules.
     pub scan_parse: Histogram,
     pub scan_rules: Histogram,
@@ -241,6 +257,8 @@ impl Shard {
             delivery_latency: Histogram::new(LATENCY),
             queue_residence: Histogram::new(RESIDENCE),
             verdicts: Default::default(),
+            auth_results: Default::default(),
+            auth_timeouts: Counter::default(),
             scan_parse: Histogram::new(SCAN),
             scan_rules: Histogram::new(SCAN),
             rule_hits: std::sync::OnceLock::new(),
@@ -583,6 +601,29 @@ impl Collector for Families {
                 "Published policy snapshots refused by a core (the last good one stays in force).",
                 c,
                 vec![counter(m.sum(|s| s.policy_refused.get()), &[])],
+            ),
+            family(
+                "bulwark_auth_results_total",
+                "Messages by sender authentication method and result (RFC 8601 names).",
+                c,
+                {
+                    let mut v = Vec::new();
+                    for (i, method) in AUTH_METHODS.iter().enumerate() {
+                        for (j, result) in AUTH_RESULTS.iter().enumerate() {
+                            v.push(counter(
+                                m.sum(|s| s.auth_results[i][j].get()),
+                                &[("method", method), ("result", result)],
+                            ));
+                        }
+                    }
+                    v
+                },
+            ),
+            family(
+                "bulwark_auth_timeouts_total",
+                "Messages whose sender authentication did not finish in time (inspected without it).",
+                c,
+                vec![counter(m.sum(|s| s.auth_timeouts.get()), &[])],
             ),
             family(
                 "bulwark_quarantine_operations_total",

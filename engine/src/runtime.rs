@@ -43,6 +43,7 @@ pub struct Core {
     /// Content inspection, when enabled: the shared rules and this core's scratch.
     pub inspect: Option<CoreInspect>,
     pub quarantine: crate::quarantine::Quarantine,
+    pub auth: Option<crate::auth::Auth>,
 }
 
 /// One core's inspection state.
@@ -67,6 +68,7 @@ struct Shared {
     server_tls: Option<Arc<rustls::ServerConfig>>,
     client_tls: Arc<rustls::ClientConfig>,
     inspector: Option<Arc<bulwark_inspect::inspector::Inspector>>,
+    auth: Option<crate::auth::Auth>,
 }
 
 /// Loads the inspection rules and model named by `[inspection]` (compiling the rules, or
@@ -89,6 +91,8 @@ fn load_inspector(
         subject_tag: c.subject_tag.clone(),
         phishing_action: c.phishing_action,
         malformed_action: c.malformed_action,
+        dmarc_reject_action: c.dmarc_reject_action,
+        dmarc_quarantine_action: c.dmarc_quarantine_action,
         ..Default::default()
     };
     let cache = c
@@ -184,6 +188,21 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.spool.dir)
         .with_context(|| format!("spool.dir: cannot create {}", config.spool.dir.display()))?;
     let inspector = load_inspector(&config, &metrics)?;
+    let auth = if config.authentication.enabled {
+        Some(
+            crate::auth::Auth::start(
+                &config.dns.nameservers,
+                crate::auth::Settings {
+                    timeout: config.authentication.timeout,
+                    authserv_id: config.server.hostname.clone(),
+                },
+            )
+            .context("starting sender authentication")?,
+        )
+    } else {
+        info!("sender authentication is off ([authentication] enabled = false)");
+        None
+    };
     let shared = Arc::new(Shared {
         config,
         cores,
@@ -193,6 +212,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         server_tls,
         client_tls: tls::opportunistic_client_config(),
         inspector,
+        auth,
     });
     // Cores talk to each other through these links (harvest protection).
     let mut links = harvest::Links::new(cores).into_iter();
@@ -428,6 +448,7 @@ async fn run_core(
             None => None,
         },
         quarantine,
+        auth: shared.auth.clone(),
     });
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {

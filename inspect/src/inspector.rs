@@ -20,8 +20,9 @@ use crate::rules::{self, RuleSet};
 /// Bulwark's built-in rules.
 pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");
 
-/// What happens to a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What happens to a message, mildest first: when several verdict classes apply, the
+/// strongest action wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
     Deliver,
     /// Deliver with the spam headers set (and the subject tagged, if configured).
@@ -61,6 +62,8 @@ pub enum Verdict {
     Phishing,
     /// Past a structural limit (parts, nesting, header size).
     Malformed(LimitHit),
+    /// DMARC failed for a From domain that publishes `p=reject` or `p=quarantine`.
+    AuthFail,
 }
 
 impl Verdict {
@@ -70,6 +73,7 @@ impl Verdict {
             Verdict::Spam => "spam",
             Verdict::Phishing => "phishing",
             Verdict::Malformed(_) => "malformed",
+            Verdict::AuthFail => "authfail",
         }
     }
 }
@@ -87,6 +91,9 @@ pub struct Settings {
     pub subject_tag: String,
     pub phishing_action: Action,
     pub malformed_action: Action,
+    /// For mail failing DMARC whose From domain publishes `p=reject` / `p=quarantine`.
+    pub dmarc_reject_action: Action,
+    pub dmarc_quarantine_action: Action,
     /// Name in `X-Spam-Status` and `X-Bulwark-Product-Ver`.
     pub product: String,
 }
@@ -101,6 +108,8 @@ impl Default for Settings {
             subject_tag: String::new(),
             phishing_action: Action::Reject,
             malformed_action: Action::Reject,
+            dmarc_reject_action: Action::Reject,
+            dmarc_quarantine_action: Action::Quarantine,
             product: format!("Bulwark {}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -115,6 +124,8 @@ pub struct Envelope<'a> {
     pub hostname: &'a str,
     pub queue_id: &'a str,
     pub arrival: u64,
+    /// Sender authentication's results, when it ran.
+    pub auth: Option<&'a native::AuthSummary>,
 }
 
 /// A rule that hit, with the score it added.
@@ -285,6 +296,7 @@ impl Inspector {
         let ctx = native::Context {
             spam_probability: probability,
             arrival: env.arrival,
+            auth: env.auth,
         };
         let relay = format!(
             "[ ip={} rdns= helo={} by={} ident= envfrom={} intl=0 id={} auth= msa=0 ]",
@@ -331,18 +343,7 @@ impl Inspector {
                 .partial_cmp(&a.score.abs())
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        let s = &self.settings;
-        let (verdict, action) = if let Some(limit) = views.limit {
-            (Verdict::Malformed(limit), s.malformed_action)
-        } else if phishing {
-            (Verdict::Phishing, s.phishing_action)
-        } else if score >= s.spam_threshold {
-            (Verdict::Spam, s.spam_action)
-        } else if score >= s.tag_threshold {
-            (Verdict::Spam, Action::Tag)
-        } else {
-            (Verdict::Clean, Action::Deliver)
-        };
+        let (verdict, action) = self.decide(views.limit, phishing, env.auth, score);
         Report {
             score,
             hits: hit_list,
@@ -355,6 +356,49 @@ impl Inspector {
             rules_time,
             pcre_limit: hits.pcre_limit,
         }
+    }
+
+    /// The verdict classes that apply, and of them the one with the strongest action
+    /// (on a tie, the first of: malformed, phishing, authentication, spam).
+    fn decide(
+        &self,
+        limit: Option<LimitHit>,
+        phishing: bool,
+        auth: Option<&native::AuthSummary>,
+        score: f64,
+    ) -> (Verdict, Action) {
+        use native::{AuthResult, DmarcPolicy};
+        let s = &self.settings;
+        let mut found: Vec<(Verdict, Action)> = Vec::with_capacity(4);
+        if let Some(limit) = limit {
+            found.push((Verdict::Malformed(limit), s.malformed_action));
+        }
+        if phishing {
+            found.push((Verdict::Phishing, s.phishing_action));
+        }
+        if let Some(a) = auth
+            && a.dmarc == AuthResult::Fail
+        {
+            match a.dmarc_policy {
+                Some(DmarcPolicy::Reject) => found.push((Verdict::AuthFail, s.dmarc_reject_action)),
+                Some(DmarcPolicy::Quarantine) => {
+                    found.push((Verdict::AuthFail, s.dmarc_quarantine_action))
+                }
+                _ => {}
+            }
+        }
+        if score >= s.spam_threshold {
+            found.push((Verdict::Spam, s.spam_action));
+        } else if score >= s.tag_threshold {
+            found.push((Verdict::Spam, Action::Tag));
+        }
+        let mut best = (Verdict::Clean, Action::Deliver);
+        for f in found {
+            if best.0 == Verdict::Clean || f.1 > best.1 {
+                best = f;
+            }
+        }
+        best
     }
 
     /// The header fields stamped on a delivered message (each ending CRLF).
@@ -441,10 +485,26 @@ pub fn is_stamped_name(name: &[u8]) -> bool {
     lower.starts_with(b"x-bulwark-") || lower == b"x-spam-flag" || lower == b"x-spam-status"
 }
 
+/// Whether an `Authentication-Results` value claims to come from `authserv_id` (RFC 8601
+/// §5: such fields from outside are forgeries and are removed).
+pub fn claims_authserv_id(value: &[u8], authserv_id: &str) -> bool {
+    let end = memchr::memchr(b';', value).unwrap_or(value.len());
+    // The id, possibly followed by a version number, and comments are allowed.
+    let mut id = value[..end].trim_ascii();
+    if let Some(p) = id
+        .iter()
+        .position(|b| b.is_ascii_whitespace() || *b == b'(')
+    {
+        id = &id[..p];
+    }
+    !authserv_id.is_empty() && id.eq_ignore_ascii_case(authserv_id.as_bytes())
+}
+
 /// Byte ranges (whole fields with their folded lines and CRLF) of the top-level header
-/// fields that Bulwark stamps, and of `Subject` when `subject` is set; removing them
-/// gives the body to deliver after our own fields.
-pub fn field_ranges(raw: &[u8], subject: bool) -> Vec<std::ops::Range<usize>> {
+/// fields that Bulwark stamps (including `Authentication-Results` claiming
+/// `authserv_id`), and of `Subject` when `subject` is set; removing them gives the body
+/// to deliver after our own fields.
+pub fn field_ranges(raw: &[u8], subject: bool, authserv_id: &str) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < raw.len() {
@@ -470,7 +530,10 @@ pub fn field_ranges(raw: &[u8], subject: bool) -> Vec<std::ops::Range<usize>> {
         let colon = memchr::memchr(b':', field);
         if let Some(c) = colon {
             let name = field[..c].trim_ascii_end();
-            if is_stamped_name(name) || (subject && name.eq_ignore_ascii_case(b"subject")) {
+            let forged = name.eq_ignore_ascii_case(b"authentication-results")
+                && claims_authserv_id(&field[c + 1..], authserv_id);
+            if is_stamped_name(name) || forged || (subject && name.eq_ignore_ascii_case(b"subject"))
+            {
                 out.push(start..end);
             }
         } else {
@@ -484,7 +547,7 @@ pub fn field_ranges(raw: &[u8], subject: bool) -> Vec<std::ops::Range<usize>> {
 
 /// The Subject field's value as written (unfolded is not needed: folding is kept).
 pub fn raw_subject(raw: &[u8]) -> Option<&[u8]> {
-    let r = field_ranges(raw, true).into_iter().find(|r| {
+    let r = field_ranges(raw, true, "").into_iter().find(|r| {
         raw[r.clone()]
             .get(..8)
             .is_some_and(|n| n.eq_ignore_ascii_case(b"subject:"))
@@ -511,7 +574,87 @@ mod tests {
             hostname: "mx.bulwark.test",
             queue_id: "0000000000000000001",
             arrival: 1_796_000_000,
+            auth: None,
         }
+    }
+
+    #[test]
+    fn dmarc_failures_take_the_policy_action_and_the_strongest_action_wins() {
+        use crate::native::{AuthResult, AuthSummary, DmarcPolicy};
+        let i = inspector();
+        let mut s = i.scanner().unwrap();
+        let clean = b"From: a@client.example\r\nTo: b@x.example\r\nSubject: hi\r\nDate: Mon, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <1@client.example>\r\n\r\nhello\r\n";
+        let mut auth = AuthSummary {
+            spf: AuthResult::Fail,
+            dmarc: AuthResult::Fail,
+            dmarc_policy: Some(DmarcPolicy::Reject),
+            ..Default::default()
+        };
+        let r = i.inspect(
+            &mut s,
+            clean,
+            &Envelope {
+                auth: Some(&auth),
+                ..env()
+            },
+        );
+        assert_eq!((r.verdict, r.action), (Verdict::AuthFail, Action::Reject));
+        assert!(
+            r.hits.iter().any(|h| h.name == "DMARC_REJECT"),
+            "{:?}",
+            r.hits
+        );
+        assert!(r.hits.iter().any(|h| h.name == "SPF_FAIL"), "{:?}", r.hits);
+        auth.dmarc_policy = Some(DmarcPolicy::Quarantine);
+        let r = i.inspect(
+            &mut s,
+            clean,
+            &Envelope {
+                auth: Some(&auth),
+                ..env()
+            },
+        );
+        assert_eq!(
+            (r.verdict, r.action),
+            (Verdict::AuthFail, Action::Quarantine)
+        );
+        // GTUBE is refused as spam: reject is stronger than quarantine.
+        let gtube = format!(
+            "From: a@client.example\r\nSubject: x\r\n\r\n{}\r\n",
+            "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+        );
+        let r = i.inspect(
+            &mut s,
+            gtube.as_bytes(),
+            &Envelope {
+                auth: Some(&auth),
+                ..env()
+            },
+        );
+        assert_eq!((r.verdict, r.action), (Verdict::Spam, Action::Reject));
+        // p=none: scored, no verdict of its own; a pass is no finding at all.
+        auth.dmarc_policy = Some(DmarcPolicy::None);
+        let r = i.inspect(
+            &mut s,
+            clean,
+            &Envelope {
+                auth: Some(&auth),
+                ..env()
+            },
+        );
+        assert_eq!(r.verdict, Verdict::Clean);
+        assert!(r.hits.iter().any(|h| h.name == "DMARC_NONE"));
+        auth.dmarc = AuthResult::Pass;
+        let r = i.inspect(
+            &mut s,
+            clean,
+            &Envelope {
+                auth: Some(&auth),
+                ..env()
+            },
+        );
+        assert!(r.hits.iter().any(|h| h.name == "DMARC_PASS"));
+        assert!(!r.hits.iter().any(|h| h.name.starts_with("DMARC_N")));
     }
 
     #[test]
@@ -536,11 +679,17 @@ mod tests {
 
     #[test]
     fn stamped_copies_and_subject_are_found() {
-        let raw = b"X-Spam-Flag: NO\r\nSubject: hello\r\n\tworld\r\nX-Bulwark-Result: clean\r\nFrom: a\r\n\r\nX-Spam-Flag: body\r\n";
-        let r = field_ranges(raw, false);
-        assert_eq!(r.len(), 2);
+        let raw = b"X-Spam-Flag: NO\r\nSubject: hello\r\n\tworld\r\nX-Bulwark-Result: clean\r\nAuthentication-Results: MX.Bulwark.test;\r\n\tspf=pass\r\nAuthentication-Results: mx.bulwark.test.evil; spf=pass\r\nAuthentication-Results: mx.bulwark.test 1 (c); dkim=pass\r\nFrom: a\r\n\r\nX-Spam-Flag: body\r\n";
+        let r = field_ranges(raw, false, "mx.bulwark.test");
+        assert_eq!(r.len(), 4);
         assert_eq!(&raw[r[0].clone()], b"X-Spam-Flag: NO\r\n");
         assert_eq!(&raw[r[1].clone()], b"X-Bulwark-Result: clean\r\n");
+        // Ours (any case, folded, with a version) go; another server's stays.
+        assert_eq!(
+            &raw[r[2].clone()],
+            b"Authentication-Results: MX.Bulwark.test;\r\n\tspf=pass\r\n"
+        );
+        assert!(raw[r[3].clone()].ends_with(b"dkim=pass\r\n"));
         assert_eq!(raw_subject(raw), Some(&b"hello\r\n\tworld"[..]));
     }
 

@@ -6,11 +6,72 @@ use crate::mime::Views;
 
 /// What native checks read besides the views.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Context {
+pub struct Context<'a> {
     /// The classifier's spam probability, when a model is loaded.
     pub spam_probability: Option<f64>,
     /// When the message arrived (Unix seconds).
     pub arrival: u64,
+    /// Sender authentication, when it ran and finished in time.
+    pub auth: Option<&'a AuthSummary>,
+}
+
+/// One authentication method's result (RFC 8601 result names).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    #[default]
+    None,
+    Pass,
+    Fail,
+    SoftFail,
+    Neutral,
+    TempError,
+    PermError,
+}
+
+impl AuthResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::None => "none",
+            AuthResult::Pass => "pass",
+            AuthResult::Fail => "fail",
+            AuthResult::SoftFail => "softfail",
+            AuthResult::Neutral => "neutral",
+            AuthResult::TempError => "temperror",
+            AuthResult::PermError => "permerror",
+        }
+    }
+}
+
+/// A DMARC policy as published (`p=`, or `sp=` for a subdomain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmarcPolicy {
+    None,
+    Quarantine,
+    Reject,
+}
+
+/// What sender authentication found, as the rules read it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AuthSummary {
+    /// SPF of the MAIL FROM identity (of the HELO identity for the null sender).
+    pub spf: AuthResult,
+    pub spf_helo: AuthResult,
+    /// At least one DKIM signature is present.
+    pub dkim_signed: bool,
+    /// `d=` of every signature that verified (lower case).
+    pub dkim_valid: Vec<String>,
+    /// A verified signature's `d=` is the From domain (or a parent of it).
+    pub dkim_author: bool,
+    /// A verified signature's `d=` is the MAIL FROM domain.
+    pub dkim_envelope: bool,
+    pub arc_signed: bool,
+    pub arc: AuthResult,
+    pub dmarc: AuthResult,
+    /// The From domain DMARC was evaluated for.
+    pub dmarc_domain: String,
+    /// The policy of the From domain, when it publishes one.
+    pub dmarc_policy: Option<DmarcPolicy>,
+    pub iprev: AuthResult,
 }
 
 /// Whether `call` (function and arguments, as [`crate::sa`] names it) is implemented.
@@ -26,7 +87,67 @@ pub fn supported(call: &str) -> bool {
             args.as_slice(),
             ["missing_head_body_separator"] | ["truncated_header"]
         ),
-        _ => false,
+        "check_dkim_signed" | "check_dkim_valid" => true,
+        "check_dkim_valid_author_sig"
+        | "check_dkim_valid_envelopefrom"
+        | "check_arc_signed"
+        | "check_arc_valid"
+        | "check_dmarc_pass"
+        | "check_dmarc_reject"
+        | "check_dmarc_quarantine"
+        | "check_dmarc_none"
+        | "check_dmarc_missing" => args.is_empty(),
+        "check_iprev" => args.len() == 1,
+        f => args.is_empty() && spf_check(f).is_some(),
+    }
+}
+
+/// `check_for_spf_RESULT` and `check_for_spf_helo_RESULT`: (helo, result name).
+fn spf_check(func: &str) -> Option<(bool, &str)> {
+    let rest = func.strip_prefix("check_for_spf_")?;
+    let (helo, name) = match rest.strip_prefix("helo_") {
+        Some(n) => (true, n),
+        None => (false, rest),
+    };
+    matches!(
+        name,
+        "pass" | "neutral" | "fail" | "softfail" | "none" | "permerror" | "temperror"
+    )
+    .then_some((helo, name))
+}
+
+fn evaluate_auth(func: &str, args: &[&str], a: &AuthSummary) -> bool {
+    let unquote = |s: &str| {
+        s.trim_matches(|c| c == '\'' || c == '"')
+            .to_ascii_lowercase()
+    };
+    let failed = matches!(a.dmarc, AuthResult::Fail);
+    match func {
+        "check_dkim_signed" => a.dkim_signed,
+        "check_dkim_valid" => {
+            if args.is_empty() {
+                !a.dkim_valid.is_empty()
+            } else {
+                args.iter()
+                    .map(|d| unquote(d))
+                    .any(|d| a.dkim_valid.contains(&d))
+            }
+        }
+        "check_dkim_valid_author_sig" => a.dkim_author,
+        "check_dkim_valid_envelopefrom" => a.dkim_envelope,
+        "check_arc_signed" => a.arc_signed,
+        "check_arc_valid" => a.arc == AuthResult::Pass,
+        "check_dmarc_pass" => a.dmarc == AuthResult::Pass,
+        "check_dmarc_reject" => failed && a.dmarc_policy == Some(DmarcPolicy::Reject),
+        "check_dmarc_quarantine" => failed && a.dmarc_policy == Some(DmarcPolicy::Quarantine),
+        "check_dmarc_none" => failed && a.dmarc_policy == Some(DmarcPolicy::None),
+        "check_dmarc_missing" => a.dmarc_policy.is_none(),
+        "check_iprev" => args.first().is_some_and(|r| a.iprev.as_str() == unquote(r)),
+        f => match spf_check(f) {
+            Some((false, name)) => a.spf.as_str() == name,
+            Some((true, name)) => a.spf_helo.as_str() == name,
+            None => false,
+        },
     }
 }
 
@@ -100,7 +221,7 @@ pub fn evaluate(call: &str, views: &Views<'_>, ctx: &Context) -> bool {
             Some("truncated_header") => views.limit == Some(crate::mime::LimitHit::HeaderBytes),
             _ => false,
         },
-        _ => false,
+        f => ctx.auth.is_some_and(|a| evaluate_auth(f, &args, a)),
     }
 }
 
@@ -203,6 +324,7 @@ mod tests {
         let v = parse(m, &Limits::default());
         let arrival = parse_date("Mon, 30 Nov 2026 12:00:00 +0000").unwrap_or(0) as u64;
         let ctx = Context {
+            auth: None,
             spam_probability: Some(0.995),
             arrival,
         };

@@ -308,7 +308,9 @@ impl Parser {
             }
             rule.describe = self.describes.remove(&rule.name);
             rule.tflags = self.tflags.remove(&rule.name).unwrap_or_default();
-            if rule.is_net() && !matches!(rule.test, Test::Meta(_)) {
+            // Network tests Bulwark answers itself (SPF, DKIM, DMARC, ARC: the engine's
+            // sender authentication) are kept; the others need SpamAssassin's plugins.
+            if rule.is_net() && !matches!(rule.test, Test::Meta(_) | Test::Native(_)) {
                 skipped.push(Skipped {
                     name: rule.name.clone(),
                     origin: rule.origin.clone(),

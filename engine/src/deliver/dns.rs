@@ -91,9 +91,22 @@ impl Dns {
 }
 
 fn build_resolver(nameservers: &[SocketAddr]) -> anyhow::Result<TokioResolver> {
+    build_resolver_with(nameservers, None)
+}
+
+/// A resolver for `nameservers` (the system configuration when empty), with `opts`
+/// changed from the defaults when given.
+pub(crate) fn build_resolver_with(
+    nameservers: &[SocketAddr],
+    opts: Option<&dyn Fn(&mut hickory_resolver::config::ResolverOpts)>,
+) -> anyhow::Result<TokioResolver> {
     let provider = TokioRuntimeProvider::default();
     if nameservers.is_empty() {
-        return Ok(Resolver::builder(provider)?.build()?);
+        let mut b = Resolver::builder(provider)?;
+        if let Some(f) = opts {
+            f(b.options_mut());
+        }
+        return Ok(b.build()?);
     }
     let servers = nameservers
         .iter()
@@ -110,10 +123,11 @@ fn build_resolver(nameservers: &[SocketAddr]) -> anyhow::Result<TokioResolver> {
             )
         })
         .collect();
-    Ok(
-        Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-            .build()?,
-    )
+    let mut b = Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider);
+    if let Some(f) = opts {
+        f(b.options_mut());
+    }
+    Ok(b.build()?)
 }
 
 /// Absolute form, so no search domain is ever appended.

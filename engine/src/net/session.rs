@@ -7,6 +7,7 @@
 //! holds at most about one piece and one read buffer whatever the message size. The
 //! `250` still comes only after the whole message is durable.
 
+use bulwark_inspect::native::AuthResult;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -137,6 +138,8 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
     let (mut start, mut end) = (0usize, 0usize);
     let mut snapshot = core.policy.current();
     let mut streaming: Option<Streaming> = None;
+    // Sender authentication's envelope checks, started when MAIL FROM is accepted.
+    let mut pending_auth: Option<crate::auth::Pending> = None;
     let memory = core.memory.charge();
     'session: loop {
         loop {
@@ -160,9 +163,10 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                 None => break,
                 Some(Event::Message(tx)) => {
                     let t0 = Instant::now();
+                    let pending = pending_auth.take();
                     let result = match streaming.take() {
                         Some(st) => accept_streamed(&core, peer, st, tx).await,
-                        None => accept_message(&core, &session, &stream, peer, tx).await,
+                        None => accept_message(&core, &session, &stream, peer, tx, pending).await,
                     };
                     match result {
                         Ok(id) => session.spooled(&id),
@@ -213,11 +217,34 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                 }
             }
         }
+        if let Some(auth) = &core.auth
+            && session.in_transaction()
+        {
+            let tx = session.transaction();
+            let started = pending_auth
+                .as_ref()
+                .is_some_and(|p| p.is_for(peer.ip(), session.helo(), &tx.mail_from));
+            if !started {
+                pending_auth = Some(auth.envelope(crate::auth::Identity {
+                    ip: peer.ip(),
+                    helo: session.helo().to_string(),
+                    mail_from: tx.mail_from.clone(),
+                }));
+            }
+        }
         // A large message goes to the spool while it arrives; a refused or abandoned one
         // is thrown away.
         if session.content_in_progress() {
             if session.transaction().body.len() >= STREAM_PIECE {
-                stream_piece(&core, &mut session, &stream, peer, &mut streaming).await;
+                stream_piece(
+                    &core,
+                    &mut session,
+                    &stream,
+                    peer,
+                    &mut streaming,
+                    &mut pending_auth,
+                )
+                .await;
             }
         } else if let Some(st) = streaming.take()
             && let Some(m) = st.message
@@ -315,12 +342,23 @@ async fn stream_piece(
     stream: &Stream,
     peer: SocketAddr,
     streaming: &mut Option<Streaming>,
+    pending_auth: &mut Option<crate::auth::Pending>,
 ) {
     let mut piece = session.take_body(Vec::with_capacity(STREAM_PIECE + DATA_BUFFER));
     if streaming.is_none() {
         let id = core.ids.next();
         let arrival = unix_now();
         let flags = flags_of(session.transaction());
+        // Too large to hand over whole: the envelope's checks only (no DKIM/DMARC).
+        let auth = authenticate(
+            core,
+            session,
+            peer,
+            session.transaction(),
+            pending_auth.take(),
+            None,
+        )
+        .await;
         let inspected = inspect(
             core,
             session,
@@ -329,6 +367,7 @@ async fn stream_piece(
             session.transaction(),
             &piece,
             arrival,
+            auth.as_ref(),
         );
         let (refused, stamp, quarantine) = match inspected {
             Inspected::Refuse(reply) => (Some(reply), Vec::new(), None),
@@ -505,12 +544,14 @@ async fn accept_message(
     stream: &Stream,
     peer: SocketAddr,
     mut tx: Transaction,
+    pending_auth: Option<crate::auth::Pending>,
 ) -> Result<String, String> {
     let id = core.ids.next();
     let now = unix_now();
     let mut header = Vec::with_capacity(1024);
     received_header(&mut header, core, session, stream, peer, &id, &tx, now);
-    let quarantine = match inspect(core, session, peer, &id, &tx, &tx.body, now) {
+    let auth = authenticate(core, session, peer, &tx, pending_auth, Some(&tx.body)).await;
+    let quarantine = match inspect(core, session, peer, &id, &tx, &tx.body, now, auth.as_ref()) {
         Inspected::Refuse(reply) => return Err(reply),
         Inspected::Accept {
             stamp,
@@ -584,8 +625,54 @@ enum Inspected {
     },
 }
 
+/// Sender authentication for a message (`content`, when it is here whole), within the
+/// deadline; counted in the metrics. `None` when it is off or did not finish in time.
+async fn authenticate(
+    core: &Core,
+    session: &Session,
+    peer: SocketAddr,
+    tx: &Transaction,
+    pending: Option<crate::auth::Pending>,
+    content: Option<&[u8]>,
+) -> Option<crate::auth::Outcome> {
+    let auth = core.auth.as_ref()?;
+    let who = crate::auth::Identity {
+        ip: peer.ip(),
+        helo: session.helo().to_string(),
+        mail_from: tx.mail_from.clone(),
+    };
+    let out = auth
+        .message(who, pending, content.map(<[u8]>::to_vec))
+        .await;
+    let shard = core.shard();
+    match &out {
+        Some(o) => {
+            let a = &o.summary;
+            let dkim = if !a.dkim_valid.is_empty() {
+                AuthResult::Pass
+            } else if a.dkim_signed {
+                AuthResult::Fail
+            } else {
+                AuthResult::None
+            };
+            for (i, r) in [a.spf, dkim, a.dmarc, a.arc, a.iprev]
+                .into_iter()
+                .enumerate()
+            {
+                shard.auth_results[i][r as usize].inc();
+            }
+        }
+        None => {
+            shard.auth_timeouts.inc();
+            warn!(%peer, "sender authentication did not finish in time");
+        }
+    }
+    out
+}
+
 /// Inspects `content` (the message as received, or the first piece of a streamed one)
 /// on this core, synchronously: scanning is bounded by `[inspection] max_scan_size`.
+#[allow(clippy::too_many_arguments)]
 fn inspect(
     core: &Core,
     session: &Session,
@@ -594,11 +681,18 @@ fn inspect(
     tx: &Transaction,
     content: &[u8],
     arrival: u64,
+    auth: Option<&crate::auth::Outcome>,
 ) -> Inspected {
     use bulwark_inspect::inspector::{self, Action, Envelope, Verdict};
+    let hostname = core.session_cfg.hostname.as_str();
+    let auth_header = auth.map(|a| a.header.as_str()).unwrap_or_default();
     let unscanned = || Inspected::Accept {
-        stamp: Vec::new(),
-        drop: Vec::new(),
+        stamp: auth_header.as_bytes().to_vec(),
+        drop: if auth.is_some() {
+            inspector::field_ranges(content, false, hostname)
+        } else {
+            Vec::new()
+        },
         quarantine: None,
     };
     let Some(ci) = &core.inspect else {
@@ -616,6 +710,7 @@ fn inspect(
         hostname: &core.session_cfg.hostname,
         queue_id: id,
         arrival,
+        auth: auth.map(|a| &a.summary),
     };
     let report = ins.inspect(&mut scanner, content, &env);
     drop(scanner);
@@ -627,6 +722,7 @@ fn inspect(
         Verdict::Spam => 1,
         Verdict::Phishing => 2,
         Verdict::Malformed(_) => 3,
+        Verdict::AuthFail => 4,
     };
     shard.verdicts[v][report.action as usize].inc();
     if let Some(hits) = shard.rule_hits.get() {
@@ -644,6 +740,12 @@ fn inspect(
         action = report.action.as_str(),
         score = format_args!("{:.2}", report.score),
         rules = %rules.join(","),
+        auth = %auth.map_or_else(String::new, |a| format!(
+            "spf={} dkim={} dmarc={}",
+            a.summary.spf.as_str(),
+            if a.summary.dkim_valid.is_empty() { if a.summary.dkim_signed { "fail" } else { "none" } } else { "pass" },
+            a.summary.dmarc.as_str()
+        )),
         "inspected"
     );
     match report.action {
@@ -656,6 +758,10 @@ fn inspect(
                 Verdict::Phishing => {
                     format!("550 5.7.1 Message refused as phishing; reference {id}")
                 }
+                Verdict::AuthFail => format!(
+                    "550 5.7.1 Message refused: it fails the DMARC policy of {}; reference {id}",
+                    auth.map_or("its domain", |a| a.summary.dmarc_domain.as_str())
+                ),
                 _ => format!(
                     "550 5.7.1 Message refused as spam (score {:.1}); reference {id}",
                     report.score
@@ -664,11 +770,12 @@ fn inspect(
             Inspected::Refuse(reply)
         }
         Action::Tag | Action::Deliver | Action::Quarantine => {
-            let mut stamp = Vec::with_capacity(512);
+            let mut stamp = Vec::with_capacity(512 + auth_header.len());
+            stamp.extend_from_slice(auth_header.as_bytes());
             ins.stamp(&report, &mut stamp);
             let tag = &ins.settings.subject_tag;
             let retag = report.action == Action::Tag && !tag.is_empty();
-            let drop = inspector::field_ranges(content, retag);
+            let drop = inspector::field_ranges(content, retag, hostname);
             if retag {
                 stamp.extend_from_slice(b"Subject: ");
                 stamp.extend_from_slice(tag.as_bytes());
