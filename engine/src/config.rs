@@ -68,6 +68,12 @@ pub struct Inspection {
     pub phishing_action: bulwark_inspect::inspector::Action,
     pub dmarc_reject_action: bulwark_inspect::inspector::Action,
     pub dmarc_quarantine_action: bulwark_inspect::inspector::Action,
+    /// Brands protected from imitation (`None`: the built-in list).
+    pub brands: Option<Vec<String>>,
+    /// URL shortener hosts (`None`: the built-in list).
+    pub shorteners: Option<Vec<String>>,
+    /// URL blocklist files (one URL or host/path per line).
+    pub url_blocklist: Vec<PathBuf>,
     pub limits: bulwark_inspect::mime::Limits,
 }
 
@@ -746,6 +752,28 @@ impl<'t> Validator<'t> {
         let dmarc_reject_action = self.action(&mut s, "dmarc_reject_action", Action::Reject);
         let dmarc_quarantine_action =
             self.action(&mut s, "dmarc_quarantine_action", Action::Quarantine);
+        let hosts = |v: &mut Self, s: &mut Section<'_, '_>, key: &'static str| {
+            let list = v.string_list(s, key)?;
+            let mut out = Vec::with_capacity(list.len());
+            for (h, span) in list {
+                let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+                if is_hostname(&h) {
+                    out.push(h);
+                } else {
+                    let path = format!("inspection.{key}");
+                    v.err(&path, Some(span), format!("{h:?} is not a domain name"));
+                }
+            }
+            Some(out)
+        };
+        let brands = hosts(self, &mut s, "brands");
+        let shorteners = hosts(self, &mut s, "shorteners");
+        let url_blocklist = self
+            .string_list(&mut s, "url_blocklist")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, _)| PathBuf::from(p))
+            .collect();
         let d = bulwark_inspect::mime::Limits::default();
         let limits = bulwark_inspect::mime::Limits {
             max_parts: self
@@ -776,6 +804,9 @@ impl<'t> Validator<'t> {
             phishing_action,
             dmarc_reject_action,
             dmarc_quarantine_action,
+            brands,
+            shorteners,
+            url_blocklist,
             limits,
         }
     }

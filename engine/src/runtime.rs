@@ -73,6 +73,26 @@ struct Shared {
 
 /// Loads the inspection rules and model named by `[inspection]` (compiling the rules, or
 /// loading them from the cache when they are unchanged).
+/// The URL blocklist files, compiled to hashes; a bad line names its file and line.
+fn load_blocklist(
+    paths: &[std::path::PathBuf],
+) -> anyhow::Result<bulwark_inspect::phishing::Blocklist> {
+    use bulwark_inspect::phishing::Blocklist;
+    let mut hashes = Vec::new();
+    for p in paths {
+        let t = std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("inspection.url_blocklist: {}: {e}", p.display()))?;
+        let one = Blocklist::parse(&t)
+            .map_err(|e| anyhow::anyhow!("inspection.url_blocklist: {}: {e}", p.display()))?;
+        hashes.extend(one.to_bytes());
+    }
+    let list = Blocklist::from_bytes(&hashes).unwrap_or_default();
+    if !paths.is_empty() {
+        info!(entries = list.len(), "URL blocklist loaded");
+    }
+    Ok(list)
+}
+
 fn load_inspector(
     config: &Config,
     metrics: &Arc<Metrics>,
@@ -93,6 +113,11 @@ fn load_inspector(
         malformed_action: c.malformed_action,
         dmarc_reject_action: c.dmarc_reject_action,
         dmarc_quarantine_action: c.dmarc_quarantine_action,
+        managed_domains: config.domains.iter().map(|d| d.name.clone()).collect(),
+        brands: c.brands.clone(),
+        shorteners: c.shorteners.clone(),
+        url_blocklist: load_blocklist(&c.url_blocklist)?,
+        network_tests: config.authentication.enabled,
         ..Default::default()
     };
     let cache = c

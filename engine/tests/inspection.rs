@@ -432,3 +432,138 @@ fn quarantined_mail_is_removed_after_its_retention() {
     );
     assert!(sink.messages().is_empty());
 }
+
+#[test]
+fn phishing_links_and_lookalikes_are_caught() {
+    let sink = Sink::start(sink_addr());
+    let dir = TempDir::new("phish");
+    let list = dir.path().join("blocklist.txt");
+    std::fs::write(&list, "# a feed\nhttp://login.evil.test/account/\n").unwrap();
+    let engine = engine_for(
+        sink.addr,
+        &format!("\n[inspection]\nurl_blocklist = [\"{}\"]\n", list.display()),
+    );
+    let send = |from: &str, html: &str| {
+        python(&format!(
+            r#"
+import smtplib
+from email.message import EmailMessage
+m = EmailMessage()
+m["From"] = "{from}"
+m["To"] = "bob@example.test"
+m["Subject"] = "account notice"
+m["Date"] = "Tue, 1 Dec 2026 10:00:00 +0000"
+m["Message-ID"] = "<n@x.test>"
+m.set_content("See the HTML part.")
+m.add_alternative('''{html}''', subtype="html")
+s = smtplib.SMTP("{}", {})
+try:
+    s.send_message(m)
+    print("250")
+except smtplib.SMTPDataError as e:
+    print(e.smtp_code, e.smtp_error.decode())
+s.quit()
+"#,
+            engine.smtp.ip(),
+            engine.smtp.port()
+        ))
+        .trim()
+        .to_string()
+    };
+    // A link on the blocklist (under a listed path, on a subdomain's suffix).
+    let r = send(
+        "notice@sender.test",
+        "<p>Please <a href=\"https://login.evil.test/account/verify?id=7\">sign in</a>.</p>",
+    );
+    assert!(
+        r.starts_with("550 5.7.1 Message refused as phishing"),
+        "{r}"
+    );
+    // The text shows PayPal's address, the link goes to a look-alike of it.
+    let r = send(
+        "service@sender.test",
+        "<p><a href=\"https://www.paypa1.com/signin\">https://www.paypal.com/signin</a></p>",
+    );
+    assert!(
+        r.starts_with("550 5.7.1 Message refused as phishing"),
+        "{r}"
+    );
+    // A sender imitating the gateway's own domain, and a shortened link: scored, named,
+    // delivered (neither alone is phishing).
+    let r = send(
+        "it@examp1e.test",
+        "<p>Your mailbox is full: <a href=\"https://bit.ly/x1\">https://bit.ly/x1</a></p>",
+    );
+    assert_eq!(r, "250");
+    let msgs = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1);
+    let head = msgs[0]
+        .content
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let status = head.split("X-Spam-Status:").nth(1).unwrap_or("");
+    assert!(status.contains("PHISH_LOOKALIKE_FROM"), "{head}");
+    assert!(status.contains("URI_SHORTENER"), "{head}");
+    assert_eq!(
+        engine.metric("bulwark_inspection_verdicts_total{verdict=\"phishing\",action=\"reject\"}"),
+        2.0
+    );
+    assert_eq!(
+        engine.metric("bulwark_inspection_rule_hits_total{rule=\"PHISH_URL_BLOCKLISTED\"}"),
+        1.0
+    );
+    assert_eq!(
+        engine.metric("bulwark_inspection_rule_hits_total{rule=\"PHISH_DECEPTIVE_LINK\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_bad_blocklist_line_stops_the_engine_with_file_and_line() {
+    let dir = TempDir::new("badlist");
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "good.test/\n\nnot a url at all\n").unwrap();
+    let cfg = dir.path().join("bulwark.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"127.0.0.1:{}\"]\n[spool]\ndir = \"{}\"\n[inspection]\nurl_blocklist = [\"{}\"]\nbrands = [\"not a domain!\"]\n",
+            free_port(),
+            dir.path().join("spool").display(),
+            list.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["check-config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success());
+    assert!(err.contains("inspection.brands"), "{err}");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("brands = [\"not a domain!\"]\n", ""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}: line 3:", list.display())),
+        "{err}"
+    );
+}

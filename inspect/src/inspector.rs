@@ -94,6 +94,15 @@ pub struct Settings {
     /// For mail failing DMARC whose From domain publishes `p=reject` / `p=quarantine`.
     pub dmarc_reject_action: Action,
     pub dmarc_quarantine_action: Action,
+    /// Domains the gateway serves: names imitating them are phishing signs.
+    pub managed_domains: Vec<String>,
+    /// Brands to protect from imitation (`None`: the built-in list).
+    pub brands: Option<Vec<String>>,
+    /// URL shortener hosts (`None`: the built-in list).
+    pub shorteners: Option<Vec<String>>,
+    pub url_blocklist: crate::phishing::Blocklist,
+    /// Network tests run (sender authentication): SpamAssassin's network score sets apply.
+    pub network_tests: bool,
     /// Name in `X-Spam-Status` and `X-Bulwark-Product-Ver`.
     pub product: String,
 }
@@ -110,6 +119,11 @@ impl Default for Settings {
             malformed_action: Action::Reject,
             dmarc_reject_action: Action::Reject,
             dmarc_quarantine_action: Action::Quarantine,
+            managed_domains: Vec::new(),
+            brands: None,
+            shorteners: None,
+            url_blocklist: crate::phishing::Blocklist::default(),
+            network_tests: false,
             product: format!("Bulwark {}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -178,9 +192,11 @@ pub struct Inspector {
     pub compiled: Arc<Compiled>,
     pub model: Option<Arc<Model>>,
     pub settings: Settings,
-    /// SpamAssassin score set: 0 without a model, 2 with one (no network tests).
+    /// SpamAssassin score set: 0 without a model or network tests, +1 with network tests
+    /// (sender authentication), +2 with a model.
     score_set: usize,
     pub origin: Origin,
+    phishing: crate::phishing::Phishing,
 }
 
 impl std::fmt::Debug for Inspector {
@@ -245,13 +261,20 @@ impl Inspector {
         settings: Settings,
         origin: Origin,
     ) -> Self {
-        let score_set = if model.is_some() { 2 } else { 0 };
+        let score_set = if model.is_some() { 2 } else { 0 } + usize::from(settings.network_tests);
+        let phishing = crate::phishing::Phishing::new(
+            &settings.managed_domains,
+            settings.brands.as_deref(),
+            settings.shorteners.as_deref(),
+            settings.url_blocklist.clone(),
+        );
         Inspector {
             compiled: Arc::new(compiled),
             model: model.map(Arc::new),
             settings,
             score_set,
             origin,
+            phishing,
         }
     }
 
@@ -293,10 +316,12 @@ impl Inspector {
         let parse_time = t0.elapsed();
         let t1 = Instant::now();
         let probability = self.model.as_ref().and_then(|m| m.probability(&views));
+        let phish = self.phishing.check(&views);
         let ctx = native::Context {
             spam_probability: probability,
             arrival: env.arrival,
             auth: env.auth,
+            phish: Some(&phish),
         };
         let relay = format!(
             "[ ip={} rdns= helo={} by={} ident= envfrom={} intl=0 id={} auth= msa=0 ]",

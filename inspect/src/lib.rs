@@ -10,5 +10,6 @@ pub mod html;
 pub mod inspector;
 pub mod mime;
 pub mod native;
+pub mod phishing;
 pub mod rules;
 pub mod sa;

@@ -13,6 +13,8 @@ pub struct Context<'a> {
     pub arrival: u64,
     /// Sender authentication, when it ran and finished in time.
     pub auth: Option<&'a AuthSummary>,
+    /// What the phishing checks found.
+    pub phish: Option<&'a crate::phishing::Findings>,
 }
 
 /// One authentication method's result (RFC 8601 result names).
@@ -98,6 +100,12 @@ pub fn supported(call: &str) -> bool {
         | "check_dmarc_none"
         | "check_dmarc_missing" => args.is_empty(),
         "check_iprev" => args.len() == 1,
+        "check_phish_link_mismatch"
+        | "check_phish_lookalike_link"
+        | "check_phish_lookalike_from"
+        | "check_phish_brand_subdomain"
+        | "check_uri_shortener"
+        | "check_url_blocklist" => args.is_empty(),
         f => args.is_empty() && spf_check(f).is_some(),
     }
 }
@@ -221,6 +229,14 @@ pub fn evaluate(call: &str, views: &Views<'_>, ctx: &Context) -> bool {
             Some("truncated_header") => views.limit == Some(crate::mime::LimitHit::HeaderBytes),
             _ => false,
         },
+        "check_phish_link_mismatch" => ctx.phish.is_some_and(|p| !p.mismatched.is_empty()),
+        "check_phish_lookalike_link" => ctx.phish.is_some_and(|p| !p.lookalike_links.is_empty()),
+        "check_phish_lookalike_from" => ctx.phish.is_some_and(|p| p.lookalike_from.is_some()),
+        "check_phish_brand_subdomain" => {
+            ctx.phish.is_some_and(|p| !p.brand_in_subdomain.is_empty())
+        }
+        "check_uri_shortener" => ctx.phish.is_some_and(|p| p.shortened > 0),
+        "check_url_blocklist" => ctx.phish.is_some_and(|p| !p.blocklisted.is_empty()),
         f => ctx.auth.is_some_and(|a| evaluate_auth(f, &args, a)),
     }
 }
@@ -325,6 +341,7 @@ mod tests {
         let arrival = parse_date("Mon, 30 Nov 2026 12:00:00 +0000").unwrap_or(0) as u64;
         let ctx = Context {
             auth: None,
+            phish: None,
             spam_probability: Some(0.995),
             arrival,
         };
