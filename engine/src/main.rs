@@ -52,6 +52,26 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
     },
+    /// Inspect messages in files (one per file, maildirs, mbox) with the rules, model and
+    /// settings of a configuration, without authentication (no envelope): one line per
+    /// message and a summary, or JSON lines.
+    Score {
+        /// Configuration file (its `[inspection]` and `[[domains]]`).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A model to use instead of `[inspection] model`.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// One JSON object per message instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Only the summary.
+        #[arg(long, conflicts_with = "json")]
+        summary: bool,
+        /// Files, directories or mbox files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Inspect and act on the queue of a running engine (through its admin sockets).
     Queue {
         /// Configuration file of the running engine (finds `server.admin_dir`); before
@@ -165,6 +185,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Score {
+            config,
+            model,
+            json,
+            summary,
+            paths,
+        } => match score(&config, model, json, summary, &paths) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bulwark: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Learn { spam, ham, model } => match learn(&spam, &ham, &model) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -237,6 +270,102 @@ fn learn(spam: &[PathBuf], ham: &[PathBuf], model: &std::path::Path) -> anyhow::
             bulwark_inspect::classifier::MIN_TRAINED
         );
     }
+    Ok(())
+}
+
+fn score(
+    config: &std::path::Path,
+    model: Option<PathBuf>,
+    json: bool,
+    summary: bool,
+    paths: &[PathBuf],
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use bulwark_inspect::{corpus, inspector::Envelope};
+    use std::collections::BTreeMap;
+    let mut cfg =
+        Config::load(config).map_err(|e| anyhow::anyhow!("{}:\n{e}", config.display()))?;
+    if model.is_some() {
+        cfg.inspection.model = model;
+    }
+    cfg.inspection.enabled = true;
+    // No envelope here: SpamAssassin's network score sets do not apply.
+    cfg.authentication.enabled = false;
+    let ins = bulwark::runtime::load_inspector(&cfg, None)?
+        .ok_or_else(|| anyhow::anyhow!("inspection is off"))?;
+    let mut scanner = ins
+        .scanner()
+        .map_err(|e| anyhow::anyhow!("scratch space: {e}"))?;
+    let now = bulwark::queue::unix_now();
+    let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut total = 0usize;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    use std::io::Write as _;
+    for p in paths {
+        corpus::for_each_named(p, |file, index, m| {
+            total += 1;
+            let env = Envelope {
+                client_ip: std::net::IpAddr::from([0, 0, 0, 0]),
+                helo: "",
+                mail_from: "",
+                hostname: &cfg.server.hostname,
+                queue_id: "",
+                arrival: now,
+                auth: None,
+            };
+            let r = ins.inspect(&mut scanner, m, &env);
+            let key = format!("{}/{}", r.verdict.as_str(), r.action.as_str());
+            *verdicts.entry(key).or_default() += 1;
+            let rules: Vec<String> = r
+                .hits
+                .iter()
+                .map(|h| format!("{}={}", h.name, h.score))
+                .collect();
+            let _ = if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({
+                        "file": file.display().to_string(),
+                        "index": index,
+                        "verdict": r.verdict.as_str(),
+                        "action": r.action.as_str(),
+                        "score": (r.score * 1000.0).round() / 1000.0,
+                        "rules": rules,
+                    })
+                )
+            } else if !summary {
+                writeln!(
+                    out,
+                    "{}{}\t{}\t{}\t{:.2}\t{}",
+                    file.display(),
+                    if index > 0 {
+                        format!("#{index}")
+                    } else {
+                        String::new()
+                    },
+                    r.verdict.as_str(),
+                    r.action.as_str(),
+                    r.score,
+                    rules.join(",")
+                )
+            } else {
+                Ok(())
+            };
+        })
+        .with_context(|| format!("reading {}", p.display()))?;
+    }
+    if !json {
+        writeln!(out, "-- {total} messages")?;
+        for (k, v) in &verdicts {
+            writeln!(
+                out,
+                "   {k}: {v} ({:.1}%)",
+                *v as f64 * 100.0 / total.max(1) as f64
+            )?;
+        }
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -93,9 +93,11 @@ fn load_blocklist(
     Ok(list)
 }
 
-fn load_inspector(
+/// The inspector a configuration gives (rules compiled or loaded from the cache, the
+/// model, the settings), as the engine uses it; `None` when inspection is off.
+pub fn load_inspector(
     config: &Config,
-    metrics: &Arc<Metrics>,
+    metrics: Option<&Arc<Metrics>>,
 ) -> anyhow::Result<Option<Arc<bulwark_inspect::inspector::Inspector>>> {
     use anyhow::Context as _;
     let c = &config.inspection;
@@ -144,14 +146,16 @@ fn load_inspector(
         elapsed_ms = t0.elapsed().as_millis() as u64,
         "inspection rules loaded"
     );
-    metrics.set_rules(
-        inspector
-            .compiled
-            .rules
-            .iter()
-            .map(|r| r.name.clone())
-            .collect(),
-    );
+    if let Some(metrics) = metrics {
+        metrics.set_rules(
+            inspector
+                .compiled
+                .rules
+                .iter()
+                .map(|r| r.name.clone())
+                .collect(),
+        );
+    }
     Ok(Some(Arc::new(inspector)))
 }
 
@@ -212,7 +216,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.spool.dir)
         .with_context(|| format!("spool.dir: cannot create {}", config.spool.dir.display()))?;
-    let inspector = load_inspector(&config, &metrics)?;
+    let inspector = load_inspector(&config, Some(&metrics))?;
     let auth = if config.authentication.enabled {
         Some(
             crate::auth::Auth::start(

@@ -6,16 +6,25 @@ use std::path::{Path, PathBuf};
 
 /// Calls `f` with each message under `path`; returns how many were read.
 pub fn for_each_message(path: &Path, mut f: impl FnMut(&[u8])) -> std::io::Result<usize> {
+    for_each_named(path, |_, _, m| f(m))
+}
+
+/// Calls `f` with each message under `path`, with the file it came from and its index in
+/// that file (0 unless the file is an mbox); returns how many were read.
+pub fn for_each_named(
+    path: &Path,
+    mut f: impl FnMut(&Path, usize, &[u8]),
+) -> std::io::Result<usize> {
     let mut n = 0;
     if path.is_file() {
         let bytes = std::fs::read(path)?;
         if bytes.starts_with(b"From ") {
-            for m in split_mbox(&bytes) {
-                f(m);
+            for (i, m) in split_mbox(&bytes).into_iter().enumerate() {
+                f(path, i, m);
                 n += 1;
             }
         } else {
-            f(&bytes);
+            f(path, 0, &bytes);
             n += 1;
         }
         return Ok(n);
@@ -40,12 +49,12 @@ pub fn for_each_message(path: &Path, mut f: impl FnMut(&[u8])) -> std::io::Resul
     for p in files {
         let bytes = std::fs::read(&p)?;
         if bytes.starts_with(b"From ") && memchr::memmem::find(&bytes[5..], b"\nFrom ").is_some() {
-            for m in split_mbox(&bytes) {
-                f(m);
+            for (i, m) in split_mbox(&bytes).into_iter().enumerate() {
+                f(&p, i, m);
                 n += 1;
             }
         } else {
-            f(&bytes);
+            f(&p, 0, &bytes);
             n += 1;
         }
     }

@@ -120,6 +120,14 @@ pub struct Views<'a> {
 
 impl<'a> Views<'a> {
     /// The first header named `name` (ASCII case-insensitive).
+    /// The rendered body without the Subject line that starts it.
+    pub fn body_text(&self) -> &str {
+        self.body
+            .strip_prefix(self.subject.as_str())
+            .and_then(|r| r.strip_prefix('\n'))
+            .unwrap_or(&self.body)
+    }
+
     pub fn header(&self, name: &str) -> Option<&HeaderView> {
         self.headers
             .iter()
@@ -451,7 +459,9 @@ fn push_url(urls: &mut Vec<Url>, url: String, text: Option<String>) {
 pub fn host_of(url: &str) -> Option<String> {
     let rest = match url.find("://") {
         Some(p) => &url[p + 3..],
-        None if url.len() > 4 && url[..4].eq_ignore_ascii_case("www.") => url,
+        None if url.len() > 4 && url.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("www.")) => {
+            url
+        }
         None => return None,
     };
     let authority = rest.split(['/', '?', '#', '\\']).next().unwrap_or("");
@@ -468,6 +478,17 @@ pub fn host_of(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_of_text_with_multibyte_letters_does_not_panic() {
+        // Found in real spam: a Korean link text, 4 octets into a 3-octet letter.
+        assert_eq!(host_of("쇼핑호스트란?"), None);
+        assert_eq!(host_of("wwwé.example"), None);
+        assert_eq!(
+            host_of("WWW.Example.com/x").as_deref(),
+            Some("www.example.com")
+        );
+    }
 
     const MIXED: &[u8] = b"From: \"Big Bank\" <alerts@bank.example>\r\n\
 To: you@example.com\r\n\

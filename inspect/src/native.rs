@@ -178,12 +178,12 @@ pub fn evaluate(call: &str, views: &Views<'_>, ctx: &Context) -> bool {
             lo.is_none_or(|l| shift >= l) && hi.is_none_or(|h| shift < h)
         }
         "check_body_length" => {
-            let len = views.body.len().saturating_sub(views.subject.len() + 1);
+            let len = views.body_text().len();
             num(0).is_some_and(|n| (len as f64) < n)
         }
         "check_for_uppercase" => {
             // As SpamAssassin: only bodies of 200 characters or more, letters only.
-            let body = &views.body[(views.subject.len() + 1).min(views.body.len())..];
+            let body = views.body_text();
             if body.len() < 200 {
                 return false;
             }
@@ -355,5 +355,16 @@ mod tests {
         assert!(!evaluate("html_test(html_message)", &v, &ctx));
         assert!(!supported("html_test(html_font_face_bad)"));
         assert!(!supported("check_rbl(zen,zen.spamhaus.org)"));
+    }
+
+    #[test]
+    fn uppercase_check_on_an_unparseable_message_does_not_panic() {
+        // Found by fuzzing: no Subject, and a body starting with a multi-octet letter.
+        let raw = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xbf\xff\xff\xff\xffw\xb0.pqypal.de/mro\r\n<p>Dygccounk</a></p>\r\n";
+        let v = crate::mime::parse(raw, &crate::mime::Limits::default());
+        let ctx = Context::default();
+        let _ = evaluate("check_for_uppercase(75,100)", &v, &ctx);
+        let _ = evaluate("check_body_length(250)", &v, &ctx);
+        assert!(v.body_text().len() <= v.body.len());
     }
 }
