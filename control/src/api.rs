@@ -104,6 +104,25 @@ pub fn publish(state: &AppState) -> Result<Published, ApiError> {
         store.raise_generation(floor).map_err(ApiError::from)?;
     }
     let policy = store.compile().map_err(ApiError::from)?;
+    // The artifacts the snapshot names go beside it first (once: they are named by
+    // their digest), so an engine that sees the snapshot finds them.
+    for (kind, sha) in [
+        ("rules", &policy.inspection.rules),
+        ("model", &policy.inspection.model),
+    ] {
+        if sha.is_empty() {
+            continue;
+        }
+        let path = bulwark_policy::artifact_path(publisher.path(), kind, sha);
+        if path.exists() {
+            continue;
+        }
+        let bytes = store
+            .artifact_bytes(kind)
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::internal(format!("the {kind} artifact vanished")))?;
+        write_artifact(&path, &bytes).map_err(ApiError::internal)?;
+    }
     let image = bulwark_policy::encode(&policy).map_err(ApiError::internal)?;
     let generation = publisher.publish(&image).map_err(ApiError::internal)?;
     let p = Published {
@@ -119,6 +138,219 @@ pub fn publish(state: &AppState) -> Result<Published, ApiError> {
         "policy published"
     );
     Ok(p)
+}
+
+/// Writes a file under a temporary name, syncs it and renames it into place.
+fn write_artifact(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The largest rule upload (SpamAssassin's stock rules are under 2 MB).
+const MAX_RULES_UPLOAD: usize = 32 << 20;
+/// The largest model upload.
+const MAX_MODEL_UPLOAD: usize = 256 << 20;
+
+/// `POST /api/v1/rules`: `{"files": [{"name": "x.cf", "text": "…"}, …]}`, SpamAssassin
+/// `.cf` and Bulwark `.toml` files. They are parsed and compiled (with the built-in
+/// rules) here; the compiled set replaces the one stored and is published. The answer
+/// reports every rule's mode and every rule skipped, with file and line.
+async fn import_rules(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let map = object(body, &["files"])?;
+    let Some(Value::Array(files)) = map.get("files") else {
+        return Err(ApiError::bad(
+            "files",
+            "files must be an array of {name, text}",
+        ));
+    };
+    if files.is_empty() {
+        return Err(ApiError::bad("files", "files is empty"));
+    }
+    let mut named = Vec::with_capacity(files.len());
+    for f in files {
+        let (Some(Value::String(name)), Some(Value::String(text))) = (f.get("name"), f.get("text"))
+        else {
+            return Err(ApiError::bad(
+                "files",
+                "each file needs a name and a text (strings)",
+            ));
+        };
+        let ok_name = !name.is_empty()
+            && name.len() <= 255
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && (name.ends_with(".cf") || name.ends_with(".toml"));
+        if !ok_name {
+            return Err(ApiError::bad(
+                "files",
+                format!(
+                    "{name:?}: a file name is letters, digits, '.', '_', '-' and ends in .cf or .toml"
+                ),
+            ));
+        }
+        named.push((name.clone(), text.clone()));
+    }
+    let st = state.clone();
+    blocking(move || {
+        let dir = tempdir().map_err(ApiError::internal)?;
+        let result = compile_rules(&dir, &named);
+        let _ = std::fs::remove_dir_all(&dir);
+        let (bytes, report) = result?;
+        let sha = lock(&st.store)
+            .set_artifact("rules", &bytes, &report.to_string())
+            .map_err(ApiError::from)?;
+        let generation = publish(&st)?.generation;
+        let mut out = report;
+        out["sha256"] = json!(sha);
+        out["size"] = json!(bytes.len());
+        out["generation"] = json!(generation);
+        Ok((StatusCode::CREATED, Json(out)))
+    })
+    .await
+}
+
+fn tempdir() -> std::io::Result<std::path::PathBuf> {
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let name: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("bulwark-rules-{name}"));
+    std::fs::create_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Parses and compiles uploaded rule files; the compiled bytes and the report.
+fn compile_rules(
+    dir: &std::path::Path,
+    files: &[(String, String)],
+) -> Result<(Vec<u8>, Value), ApiError> {
+    use bulwark_inspect::{compiled::Compiled, inspector};
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).map_err(ApiError::internal)?;
+    }
+    let prefix = format!("{}/", dir.display());
+    let set = inspector::load_rules(&[dir.to_path_buf()])
+        .map_err(|e| ApiError::bad("files", e.to_string().replace(&prefix, "")))?;
+    let compiled = Compiled::compile(&set)
+        .map_err(|e| ApiError::bad("files", e.to_string().replace(&prefix, "")))?;
+    let m = compiled.modes();
+    let skipped: Vec<Value> = compiled
+        .skipped
+        .iter()
+        .map(|s| {
+            json!({
+                "rule": s.name,
+                "file": s.origin.file.trim_start_matches(&prefix),
+                "line": s.origin.line,
+                "reason": s.reason,
+            })
+        })
+        .collect();
+    let rules: Vec<Value> = compiled
+        .rule_modes()
+        .into_iter()
+        .map(|(name, mode, origin)| {
+            json!({"name": name, "mode": mode, "origin": origin.trim_start_matches(&prefix)})
+        })
+        .collect();
+    let report = json!({
+        "rules": rules.len(),
+        "modes": {
+            "hyperscan": m.hyperscan, "prefilter": m.prefilter, "pcre2": m.pcre,
+            "meta": m.meta, "exists": m.exists, "native": m.native,
+        },
+        "skipped": skipped,
+        "rule_modes": rules,
+    });
+    Ok((compiled.to_bytes(), report))
+}
+
+async fn get_rules(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    artifact_info(state, "rules").await
+}
+
+async fn get_model(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    artifact_info(state, "model").await
+}
+
+async fn artifact_info(state: Arc<AppState>, kind: &'static str) -> Result<Json<Value>, ApiError> {
+    let info = blocking(move || {
+        lock(&state.store)
+            .artifact_info(kind)
+            .map_err(ApiError::from)
+    })
+    .await?
+    .ok_or_else(|| ApiError {
+        status: StatusCode::NOT_FOUND,
+        field: None,
+        message: format!("no {kind} imported: engines use their own configuration's"),
+    })?;
+    let mut v = serde_json::from_str::<Value>(&info.report).unwrap_or(Value::Null);
+    if !v.is_object() {
+        v = json!({});
+    }
+    v["sha256"] = json!(info.sha256);
+    v["size"] = json!(info.size);
+    v["updated"] = json!(info.updated);
+    Ok(Json(v))
+}
+
+async fn remove_rules(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    remove_artifact(state, "rules").await
+}
+
+async fn remove_model(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    remove_artifact(state, "model").await
+}
+
+async fn remove_artifact(
+    state: Arc<AppState>,
+    kind: &'static str,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        if !lock(&state.store)
+            .remove_artifact(kind)
+            .map_err(ApiError::from)?
+        {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                field: None,
+                message: format!("no {kind} imported"),
+            });
+        }
+        Ok(Json(json!({"generation": publish(&state)?.generation})))
+    })
+    .await
+}
+
+/// `PUT /api/v1/model`: a model made by `bulwark learn` / `bulwark-control learn`, as the
+/// request body (`application/octet-stream`).
+async fn put_model(
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let model = bulwark_inspect::classifier::Model::from_bytes(&body)
+        .map_err(|e| ApiError::bad("body", format!("not a Bulwark model: {e}")))?;
+    let report = json!({"tokens": model.tokens()});
+    blocking(move || {
+        let sha = lock(&state.store)
+            .set_artifact("model", &body, &report.to_string())
+            .map_err(ApiError::from)?;
+        let generation = publish(&state)?.generation;
+        Ok((
+            StatusCode::CREATED,
+            Json(json!({"sha256": sha, "size": body.len(), "tokens": report["tokens"], "generation": generation})),
+        ))
+    })
+    .await
 }
 
 async fn blocking<T: Send + 'static>(
@@ -144,6 +376,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/ips", get(list_ips).post(add_ip).delete(remove_ip))
         .route("/api/v1/limits", get(get_limits).put(put_limits))
         .route("/api/v1/snapshot", get(snapshot))
+        .route(
+            "/api/v1/rules",
+            get(get_rules)
+                .post(import_rules)
+                .delete(remove_rules)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_RULES_UPLOAD)),
+        )
+        .route(
+            "/api/v1/model",
+            get(get_model)
+                .put(put_model)
+                .delete(remove_model)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_MODEL_UPLOAD)),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
@@ -715,6 +961,41 @@ const OPENAPI: &str = r##"{
           "200": {"description": "the limits now in force", "content": {"application/json": {"schema": {"type": "object"}}}},
           "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/rules": {
+      "get": {"summary": "The imported rule set: digest, size, modes, skipped rules", "responses": {
+        "200": {"description": "rules", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "none imported", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "post": {"summary": "Import rule files (SpamAssassin .cf, Bulwark .toml), compile and publish", "requestBody": {"required": true, "content": {"application/json": {"schema": {
+          "type": "object", "required": ["files"], "additionalProperties": false, "properties": {
+            "files": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name", "text"], "properties": {
+              "name": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9._-]*[.](cf|toml)$"}, "text": {"type": "string"}}}}}}}}},
+        "responses": {
+          "201": {"description": "compiled and published: each rule's mode, rules skipped with file and line", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "a file that does not parse or compile (file and line named)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "413": {"description": "upload too large"}}},
+      "delete": {"summary": "Remove the imported rules (engines go back to their own) and publish", "responses": {
+        "200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "none imported", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/model": {
+      "get": {"summary": "The classifier model: digest, size, tokens", "responses": {
+        "200": {"description": "model", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "none", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "put": {"summary": "Replace the classifier model (made by bulwark-control learn) and publish", "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        "responses": {
+          "201": {"description": "stored and published", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "not a model", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "413": {"description": "upload too large"}}},
+      "delete": {"summary": "Remove the model and publish", "responses": {
+        "200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "none", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
     "/api/v1/snapshot": {
       "get": {"summary": "The published snapshot and the generation each engine runs", "responses": {

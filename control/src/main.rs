@@ -86,6 +86,51 @@ enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Content inspection rules, compiled by the service and published to the engines.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Train a classifier model from labelled mail (files, maildirs, mbox) and publish it.
+    Learn {
+        /// Spam: a directory of messages or an mbox file (repeatable).
+        #[arg(long, required = true)]
+        spam: Vec<PathBuf>,
+        /// Wanted mail (repeatable).
+        #[arg(long, required = true)]
+        ham: Vec<PathBuf>,
+    },
+    /// The published classifier model.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Import rule files and directories of them (SpamAssassin `.cf`, Bulwark `.toml`):
+    /// the service compiles them with the built-in rules, reports every rule it cannot
+    /// take (file and line) and publishes the compiled set, replacing the previous one.
+    Import {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Also list every rule with its mode.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// What is published: digest, size, modes, skipped rules.
+    Show,
+    /// Remove the imported rules: engines go back to their own configuration's.
+    Remove,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Digest, size and tokens of the published model.
+    Show,
+    /// Remove the model.
+    Remove,
 }
 
 #[derive(Subcommand)]
@@ -211,6 +256,9 @@ fn main() -> ExitCode {
         Command::Snapshot {
             command: SnapshotCommand::Show,
         } => snapshot_show(&remote),
+        Command::Rules { command } => rules(command, &remote),
+        Command::Learn { spam, ham } => learn(&spam, &ham, &remote),
+        Command::Model { command } => model(command, &remote),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -266,8 +314,183 @@ fn token_create(path: &std::path::Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rule files under `paths` (directories read in name order, `.cf` and `.toml` only).
+fn rule_files(paths: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let mut files = Vec::new();
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).with_context(|| format!("reading {}", p.display()))? {
+                files.push(e?.path());
+            }
+            files.sort();
+            files.retain(|f| f.extension().is_some_and(|x| x == "cf" || x == "toml"));
+        } else {
+            files.push(p.clone());
+        }
+        for f in files {
+            let text = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+            let name = f
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            // SpamAssassin files may be Latin-1: sent as text, each octet kept.
+            let text = match String::from_utf8(text) {
+                Ok(t) => t,
+                Err(e) => e.into_bytes().iter().map(|&b| b as char).collect(),
+            };
+            out.push(json!({"name": name, "text": text}));
+        }
+    }
+    if out.is_empty() {
+        bail!("no .cf or .toml files in the paths given");
+    }
+    Ok(out)
+}
+
+fn rules(command: RulesCommand, remote: &Remote) -> anyhow::Result<()> {
+    match command {
+        RulesCommand::Import { paths, verbose } => {
+            let files = rule_files(&paths)?;
+            let n = files.len();
+            let r = call_for(
+                remote,
+                "POST",
+                "/api/v1/rules",
+                Some(json!({"files": files})),
+                Duration::from_secs(1800),
+            )?;
+            if verbose {
+                for x in r["rule_modes"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<40} {:<16} {}",
+                        x["name"].as_str().unwrap_or(""),
+                        x["mode"].as_str().unwrap_or(""),
+                        x["origin"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            for x in r["skipped"].as_array().into_iter().flatten() {
+                println!(
+                    "skipped {}:{}: {}: {}",
+                    x["file"].as_str().unwrap_or(""),
+                    x["line"],
+                    x["rule"].as_str().unwrap_or(""),
+                    x["reason"].as_str().unwrap_or("")
+                );
+            }
+            print_rules_summary(&r);
+            println!(
+                "imported {n} file{} and published generation {}",
+                if n == 1 { "" } else { "s" },
+                r["generation"]
+            );
+        }
+        RulesCommand::Show => {
+            let r = call(remote, "GET", "/api/v1/rules", None)?;
+            print_rules_summary(&r);
+        }
+        RulesCommand::Remove => {
+            let r = call(remote, "DELETE", "/api/v1/rules", None)?;
+            println!("rules removed; generation {}", r["generation"]);
+        }
+    }
+    Ok(())
+}
+
+fn print_rules_summary(r: &Value) {
+    let m = &r["modes"];
+    println!(
+        "{} rules: {} hyperscan, {} prefilter+pcre2, {} pcre2, {} meta, {} exists, {} native; {} skipped",
+        r["rules"],
+        m["hyperscan"],
+        m["prefilter"],
+        m["pcre2"],
+        m["meta"],
+        m["exists"],
+        m["native"],
+        r["skipped"].as_array().map_or(0, Vec::len)
+    );
+    println!(
+        "sha256 {} ({} octets)",
+        r["sha256"].as_str().unwrap_or(""),
+        r["size"]
+    );
+}
+
+fn learn(spam: &[PathBuf], ham: &[PathBuf], remote: &Remote) -> anyhow::Result<()> {
+    use bulwark_inspect::{classifier::Trainer, corpus, mime};
+    let limits = mime::Limits::default();
+    let mut trainer = Trainer::default();
+    for (paths, is_spam) in [(spam, true), (ham, false)] {
+        for p in paths {
+            corpus::for_each_message(p, |m| trainer.learn(&mime::parse(m, &limits), is_spam))
+                .with_context(|| format!("reading {}", p.display()))?;
+        }
+    }
+    let (s, h) = trainer.counts();
+    let model = trainer.finish().to_bytes();
+    let r = call_bytes(remote, "/api/v1/model", &model)?;
+    println!(
+        "learned {s} spam and {h} ham messages: {} tokens; published generation {} (sha256 {})",
+        r["tokens"],
+        r["generation"],
+        r["sha256"].as_str().unwrap_or("")
+    );
+    Ok(())
+}
+
+fn model(command: ModelCommand, remote: &Remote) -> anyhow::Result<()> {
+    match command {
+        ModelCommand::Show => {
+            let r = call(remote, "GET", "/api/v1/model", None)?;
+            println!(
+                "model: {} tokens, sha256 {} ({} octets)",
+                r["tokens"],
+                r["sha256"].as_str().unwrap_or(""),
+                r["size"]
+            );
+        }
+        ModelCommand::Remove => {
+            let r = call(remote, "DELETE", "/api/v1/model", None)?;
+            println!("model removed; generation {}", r["generation"]);
+        }
+    }
+    Ok(())
+}
+
 /// Calls the API; returns the JSON body of a 2xx, or an error with the service's message.
 fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    call_for(remote, method, path, body, Duration::from_secs(30))
+}
+
+/// `PUT` of a binary body.
+fn call_bytes(remote: &Remote, path: &str, bytes: &[u8]) -> anyhow::Result<Value> {
+    let Some(token) = &remote.token else {
+        bail!("no token: pass --token or set BULWARK_TOKEN");
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into();
+    let url = format!("{}{path}", remote.url.trim_end_matches('/'));
+    let response = agent
+        .put(&url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .content_type("application/octet-stream")
+        .send(bytes);
+    answer(response.with_context(|| format!("cannot reach {url}"))?)
+}
+
+fn call_for(
+    remote: &Remote,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
     let Some(token) = &remote.token else {
         bail!(
             "no token: pass --token or set BULWARK_TOKEN (create one with `bulwark-control token create`)"
@@ -275,7 +498,7 @@ fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> anyho
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
+        .timeout_global(Some(timeout))
         .build()
         .into();
     let url = format!("{}{path}", remote.url.trim_end_matches('/'));
@@ -296,7 +519,11 @@ fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> anyho
             .send_json(&b),
         (_, None) => agent.post(&url).header("Authorization", &auth).send_empty(),
     };
-    let mut response = response.with_context(|| format!("cannot reach {url}"))?;
+    answer(response.with_context(|| format!("cannot reach {url}"))?)
+}
+
+/// The JSON body of a 2xx, or an error with the service's message.
+fn answer(mut response: ureq::http::Response<ureq::Body>) -> anyhow::Result<Value> {
     let status = response.status();
     let text = response.body_mut().read_to_string().unwrap_or_default();
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));

@@ -51,6 +51,14 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE domains ADD COLUMN tls TEXT NOT NULL DEFAULT 'opportunistic'
         CHECK (tls IN ('opportunistic', 'required', 'none'));
      ALTER TABLE domains ADD COLUMN tls_ca TEXT NOT NULL DEFAULT '';",
+    // 5: published artifacts: the compiled inspection rules and the classifier model.
+    "CREATE TABLE artifacts (
+        kind TEXT PRIMARY KEY NOT NULL CHECK (kind IN ('rules', 'model')),
+        sha256 TEXT NOT NULL,
+        bytes BLOB NOT NULL,
+        report TEXT NOT NULL,
+        updated INTEGER NOT NULL
+     );",
 ];
 
 /// The settable limits and their allowed ranges.
@@ -64,6 +72,21 @@ pub const LIMITS: [(&str, i64, i64); 5] = {
     }
     out
 };
+
+/// What is stored of an artifact, besides its bytes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArtifactInfo {
+    pub sha256: String,
+    pub size: u64,
+    /// JSON: what importing or training reported.
+    pub report: String,
+    /// Unix seconds.
+    pub updated: i64,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -502,7 +525,75 @@ impl Store {
                 window_secs: get("harvest_window_secs") as u32,
                 block_secs: get("harvest_block_secs") as u32,
             },
+            inspection: bulwark_policy::InspectionArtifacts {
+                rules: self
+                    .artifact_info("rules")?
+                    .map(|a| a.sha256)
+                    .unwrap_or_default(),
+                model: self
+                    .artifact_info("model")?
+                    .map(|a| a.sha256)
+                    .unwrap_or_default(),
+            },
         })
+    }
+
+    /// Stores an artifact (`rules`, `model`) with its report, replacing the previous one.
+    pub fn set_artifact(
+        &mut self,
+        kind: &str,
+        bytes: &[u8],
+        report: &str,
+    ) -> Result<String, StoreError> {
+        let sha = hex(&Sha256::digest(bytes));
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO artifacts (kind, sha256, bytes, report, updated) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(kind) DO UPDATE SET sha256 = ?2, bytes = ?3, report = ?4, updated = ?5",
+            params![kind, sha, bytes, report, now()],
+        )?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(sha)
+    }
+
+    /// An artifact's digest, size, report and time, without its bytes.
+    pub fn artifact_info(&self, kind: &str) -> Result<Option<ArtifactInfo>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT sha256, length(bytes), report, updated FROM artifacts WHERE kind = ?1",
+                [kind],
+                |r| {
+                    Ok(ArtifactInfo {
+                        sha256: r.get(0)?,
+                        size: r.get::<_, i64>(1)? as u64,
+                        report: r.get(2)?,
+                        updated: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn artifact_bytes(&self, kind: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT bytes FROM artifacts WHERE kind = ?1", [kind], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Removes an artifact; false when there was none.
+    pub fn remove_artifact(&mut self, kind: &str) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute("DELETE FROM artifacts WHERE kind = ?1", [kind])?;
+        if n > 0 {
+            bump(&tx)?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
     }
 }
 

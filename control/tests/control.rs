@@ -825,3 +825,143 @@ fn limits_reach_the_engine() {
     assert!(out.contains("250-SIZE 2048"), "{out}");
     assert!(out.contains("552 5.3.4"), "{out}");
 }
+
+/// The whole message exchange; the reply to the end of data.
+fn send_message(smtp: u16, body: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", smtp)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@fleet.test>\r\nDATA\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut seen = String::new();
+    while !seen.contains("354") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    write!(
+        s,
+        "Subject: fleet\r\nFrom: a@b.test\r\n\r\n{body}\r\n.\r\nQUIT\r\n"
+    )
+    .unwrap();
+    let _ = s.read_to_string(&mut seen);
+    seen.lines()
+        .skip_while(|l| !l.starts_with("354"))
+        .nth(1)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// `rules import` compiles on the service, reports what it skipped with file and line,
+/// and publishes the compiled set beside the snapshot; the engine loads it without a
+/// restart and scores with it. `rules remove` takes the engine back to its own rules;
+/// `learn` trains and publishes a model.
+#[test]
+fn rules_and_models_published_by_control_reach_the_engine() {
+    let dir = tmp("rules");
+    let (c, _engine, smtp, metrics) = control_and_engine(&dir);
+    let (ok, out) = cli(
+        &c,
+        &["domain", "add", "fleet.test", "--route", "127.0.0.1:9"],
+    );
+    assert!(ok, "{out}");
+    let before = eventually("250", || send_message(smtp, "the fleetword is here"));
+    assert!(before.starts_with("250"), "{before}");
+
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("fleet.toml"),
+        "[[rule]]\nname = \"FLEET_RULE\"\nclass = \"body\"\npattern = 'fleetword'\nscore = 20.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rules.join("local.cf"),
+        "body LOCAL_OK /another phrase/\nscore LOCAL_OK 0.5\n\nheader LOCAL_EVAL eval:check_no_such_thing()\n",
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        &c,
+        &["rules", "import", rules.to_str().unwrap(), "--verbose"],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("FLEET_RULE") && out.contains("hyperscan"),
+        "{out}"
+    );
+    assert!(
+        out.contains("skipped local.cf:4: LOCAL_EVAL:"),
+        "the skipped rule is named with its file and line:\n{out}"
+    );
+    assert!(
+        out.contains("imported 2 files and published generation"),
+        "{out}"
+    );
+    let reply = eventually("550", || send_message(smtp, "the fleetword is here"));
+    assert!(
+        reply.starts_with("550 5.7.1 Message refused as spam"),
+        "{reply}"
+    );
+    assert!(
+        metric(
+            metrics,
+            "bulwark_inspection_rule_hits_total{rule=\"FLEET_RULE\"} "
+        ) >= 1.0
+    );
+    let (ok, out) = cli(&c, &["rules", "show"]);
+    assert!(
+        ok && out.contains("skipped") && out.contains("sha256 "),
+        "{out}"
+    );
+
+    // A rule file that does not parse: 400 with the file and line, nothing published.
+    std::fs::write(
+        rules.join("bad.toml"),
+        "[[rule]]\nname = \"B\"\nclass = \"nope\"\n",
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        &c,
+        &["rules", "import", rules.join("bad.toml").to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(out.contains("400") && out.contains("bad.toml:2"), "{out}");
+    assert!(send_message(smtp, "the fleetword again").starts_with("550"));
+
+    let (ok, out) = cli(&c, &["rules", "remove"]);
+    assert!(ok, "{out}");
+    let reply = eventually("250", || send_message(smtp, "the fleetword is back"));
+    assert!(reply.starts_with("250"), "{reply}");
+
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus/train");
+    let (ok, out) = cli(
+        &c,
+        &[
+            "learn",
+            "--spam",
+            &format!("{corpus}/spam"),
+            "--ham",
+            &format!("{corpus}/ham"),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("learned 500 spam and 2500 ham messages"),
+        "{out}"
+    );
+    let (ok, out) = cli(&c, &["model", "show"]);
+    assert!(ok && out.contains("tokens"), "{out}");
+}

@@ -257,6 +257,8 @@ impl Config {
                 window_secs: self.harvest.window.as_secs().min(u32::MAX as u64) as u32,
                 block_secs: self.harvest.block.as_secs().min(u32::MAX as u64) as u32,
             },
+            // This file's rules and model are its own `[inspection]`'s, loaded at start.
+            inspection: Default::default(),
         }
     }
 

@@ -291,7 +291,7 @@ fn score(
     cfg.inspection.enabled = true;
     // No envelope here: SpamAssassin's network score sets do not apply.
     cfg.authentication.enabled = false;
-    let ins = bulwark::runtime::load_inspector(&cfg, None)?
+    let ins = bulwark::runtime::load_inspector(&cfg)?
         .ok_or_else(|| anyhow::anyhow!("inspection is off"))?;
     let mut scanner = ins
         .scanner()

@@ -221,8 +221,6 @@ pub struct Shard {
     /// Seconds to parse a message into views, and to match the rules.
     pub scan_parse: Histogram,
     pub scan_rules: Histogram,
-    /// Rule hits by rule index (sized when the rules are loaded).
-    pub rule_hits: std::sync::OnceLock<Box<[Counter]>>,
 }
 
 impl Shard {
@@ -261,7 +259,6 @@ impl Shard {
             auth_timeouts: Counter::default(),
             scan_parse: Histogram::new(SCAN),
             scan_rules: Histogram::new(SCAN),
-            rule_hits: std::sync::OnceLock::new(),
         }
     }
 
@@ -283,8 +280,16 @@ pub struct Metrics {
     shards: Box<[Padded]>,
     /// Cores that are listening with their policy loaded.
     ready_cores: AtomicUsize,
-    /// Names of the inspection rules, by index (the `rule` label of rule hits).
-    rule_names: std::sync::OnceLock<Vec<String>>,
+    /// Hit counters of every rule set a core has used (sets change when control
+    /// publishes new rules); the rule-hit metric sums them by rule name.
+    rule_sets: std::sync::Mutex<Vec<Arc<RuleHits>>>,
+}
+
+/// One core's hit counters for one rule set, indexed as the set's rules. The core holds
+/// its own `Arc` and counts without a lock; only registering a set locks.
+pub struct RuleHits {
+    pub names: Vec<String>,
+    pub counts: Box<[Counter]>,
 }
 
 impl Metrics {
@@ -292,18 +297,20 @@ impl Metrics {
         Arc::new(Metrics {
             shards: (0..cores).map(|_| Padded(Shard::new())).collect(),
             ready_cores: AtomicUsize::new(0),
-            rule_names: std::sync::OnceLock::new(),
+            rule_sets: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    /// Sizes the per-rule hit counters for the rules loaded at start.
-    pub fn set_rules(&self, names: Vec<String>) {
-        for s in self.shards.iter() {
-            let _ =
-                s.0.rule_hits
-                    .set((0..names.len()).map(|_| Counter::default()).collect());
+    /// Hit counters for a rule set a core starts to use (its rules' names, by index).
+    pub fn rule_hits(&self, names: Vec<String>) -> Arc<RuleHits> {
+        let hits = Arc::new(RuleHits {
+            counts: (0..names.len()).map(|_| Counter::default()).collect(),
+            names,
+        });
+        if let Ok(mut sets) = self.rule_sets.lock() {
+            sets.push(hits.clone());
         }
-        let _ = self.rule_names.set(names);
+        hits
     }
 
     /// A core is listening and has its policy.
@@ -657,21 +664,21 @@ impl Collector for Families {
                 "Messages each inspection rule hit (rules that have hit at least once).",
                 c,
                 {
-                    let mut v = Vec::new();
-                    if let Some(names) = m.rule_names.get() {
-                        for (i, name) in names.iter().enumerate() {
-                            let n = m.sum(|s| {
-                                s.rule_hits
-                                    .get()
-                                    .and_then(|h| h.get(i))
-                                    .map_or(0, Counter::get)
-                            });
-                            if n > 0.0 {
-                                v.push(counter(n, &[("rule", name)]));
+                    let mut by_name: std::collections::BTreeMap<&str, u64> =
+                        std::collections::BTreeMap::new();
+                    let sets = m.rule_sets.lock().map(|s| s.clone()).unwrap_or_default();
+                    for set in &sets {
+                        for (name, c) in set.names.iter().zip(set.counts.iter()) {
+                            let n = c.get();
+                            if n > 0 {
+                                *by_name.entry(name.as_str()).or_default() += n;
                             }
                         }
                     }
-                    v
+                    by_name
+                        .into_iter()
+                        .map(|(name, n)| counter(n as f64, &[("rule", name)]))
+                        .collect()
                 },
             ),
             self.histogram(

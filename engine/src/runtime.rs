@@ -40,21 +40,61 @@ pub struct Core {
     pub harvest: Rc<Guard>,
     /// Message content this core holds in memory, against `[server] memory_per_core`.
     pub memory: Rc<Budget>,
-    /// Content inspection, when enabled: the shared rules and this core's scratch.
-    pub inspect: Option<CoreInspect>,
+    /// Content inspection, when enabled: the shared rules and this core's scratch;
+    /// replaced between transactions when control publishes other rules.
+    pub inspect: std::cell::RefCell<Option<Rc<CoreInspect>>>,
+    pub inspect_loader: Arc<crate::inspection::Loader>,
     pub quarantine: crate::quarantine::Quarantine,
     pub auth: Option<crate::auth::Auth>,
 }
 
-/// One core's inspection state.
-pub struct CoreInspect {
-    pub inspector: Arc<bulwark_inspect::inspector::Inspector>,
-    pub scanner: std::cell::RefCell<bulwark_inspect::compiled::Scanner>,
-}
+pub use crate::inspection::CoreInspect;
 
 impl Core {
     pub fn shard(&self) -> &Shard {
         self.metrics.shard(self.id)
+    }
+
+    /// The inspector of this transaction (cheap: one reference count).
+    pub fn inspector(&self) -> Option<Rc<CoreInspect>> {
+        self.inspect.borrow().clone()
+    }
+
+    /// Moves to the inspection rules the policy in force names, once they are loaded
+    /// (the load runs on another thread; until then the rules in force stay). True when
+    /// the rules in force are the ones named (or inspection is off).
+    pub fn sync_inspection(&self) -> bool {
+        let snap = self.policy.current();
+        let refs = &snap.policy().inspection;
+        let (rules, model) = (refs.rules.as_str(), refs.model.as_str());
+        {
+            let cur = self.inspect.borrow();
+            match cur.as_ref() {
+                Some(c) if c.key.0 == rules && c.key.1 == model => return true,
+                None if self.inspect_loader.local().is_none() => return true,
+                _ => {}
+            }
+        }
+        let key = (rules.to_string(), model.to_string());
+        let Some(ins) = self.inspect_loader.get(&key) else {
+            return self.inspect_loader.failed(&key);
+        };
+        match CoreInspect::new(ins, key, &self.metrics) {
+            Ok(ci) => {
+                info!(
+                    core = self.id,
+                    rules = %if rules.is_empty() { "configured" } else { rules },
+                    model = %if model.is_empty() { "configured" } else { model },
+                    "inspection rules in force"
+                );
+                *self.inspect.borrow_mut() = Some(Rc::new(ci));
+                true
+            }
+            Err(e) => {
+                tracing::error!(core = self.id, "cannot use the new rules: {e:#}");
+                false
+            }
+        }
     }
 }
 
@@ -67,7 +107,7 @@ struct Shared {
     dns: Dns,
     server_tls: Option<Arc<rustls::ServerConfig>>,
     client_tls: Arc<rustls::ClientConfig>,
-    inspector: Option<Arc<bulwark_inspect::inspector::Inspector>>,
+    inspect_loader: Arc<crate::inspection::Loader>,
     auth: Option<crate::auth::Auth>,
 }
 
@@ -97,7 +137,6 @@ fn load_blocklist(
 /// model, the settings), as the engine uses it; `None` when inspection is off.
 pub fn load_inspector(
     config: &Config,
-    metrics: Option<&Arc<Metrics>>,
 ) -> anyhow::Result<Option<Arc<bulwark_inspect::inspector::Inspector>>> {
     use anyhow::Context as _;
     let c = &config.inspection;
@@ -146,16 +185,6 @@ pub fn load_inspector(
         elapsed_ms = t0.elapsed().as_millis() as u64,
         "inspection rules loaded"
     );
-    if let Some(metrics) = metrics {
-        metrics.set_rules(
-            inspector
-                .compiled
-                .rules
-                .iter()
-                .map(|r| r.name.clone())
-                .collect(),
-        );
-    }
     Ok(Some(Arc::new(inspector)))
 }
 
@@ -216,7 +245,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.spool.dir)
         .with_context(|| format!("spool.dir: cannot create {}", config.spool.dir.display()))?;
-    let inspector = load_inspector(&config, Some(&metrics))?;
+    let inspector = load_inspector(&config)?;
+    let inspect_loader = crate::inspection::Loader::new(inspector, config.policy.snapshot.clone());
     let auth = if config.authentication.enabled {
         Some(
             crate::auth::Auth::start(
@@ -240,7 +270,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         dns,
         server_tls,
         client_tls: tls::opportunistic_client_config(),
-        inspector,
+        inspect_loader,
         auth,
     });
     // Cores talk to each other through these links (harvest protection).
@@ -466,19 +496,36 @@ async fn run_core(
         max_sessions: cfg.smtp.max_connections.div_ceil(shared.cores).max(1),
         harvest: Guard::start(link, policy.clone()),
         memory,
-        inspect: match &shared.inspector {
-            Some(i) => Some(CoreInspect {
-                inspector: i.clone(),
-                scanner: std::cell::RefCell::new(
-                    i.scanner()
-                        .map_err(|e| anyhow::anyhow!("inspection scratch space: {e}"))?,
-                ),
-            }),
+        inspect: std::cell::RefCell::new(match shared.inspect_loader.local() {
+            Some(i) => Some(Rc::new(CoreInspect::new(
+                i.clone(),
+                Default::default(),
+                &shared.metrics,
+            )?)),
             None => None,
-        },
+        }),
+        inspect_loader: shared.inspect_loader.clone(),
         quarantine,
         auth: shared.auth.clone(),
     });
+    // Rules published with the snapshot in force are loaded before this core takes
+    // mail (bounded: a load that fails leaves the configured rules in force).
+    for _ in 0..3000 {
+        if core.sync_inspection() {
+            break;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                core.sync_inspection();
+            }
+        })
+        .detach();
+    }
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {
         let l = TcpListener::bind(addr)

@@ -401,6 +401,27 @@ impl Compiled {
         c
     }
 
+    /// Each rule with how it runs (`hyperscan`, `prefilter+pcre2`, `pcre2`, `meta`,
+    /// `exists`, `native`) and where it was defined.
+    pub fn rule_modes(&self) -> Vec<(&str, &'static str, &str)> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let mode = match &r.kind {
+                    RuleKind::Regex { mode, .. } => match mode {
+                        Mode::Hyperscan => "hyperscan",
+                        Mode::Prefilter => "prefilter+pcre2",
+                        Mode::Pcre => "pcre2",
+                    },
+                    RuleKind::Meta(_) => "meta",
+                    RuleKind::Exists(_) => "exists",
+                    RuleKind::Native(_) => "native",
+                };
+                (r.name.as_str(), mode, r.origin.as_str())
+            })
+            .collect()
+    }
+
     /// The compiled set as bytes: a manifest and each serialized database.
     pub fn to_bytes(&self) -> Vec<u8> {
         let manifest = Manifest {

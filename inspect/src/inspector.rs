@@ -261,6 +261,16 @@ impl Inspector {
         settings: Settings,
         origin: Origin,
     ) -> Self {
+        Self::from_shared(Arc::new(compiled), model.map(Arc::new), settings, origin)
+    }
+
+    /// The same, with rules and model another inspector may share.
+    pub fn from_shared(
+        compiled: Arc<Compiled>,
+        model: Option<Arc<Model>>,
+        settings: Settings,
+        origin: Origin,
+    ) -> Self {
         let score_set = if model.is_some() { 2 } else { 0 } + usize::from(settings.network_tests);
         let phishing = crate::phishing::Phishing::new(
             &settings.managed_domains,
@@ -269,8 +279,8 @@ impl Inspector {
             settings.url_blocklist.clone(),
         );
         Inspector {
-            compiled: Arc::new(compiled),
-            model: model.map(Arc::new),
+            compiled,
+            model,
             settings,
             score_set,
             origin,

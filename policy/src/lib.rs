@@ -16,7 +16,7 @@ mod snapshot;
 
 pub use schema::{
     ArchivedCidr, ArchivedDomain, ArchivedIpLists, ArchivedLimits, ArchivedPolicy, ArchivedRoute,
-    ArchivedSenderLists, Cidr, Domain, Harvest, IpLists, IpVerdict, Limits, Policy, Route,
-    SenderLists, SenderVerdict, TlsPolicy,
+    ArchivedSenderLists, Cidr, Domain, Harvest, InspectionArtifacts, IpLists, IpVerdict, Limits,
+    Policy, Route, SenderLists, SenderVerdict, TlsPolicy, artifact_path,
 };
 pub use snapshot::{HEADER_LEN, MAGIC, SCHEMA_VERSION, Snapshot, SnapshotError, encode};

@@ -16,6 +16,29 @@ pub struct Policy {
     pub ips: IpLists,
     /// Directory-harvest protection.
     pub harvest: Harvest,
+    /// Content inspection's compiled rules and classifier model, published by control.
+    pub inspection: InspectionArtifacts,
+}
+
+/// Files published beside the snapshot (`<snapshot>.<kind>.<sha256>`), named by the
+/// SHA-256 of their content (lower-case hex); empty when none is published, and the
+/// engine uses its own configuration's.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct InspectionArtifacts {
+    /// A compiled rule set (built-in and imported rules, serialized Hyperscan databases).
+    pub rules: String,
+    /// A classifier model.
+    pub model: String,
+}
+
+/// Where an artifact of a snapshot published at `snapshot` lives.
+pub fn artifact_path(snapshot: &std::path::Path, kind: &str, sha256: &str) -> std::path::PathBuf {
+    let mut name = snapshot
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".{kind}.{sha256}"));
+    snapshot.with_file_name(name)
 }
 
 /// Past `max_unknown` unknown recipients from one client address within `window_secs`,

@@ -309,6 +309,11 @@ impl Publisher {
     /// Publishes a complete snapshot image. Its generation must be newer than the one in
     /// force; it is checked before anything is written. A header that was truncated or
     /// replaced since it was opened is laid out again first.
+    /// The header's path (images and artifacts are named after it).
+    pub fn path(&self) -> &Path {
+        &self.header_path
+    }
+
     pub fn publish(&mut self, image: &[u8]) -> Result<u64, ShmError> {
         if !intact(&self.header_path, self.identity, &self.header.map) {
             let fresh = Publisher::open(&self.header_path, self.grace)?;

@@ -695,7 +695,7 @@ fn inspect(
         },
         quarantine: None,
     };
-    let Some(ci) = &core.inspect else {
+    let Some(ci) = core.inspector() else {
         return unscanned();
     };
     let Ok(mut scanner) = ci.scanner.try_borrow_mut() else {
@@ -725,11 +725,9 @@ fn inspect(
         Verdict::AuthFail => 4,
     };
     shard.verdicts[v][report.action as usize].inc();
-    if let Some(hits) = shard.rule_hits.get() {
-        for h in &report.hits {
-            if let Some(c) = hits.get(h.index) {
-                c.inc();
-            }
+    for h in &report.hits {
+        if let Some(c) = ci.hits.counts.get(h.index) {
+            c.inc();
         }
     }
     let rules: Vec<&str> = report.hits.iter().map(|h| h.name.as_str()).collect();
