@@ -252,6 +252,13 @@ impl Shared {
             spf: spf_result(env.spf.result()),
             spf_helo: spf_result(env.spf_helo.result()),
             iprev: iprev_result(&env.iprev.result),
+            rdns: match (&env.iprev.result, &env.iprev.ptr) {
+                (IprevResult::Pass, Some(names)) => names
+                    .first()
+                    .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            },
             ..Default::default()
         };
         let helo = who.helo.as_str();

@@ -304,13 +304,16 @@ fn score(
     for p in paths {
         corpus::for_each_named(p, |file, index, m| {
             total += 1;
+            // When it arrived, as its first Received header says (else now), so date
+            // rules judge archived mail as its receiver did.
+            let arrival = received_at(m).unwrap_or(now);
             let env = Envelope {
                 client_ip: std::net::IpAddr::from([0, 0, 0, 0]),
                 helo: "",
                 mail_from: "",
                 hostname: &cfg.server.hostname,
                 queue_id: "",
-                arrival: now,
+                arrival,
                 auth: None,
             };
             let r = ins.inspect(&mut scanner, m, &env);
@@ -367,6 +370,35 @@ fn score(
     }
     out.flush()?;
     Ok(())
+}
+
+/// The date of a message's first (most recent) Received header, as Unix seconds.
+fn received_at(m: &[u8]) -> Option<u64> {
+    let head_end = memchr::memmem::find(m, b"\r\n\r\n")
+        .or_else(|| memchr::memmem::find(m, b"\n\n"))
+        .unwrap_or(m.len());
+    let head = String::from_utf8_lossy(&m[..head_end]);
+    let mut lines = head.lines();
+    let mut value = String::new();
+    for l in lines.by_ref() {
+        if l.len() > 9 && l[..9].eq_ignore_ascii_case("received:") {
+            value.push_str(&l[9..]);
+            break;
+        }
+    }
+    if value.is_empty() {
+        return None;
+    }
+    for l in lines {
+        if l.starts_with([' ', '\t']) {
+            value.push(' ');
+            value.push_str(l.trim());
+        } else {
+            break;
+        }
+    }
+    let date = value.rsplit(';').next()?;
+    bulwark_inspect::native::parse_date(date).and_then(|t| u64::try_from(t).ok())
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {

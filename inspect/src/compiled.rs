@@ -844,8 +844,14 @@ impl Scanner {
             }
         }
         for (i, h) in &compiled.exists {
-            let found = views.headers.iter().any(|x| x.name.eq_ignore_ascii_case(h))
-                || pseudo.get(h).is_some();
+            // SpamAssassin's composite names exist when one of their parts does.
+            let parts = composite_parts(&h.to_ascii_lowercase());
+            let present = |n: &str| views.headers.iter().any(|x| x.name.eq_ignore_ascii_case(n));
+            let found = if parts.is_empty() {
+                present(h) || pseudo.get(h).is_some()
+            } else {
+                parts.iter().any(|p| present(p))
+            };
             if found {
                 hits.values[*i as usize] = 1.0;
             }
@@ -985,9 +991,7 @@ fn header_subject(
             }
             return any;
         }
-        "tocc" => &["to", "cc"],
-        "messageid" => &["message-id", "resent-message-id", "x-message-id"],
-        _ => &[],
+        other => composite_parts(other),
     };
     if names.is_empty() {
         if let Some(p) = pseudo.get(name) {
@@ -1103,6 +1107,16 @@ fn add(stack: &mut [(u64, u64)], v: u64) {
     }
 }
 
+/// The headers a SpamAssassin composite name stands for (`ToCc`, `MESSAGEID`), by its
+/// lower-case name; empty for an ordinary header.
+fn composite_parts(lower: &str) -> &'static [&'static str] {
+    match lower {
+        "tocc" => &["to", "cc"],
+        "messageid" => &["message-id", "resent-message-id", "x-message-id"],
+        _ => &[],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1182,6 +1196,40 @@ Content-Type: application/pdf\r\n\r\n%PDF\r\n--b--\r\n";
             assert!(hits.iter().any(|h| h == want), "{want} not hit: {hits:?}");
         }
         assert!(!hits.iter().any(|h| h == "HAS_DATE"), "{hits:?}");
+    }
+
+    #[test]
+    fn message_id_and_tocc_read_as_spamassassin_reads_them() {
+        // Regression: a Message-ID lost its angle brackets (mail-parser's structured
+        // reading) and exists:ToCc never held, so INVALID_MSGID and
+        // REPLYTO_WITHOUT_TO_CC hit nearly all ham.
+        let c = compile(
+            r#"
+header __SANE_MSGID MESSAGEID =~ /^<[^<>\\ \t\n\r\x0b\x80-\xff]+\@[^<>\\ \t\n\r\x0b\x80-\xff]+>\s*$/m
+header __HAS_MSGID MESSAGEID =~ /\S/
+meta INVALID_MSGID __HAS_MSGID && !__SANE_MSGID
+score INVALID_MSGID 1
+header __HAS_REPLY_TO exists:Reply-To
+header __TOCC_EXISTS exists:ToCc
+meta REPLYTO_WITHOUT_TO_CC __HAS_REPLY_TO && !__TOCC_EXISTS
+score REPLYTO_WITHOUT_TO_CC 1
+"#,
+        );
+        let msg = b"From: a@b.example\r\nTo: c@d.example\r\nReply-To: e@f.example\r\nMessage-ID: <123@b.example>\r\n\r\nhi\r\n";
+        let hits = names_hit(&c, msg);
+        assert!(hits.iter().any(|h| h == "__SANE_MSGID"), "{hits:?}");
+        assert!(!hits.iter().any(|h| h == "INVALID_MSGID"), "{hits:?}");
+        assert!(
+            !hits.iter().any(|h| h == "REPLYTO_WITHOUT_TO_CC"),
+            "{hits:?}"
+        );
+        let no_to = b"From: a@b.example\r\nReply-To: e@f.example\r\nMessage-ID: 123\r\n\r\nhi\r\n";
+        let hits = names_hit(&c, no_to);
+        assert!(hits.iter().any(|h| h == "INVALID_MSGID"), "{hits:?}");
+        assert!(
+            hits.iter().any(|h| h == "REPLYTO_WITHOUT_TO_CC"),
+            "{hits:?}"
+        );
     }
 
     #[test]

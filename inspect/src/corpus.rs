@@ -48,7 +48,9 @@ pub fn for_each_named(
     files.sort();
     for p in files {
         let bytes = std::fs::read(&p)?;
-        if bytes.starts_with(b"From ") && memchr::memmem::find(&bytes[5..], b"\nFrom ").is_some() {
+        // An mbox, or one message with its mbox `From ` line (as archives keep them): the
+        // line is not part of the message.
+        if bytes.starts_with(b"From ") {
             for (i, m) in split_mbox(&bytes).into_iter().enumerate() {
                 f(&p, i, m);
                 n += 1;
@@ -82,6 +84,23 @@ pub fn split_mbox(b: &[u8]) -> Vec<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_single_message_file_loses_its_mbox_from_line() {
+        // Regression: archived messages start with an mbox `From ` line, which was read
+        // as part of the header section.
+        let dir = std::env::temp_dir().join(format!("bulwark-corpus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("1.eml"),
+            b"From someone@example.org  Thu Aug 22 12:36:23 2002\nSubject: s\n\nbody\n",
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        for_each_message(&dir, |m| got.push(m.to_vec())).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(got, vec![b"Subject: s\n\nbody\n".to_vec()]);
+    }
 
     #[test]
     fn mbox_splits_at_from_lines() {

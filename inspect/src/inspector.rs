@@ -333,17 +333,21 @@ impl Inspector {
             auth: env.auth,
             phish: Some(&phish),
         };
-        let relay = format!(
-            "[ ip={} rdns= helo={} by={} ident= envfrom={} intl=0 id={} auth= msa=0 ]",
-            env.client_ip, env.helo, env.hostname, env.mail_from, env.queue_id
-        );
-        let pseudo = PseudoHeaders {
-            values: vec![
-                ("EnvelopeFrom", Cow::Borrowed(env.mail_from)),
-                ("X-Spam-Relays-External", Cow::Borrowed(relay.as_str())),
-                ("X-Spam-Relays-Untrusted", Cow::Borrowed(relay.as_str())),
-            ],
-        };
+        // The relay that handed us the message, as SpamAssassin describes it; only when
+        // it is known (a client address, and its verified name from iprev), since rules
+        // such as RDNS_NONE read an empty name as "has no reverse DNS".
+        let mut values = vec![("EnvelopeFrom", Cow::Borrowed(env.mail_from))];
+        if !env.client_ip.is_unspecified()
+            && let Some(a) = env.auth
+        {
+            let relay = format!(
+                "[ ip={} rdns={} helo={} by={} ident= envfrom={} intl=0 id={} auth= msa=0 ]",
+                env.client_ip, a.rdns, env.helo, env.hostname, env.mail_from, env.queue_id
+            );
+            values.push(("X-Spam-Relays-External", Cow::Owned(relay.clone())));
+            values.push(("X-Spam-Relays-Untrusted", Cow::Owned(relay)));
+        }
+        let pseudo = PseudoHeaders { values };
         let hits = scanner.scan(&self.compiled, &views, &pseudo, |call| {
             native::evaluate(call, &views, &ctx)
         });

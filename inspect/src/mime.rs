@@ -300,6 +300,19 @@ fn header_section_len(raw: &[u8]) -> usize {
     }
 }
 
+/// A header value read as unstructured text: unfolded, encoded words decoded.
+fn unstructured(value: &[u8]) -> Option<String> {
+    let mut v = value.to_vec();
+    if !v.ends_with(b"\n") {
+        v.push(b'\n');
+    }
+    match mail_parser::parsers::MessageStream::new(&v).parse_unstructured() {
+        HeaderValue::Text(t) => Some(t.trim().to_string()),
+        HeaderValue::Empty => Some(String::new()),
+        _ => None,
+    }
+}
+
 fn header_view(raw: &[u8], h: &mail_parser::Header<'_>) -> HeaderView {
     let start = (h.offset_start as usize).min(raw.len());
     let end = (h.offset_end as usize).clamp(start, raw.len());
@@ -307,31 +320,19 @@ fn header_view(raw: &[u8], h: &mail_parser::Header<'_>) -> HeaderView {
     let raw_value = unfold(&lossy);
     let mut addrs = Vec::new();
     let mut names = Vec::new();
-    let decoded = match &h.value {
-        HeaderValue::Text(t) => t.to_string(),
-        HeaderValue::TextList(list) => list.join(", "),
-        HeaderValue::Address(a) => {
-            let mut s = String::new();
-            for addr in a.iter() {
-                if !s.is_empty() {
-                    s.push_str(", ");
-                }
-                if let Some(n) = addr.name() {
-                    names.push(n.to_string());
-                    s.push_str(n);
-                    s.push(' ');
-                }
-                if let Some(ad) = addr.address() {
-                    addrs.push(ad.to_string());
-                    s.push('<');
-                    s.push_str(ad);
-                    s.push('>');
-                }
+    // As SpamAssassin reads a header: the value as written, encoded words decoded (not
+    // mail-parser's structured reading, which drops a Message-ID's angle brackets).
+    let decoded = unstructured(&raw[start..end]).unwrap_or_else(|| raw_value.trim().to_string());
+    if let HeaderValue::Address(a) = &h.value {
+        for addr in a.iter() {
+            if let Some(n) = addr.name() {
+                names.push(n.to_string());
             }
-            s
+            if let Some(ad) = addr.address() {
+                addrs.push(ad.to_string());
+            }
         }
-        _ => raw_value.trim().to_string(),
-    };
+    }
     HeaderView {
         name: h.name.as_str().to_string(),
         raw: raw_value.trim_start().to_string(),

@@ -74,6 +74,8 @@ pub struct AuthSummary {
     /// The policy of the From domain, when it publishes one.
     pub dmarc_policy: Option<DmarcPolicy>,
     pub iprev: AuthResult,
+    /// The client's name when iprev verified it (empty otherwise).
+    pub rdns: String,
 }
 
 /// Whether `call` (function and arguments, as [`crate::sa`] names it) is implemented.
