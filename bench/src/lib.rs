@@ -67,3 +67,107 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Inputs for the inspection benches: rule sets and messages built from the labelled
+/// corpus beside the repository (`../shared/corpus/train`), read, never copied.
+pub mod inspection {
+    use std::path::{Path, PathBuf};
+
+    use bulwark_inspect::corpus;
+    use bulwark_inspect::inspector::{Inspector, Settings};
+
+    pub fn corpus_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/train")
+    }
+
+    /// Where compiled rule sets are cached between runs.
+    pub fn cache_dir() -> PathBuf {
+        let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-rules-cache");
+        let _ = std::fs::create_dir_all(&d);
+        d
+    }
+
+    /// Built-in rules only.
+    pub fn builtin() -> Inspector {
+        Inspector::load(&[], None, Some(&cache_dir()), Settings::default()).expect("built-in")
+    }
+
+    /// Built-in plus Debian's stock SpamAssassin rules (compiled once, then cached).
+    pub fn spamassassin() -> Inspector {
+        Inspector::load(
+            &[PathBuf::from("/usr/share/spamassassin")],
+            None,
+            Some(&cache_dir()),
+            Settings::default(),
+        )
+        .expect("SpamAssassin's rules (apt install spamassassin)")
+    }
+
+    /// Built-in plus `n` literal-heavy body rules of our own: two-word phrases taken
+    /// from the spam corpus, case-insensitive, some with a bounded gap.
+    pub fn own_rules(n: usize) -> Inspector {
+        let mut words: Vec<String> = Vec::new();
+        corpus::for_each_message(&corpus_dir().join("spam"), |m| {
+            let text = String::from_utf8_lossy(m);
+            for w in text.split(|c: char| !c.is_ascii_alphabetic()) {
+                if (5..12).contains(&w.len()) && words.len() < 200_000 {
+                    words.push(w.to_ascii_lowercase());
+                }
+            }
+        })
+        .expect("corpus");
+        words.sort();
+        words.dedup();
+        let mut toml = String::new();
+        let mut k = 0usize;
+        for i in 0..n {
+            let a = &words[(i * 7919) % words.len()];
+            let b = &words[(i * 104_729 + 13) % words.len()];
+            let pattern = if i % 5 == 0 {
+                format!("\\b{a}\\W{{1,20}}{b}\\b")
+            } else {
+                format!("{a} {b}")
+            };
+            k += 1;
+            toml.push_str(&format!(
+                "[[rule]]\nname = \"OWN_{k}\"\nclass = \"body\"\npattern = '{pattern}'\nflags = \"i\"\nscore = 0.1\n\n"
+            ));
+        }
+        let path = cache_dir().join(format!("own-{n}.toml"));
+        std::fs::write(&path, toml).expect("write rules");
+        Inspector::load(&[path], None, Some(&cache_dir()), Settings::default()).expect("own rules")
+    }
+
+    /// A plain-text message of about `size` octets: a ham header, then the text of
+    /// corpus messages (ham and spam, their header sections dropped) one after another.
+    pub fn text_message(size: usize) -> Vec<u8> {
+        let mut out = b"From: Alice <alice@example.org>\r\nTo: bob@example.test\r\nSubject: the quarterly report\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <bench@example.org>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n".to_vec();
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        for class in ["ham", "spam"] {
+            corpus::for_each_message(&corpus_dir().join(class), |m| {
+                if bodies.len() < 4000
+                    && let Some(p) = m.windows(2).position(|w| w == b"\n\n")
+                {
+                    let body = &m[p + 2..];
+                    if !body.windows(2).any(|w| w == b"<h" || w == b"<H") {
+                        bodies.push(body.to_vec());
+                    }
+                }
+            })
+            .expect("corpus");
+        }
+        let mut i = 0;
+        while out.len() < size {
+            let b = &bodies[i % bodies.len()];
+            for line in b.split(|&c| c == b'\n') {
+                out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+                out.extend_from_slice(b"\r\n");
+                if out.len() >= size {
+                    break;
+                }
+            }
+            i += 1;
+        }
+        out
+    }
+}

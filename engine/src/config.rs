@@ -74,6 +74,9 @@ pub struct Inspection {
     pub shorteners: Option<Vec<String>>,
     /// URL blocklist files (one URL or host/path per line).
     pub url_blocklist: Vec<PathBuf>,
+    /// Deadline of a streamed message's full scan, and whether missing it is a tempfail.
+    pub timeout: Duration,
+    pub timeout_tempfail: bool,
     pub limits: bulwark_inspect::mime::Limits,
 }
 
@@ -770,6 +773,22 @@ impl<'t> Validator<'t> {
         };
         let brands = hosts(self, &mut s, "brands");
         let shorteners = hosts(self, &mut s, "shorteners");
+        let timeout = self
+            .duration(&mut s, "timeout")
+            .unwrap_or(Duration::from_secs(10));
+        let timeout_tempfail = match self.string(&mut s, "timeout_action") {
+            None => false,
+            Some((a, _)) if a == "accept" => false,
+            Some((a, _)) if a == "tempfail" => true,
+            Some((a, span)) => {
+                self.err(
+                    "inspection.timeout_action",
+                    Some(span),
+                    format!("{a:?} is not \"accept\" or \"tempfail\""),
+                );
+                false
+            }
+        };
         let url_blocklist = self
             .string_list(&mut s, "url_blocklist")
             .unwrap_or_default()
@@ -809,6 +828,8 @@ impl<'t> Validator<'t> {
             brands,
             shorteners,
             url_blocklist,
+            timeout,
+            timeout_tempfail,
             limits,
         }
     }

@@ -27,6 +27,8 @@ pub type Key = (String, String);
 pub struct CoreInspect {
     pub inspector: Arc<Inspector>,
     pub scanner: RefCell<Scanner>,
+    /// Scratch spaces for full scans on the executor's blocking thread.
+    pub pool: Arc<Mutex<Vec<Scanner>>>,
     pub hits: Arc<RuleHits>,
     pub key: Key,
 }
@@ -47,6 +49,7 @@ impl CoreInspect {
         Ok(CoreInspect {
             inspector,
             scanner: RefCell::new(scanner),
+            pool: Arc::new(Mutex::new(Vec::new())),
             hits,
             key,
         })

@@ -218,6 +218,9 @@ pub struct Shard {
     pub auth_results: [[Counter; 7]; 5],
     /// Messages whose authentication did not finish within `[authentication] timeout`.
     pub auth_timeouts: Counter,
+    /// Full scans of streamed messages: same decision, stronger decision, timed out,
+    /// skipped (memory budget, read error).
+    pub full_scans: [Counter; 4],
     /// Seconds to parse a message into views, and to match the rules.
     pub scan_parse: Histogram,
     pub scan_rules: Histogram,
@@ -257,6 +260,7 @@ impl Shard {
             verdicts: Default::default(),
             auth_results: Default::default(),
             auth_timeouts: Counter::default(),
+            full_scans: Default::default(),
             scan_parse: Histogram::new(SCAN),
             scan_rules: Histogram::new(SCAN),
         }
@@ -625,6 +629,16 @@ impl Collector for Families {
                     }
                     v
                 },
+            ),
+            family(
+                "bulwark_inspection_full_scans_total",
+                "Streamed messages inspected whole at their end, by result.",
+                c,
+                ["same", "stronger", "timeout", "skipped"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| counter(m.sum(|s| s.full_scans[i].get()), &[("result", r)]))
+                    .collect(),
             ),
             family(
                 "bulwark_auth_timeouts_total",

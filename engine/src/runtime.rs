@@ -44,6 +44,10 @@ pub struct Core {
     /// replaced between transactions when control publishes other rules.
     pub inspect: std::cell::RefCell<Option<Rc<CoreInspect>>>,
     pub inspect_loader: Arc<crate::inspection::Loader>,
+    /// Full scans of streamed messages: their deadline, and whether missing it is a
+    /// `451 4.7.0` (else the message is accepted on its first piece's inspection).
+    pub inspect_timeout: std::time::Duration,
+    pub inspect_timeout_tempfail: bool,
     pub quarantine: crate::quarantine::Quarantine,
     pub auth: Option<crate::auth::Auth>,
 }
@@ -505,6 +509,8 @@ async fn run_core(
             None => None,
         }),
         inspect_loader: shared.inspect_loader.clone(),
+        inspect_timeout: cfg.inspection.timeout,
+        inspect_timeout_tempfail: cfg.inspection.timeout_tempfail,
         quarantine,
         auth: shared.auth.clone(),
     });

@@ -567,3 +567,58 @@ fn a_bad_blocklist_line_stops_the_engine_with_file_and_line() {
         "{err}"
     );
 }
+
+#[test]
+fn spam_past_the_first_piece_of_a_streamed_message_is_found_by_the_full_scan() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(sink.addr, "");
+    // 600 KiB of harmless text, then GTUBE: only a scan of the whole message sees it.
+    let out = python(&format!(
+        r#"
+import smtplib
+body = ("an ordinary line of a long report\r\n" * 18000) + "{GTUBE}\r\n"
+s = smtplib.SMTP("{}", {})
+try:
+    s.sendmail("alice@sender.test", ["bob@example.test"], "Subject: report\r\n\r\n" + body)
+    print("250")
+except smtplib.SMTPDataError as e:
+    print(e.smtp_code, e.smtp_error.decode())
+s.quit()
+"#,
+        engine.smtp.ip(),
+        engine.smtp.port()
+    ));
+    assert!(
+        out.trim().starts_with("550 5.7.1 Message refused as spam"),
+        "{out}"
+    );
+    assert_eq!(engine.metric("bulwark_messages_streamed_total"), 1.0);
+    assert_eq!(
+        engine.metric("bulwark_inspection_full_scans_total{result=\"stronger\"}"),
+        1.0
+    );
+    assert!(engine.log_text().contains("inspected whole"));
+    // Refused after it was durable: finished in the spool, never delivered.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(engine.queue_list().is_empty());
+    assert!(sink.messages().is_empty());
+    // A clean long message goes through, scanned whole.
+    let out = python(&format!(
+        r#"
+import smtplib
+body = "an ordinary line of a long report\r\n" * 18000
+s = smtplib.SMTP("{}", {})
+s.sendmail("alice@sender.test", ["bob@example.test"], "Subject: report 2\r\n\r\n" + body)
+s.quit()
+print("250")
+"#,
+        engine.smtp.ip(),
+        engine.smtp.port()
+    ));
+    assert_eq!(out.trim(), "250");
+    assert_eq!(sink.wait_for(1, Duration::from_secs(10)).len(), 1);
+    assert_eq!(
+        engine.metric("bulwark_inspection_full_scans_total{result=\"same\"}"),
+        1.0
+    );
+}

@@ -68,6 +68,11 @@ struct Streaming {
     refused: Option<String>,
     /// Inspection chose to quarantine it: copied to the store once complete.
     quarantine: Option<Box<crate::quarantine::Meta>>,
+    /// What the first piece's inspection decided, and what the full scan at the end
+    /// needs again.
+    first_action: bulwark_inspect::inspector::Action,
+    helo: String,
+    auth: Option<crate::auth::Outcome>,
     /// `None` once writing failed: the rest of the content is read and dropped, and the
     /// end of the message gets this reply.
     message: Option<StreamedMessage>,
@@ -369,17 +374,23 @@ async fn stream_piece(
             arrival,
             auth.as_ref(),
         );
-        let (refused, stamp, quarantine) = match inspected {
-            Inspected::Refuse(reply) => (Some(reply), Vec::new(), None),
+        let (refused, stamp, quarantine, first_action) = match inspected {
+            Inspected::Refuse(reply) => (
+                Some(reply),
+                Vec::new(),
+                None,
+                bulwark_inspect::inspector::Action::Reject,
+            ),
             Inspected::Accept {
                 stamp,
                 drop,
                 quarantine,
+                action,
             } => {
                 if !drop.is_empty() {
                     piece = without(&piece, &drop);
                 }
-                (None, stamp, quarantine)
+                (None, stamp, quarantine, action)
             }
         };
         let tx = session.transaction();
@@ -388,6 +399,9 @@ async fn stream_piece(
             arrival,
             refused,
             quarantine,
+            first_action,
+            helo: session.helo().to_string(),
+            auth,
             message: None,
             failure: SPOOL_ERROR,
         };
@@ -430,16 +444,16 @@ async fn stream_piece(
 async fn accept_streamed(
     core: &Rc<Core>,
     peer: SocketAddr,
-    st: Streaming,
+    mut st: Streaming,
     tx: Transaction,
 ) -> Result<String, String> {
-    if let Some(reply) = st.refused {
-        if let Some(m) = st.message {
+    if let Some(reply) = st.refused.take() {
+        if let Some(m) = st.message.take() {
             m.abort().await;
         }
         return Err(reply);
     }
-    let Some(mut m) = st.message else {
+    let Some(mut m) = st.message.take() else {
         core.shard().reject(Reject::SpoolFailed);
         return Err(st.failure.to_string());
     };
@@ -454,7 +468,27 @@ async fn accept_streamed(
             let shard = core.shard();
             shard.messages_received.inc();
             shard.streamed.inc();
-            if let Some(mut meta) = st.quarantine {
+            if st.quarantine.is_none() {
+                let envelope = (tx.mail_from.as_str(), tx.rcpts.as_slice(), flags);
+                match full_scan(core, peer, &st, envelope, location, size).await {
+                    FullScan::Same => {}
+                    FullScan::Quarantine(meta) => st.quarantine = Some(meta),
+                    FullScan::Refuse(reply) => {
+                        // Durable already: finished in the spool, never delivered.
+                        core.spool.mark_done(location, &st.id);
+                        return Err(reply);
+                    }
+                    FullScan::TimedOut if core.inspect_timeout_tempfail => {
+                        core.spool.mark_done(location, &st.id);
+                        return Err(format!(
+                            "451 4.7.0 Message could not be inspected in time, try again later; reference {}",
+                            st.id
+                        ));
+                    }
+                    FullScan::TimedOut => {}
+                }
+            }
+            if let Some(mut meta) = st.quarantine.take() {
                 // In the spool already: copied to the quarantine, then finished there.
                 meta.size = size;
                 let stored = core
@@ -557,6 +591,7 @@ async fn accept_message(
             stamp,
             drop,
             quarantine,
+            ..
         } => {
             header.extend_from_slice(&stamp);
             if !drop.is_empty() {
@@ -622,6 +657,7 @@ enum Inspected {
         drop: Vec<std::ops::Range<usize>>,
         /// Kept in the quarantine store instead of queued.
         quarantine: Option<Box<crate::quarantine::Meta>>,
+        action: bulwark_inspect::inspector::Action,
     },
 }
 
@@ -694,6 +730,7 @@ fn inspect(
             Vec::new()
         },
         quarantine: None,
+        action: Action::Deliver,
     };
     let Some(ci) = core.inspector() else {
         return unscanned();
@@ -747,26 +784,7 @@ fn inspect(
         "inspected"
     );
     match report.action {
-        Action::Reject => {
-            let reply = match report.verdict {
-                Verdict::Malformed(limit) => format!(
-                    "550 5.7.1 Message refused: its structure exceeds a limit ({}); reference {id}",
-                    limit.as_str()
-                ),
-                Verdict::Phishing => {
-                    format!("550 5.7.1 Message refused as phishing; reference {id}")
-                }
-                Verdict::AuthFail => format!(
-                    "550 5.7.1 Message refused: it fails the DMARC policy of {}; reference {id}",
-                    auth.map_or("its domain", |a| a.summary.dmarc_domain.as_str())
-                ),
-                _ => format!(
-                    "550 5.7.1 Message refused as spam (score {:.1}); reference {id}",
-                    report.score
-                ),
-            };
-            Inspected::Refuse(reply)
-        }
+        Action::Reject => Inspected::Refuse(refusal(&report, id, auth)),
         Action::Tag | Action::Deliver | Action::Quarantine => {
             let mut stamp = Vec::with_capacity(512 + auth_header.len());
             stamp.extend_from_slice(auth_header.as_bytes());
@@ -801,8 +819,156 @@ fn inspect(
                 stamp,
                 drop,
                 quarantine,
+                action: report.action,
             }
         }
+    }
+}
+
+/// The reply refusing a message inspection decided to reject.
+fn refusal(
+    report: &bulwark_inspect::inspector::Report,
+    id: &str,
+    auth: Option<&crate::auth::Outcome>,
+) -> String {
+    use bulwark_inspect::inspector::Verdict;
+    match report.verdict {
+        Verdict::Malformed(limit) => format!(
+            "550 5.7.1 Message refused: its structure exceeds a limit ({}); reference {id}",
+            limit.as_str()
+        ),
+        Verdict::Phishing => format!("550 5.7.1 Message refused as phishing; reference {id}"),
+        Verdict::AuthFail => format!(
+            "550 5.7.1 Message refused: it fails the DMARC policy of {}; reference {id}",
+            auth.map_or("its domain", |a| a.summary.dmarc_domain.as_str())
+        ),
+        _ => format!(
+            "550 5.7.1 Message refused as spam (score {:.1}); reference {id}",
+            report.score
+        ),
+    }
+}
+
+/// What the full scan of a streamed message found.
+enum FullScan {
+    /// Nothing stronger than the first piece showed (or it was not run).
+    Same,
+    Refuse(String),
+    Quarantine(Box<crate::quarantine::Meta>),
+    /// It did not finish within `[inspection] timeout`.
+    TimedOut,
+}
+
+/// Inspects a streamed message whole (up to `[inspection] max_scan_size`, read back from
+/// the spool) on the executor's blocking thread, so the core's sessions go on while it
+/// runs, within `[inspection] timeout`. Only a decision stronger than the first piece's
+/// counts: its headers were stamped when streaming began.
+async fn full_scan(
+    core: &Rc<Core>,
+    peer: SocketAddr,
+    st: &Streaming,
+    (mail_from, rcpts, flags): (&str, &[String], u8),
+    location: crate::queue::Location,
+    size: u64,
+) -> FullScan {
+    use bulwark_inspect::inspector::{Action, Envelope};
+    let shard = core.shard();
+    let Some(ci) = core.inspector() else {
+        return FullScan::Same;
+    };
+    let ins = ci.inspector.clone();
+    let want = size.min(ins.settings.limits.max_scan_bytes as u64);
+    // Held in memory while it is scanned: charged to the core's budget, or not scanned.
+    let Some(_charge) = core.memory.try_charge(want as usize) else {
+        shard.full_scans[3].inc();
+        info!(id = %st.id, "memory budget spent: inspected on its first piece only");
+        return FullScan::Same;
+    };
+    let content = match core.spool.read_range(location, 0, want).await {
+        Ok(c) => c,
+        Err(e) => {
+            shard.full_scans[3].inc();
+            warn!(id = %st.id, "cannot read the message back for a full scan: {e}");
+            return FullScan::Same;
+        }
+    };
+    let pool = ci.pool.clone();
+    let (helo, sender) = (st.helo.clone(), mail_from.to_string());
+    let hostname = core.session_cfg.hostname.clone();
+    let (id, arrival) = (st.id.clone(), st.arrival);
+    let summary = st.auth.as_ref().map(|a| a.summary.clone());
+    let job = glommio::executor().spawn_blocking(move || {
+        let mut scanner = pool
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .or_else(|| ins.scanner().ok())?;
+        let env = Envelope {
+            client_ip: peer.ip(),
+            helo: &helo,
+            mail_from: &sender,
+            hostname: &hostname,
+            queue_id: &id,
+            arrival,
+            auth: summary.as_ref(),
+        };
+        let report = ins.inspect(&mut scanner, &content, &env);
+        if let Ok(mut p) = pool.lock() {
+            p.push(scanner);
+        }
+        Some(report)
+    });
+    let timeout = core.inspect_timeout;
+    let report = futures_lite::future::or(async { Some(job.await) }, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await;
+    let Some(report) = report else {
+        shard.full_scans[2].inc();
+        warn!(id = %st.id, ?timeout, "full scan did not finish in time");
+        return FullScan::TimedOut;
+    };
+    let Some(report) = report else {
+        return FullScan::Same;
+    };
+    let rules: Vec<&str> = report.hits.iter().map(|h| h.name.as_str()).collect();
+    info!(
+        id = %st.id,
+        verdict = report.verdict.as_str(),
+        action = report.action.as_str(),
+        score = format_args!("{:.2}", report.score),
+        rules = %rules.join(","),
+        octets = want,
+        "inspected whole"
+    );
+    if report.action <= st.first_action || report.action == Action::Tag {
+        shard.full_scans[0].inc();
+        return FullScan::Same;
+    }
+    shard.full_scans[1].inc();
+    for h in &report.hits {
+        if let Some(c) = ci.hits.counts.get(h.index) {
+            c.inc();
+        }
+    }
+    match report.action {
+        Action::Reject => FullScan::Refuse(refusal(&report, &st.id, st.auth.as_ref())),
+        _ => FullScan::Quarantine(Box::new(crate::quarantine::Meta {
+            id: st.id.clone(),
+            arrival: st.arrival,
+            sender: mail_from.to_string(),
+            recipients: rcpts.to_vec(),
+            client_ip: peer.ip().to_string(),
+            helo: st.helo.clone(),
+            verdict: report.verdict.as_str().to_string(),
+            score: report.score,
+            rules: report.hits.iter().map(|h| h.name.clone()).collect(),
+            subject: report.subject.clone(),
+            size,
+            flags,
+            expires: 0,
+        })),
     }
 }
 

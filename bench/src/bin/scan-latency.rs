@@ -1,0 +1,77 @@
+//! Per-message inspection cost by size (p50, p99, max over many runs), with the built-in
+//! rules plus Debian's SpamAssassin rules and a classifier trained on the corpus:
+//! `cargo run --release -p bulwark-bench --bin scan-latency [RUNS]`.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use bulwark_bench::inspection::{corpus_dir, spamassassin, text_message};
+use bulwark_inspect::classifier::Trainer;
+use bulwark_inspect::corpus;
+use bulwark_inspect::inspector::{Envelope, Inspector};
+use bulwark_inspect::mime::{Limits, parse};
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(400);
+    let base = spamassassin();
+    let mut trainer = Trainer::default();
+    let limits = Limits::default();
+    for (class, spam) in [("spam", true), ("ham", false)] {
+        corpus::for_each_message(&corpus_dir().join(class), |m| {
+            trainer.learn(&parse(m, &limits), spam)
+        })
+        .expect("corpus");
+    }
+    let ins = Inspector::from_shared(
+        base.compiled.clone(),
+        Some(std::sync::Arc::new(trainer.finish())),
+        base.settings.clone(),
+        base.origin,
+    );
+    let mut scanner = ins.scanner().expect("scratch");
+    let env = Envelope {
+        client_ip: IpAddr::from([192, 0, 2, 1]),
+        helo: "client.example.org",
+        mail_from: "alice@example.org",
+        hostname: "mx.bench.test",
+        queue_id: "0",
+        arrival: 1_796_115_600,
+        auth: None,
+    };
+    println!(
+        "| size | runs | p50 | p99 | max | parse p50 | rules+classifier p50 |\n|---|---|---|---|---|---|---|"
+    );
+    for size in [4usize << 10, 100 << 10, 5 << 20] {
+        let msg = text_message(size);
+        let n = if size > 1 << 20 { runs / 20 } else { runs }.max(10);
+        let mut total = Vec::with_capacity(n);
+        let mut parse_t = Vec::with_capacity(n);
+        let mut rules_t = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let r = ins.inspect(&mut scanner, &msg, &env);
+            total.push(t.elapsed());
+            parse_t.push(r.parse_time);
+            rules_t.push(r.rules_time);
+        }
+        for v in [&mut total, &mut parse_t, &mut rules_t] {
+            v.sort();
+        }
+        println!(
+            "| {} KiB | {n} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {:.2?} |",
+            msg.len() >> 10,
+            pct(&total, 0.5),
+            pct(&total, 0.99),
+            total[n - 1],
+            pct(&parse_t, 0.5),
+            pct(&rules_t, 0.5)
+        );
+    }
+}
