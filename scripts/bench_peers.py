@@ -2,7 +2,9 @@
 """Side-by-side benchmark of Bulwark and its peers on this machine, in one go.
 
 Each peer (Bulwark, Postfix as a relay with its durable queue as shipped, Haraka with
-smtp_forward) relays to the same downstream (`bulwark-load sink`), under the same load
+smtp_forward; and the filtering ones: Bulwark with every check on, Postfix with
+SpamAssassin through spamass-milter, Postfix with rspamd as a milter) relays to the same
+downstream (`bulwark-load sink`), under the same load
 from each client (`bulwark-load send` and Postfix's `smtp-source`), for each message
 size, several runs each. For every run it measures:
   accepted msgs/s   messages / time until the client has had every reply
@@ -173,7 +175,9 @@ def measure(args, peer, cg, port, sink, client, size, messages):
 
 
 class Bulwark:
+    """The relay alone: inspection and authentication off."""
     name = "bulwark"
+    filtering = False
 
     def __init__(self, args, work, port, sink_port):
         cfg = os.path.join(work, "bulwark.toml")
@@ -181,7 +185,16 @@ class Bulwark:
             f.write('[server]\nhostname = "bw.bench.test"\nlisten = ["127.0.0.1:%d"]\nmetrics = ""\n' % port)
             f.write('[spool]\ndir = "%s"\n' % os.path.join(work, "spool"))
             f.write('[[domains]]\nname = "example.test"\nroute = "127.0.0.1:%d"\n' % sink_port)
-        self.cg = Cgroup("bench-bulwark")
+            if self.filtering:
+                # Every check: built-in and SpamAssassin's stock rules (compiled once, then
+                # loaded from the cache), the classifier, phishing checks, SPF, DKIM,
+                # DMARC, ARC and iprev against the local DNS server.
+                f.write('[dns]\nnameservers = ["127.0.0.1:%d"]\n' % args.dns_port)
+                f.write('[inspection]\nrules = ["/usr/share/spamassassin"]\nmodel = "%s"\ncache_dir = "%s"\n'
+                        % (args.model, args.rules_cache))
+            else:
+                f.write('[inspection]\nenabled = false\n[authentication]\nenabled = false\n')
+        self.cg = Cgroup("bench-%s" % self.name)
         self.p = subprocess.Popen(self.cg.prefix() + [args.bulwark, "serve", "--config", cfg],
                                   stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "bulwark.log"), "w"),
                                   env=dict(os.environ, BULWARK_LOG="warn"))
@@ -214,14 +227,25 @@ maillog_file = {work}/maillog
 """
 
 
+class BulwarkFilter(Bulwark):
+    name = "bulwark-filter"
+    filtering = True
+
+
 class Postfix:
     name = "postfix"
+    milter = None
 
     def __init__(self, args, work, port, sink_port):
         self.etc = os.path.join(work, "pf-etc")
         os.makedirs(self.etc)
+        self.cg = Cgroup("bench-%s" % self.name)
+        self.helpers = []
+        milter = self.start_milter(args, work) if self.milter else None
         with open(os.path.join(self.etc, "main.cf"), "w") as f:
             f.write(POSTFIX_MAIN.format(work=work, sink=sink_port))
+            if milter:
+                f.write("smtpd_milters = %s\nmilter_default_action = tempfail\nmilter_protocol = 6\n" % milter)
         lines = []
         with open("/etc/postfix/master.cf") as f:
             for line in f.read().splitlines():
@@ -241,10 +265,12 @@ class Postfix:
         self.env = dict(os.environ, MAIL_CONFIG=self.etc)
         # Creates the queue tree with Postfix's own ownership and modes.
         sh("postfix", "-c", self.etc, "check", env=self.env, stderr=subprocess.DEVNULL)
-        self.cg = Cgroup("bench-postfix")
         self.p = subprocess.Popen(self.cg.prefix() + ["postfix", "-c", self.etc, "start-fg"], env=self.env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port)
+
+    def start_milter(self, args, work):
+        return None
 
     def stop(self):
         subprocess.run(["postfix", "-c", self.etc, "stop"], env=self.env, stdout=subprocess.DEVNULL,
@@ -253,7 +279,87 @@ class Postfix:
             self.p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.p.kill()
+        for h in self.helpers:
+            h.terminate()
+            try:
+                h.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                h.kill()
+        for pid in self.cg.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         self.cg.remove()
+
+
+class PostfixSpamAssassin(Postfix):
+    """Postfix with spamass-milter and Debian's spamd (stock rules, no network tests,
+    no Bayes database: what a fresh install scores with)."""
+    name = "postfix-sa"
+    milter = True
+
+    def start_milter(self, args, work):
+        spamd_port, milter_port = free_port(), free_port()
+        self.helpers.append(subprocess.Popen(
+            self.cg.prefix() + ["spamd", "--listen", "127.0.0.1:%d" % spamd_port, "-L", "-m", "4",
+                                "-u", "nobody", "--nouser-config", "-s", "stderr"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(spamd_port)
+        sock = "inet:%d@127.0.0.1" % milter_port
+        self.helpers.append(subprocess.Popen(
+            self.cg.prefix() + ["spamass-milter", "-p", sock, "-r", "15", "--",
+                                "-d", "127.0.0.1", "-p", str(spamd_port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(milter_port)
+        return "inet:127.0.0.1:%d" % milter_port
+
+
+RSPAMD = os.environ.get("RSPAMD_DIR", "/opt/bulwark-peers/rspamd/root")
+
+
+class PostfixRspamd(Postfix):
+    """Postfix with rspamd 3.4 (Debian's package, unpacked beside Bulwark's vectorscan,
+    with which Debian's libhyperscan5 conflicts) as a milter: its proxy worker scanning
+    itself, stock configuration, DNS to the local server, no Redis (no Bayes)."""
+    name = "postfix-rspamd"
+    milter = True
+
+    def start_milter(self, args, work):
+        port = free_port()
+        local = os.path.join(work, "rspamd-local")
+        os.makedirs(local)
+        for d in ("db", "run", "log"):
+            os.makedirs(os.path.join(work, "rspamd-" + d))
+        files = {
+            "worker-proxy.inc": 'milter = yes;\nbind_socket = "127.0.0.1:%d";\ntimeout = 120s;\n'
+                                'upstream "local" { default = yes; self_scan = yes; }\ncount = %d;\n'
+                                % (port, os.cpu_count()),
+            "worker-normal.inc": "enabled = false;\n",
+            "worker-controller.inc": "enabled = false;\n",
+            "worker-fuzzy.inc": "enabled = false;\n",
+            "options.inc": 'dns { nameserver = ["127.0.0.1:%d"]; }\n' % args.dns_port,
+            "logging.inc": 'type = "file";\nfilename = "%s";\nlevel = "error";\n'
+                           % os.path.join(work, "rspamd-log", "rspamd.log"),
+        }
+        for name, text in files.items():
+            with open(os.path.join(local, name), "w") as f:
+                f.write(text)
+        lib = "%s/usr/lib/x86_64-linux-gnu:%s/usr/lib/rspamd" % (RSPAMD, RSPAMD)
+        share = RSPAMD + "/usr/share/rspamd"
+        v = {"CONFDIR": RSPAMD + "/etc/rspamd", "LOCAL_CONFDIR": work, "RULESDIR": share + "/rules",
+             "LUALIBDIR": share + "/lualib", "PLUGINSDIR": share + "/plugins", "SHAREDIR": share,
+             "WWWDIR": share + "/www", "DBDIR": work + "/rspamd-db", "RUNDIR": work + "/rspamd-run",
+             "LOGDIR": work + "/rspamd-log"}
+        # LOCAL_CONFDIR/local.d is where the overrides above are read from.
+        os.rename(local, os.path.join(work, "local.d"))
+        cmd = [RSPAMD + "/usr/bin/rspamd", "-f", "-i", "-c", RSPAMD + "/etc/rspamd/rspamd.conf"]
+        cmd += ["--var=%s=%s" % kv for kv in v.items()]
+        self.helpers.append(subprocess.Popen(self.cg.prefix() + cmd, stdout=subprocess.DEVNULL,
+                                             stderr=open(os.path.join(work, "rspamd.err"), "w"),
+                                             env=dict(os.environ, LD_LIBRARY_PATH=lib)))
+        wait_port(port)
+        return "inet:127.0.0.1:%d" % port
 
 
 class Haraka:
@@ -299,7 +405,31 @@ class Haraka:
         self.cg.remove()
 
 
-PEERS = {"bulwark": Bulwark, "postfix": Postfix, "haraka": Haraka}
+PEERS = {"bulwark": Bulwark, "postfix": Postfix, "haraka": Haraka,
+         "bulwark-filter": BulwarkFilter, "postfix-sa": PostfixSpamAssassin, "postfix-rspamd": PostfixRspamd}
+FILTERING = ("bulwark-filter", "postfix-sa", "postfix-rspamd")
+
+# What the local DNS server answers for the filtering peers: the load generators'
+# sender domains publish SPF and DMARC, the client's address has a name, and every
+# other name under .test does not exist.
+DNS_RECORDS = [
+    "--txt-record=bulwark-load.test,v=spf1 ip4:127.0.0.1 -all",
+    "--txt-record=_dmarc.bulwark-load.test,v=DMARC1; p=none",
+    "--txt-record=sender.test,v=spf1 ip4:127.0.0.1 -all",
+    "--txt-record=_dmarc.sender.test,v=DMARC1; p=none",
+    "--ptr-record=1.0.0.127.in-addr.arpa,client.bench.test",
+    "--address=/client.bench.test/127.0.0.1",
+    "--local=/test/",
+    "--local-ttl=300",
+]
+
+
+def start_dns(port):
+    p = subprocess.Popen(["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--user=root",
+                          "--bind-interfaces", "--listen-address=127.0.0.1", "--port=%d" % port] + DNS_RECORDS,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return p
 
 
 def main():
@@ -317,6 +447,8 @@ def main():
     ap.add_argument("--json", help="write every run here")
     ap.add_argument("--results", help="replace a marked section of this Markdown file with the table")
     ap.add_argument("--section", default="peers", help="name of that section's markers")
+    ap.add_argument("--corpus", default=os.path.join(ROOT, "../shared/corpus/train"),
+                    help="labelled mail the filtering Bulwark's classifier is trained on")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (cgroups, postfix)")
@@ -327,6 +459,14 @@ def main():
     work = tempfile.mkdtemp(prefix="bulwark-bench-")
     # Postfix opens its files as the postfix user, which must be able to get there.
     os.chmod(work, 0o755)
+    dns = None
+    if any(p in FILTERING for p in peers):
+        args.dns_port = free_port()
+        dns = start_dns(args.dns_port)
+        args.model = os.path.join(work, "model.bwm")
+        args.rules_cache = os.environ.get("RULES_CACHE", "/opt/bulwark-peers/rules-cache")
+        sh(args.bulwark, "learn", "--spam", os.path.join(args.corpus, "spam"), "--ham",
+           os.path.join(args.corpus, "ham"), "--model", args.model, stdout=subprocess.DEVNULL)
     sink_port = args.port_base
     sink = Sink(args, sink_port, work)
     results = []
@@ -350,6 +490,9 @@ def main():
                                  r["rss_mib"], r["pss_mib"], r["delivered"], messages), flush=True)
     finally:
         sink.stop()
+        if dns:
+            dns.terminate()
+            dns.wait()
         if not os.environ.get("KEEP"):
             shutil.rmtree(work, ignore_errors=True)
     if args.json:
@@ -416,9 +559,14 @@ def write_results(args, table):
 def make_table(results, peers):
     metrics = (("accepted msgs/s", "accepted_per_s"), ("end-to-end msgs/s", "e2e_per_s"),
                ("CPU s / 1000 msgs", "cpu_s_per_1000"), ("peak RSS MiB", "rss_mib"), ("peak PSS MiB", "pss_mib"))
-    others = [p for p in peers if p != "bulwark"]
-    head = "| size | client | metric (median) | " + " | ".join(peers) + "".join(" | bulwark/%s" % o for o in others) + " |"
-    lines = [head, "|" + "---|" * (3 + len(peers) + len(others))]
+    # Each Bulwark against each peer of its kind, and the filtering one against the relay.
+    pairs = [("bulwark", o) for o in peers if o in ("postfix", "haraka")]
+    pairs += [("bulwark-filter", o) for o in peers if o in ("postfix-sa", "postfix-rspamd", "postfix")]
+    if "bulwark" in peers and "bulwark-filter" in peers:
+        pairs.append(("bulwark-filter", "bulwark"))
+    pairs = [(a, b) for a, b in pairs if a in peers]
+    head = "| size | client | metric (median) | " + " | ".join(peers) + "".join(" | %s/%s" % ab for ab in pairs) + " |"
+    lines = [head, "|" + "---|" * (3 + len(peers) + len(pairs))]
     keys = sorted({(r["size"], r["client"]) for r in results})
     for size, client in keys:
         for label, key in metrics:
@@ -427,7 +575,7 @@ def make_table(results, peers):
                 vals = [r[key] for r in results if r["peer"] == p and r["size"] == size and r["client"] == client]
                 med[p] = statistics.median(vals) if vals else float("nan")
             cells = ["%.1f" % med[p] for p in peers]
-            ratios = ["%.2f" % (med["bulwark"] / med[o]) if "bulwark" in med and med[o] else "n/a" for o in others]
+            ratios = ["%.2f" % (med[a] / med[b]) if med.get(b) else "n/a" for a, b in pairs]
             lines.append("| %d | %s | %s | %s |" % (size, client, label, " | ".join(cells + ratios)))
     return "\n".join(lines)
 

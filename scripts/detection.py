@@ -34,7 +34,7 @@ def files_of(corpus: Path):
 def link_dir(d: Path, files):
     d.mkdir(parents=True, exist_ok=True)
     for f in files:
-        (d / f.name).symlink_to(f)
+        (d / f.name).symlink_to(f.resolve())
     return d
 
 
@@ -51,7 +51,10 @@ def bulwark_config(work: Path, model: Path, rules):
 
 
 def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}: exit {r.returncode}\n{r.stderr}")
+    return r
 
 
 def bulwark_fold(binary, work, train, test, rules):
@@ -139,7 +142,15 @@ def main():
                     help="SpamAssassin rules Bulwark also runs in its second configuration")
     ap.add_argument("--no-spamassassin", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--own", type=Path,
+                    help="also score this directory of labelled messages (name prefix spam-, phish-, "
+                         "ham-) with both filters trained on the whole corpus, and list each verdict")
+    ap.add_argument("--own-blocklist", type=Path,
+                    help="URL blocklist for Bulwark on --own (inspect/testdata/blocklist.txt)")
     args = ap.parse_args()
+    if args.own:
+        own(args)
+        return
 
     files = files_of(args.corpus)
     root = Path(tempfile.mkdtemp(prefix="bulwark-detect-"))
@@ -200,6 +211,47 @@ def main():
               f"({pct(t['hardham']['flagged'], t['hardham']['n'])}) |")
     if args.json:
         args.json.write_text(json.dumps(totals, indent=2))
+
+
+def own(args):
+    """Both filters, trained on the whole corpus, on the project's own labelled messages."""
+    root = Path(tempfile.mkdtemp(prefix="bulwark-own-"))
+    root.chmod(0o755)
+    try:
+        files = files_of(args.corpus)
+        train = {"spam": link_dir(root / "train-spam", files["spam"]),
+                 "ham": link_dir(root / "train-ham", files["ham"] + files["hardham"])}
+        mails = sorted(args.own.iterdir())
+        test = link_dir(root / "own", mails)
+        w = root / "bulwark"
+        w.mkdir()
+        model = w / "model.bwm"
+        run([args.bulwark, "learn", "--spam", str(train["spam"]), "--ham", str(train["ham"]),
+             "--model", str(model)])
+        cfg = bulwark_config(w, model, [args.sa_rules])
+        with open(cfg, "a") as fh:
+            if args.own_blocklist:
+                fh.write(f"url_blocklist = [\"{args.own_blocklist.resolve()}\"]\n")
+            fh.write("[[domains]]\nname = \"example.com\"\nroute = \"127.0.0.1:2526\"\n")
+        res = run([args.bulwark, "score", "--config", str(cfg), "--json", str(test)])
+        bw = {Path(json.loads(l)["file"]).name: json.loads(l) for l in res.stdout.splitlines() if l.strip()}
+        sa = sa_fold(root / "sa", train, {"spam": test, "ham": link_dir(root / "none-ham", []),
+                                          "hardham": link_dir(root / "none-hardham", [])})["spam"]
+        print("| message | label | Bulwark | SpamAssassin |\n|---|---|---|---|")
+        right = {"bulwark": 0, "sa": 0}
+        for f, (score, required) in zip(mails, sa):
+            label = f.name.split("-")[0]
+            b = bw[f.name]
+            want_flag = label != "ham"
+            b_flag = b["verdict"] != "clean"
+            s_flag = score is not None and score >= required
+            right["bulwark"] += b_flag == want_flag
+            right["sa"] += s_flag == want_flag
+            print(f"| {f.name} | {label} | {b['verdict']} {b['score']:.1f} | "
+                  f"{'spam' if s_flag else 'clean'} {score:.1f} |")
+        print(f"| **right** | | {right['bulwark']}/{len(mails)} | {right['sa']}/{len(mails)} |")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ use crate::rules::{Class, HeaderPart, HeaderTarget, Pattern, Rule, RuleSet, Skip
 /// PCRE2 gives up on a subject after this many backtracking steps (SpamAssassin's
 /// rules include a few with catastrophic cases).
 const PCRE2_MATCH_LIMIT: u32 = 200_000;
-const MAGIC: &[u8; 8] = b"BWRULES1";
+const MAGIC: &[u8; 8] = b"BWRULES2";
 /// Patterns whose [`pattern_cost`] passes this go to PCRE2 alone.
 const MAX_HYPERSCAN_COST: u64 = 600;
 
@@ -655,8 +655,21 @@ fn demote(
 fn db_key(class: Class, header: Option<&HeaderTarget>, prefilter: bool) -> DbKey {
     DbKey {
         class,
-        header: header.map(|h| (h.name.to_ascii_lowercase(), h.part)),
+        header: header.map(|h| (header_key(&h.name), h.part)),
         prefilter,
+    }
+}
+
+/// A header name as a database key: lower case, except SpamAssassin's composite names,
+/// which it recognizes only as written (`ALL`, `ToCc`, `MESSAGEID`; `MessageID` is an
+/// ordinary header that mail does not have) and which become `:all`, `:tocc`,
+/// `:messageid` (a rule's header name never has a colon).
+fn header_key(name: &str) -> String {
+    match name {
+        "ALL" => ":all".into(),
+        "ToCc" => ":tocc".into(),
+        "MESSAGEID" => ":messageid".into(),
+        other => other.to_ascii_lowercase(),
     }
 }
 
@@ -845,7 +858,7 @@ impl Scanner {
         }
         for (i, h) in &compiled.exists {
             // SpamAssassin's composite names exist when one of their parts does.
-            let parts = composite_parts(&h.to_ascii_lowercase());
+            let parts = composite_parts(&header_key(h));
             let present = |n: &str| views.headers.iter().any(|x| x.name.eq_ignore_ascii_case(n));
             let found = if parts.is_empty() {
                 present(h) || pseudo.get(h).is_some()
@@ -982,7 +995,7 @@ fn header_subject(
         }
     };
     let names: &[&str] = match name {
-        "all" => {
+        ":all" => {
             for h in headers {
                 push(h, out, true);
             }
@@ -1108,11 +1121,11 @@ fn add(stack: &mut [(u64, u64)], v: u64) {
 }
 
 /// The headers a SpamAssassin composite name stands for (`ToCc`, `MESSAGEID`), by its
-/// lower-case name; empty for an ordinary header.
-fn composite_parts(lower: &str) -> &'static [&'static str] {
-    match lower {
-        "tocc" => &["to", "cc"],
-        "messageid" => &["message-id", "resent-message-id", "x-message-id"],
+/// [`header_key`]; empty for an ordinary header.
+fn composite_parts(key: &str) -> &'static [&'static str] {
+    match key {
+        ":tocc" => &["to", "cc"],
+        ":messageid" => &["message-id", "resent-message-id", "x-message-id"],
         _ => &[],
     }
 }
@@ -1213,6 +1226,9 @@ header __HAS_REPLY_TO exists:Reply-To
 header __TOCC_EXISTS exists:ToCc
 meta REPLYTO_WITHOUT_TO_CC __HAS_REPLY_TO && !__TOCC_EXISTS
 score REPLYTO_WITHOUT_TO_CC 1
+header __HAS_MESSAGEID exists:MessageID
+meta MSGID_HDR_MALF __HAS_MESSAGEID
+score MSGID_HDR_MALF 1
 "#,
         );
         let msg = b"From: a@b.example\r\nTo: c@d.example\r\nReply-To: e@f.example\r\nMessage-ID: <123@b.example>\r\n\r\nhi\r\n";
