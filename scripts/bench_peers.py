@@ -178,6 +178,7 @@ class Bulwark:
     """The relay alone: inspection and authentication off."""
     name = "bulwark"
     filtering = False
+    sa_rules = False
 
     def __init__(self, args, work, port, sink_port):
         cfg = os.path.join(work, "bulwark.toml")
@@ -186,12 +187,13 @@ class Bulwark:
             f.write('[spool]\ndir = "%s"\n' % os.path.join(work, "spool"))
             f.write('[[domains]]\nname = "example.test"\nroute = "127.0.0.1:%d"\n' % sink_port)
             if self.filtering:
-                # Every check: built-in and SpamAssassin's stock rules (compiled once, then
-                # loaded from the cache), the classifier, phishing checks, SPF, DKIM,
-                # DMARC, ARC and iprev against the local DNS server.
+                # Every check: the built-in rules (and with `sa_rules`, SpamAssassin's stock
+                # rules, compiled once, then loaded from the cache), the classifier, phishing
+                # checks, SPF, DKIM, DMARC, ARC and iprev against the local DNS server.
                 f.write('[dns]\nnameservers = ["127.0.0.1:%d"]\n' % args.dns_port)
-                f.write('[inspection]\nrules = ["/usr/share/spamassassin"]\nmodel = "%s"\ncache_dir = "%s"\n'
-                        % (args.model, args.rules_cache))
+                f.write('[inspection]\nmodel = "%s"\ncache_dir = "%s"\n' % (args.model, args.rules_cache))
+                if self.sa_rules:
+                    f.write('rules = ["/usr/share/spamassassin"]\n')
             else:
                 f.write('[inspection]\nenabled = false\n[authentication]\nenabled = false\n')
         self.cg = Cgroup("bench-%s" % self.name)
@@ -230,6 +232,12 @@ maillog_file = {work}/maillog
 class BulwarkFilter(Bulwark):
     name = "bulwark-filter"
     filtering = True
+
+
+class BulwarkFilterSa(Bulwark):
+    name = "bulwark-filter-sa"
+    filtering = True
+    sa_rules = True
 
 
 class Postfix:
@@ -406,8 +414,9 @@ class Haraka:
 
 
 PEERS = {"bulwark": Bulwark, "postfix": Postfix, "haraka": Haraka,
-         "bulwark-filter": BulwarkFilter, "postfix-sa": PostfixSpamAssassin, "postfix-rspamd": PostfixRspamd}
-FILTERING = ("bulwark-filter", "postfix-sa", "postfix-rspamd")
+         "bulwark-filter": BulwarkFilter, "bulwark-filter-sa": BulwarkFilterSa,
+         "postfix-sa": PostfixSpamAssassin, "postfix-rspamd": PostfixRspamd}
+FILTERING = ("bulwark-filter", "bulwark-filter-sa", "postfix-sa", "postfix-rspamd")
 
 # What the local DNS server answers for the filtering peers: the load generators'
 # sender domains publish SPF and DMARC, the client's address has a name, and every
@@ -533,8 +542,9 @@ def write_results(args, table):
             haraka = json.load(f)["version"]
     section = "\n".join([
         begin,
-        "## %s" % ("Peers: Bulwark, Postfix and Haraka side by side" if args.section == "peers"
-                    else "Relay of record: %s" % ", ".join(args.peers.split(","))),
+        "## %s" % {"peers": "Peers: Bulwark, Postfix and Haraka side by side",
+                    "filter-peers": "Filtering peers: Bulwark with every check on, Postfix + SpamAssassin, Postfix + rspamd"}
+        .get(args.section, "Relay of record: %s" % ", ".join(args.peers.split(","))),
         "",
         "- Command: `scripts/bench-%s.sh` (= `scripts/bench_peers.py %s`)." % (args.section, " ".join(
             a for a in ["--sizes " + args.sizes, "--clients " + args.clients, "--peers " + args.peers,
@@ -542,6 +552,15 @@ def write_results(args, table):
         "- Each peer relays to the same `bulwark-load sink`. Bulwark: `bulwark serve` with its defaults (2 cores,",
         "  spool fsynced before 250). Postfix %s: a private instance on loopback, durable queue as shipped." % postfix,
     ] + ([
+        "- bulwark-filter: every check with the built-in rules, a classifier trained on the corpus, phishing",
+        "  checks, SPF/DKIM/DMARC/ARC/iprev against a local dnsmasq; bulwark-filter-sa: the same plus Debian's",
+        "  2,459 stock SpamAssassin rules (compiled once, loaded from the cache); `bulwark` is the same engine",
+        "  with inspection and authentication off.",
+        "- postfix-sa: Postfix + spamass-milter (`-r 15`) + Debian's spamd 4.0 (`-L -m 4`, stock rules, no Bayes",
+        "  database). postfix-rspamd: Postfix + rspamd 3.4 (Debian's package, unpacked beside vectorscan, which",
+        "  conflicts with its libhyperscan5) as a milter, its proxy scanning itself, stock configuration, no Redis;",
+        "  DNS for both to the same dnsmasq. Every process of a peer is in its cgroup (CPU, memory).",
+    ] if any(p in FILTERING for p in args.peers.split(",")) else []) + ([
         "- Haraka %s: `rcpt_to.in_host_list` and `queue/smtp_forward`, `nodes=cpus`; it forwards during the" % haraka,
         "  client's DATA phase and keeps no queue of its own.",
     ] if "haraka" in args.peers else []) + [
@@ -561,9 +580,10 @@ def make_table(results, peers):
                ("CPU s / 1000 msgs", "cpu_s_per_1000"), ("peak RSS MiB", "rss_mib"), ("peak PSS MiB", "pss_mib"))
     # Each Bulwark against each peer of its kind, and the filtering one against the relay.
     pairs = [("bulwark", o) for o in peers if o in ("postfix", "haraka")]
-    pairs += [("bulwark-filter", o) for o in peers if o in ("postfix-sa", "postfix-rspamd", "postfix")]
-    if "bulwark" in peers and "bulwark-filter" in peers:
-        pairs.append(("bulwark-filter", "bulwark"))
+    for f in ("bulwark-filter", "bulwark-filter-sa"):
+        pairs += [(f, o) for o in peers if o in ("postfix-rspamd", "postfix-sa")]
+        if "bulwark" in peers:
+            pairs.append((f, "bulwark"))
     pairs = [(a, b) for a, b in pairs if a in peers]
     head = "| size | client | metric (median) | " + " | ".join(peers) + "".join(" | %s/%s" % ab for ab in pairs) + " |"
     lines = [head, "|" + "---|" * (3 + len(peers) + len(pairs))]

@@ -883,6 +883,38 @@ impl Scanner {
     }
 }
 
+impl Compiled {
+    /// Diagnostics: how long each rule that PCRE2 runs (prefilter confirmations and
+    /// PCRE2-only rules) takes on its subject in `views`, slowest first.
+    pub fn pcre_costs(
+        &self,
+        views: &Views<'_>,
+        pseudo: &PseudoHeaders<'_>,
+    ) -> Vec<(String, std::time::Duration)> {
+        let mut out = Vec::new();
+        let mut text = Vec::new();
+        for db in &self.dbs {
+            text.clear();
+            let subject: &[u8] = if db.key.class == Class::Full {
+                views.full
+            } else if subject(&db.key, views, pseudo, &mut text) {
+                &text
+            } else {
+                continue;
+            };
+            for &r in &db.members {
+                if let Some(re) = self.pcre.get(&r) {
+                    let t = std::time::Instant::now();
+                    let _ = re.is_match(subject);
+                    out.push((self.rules[r as usize].name.clone(), t.elapsed()));
+                }
+            }
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out
+    }
+}
+
 fn scan_db(scratch: &Scratch, compiled: &Compiled, db: &Db, subject: &[u8], hits: &mut Hits) {
     {
         if let Some(hs) = &db.hs {

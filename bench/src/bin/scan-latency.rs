@@ -45,6 +45,22 @@ fn main() {
         arrival: 1_796_115_600,
         auth: None,
     };
+    if std::env::args().any(|a| a == "--profile") {
+        // Which PCRE2-run rules cost the most on 100 KiB of text.
+        let msg = text_message(100 << 10);
+        let views = parse(&msg, &limits);
+        let pseudo = bulwark_inspect::compiled::PseudoHeaders { values: Vec::new() };
+        let costs = ins.compiled.pcre_costs(&views, &pseudo);
+        let total: Duration = costs.iter().map(|c| c.1).sum();
+        println!(
+            "PCRE2 on 100 KiB: {} rules, {total:.2?} in all",
+            costs.len()
+        );
+        for (name, d) in costs.iter().take(25) {
+            println!("{d:>12.2?}  {name}");
+        }
+        return;
+    }
     println!(
         "| size | runs | p50 | p99 | max | parse p50 | rules+classifier p50 |\n|---|---|---|---|---|---|---|"
     );
