@@ -910,7 +910,7 @@ impl Compiled {
                 }
             }
         }
-        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out.sort_by_key(|c| std::cmp::Reverse(c.1));
         out
     }
 }
