@@ -20,6 +20,7 @@ fn env() -> Envelope<'static> {
         queue_id: "0",
         arrival: 1_796_115_600,
         auth: None,
+        approved: false,
     }
 }
 

@@ -315,6 +315,7 @@ fn score(
                 queue_id: "",
                 arrival,
                 auth: None,
+                approved: false,
             };
             let r = ins.inspect(&mut scanner, m, &env);
             let key = format!("{}/{}", r.verdict.as_str(), r.action.as_str());

@@ -622,3 +622,61 @@ print("250")
         1.0
     );
 }
+
+#[test]
+fn an_approved_sender_skips_spam_scoring_but_not_the_phishing_checks() {
+    let sink = Sink::start(sink_addr());
+    let dir = TempDir::new("approved");
+    let list = dir.path().join("blocklist.txt");
+    std::fs::write(&list, "evil.test/\n").unwrap();
+    let engine = engine_for(
+        sink.addr,
+        &format!(
+            "\n[senders]\napproved = [\"partner@sender.test\"]\n[inspection]\nurl_blocklist = [\"{}\"]\n",
+            list.display()
+        ),
+    );
+    let send = |from: &str, body: &str| {
+        let server = engine.smtp.to_string();
+        run(
+            "swaks",
+            &[
+                "--server",
+                &server,
+                "--from",
+                from,
+                "--to",
+                "bob@example.test",
+                "--header",
+                "Subject: partner news",
+                "--body",
+                body,
+            ],
+        )
+    };
+    // GTUBE from the approved partner is delivered, its score still stamped.
+    let (ok, out) = send("partner@sender.test", GTUBE);
+    assert!(ok, "{out}");
+    let msgs = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].header("X-Spam-Flag").as_deref(), Some("NO"));
+    assert!(
+        msgs[0]
+            .header("X-Bulwark-Result-Detail")
+            .unwrap_or_default()
+            .contains("GTUBE=1000")
+    );
+    // The same from anyone else is refused; a blocklisted link is refused even from
+    // the approved partner.
+    let (ok, out) = send("other@sender.test", GTUBE);
+    assert!(
+        !ok && out.contains("550 5.7.1 Message refused as spam"),
+        "{out}"
+    );
+    let (ok, out) = send("partner@sender.test", "see http://evil.test/login now");
+    assert!(
+        !ok && out.contains("550 5.7.1 Message refused as phishing"),
+        "{out}"
+    );
+    assert_eq!(sink.messages().len(), 1);
+}

@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
             queue_id: "0",
             arrival: 1_796_115_600,
             auth: None,
+            approved: false,
         };
         let r = ins.inspect(scanner, data, &env);
         let mut out = Vec::new();

@@ -140,6 +140,10 @@ pub struct Envelope<'a> {
     pub arrival: u64,
     /// Sender authentication's results, when it ran.
     pub auth: Option<&'a native::AuthSummary>,
+    /// Every recipient has the sender on its approved list: no spam or authentication
+    /// verdict (the score is still computed and stamped); phishing and structural limits
+    /// still apply.
+    pub approved: bool,
 }
 
 /// A rule that hit, with the score it added.
@@ -382,7 +386,16 @@ impl Inspector {
                 .partial_cmp(&a.score.abs())
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        let (verdict, action) = self.decide(views.limit, phishing, env.auth, score);
+        let (verdict, action) = self.decide(
+            views.limit,
+            phishing,
+            env.auth.filter(|_| !env.approved),
+            if env.approved {
+                f64::NEG_INFINITY
+            } else {
+                score
+            },
+        );
         Report {
             score,
             hits: hit_list,
@@ -614,7 +627,37 @@ mod tests {
             queue_id: "0000000000000000001",
             arrival: 1_796_000_000,
             auth: None,
+            approved: false,
         }
+    }
+
+    #[test]
+    fn approved_senders_skip_spam_and_authentication_verdicts_but_not_phishing() {
+        use crate::native::{AuthResult, AuthSummary, DmarcPolicy};
+        let mut settings = Settings::default();
+        settings.url_blocklist = crate::phishing::Blocklist::parse("evil.example/").unwrap();
+        let i = Inspector::load(&[], None, None, settings).unwrap();
+        let mut s = i.scanner().unwrap();
+        let gtube = b"From: a@client.example\r\nSubject: x\r\n\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n";
+        let auth = AuthSummary {
+            dmarc: AuthResult::Fail,
+            dmarc_policy: Some(DmarcPolicy::Reject),
+            ..Default::default()
+        };
+        let approved = Envelope {
+            approved: true,
+            auth: Some(&auth),
+            ..env()
+        };
+        let r = i.inspect(&mut s, gtube, &approved);
+        assert_eq!((r.verdict, r.action), (Verdict::Clean, Action::Deliver));
+        assert!(r.score >= 1000.0, "the score is still computed");
+        let phish =
+            b"From: a@client.example\r\nSubject: x\r\n\r\nsee http://evil.example/login\r\n";
+        let r = i.inspect(&mut s, phish, &approved);
+        assert_eq!((r.verdict, r.action), (Verdict::Phishing, Action::Reject));
+        let r = i.inspect(&mut s, gtube, &env());
+        assert_eq!(r.verdict, Verdict::Spam);
     }
 
     #[test]

@@ -20,6 +20,7 @@ fn inspect(ins: &Inspector, raw: &[u8]) -> Report {
         queue_id: "0",
         arrival: 1_796_115_600,
         auth: None,
+        approved: false,
     };
     let t = Instant::now();
     let r = ins.inspect(&mut s, raw, &env);

@@ -39,6 +39,7 @@ fn every_message_gets_the_verdict_its_name_says() {
             queue_id: "0",
             arrival: 1_796_115_600,
             auth: None,
+            approved: false,
         };
         let r = ins.inspect(&mut scanner, &raw, &env);
         let name = f.file_name().unwrap().to_string_lossy().into_owned();

@@ -44,6 +44,7 @@ fn main() {
         queue_id: "0",
         arrival: 1_796_115_600,
         auth: None,
+        approved: false,
     };
     if std::env::args().any(|a| a == "--profile") {
         // Which PCRE2-run rules cost the most on 100 KiB of text.

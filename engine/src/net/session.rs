@@ -71,6 +71,7 @@ struct Streaming {
     /// What the first piece's inspection decided, and what the full scan at the end
     /// needs again.
     first_action: bulwark_inspect::inspector::Action,
+    approved: bool,
     helo: String,
     auth: Option<crate::auth::Outcome>,
     /// `None` once writing failed: the rest of the content is read and dropped, and the
@@ -400,6 +401,7 @@ async fn stream_piece(
             refused,
             quarantine,
             first_action,
+            approved: tx.approved,
             helo: session.helo().to_string(),
             auth,
             message: None,
@@ -748,6 +750,7 @@ fn inspect(
         queue_id: id,
         arrival,
         auth: auth.map(|a| &a.summary),
+        approved: tx.approved,
     };
     let report = ins.inspect(&mut scanner, content, &env);
     drop(scanner);
@@ -897,6 +900,7 @@ async fn full_scan(
     let hostname = core.session_cfg.hostname.clone();
     let (id, arrival) = (st.id.clone(), st.arrival);
     let summary = st.auth.as_ref().map(|a| a.summary.clone());
+    let approved = st.approved;
     let job = glommio::executor().spawn_blocking(move || {
         let mut scanner = pool
             .lock()
@@ -911,6 +915,7 @@ async fn full_scan(
             queue_id: &id,
             arrival,
             auth: summary.as_ref(),
+            approved,
         };
         let report = ins.inspect(&mut scanner, &content, &env);
         if let Ok(mut p) = pool.lock() {
