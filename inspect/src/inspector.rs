@@ -634,8 +634,10 @@ mod tests {
     #[test]
     fn approved_senders_skip_spam_and_authentication_verdicts_but_not_phishing() {
         use crate::native::{AuthResult, AuthSummary, DmarcPolicy};
-        let mut settings = Settings::default();
-        settings.url_blocklist = crate::phishing::Blocklist::parse("evil.example/").unwrap();
+        let settings = Settings {
+            url_blocklist: crate::phishing::Blocklist::parse("evil.example/").unwrap(),
+            ..Default::default()
+        };
         let i = Inspector::load(&[], None, None, settings).unwrap();
         let mut s = i.scanner().unwrap();
         let gtube = b"From: a@client.example\r\nSubject: x\r\n\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n";
