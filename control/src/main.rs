@@ -420,17 +420,9 @@ fn print_rules_summary(r: &Value) {
 }
 
 fn learn(spam: &[PathBuf], ham: &[PathBuf], remote: &Remote) -> anyhow::Result<()> {
-    use bulwark_inspect::{classifier::Trainer, corpus, mime};
-    let limits = mime::Limits::default();
-    let mut trainer = Trainer::default();
-    for (paths, is_spam) in [(spam, true), (ham, false)] {
-        for p in paths {
-            corpus::for_each_message(p, |m| trainer.learn(&mime::parse(m, &limits), is_spam))
-                .with_context(|| format!("reading {}", p.display()))?;
-        }
-    }
-    let (s, h) = trainer.counts();
-    let model = trainer.finish().to_bytes();
+    let (model, s, h) = bulwark_inspect::corpus::train(spam, ham)
+        .map_err(|(p, e)| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+    let model = model.to_bytes();
     let r = call_bytes(remote, "/api/v1/model", &model)?;
     println!(
         "learned {s} spam and {h} ham messages: {} tokens; published generation {} (sha256 {})",

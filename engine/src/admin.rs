@@ -137,17 +137,13 @@ pub enum ClientError {
     Protocol(PathBuf, String),
 }
 
-/// Sends `req` to one core's socket and returns its response.
-pub fn ask_core<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
-    dir: &Path,
-    core: usize,
-    req: &Q,
-) -> Result<A, ClientError> {
-    let path = socket_path(dir, core);
-    let mut line =
-        serde_json::to_vec(req).map_err(|e| ClientError::Protocol(path.clone(), e.to_string()))?;
-    line.push(b'\n');
-    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+/// One request on one socket: `Ok(None)` when no engine listens there (the socket is
+/// gone or refuses), else the response.
+fn ask_socket<A: serde::de::DeserializeOwned>(
+    path: &Path,
+    line: &[u8],
+) -> Result<Option<A>, ClientError> {
+    let mut stream = match std::os::unix::net::UnixStream::connect(path) {
         Ok(s) => s,
         Err(e)
             if matches!(
@@ -155,19 +151,38 @@ pub fn ask_core<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
                 io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
             ) =>
         {
-            return Err(ClientError::NoEngine(dir.to_path_buf()));
+            return Ok(None);
         }
-        Err(e) => return Err(ClientError::Io(path, e)),
+        Err(e) => return Err(ClientError::Io(path.to_path_buf(), e)),
     };
-    let io_err = |e| ClientError::Io(path.clone(), e);
+    let io_err = |e| ClientError::Io(path.to_path_buf(), e);
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(io_err)?;
-    stream.write_all(&line).map_err(io_err)?;
+    stream.write_all(line).map_err(io_err)?;
     let mut reader = io::BufReader::new(stream);
     let mut answer = String::new();
     reader.read_line(&mut answer).map_err(io_err)?;
-    serde_json::from_str(&answer).map_err(|e| ClientError::Protocol(path.clone(), e.to_string()))
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(|e| ClientError::Protocol(path.to_path_buf(), e.to_string()))
+}
+
+fn request_line<Q: serde::Serialize>(dir: &Path, req: &Q) -> Result<Vec<u8>, ClientError> {
+    let mut line =
+        serde_json::to_vec(req).map_err(|e| ClientError::Protocol(dir.into(), e.to_string()))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Sends `req` to one core's socket and returns its response.
+pub fn ask_core<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+    dir: &Path,
+    core: usize,
+    req: &Q,
+) -> Result<A, ClientError> {
+    let line = request_line(dir, req)?;
+    ask_socket(&socket_path(dir, core), &line)?.ok_or_else(|| ClientError::NoEngine(dir.into()))
 }
 
 /// Sends `req` to every core's socket in `dir` and returns each core's response.
@@ -184,28 +199,12 @@ pub fn ask_all(dir: &Path, req: &Request) -> Result<Vec<Response>, ClientError> 
         })
         .collect();
     sockets.sort();
-    let mut line =
-        serde_json::to_vec(req).map_err(|e| ClientError::Protocol(dir.into(), e.to_string()))?;
-    line.push(b'\n');
+    let line = request_line(dir, req)?;
     let mut out = Vec::new();
     for path in sockets {
-        let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
-            Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(ClientError::Io(path, e)),
-        };
-        let io_err = |e| ClientError::Io(path.clone(), e);
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(io_err)?;
-        stream.write_all(&line).map_err(io_err)?;
-        let mut reader = io::BufReader::new(stream);
-        let mut answer = String::new();
-        reader.read_line(&mut answer).map_err(io_err)?;
-        let r: Response = serde_json::from_str(&answer)
-            .map_err(|e| ClientError::Protocol(path.clone(), e.to_string()))?;
-        out.push(r);
+        if let Some(r) = ask_socket(&path, &line)? {
+            out.push(r);
+        }
     }
     if out.is_empty() {
         return Err(ClientError::NoEngine(dir.to_path_buf()));

@@ -244,17 +244,8 @@ fn main() -> ExitCode {
 
 fn learn(spam: &[PathBuf], ham: &[PathBuf], model: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use bulwark_inspect::{classifier::Trainer, corpus, mime};
-    let limits = mime::Limits::default();
-    let mut trainer = Trainer::default();
-    for (paths, is_spam) in [(spam, true), (ham, false)] {
-        for p in paths {
-            corpus::for_each_message(p, |m| trainer.learn(&mime::parse(m, &limits), is_spam))
-                .with_context(|| format!("reading {}", p.display()))?;
-        }
-    }
-    let (s, h) = trainer.counts();
-    let m = trainer.finish();
+    let (m, s, h) = bulwark_inspect::corpus::train(spam, ham)
+        .map_err(|(p, e)| anyhow::anyhow!("reading {}: {e}", p.display()))?;
     let tmp = model.with_extension("tmp");
     std::fs::write(&tmp, m.to_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, model).with_context(|| format!("writing {}", model.display()))?;

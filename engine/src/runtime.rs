@@ -242,14 +242,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
         None => None,
     };
+    std::fs::create_dir_all(&config.spool.dir)
+        .with_context(|| format!("spool.dir: cannot create {}", config.spool.dir.display()))?;
+    // Rules, model and blocklists first: a file that does not load stops the engine
+    // before it opens any port.
+    let inspector = load_inspector(&config)?;
     let dns = Dns::start(&config.dns.nameservers).context("starting the DNS resolver")?;
     if let Some(addr) = config.server.metrics {
         crate::metrics::serve(addr, metrics.clone())
             .with_context(|| format!("server.metrics: cannot listen on {addr}"))?;
     }
-    std::fs::create_dir_all(&config.spool.dir)
-        .with_context(|| format!("spool.dir: cannot create {}", config.spool.dir.display()))?;
-    let inspector = load_inspector(&config)?;
     let inspect_loader = crate::inspection::Loader::new(inspector, config.policy.snapshot.clone());
     let auth = if config.authentication.enabled {
         Some(

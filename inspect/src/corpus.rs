@@ -63,6 +63,26 @@ pub fn for_each_named(
     Ok(n)
 }
 
+/// Trains a classifier on labelled mail (each path a directory of messages, a maildir or
+/// an mbox file); returns the model and how many spam and ham messages it learned.
+pub fn train(
+    spam: &[PathBuf],
+    ham: &[PathBuf],
+) -> Result<(crate::classifier::Model, u32, u32), (PathBuf, std::io::Error)> {
+    let limits = crate::mime::Limits::default();
+    let mut trainer = crate::classifier::Trainer::default();
+    for (paths, is_spam) in [(spam, true), (ham, false)] {
+        for p in paths {
+            for_each_message(p, |m| {
+                trainer.learn(&crate::mime::parse(m, &limits), is_spam)
+            })
+            .map_err(|e| (p.clone(), e))?;
+        }
+    }
+    let (s, h) = trainer.counts();
+    Ok((trainer.finish(), s, h))
+}
+
 /// The messages of an mbox, without their `From ` separator lines.
 pub fn split_mbox(b: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();

@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bulwark_bench::inspection::{corpus_dir, spamassassin, text_message};
-use bulwark_inspect::classifier::Trainer;
 use bulwark_inspect::corpus;
 use bulwark_inspect::inspector::{Envelope, Inspector};
 use bulwark_inspect::mime::{Limits, parse};
@@ -21,17 +20,12 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(400);
     let base = spamassassin();
-    let mut trainer = Trainer::default();
     let limits = Limits::default();
-    for (class, spam) in [("spam", true), ("ham", false)] {
-        corpus::for_each_message(&corpus_dir().join(class), |m| {
-            trainer.learn(&parse(m, &limits), spam)
-        })
-        .expect("corpus");
-    }
+    let (model, _, _) =
+        corpus::train(&[corpus_dir().join("spam")], &[corpus_dir().join("ham")]).expect("corpus");
     let ins = Inspector::from_shared(
         base.compiled.clone(),
-        Some(std::sync::Arc::new(trainer.finish())),
+        Some(std::sync::Arc::new(model)),
         base.settings.clone(),
         base.origin,
     );
