@@ -48,6 +48,8 @@ pub struct Core {
     /// `451 4.7.0` (else the message is accepted on its first piece's inspection).
     pub inspect_timeout: std::time::Duration,
     pub inspect_timeout_tempfail: bool,
+    /// One whole scan of a streamed message at a time on this core.
+    pub full_scans: glommio::sync::Semaphore,
     pub quarantine: crate::quarantine::Quarantine,
     pub auth: Option<crate::auth::Auth>,
 }
@@ -513,6 +515,7 @@ async fn run_core(
         inspect_loader: shared.inspect_loader.clone(),
         inspect_timeout: cfg.inspection.timeout,
         inspect_timeout_tempfail: cfg.inspection.timeout_tempfail,
+        full_scans: glommio::sync::Semaphore::new(1),
         quarantine,
         auth: shared.auth.clone(),
     });

@@ -879,6 +879,10 @@ impl Scanner {
             hits.values[*i as usize] = v;
         }
         hits.values.truncate(compiled.rules.len());
+        // A very large subject (a whole scan of a big message) is not kept between scans.
+        if self.text.capacity() > MAX_KEPT_TEXT {
+            self.text = Vec::new();
+        }
         hits
     }
 }
@@ -951,6 +955,9 @@ fn scan_db(scratch: &Scratch, compiled: &Compiled, db: &Db, subject: &[u8], hits
         }
     }
 }
+
+/// The largest subject buffer a scanner keeps between messages.
+const MAX_KEPT_TEXT: usize = 1 << 20;
 
 /// Header-like values computed by the caller: SpamAssassin's `EnvelopeFrom` and
 /// `X-Spam-Relays-*`, and any other pseudo-header rules may name.

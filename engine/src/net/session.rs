@@ -852,6 +852,10 @@ fn refusal(
     }
 }
 
+/// Memory a whole scan holds per octet of content: the content, its decoded parts, the
+/// rendered and raw text views, the scanner's subject buffer.
+const SCAN_MEMORY_FACTOR: usize = 4;
+
 /// What the full scan of a streamed message found.
 enum FullScan {
     /// Nothing stronger than the first piece showed (or it was not run).
@@ -881,8 +885,29 @@ async fn full_scan(
     };
     let ins = ci.inspector.clone();
     let want = size.min(ins.settings.limits.max_scan_bytes as u64);
-    // Held in memory while it is scanned: charged to the core's budget, or not scanned.
-    let Some(_charge) = core.memory.try_charge(want as usize) else {
+    let timeout = core.inspect_timeout;
+    let started = Instant::now();
+    // One whole scan at a time per core: the others wait here, holding nothing, and the
+    // wait counts against the deadline.
+    let gate = futures_lite::future::or(
+        async { core.full_scans.acquire_permit(1).await.ok() },
+        async {
+            glommio::timer::sleep(timeout).await;
+            None
+        },
+    )
+    .await;
+    let Some(_permit) = gate else {
+        shard.full_scans[2].inc();
+        warn!(id = %st.id, ?timeout, "full scan did not start in time");
+        return FullScan::TimedOut;
+    };
+    // Held in memory while it is scanned (the content, and what parsing makes of it, about
+    // three times as much again): charged to the core's budget, or not scanned.
+    let Some(_charge) = core
+        .memory
+        .try_charge((want as usize).saturating_mul(SCAN_MEMORY_FACTOR))
+    else {
         shard.full_scans[3].inc();
         info!(id = %st.id, "memory budget spent: inspected on its first piece only");
         return FullScan::Same;
@@ -923,9 +948,9 @@ async fn full_scan(
         }
         Some(report)
     });
-    let timeout = core.inspect_timeout;
+    let left = timeout.saturating_sub(started.elapsed());
     let report = futures_lite::future::or(async { Some(job.await) }, async {
-        glommio::timer::sleep(timeout).await;
+        glommio::timer::sleep(left).await;
         None
     })
     .await;
