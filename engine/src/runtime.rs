@@ -117,8 +117,6 @@ struct Shared {
     auth: Option<crate::auth::Auth>,
 }
 
-/// Loads the inspection rules and model named by `[inspection]` (compiling the rules, or
-/// loading them from the cache when they are unchanged).
 /// The URL blocklist files, compiled to hashes; a bad line names its file and line.
 fn load_blocklist(
     paths: &[std::path::PathBuf],
@@ -139,8 +137,9 @@ fn load_blocklist(
     Ok(list)
 }
 
-/// The inspector a configuration gives (rules compiled or loaded from the cache, the
-/// model, the settings), as the engine uses it; `None` when inspection is off.
+/// The inspector a configuration gives (`[inspection]` rules compiled, or loaded from the
+/// cache when they are unchanged; the model; the settings), as the engine uses it; `None`
+/// when inspection is off.
 pub fn load_inspector(
     config: &Config,
 ) -> anyhow::Result<Option<Arc<bulwark_inspect::inspector::Inspector>>> {
