@@ -21,6 +21,7 @@ fn env() -> Envelope<'static> {
         arrival: 1_796_115_600,
         auth: None,
         approved: false,
+        verdicts: None,
     }
 }
 

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use bulwark_policy::address::{check_sender_pattern, is_hostname, parse_route};
+use bulwark_policy::filtering::{RuleSpec, VerdictSpec};
 use bulwark_policy::shm::Publisher;
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -375,6 +376,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/ips", get(list_ips).post(add_ip).delete(remove_ip))
         .route("/api/v1/limits", get(get_limits).put(put_limits))
+        .route(
+            "/api/v1/verdicts",
+            get(get_verdicts).put(put_global_verdicts),
+        )
+        .route(
+            "/api/v1/domains/{name}/verdicts",
+            get(get_domain_verdicts)
+                .put(put_domain_verdicts)
+                .delete(remove_domain_verdicts),
+        )
+        .route(
+            "/api/v1/policy-rules",
+            get(get_policy_rules)
+                .put(put_policy_rules)
+                .post(add_policy_rule),
+        )
+        .route("/api/v1/policy-rules/{name}", delete(remove_policy_rule))
         .route("/api/v1/snapshot", get(snapshot))
         .route(
             "/api/v1/rules",
@@ -798,6 +816,201 @@ async fn put_limits(
     Ok(Json(out))
 }
 
+/// Reads a JSON body as `T`, a 400 naming what is wrong otherwise.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    let Json(v) = body.map_err(|e| {
+        ApiError::bad(
+            "body",
+            format!("the body must be a JSON object: {}", e.body_text()),
+        )
+    })?;
+    serde_json::from_value(v).map_err(|e| ApiError::bad("body", e.to_string()))
+}
+
+fn verdict_spec(
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<VerdictSpec, ApiError> {
+    let spec: VerdictSpec = json_body(body)?;
+    spec.compile().map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        field: Some(verdict_field(&e.field)),
+        message: e.to_string(),
+    })?;
+    Ok(spec)
+}
+
+/// The static name of a verdict spec's field (for the error body).
+fn verdict_field(name: &str) -> &'static str {
+    const FIELDS: [&str; 8] = [
+        "tag_threshold",
+        "spam_threshold",
+        "spam_action",
+        "phishing_action",
+        "malformed_action",
+        "dmarc_reject_action",
+        "dmarc_quarantine_action",
+        "subject_tag",
+    ];
+    FIELDS.into_iter().find(|f| *f == name).unwrap_or("body")
+}
+
+async fn get_verdicts(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let all = blocking(move || lock(&state.store).verdicts().map_err(ApiError::from)).await?;
+    let mut global = json!({});
+    let mut domains = serde_json::Map::new();
+    for (scope, spec) in all {
+        if scope.is_empty() {
+            global = json!(spec);
+        } else {
+            domains.insert(scope, json!(spec));
+        }
+    }
+    Ok(Json(json!({"global": global, "domains": domains})))
+}
+
+async fn set_verdicts(
+    state: Arc<AppState>,
+    scope: String,
+    spec: VerdictSpec,
+) -> Result<Json<Value>, ApiError> {
+    let st = state.clone();
+    let generation = blocking(move || {
+        lock(&st.store)
+            .set_verdicts(&scope, &spec)
+            .map_err(ApiError::from)?;
+        publish(&st).map(|p| p.generation)
+    })
+    .await?;
+    Ok(Json(json!({"generation": generation})))
+}
+
+/// Replaces the thresholds and actions for every domain (`{}`: the engines' own).
+async fn put_global_verdicts(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let spec = verdict_spec(body)?;
+    set_verdicts(state, String::new(), spec).await
+}
+
+async fn get_domain_verdicts(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let name = name.to_ascii_lowercase();
+    let found = blocking(move || {
+        let store = lock(&state.store);
+        if !store.domains()?.iter().any(|d| d.name == name) {
+            return Err(ApiError::from(StoreError::NotFound(name)));
+        }
+        Ok(store.verdicts()?.into_iter().find(|(s, _)| *s == name))
+    })
+    .await?;
+    Ok(Json(
+        found.map_or_else(|| json!({}), |(_, spec)| json!(spec)),
+    ))
+}
+
+/// Replaces a domain's own thresholds and actions (`{}`: inherit all).
+async fn put_domain_verdicts(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let spec = verdict_spec(body)?;
+    set_verdicts(state, name.to_ascii_lowercase(), spec).await
+}
+
+async fn remove_domain_verdicts(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_verdicts(state, name.to_ascii_lowercase(), VerdictSpec::default()).await
+}
+
+async fn get_policy_rules(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let rules = blocking(move || lock(&state.store).policy_rules().map_err(ApiError::from)).await?;
+    Ok(Json(json!({ "rules": rules })))
+}
+
+/// Validates a whole list and stores it, publishing a new generation.
+async fn store_policy_rules(
+    state: Arc<AppState>,
+    rules: Vec<RuleSpec>,
+) -> Result<Json<Value>, ApiError> {
+    bulwark_policy::filtering::compile_rules(&rules).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        field: Some("rules"),
+        message: e.to_string(),
+    })?;
+    let st = state.clone();
+    let count = rules.len();
+    let generation = blocking(move || {
+        lock(&st.store)
+            .set_policy_rules(&rules)
+            .map_err(ApiError::from)?;
+        publish(&st).map(|p| p.generation)
+    })
+    .await?;
+    Ok(Json(json!({"generation": generation, "rules": count})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleList {
+    rules: Vec<RuleSpec>,
+}
+
+/// Replaces every policy rule: `{"rules": [...]}`, in the order they are tried.
+async fn put_policy_rules(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let list: RuleList = json_body(body)?;
+    store_policy_rules(state, list.rules).await
+}
+
+/// Adds one rule after the others (or before the rule `before` names).
+async fn add_policy_rule(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let rule: RuleSpec = json_body(body)?;
+    let st = state.clone();
+    let mut rules =
+        blocking(move || lock(&st.store).policy_rules().map_err(ApiError::from)).await?;
+    let at = match q.get("before") {
+        None => rules.len(),
+        Some(name) => rules
+            .iter()
+            .position(|r| &r.name == name)
+            .ok_or_else(|| ApiError::bad("before", format!("there is no policy rule {name:?}")))?,
+    };
+    rules.insert(at, rule);
+    let out = store_policy_rules(state, rules).await?;
+    Ok((StatusCode::CREATED, out))
+}
+
+async fn remove_policy_rule(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let st = state.clone();
+    let mut rules =
+        blocking(move || lock(&st.store).policy_rules().map_err(ApiError::from)).await?;
+    let before = rules.len();
+    rules.retain(|r| r.name != name);
+    if rules.len() == before {
+        return Err(ApiError::from(StoreError::NotListed(format!(
+            "policy rule {name:?}"
+        ))));
+    }
+    store_policy_rules(state, rules).await
+}
+
 /// The generation an engine reports on its metrics endpoint.
 fn engine_generation(addr: SocketAddr) -> Result<u64, String> {
     use std::io::{Read, Write};
@@ -870,6 +1083,23 @@ const OPENAPI: &str = r##"{
         "harvest_max_unknown": {"type": "integer", "minimum": 0, "maximum": 1000000},
         "harvest_window_secs": {"type": "integer", "minimum": 1, "maximum": 2592000},
         "harvest_block_secs": {"type": "integer", "minimum": 1, "maximum": 2592000}}},
+      "Verdicts": {"type": "object", "additionalProperties": false, "description": "absent keys inherit (a domain's from the global settings, the global from the engines' [inspection])",
+        "properties": {"tag_threshold": {"type": "number"}, "spam_threshold": {"type": "number"},
+          "spam_action": {"$ref": "#/components/schemas/Action"}, "phishing_action": {"$ref": "#/components/schemas/Action"},
+          "malformed_action": {"$ref": "#/components/schemas/Action"}, "dmarc_reject_action": {"$ref": "#/components/schemas/Action"},
+          "dmarc_quarantine_action": {"$ref": "#/components/schemas/Action"}, "subject_tag": {"type": "string", "maxLength": 200}}},
+      "Action": {"type": "string", "enum": ["deliver", "tag", "quarantine", "reject"]},
+      "PolicyRule": {"type": "object", "required": ["name", "action"], "additionalProperties": false,
+        "description": "every condition given must hold; the first rule that holds sets the action",
+        "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,100}$"},
+          "senders": {"type": "array", "items": {"type": "string"}, "description": "user@domain, domain or *.domain; any"},
+          "recipients": {"type": "array", "items": {"type": "string"}, "description": "user@domain, domain or *.domain; any"},
+          "header": {"type": "string", "description": "a header field name; alone: the field exists"},
+          "contains": {"type": "array", "items": {"type": "string"}, "description": "the header's value contains one of these (case-insensitive)"},
+          "min_size": {"type": "integer", "minimum": 0}, "max_size": {"type": "integer", "minimum": 0},
+          "min_score": {"type": "number"}, "max_score": {"type": "number"},
+          "verdicts": {"type": "array", "items": {"type": "string", "enum": ["clean", "suspect", "spam", "phishing", "authfail", "malformed"]}},
+          "action": {"$ref": "#/components/schemas/Action"}}},
       "Snapshot": {"type": "object", "properties": {
         "generation": {"type": "integer", "nullable": true}, "size": {"type": "integer"}, "published_at": {"type": "integer"},
         "age_seconds": {"type": "number"},
@@ -996,6 +1226,59 @@ const OPENAPI: &str = r##"{
         "200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}},
         "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         "404": {"description": "none", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/verdicts": {
+      "get": {"summary": "Thresholds and actions: the global settings and each domain's own", "responses": {
+        "200": {"description": "{global, domains}", "content": {"application/json": {"schema": {"type": "object", "properties": {
+          "global": {"$ref": "#/components/schemas/Verdicts"}, "domains": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Verdicts"}}}}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "put": {"summary": "Replace the global settings ({} inherits the engines') and publish", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Verdicts"}}}},
+        "responses": {
+          "200": {"description": "published", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/domains/{name}/verdicts": {
+      "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+      "get": {"summary": "A domain's own thresholds and actions", "responses": {
+        "200": {"description": "settings", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Verdicts"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "no such domain", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "put": {"summary": "Replace a domain's own settings and publish", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Verdicts"}}}},
+        "responses": {
+          "200": {"description": "published", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "404": {"description": "no such domain", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "delete": {"summary": "Remove a domain's own settings (it inherits) and publish", "responses": {
+        "200": {"description": "published", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "no such domain", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/policy-rules": {
+      "get": {"summary": "Policy rules in the order they are tried", "responses": {
+        "200": {"description": "{rules}", "content": {"application/json": {"schema": {"type": "object", "properties": {"rules": {"type": "array", "items": {"$ref": "#/components/schemas/PolicyRule"}}}}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "put": {"summary": "Replace every rule and publish", "requestBody": {"required": true, "content": {"application/json": {"schema": {
+          "type": "object", "required": ["rules"], "additionalProperties": false, "properties": {"rules": {"type": "array", "items": {"$ref": "#/components/schemas/PolicyRule"}}}}}}},
+        "responses": {
+          "200": {"description": "published", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "a rule that does not hold together (rules[N].field named)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "post": {"summary": "Add one rule at the end, or before the rule named by ?before=NAME, and publish",
+        "parameters": [{"name": "before", "in": "query", "required": false, "schema": {"type": "string"}}],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PolicyRule"}}}},
+        "responses": {
+          "201": {"description": "published", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid rule", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/policy-rules/{name}": {
+      "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+      "delete": {"summary": "Remove a rule and publish", "responses": {
+        "200": {"description": "published", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "no such rule", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
     "/api/v1/snapshot": {
       "get": {"summary": "The published snapshot and the generation each engine runs", "responses": {

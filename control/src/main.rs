@@ -105,6 +105,47 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Thresholds and actions of the verdict classes, for every domain or one.
+    Verdicts {
+        #[command(subcommand)]
+        command: VerdictsCommand,
+    },
+    /// Policy rules: conditions and an action, tried in order after inspection.
+    PolicyRules {
+        #[command(subcommand)]
+        command: PolicyRulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VerdictsCommand {
+    /// The global settings and every domain's own.
+    Show,
+    /// Change settings: KEY=VALUE (tag_threshold, spam_threshold, spam_action,
+    /// phishing_action, malformed_action, dmarc_reject_action, dmarc_quarantine_action,
+    /// subject_tag); VALUE `inherit` removes the key.
+    Set {
+        /// A domain's own settings instead of the global ones.
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(required = true)]
+        settings: Vec<String>,
+    },
+    /// Remove every setting of the scope: it inherits them all.
+    Clear {
+        #[arg(long)]
+        domain: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyRulesCommand {
+    /// The rules in the order they are tried.
+    Show,
+    /// Replace every rule with the `[[policy_rules]]` tables of a TOML file.
+    Import { file: PathBuf },
+    /// Remove one rule.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -259,6 +300,8 @@ fn main() -> ExitCode {
         Command::Rules { command } => rules(command, &remote),
         Command::Learn { spam, ham } => learn(&spam, &ham, &remote),
         Command::Model { command } => model(command, &remote),
+        Command::Verdicts { command } => verdicts(command, &remote),
+        Command::PolicyRules { command } => policy_rules(command, &remote),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -754,6 +797,95 @@ fn limits(command: LimitsCommand, remote: &Remote) -> anyhow::Result<()> {
     };
     for (k, v) in r.as_object().into_iter().flatten() {
         println!("{k}\t{v}");
+    }
+    Ok(())
+}
+
+fn verdicts(command: VerdictsCommand, remote: &Remote) -> anyhow::Result<()> {
+    let path = |domain: &Option<String>| match domain {
+        Some(d) => format!("/api/v1/domains/{}/verdicts", query(d)),
+        None => "/api/v1/verdicts".to_string(),
+    };
+    let r = match command {
+        VerdictsCommand::Show => {
+            let r = call(remote, "GET", "/api/v1/verdicts", None)?;
+            println!("global\t{}", r["global"]);
+            for (d, spec) in r["domains"].as_object().into_iter().flatten() {
+                println!("{d}\t{spec}");
+            }
+            return Ok(());
+        }
+        VerdictsCommand::Set { domain, settings } => {
+            let current = match &domain {
+                Some(_) => call(remote, "GET", &path(&domain), None)?,
+                None => call(remote, "GET", "/api/v1/verdicts", None)?["global"].clone(),
+            };
+            let mut body = current.as_object().cloned().unwrap_or_default();
+            for kv in settings {
+                let Some((k, v)) = kv.split_once('=') else {
+                    bail!("{kv:?}: give KEY=VALUE");
+                };
+                let (k, v) = (k.trim(), v.trim());
+                if v == "inherit" {
+                    body.remove(k);
+                } else if k.ends_with("_threshold") {
+                    let n: f64 = v
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("{k}: {v:?} is not a number"))?;
+                    body.insert(k.into(), json!(n));
+                } else {
+                    body.insert(k.into(), json!(v));
+                }
+            }
+            call(remote, "PUT", &path(&domain), Some(Value::Object(body)))?
+        }
+        VerdictsCommand::Clear { domain } => call(remote, "PUT", &path(&domain), Some(json!({})))?,
+    };
+    println!("generation {}", r["generation"]);
+    Ok(())
+}
+
+fn policy_rules(command: PolicyRulesCommand, remote: &Remote) -> anyhow::Result<()> {
+    match command {
+        PolicyRulesCommand::Show => {
+            let r = call(remote, "GET", "/api/v1/policy-rules", None)?;
+            for (i, rule) in r["rules"].as_array().into_iter().flatten().enumerate() {
+                println!("{}\t{}\t{rule}", i + 1, rule["name"].as_str().unwrap_or(""));
+            }
+        }
+        PolicyRulesCommand::Import { file } => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct File {
+                #[serde(default)]
+                policy_rules: Vec<bulwark_policy::filtering::RuleSpec>,
+            }
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let f: File = toml::from_str(&text).map_err(|e| {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start].matches('\n').count() + 1)
+                    .map_or(String::new(), |l| format!(" line {l}"));
+                anyhow::anyhow!("{}{line}: {}", file.display(), e.message())
+            })?;
+            let r = call(
+                remote,
+                "PUT",
+                "/api/v1/policy-rules",
+                Some(json!({"rules": f.policy_rules})),
+            )?;
+            println!("{} rules (generation {})", r["rules"], r["generation"]);
+        }
+        PolicyRulesCommand::Remove { name } => {
+            let r = call(
+                remote,
+                "DELETE",
+                &format!("/api/v1/policy-rules/{}", query(&name)),
+                None,
+            )?;
+            println!("removed {name} (generation {})", r["generation"]);
+        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use bulwark_policy::filtering::{RuleSpec, VerdictSpec};
 use bulwark_policy::{Domain, Policy, Route};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -59,6 +60,17 @@ const MIGRATIONS: &[&str] = &[
         report TEXT NOT NULL,
         updated INTEGER NOT NULL
      );",
+    // 6: thresholds and actions of the verdict classes (scope '' is global, else a
+    // domain), and the ordered policy rules; each kept as the JSON people wrote.
+    "CREATE TABLE verdicts (
+        scope TEXT PRIMARY KEY NOT NULL,
+        spec TEXT NOT NULL
+     );
+     CREATE TABLE policy_rules (
+        position INTEGER PRIMARY KEY NOT NULL,
+        name TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL
+     );",
 ];
 
 /// The settable limits and their allowed ranges.
@@ -100,6 +112,8 @@ pub enum StoreError {
     Random(String),
     #[error("{0} is not listed")]
     NotListed(String),
+    #[error("stored {what} cannot be read: {message}")]
+    Corrupt { what: String, message: String },
 }
 
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
@@ -276,6 +290,7 @@ impl Store {
         if tx.execute("DELETE FROM domains WHERE name = ?1", params![name])? == 0 {
             return Err(StoreError::NotFound(name.to_string()));
         }
+        tx.execute("DELETE FROM verdicts WHERE scope = ?1", params![name])?;
         let generation = bump(&tx)?;
         tx.commit()?;
         Ok(generation)
@@ -509,6 +524,25 @@ impl Store {
                 }
             }
         }
+        let mut verdicts = bulwark_policy::filtering::VerdictPolicy::default();
+        for (scope, spec) in self.verdicts()? {
+            let compiled = spec.compile().map_err(|e| StoreError::Corrupt {
+                what: format!("verdicts of {scope:?}"),
+                message: e.to_string(),
+            })?;
+            if scope.is_empty() {
+                verdicts = compiled;
+            } else if let Some(d) = domains.iter_mut().find(|d| d.name == scope) {
+                d.verdicts = compiled;
+            }
+        }
+        let rules =
+            bulwark_policy::filtering::compile_rules(&self.policy_rules()?).map_err(|e| {
+                StoreError::Corrupt {
+                    what: "policy rules".into(),
+                    message: e.to_string(),
+                }
+            })?;
         let l: std::collections::HashMap<&str, i64> = self.limits()?.into_iter().collect();
         let get = |k: &str| l.get(k).copied().unwrap_or(0).max(0);
         Ok(Policy {
@@ -535,7 +569,91 @@ impl Store {
                     .map(|a| a.sha256)
                     .unwrap_or_default(),
             },
+            verdicts,
+            rules,
         })
+    }
+
+    /// Thresholds and actions by scope (`""` global, else a domain), as written.
+    pub fn verdicts(&self) -> Result<Vec<(String, VerdictSpec)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT scope, spec FROM verdicts ORDER BY scope")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(scope, spec)| {
+                serde_json::from_str(&spec)
+                    .map(|v| (scope.clone(), v))
+                    .map_err(|e| StoreError::Corrupt {
+                        what: format!("verdicts of {scope:?}"),
+                        message: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Sets (or, with an empty spec, clears) the thresholds and actions of a scope: `""`
+    /// for every domain, or a domain's name. The spec is already validated.
+    pub fn set_verdicts(&mut self, scope: &str, spec: &VerdictSpec) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        if !scope.is_empty() {
+            Self::domain_exists(&tx, scope)?;
+        }
+        if *spec == VerdictSpec::default() {
+            tx.execute("DELETE FROM verdicts WHERE scope = ?1", params![scope])?;
+        } else {
+            let json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
+                what: "verdicts".into(),
+                message: e.to_string(),
+            })?;
+            tx.execute(
+                "INSERT INTO verdicts (scope, spec) VALUES (?1, ?2)
+                 ON CONFLICT(scope) DO UPDATE SET spec = ?2",
+                params![scope, json],
+            )?;
+        }
+        let generation = bump(&tx)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    /// The policy rules in order, as written.
+    pub fn policy_rules(&self) -> Result<Vec<RuleSpec>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, spec FROM policy_rules ORDER BY position")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(name, spec)| {
+                serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt {
+                    what: format!("policy rule {name:?}"),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the policy rules (already validated) with `rules`, in that order.
+    pub fn set_policy_rules(&mut self, rules: &[RuleSpec]) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM policy_rules", [])?;
+        for (i, r) in rules.iter().enumerate() {
+            let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt {
+                what: format!("policy rule {:?}", r.name),
+                message: e.to_string(),
+            })?;
+            tx.execute(
+                "INSERT INTO policy_rules (position, name, spec) VALUES (?1, ?2, ?3)",
+                params![i as i64, r.name, json],
+            )?;
+        }
+        let generation = bump(&tx)?;
+        tx.commit()?;
+        Ok(generation)
     }
 
     /// Stores an artifact (`rules`, `model`) with its report, replacing the previous one.

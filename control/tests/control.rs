@@ -965,3 +965,117 @@ fn rules_and_models_published_by_control_reach_the_engine() {
     let (ok, out) = cli(&c, &["model", "show"]);
     assert!(ok && out.contains("tokens"), "{out}");
 }
+
+/// Thresholds and actions per domain and policy rules, set with the CLI, reach the engine
+/// without a restart; bad ones are refused with the field named and change nothing.
+#[test]
+fn verdict_actions_and_policy_rules_published_by_control_reach_the_engine() {
+    const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+    let dir = tmp("filtering");
+    let (c, _engine, smtp, metrics) = control_and_engine(&dir);
+    let (ok, out) = cli(
+        &c,
+        &["domain", "add", "fleet.test", "--route", "127.0.0.1:9"],
+    );
+    assert!(ok, "{out}");
+    let reply = eventually("550", || send_message(smtp, GTUBE));
+    assert!(
+        reply.starts_with("550 5.7.1 Message refused as spam"),
+        "{reply}"
+    );
+
+    // The domain quarantines its spam instead.
+    let (ok, out) = cli(
+        &c,
+        &[
+            "verdicts",
+            "set",
+            "--domain",
+            "fleet.test",
+            "spam_action=quarantine",
+            "subject_tag=[SPAM] ",
+        ],
+    );
+    assert!(ok, "{out}");
+    let reply = eventually("250", || send_message(smtp, GTUBE));
+    assert!(reply.starts_with("250"), "{reply}");
+    let (ok, out) = cli(&c, &["verdicts", "show"]);
+    assert!(
+        ok && out.contains("fleet.test\t") && out.contains("\"spam_action\":\"quarantine\""),
+        "{out}"
+    );
+    // A bad value is a 400 naming the field; nothing changes.
+    let (ok, out) = cli(&c, &["verdicts", "set", "phishing_action=bounce"]);
+    assert!(
+        !ok && out.contains("400") && out.contains("phishing_action"),
+        "{out}"
+    );
+    let (ok, out) = cli(
+        &c,
+        &[
+            "verdicts",
+            "set",
+            "--domain",
+            "nowhere.test",
+            "spam_action=tag",
+        ],
+    );
+    assert!(!ok && out.contains("404"), "{out}");
+
+    // A policy rule, imported from the same TOML the engine's own file takes.
+    let rules = dir.join("policy-rules.toml");
+    std::fs::write(
+        &rules,
+        "[[policy_rules]]\nname = \"hold-fleet\"\nheader = \"Subject\"\ncontains = [\"FLEET\"]\naction = \"reject\"\n",
+    )
+    .unwrap();
+    let (ok, out) = cli(&c, &["policy-rules", "import", rules.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let reply = eventually("550", || send_message(smtp, "a clean note"));
+    assert!(
+        reply.starts_with("550 5.7.1 Message refused by policy"),
+        "{reply}"
+    );
+    assert!(
+        metric(
+            metrics,
+            "bulwark_policy_rule_hits_total{rule=\"hold-fleet\"} "
+        ) >= 1.0
+    );
+    let (ok, out) = cli(&c, &["policy-rules", "show"]);
+    assert!(ok && out.starts_with("1\thold-fleet\t"), "{out}");
+    // A rule that does not hold together: refused with its index and field.
+    std::fs::write(
+        &rules,
+        "[[policy_rules]]\nname = \"x\"\naction = \"explode\"\n",
+    )
+    .unwrap();
+    let (ok, out) = cli(&c, &["policy-rules", "import", rules.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("400") && out.contains("rules[0].action"),
+        "{out}"
+    );
+    std::fs::write(
+        &rules,
+        "[[policy_rules]]\nname = \"x\"\nactoin = \"reject\"\n",
+    )
+    .unwrap();
+    let (ok, out) = cli(&c, &["policy-rules", "import", rules.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("line 3") && out.contains("actoin"),
+        "{out}"
+    );
+    assert!(send_message(smtp, "a clean note").starts_with("550"));
+
+    let (ok, out) = cli(&c, &["policy-rules", "remove", "hold-fleet"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&c, &["verdicts", "clear", "--domain", "fleet.test"]);
+    assert!(ok, "{out}");
+    let reply = eventually("250", || send_message(smtp, "a clean note"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let reply = eventually("550", || send_message(smtp, GTUBE));
+    assert!(
+        reply.starts_with("550 5.7.1 Message refused as spam"),
+        "{reply}"
+    );
+}

@@ -28,6 +28,8 @@ pub struct Config {
     pub ip: IpConfig,
     pub harvest: HarvestConfig,
     pub domains: Vec<DomainConfig>,
+    /// `[[policy_rules]]`, in order.
+    pub policy_rules: Vec<bulwark_policy::filtering::PolicyRule>,
     pub inspection: Inspection,
     pub quarantine: QuarantineConfig,
     pub authentication: AuthConfig,
@@ -60,14 +62,8 @@ pub struct Inspection {
     pub model: Option<PathBuf>,
     /// Where compiled rule sets are cached (default: `rules-cache` in the spool dir).
     pub cache_dir: Option<PathBuf>,
-    pub tag_threshold: f64,
-    pub spam_threshold: f64,
-    pub spam_action: bulwark_inspect::inspector::Action,
-    pub subject_tag: String,
-    pub malformed_action: bulwark_inspect::inspector::Action,
-    pub phishing_action: bulwark_inspect::inspector::Action,
-    pub dmarc_reject_action: bulwark_inspect::inspector::Action,
-    pub dmarc_quarantine_action: bulwark_inspect::inspector::Action,
+    /// Thresholds and actions of the verdict classes, for every domain without its own.
+    pub verdicts: bulwark_inspect::inspector::Verdicts,
     /// Brands protected from imitation (`None`: the built-in list).
     pub brands: Option<Vec<String>>,
     /// URL shortener hosts (`None`: the built-in list).
@@ -208,6 +204,8 @@ pub struct DomainConfig {
     pub tls: TlsPolicy,
     /// CA file for verifying the route's certificate (`tls = "required"`); empty: web PKI.
     pub tls_ca: String,
+    /// This domain's own thresholds and actions.
+    pub verdicts: bulwark_policy::filtering::VerdictPolicy,
 }
 
 impl Config {
@@ -244,6 +242,7 @@ impl Config {
                     has_directory: d.directory.is_some(),
                     directory: d.directory.clone().unwrap_or_default(),
                     senders: d.senders.to_policy(),
+                    verdicts: d.verdicts.clone(),
                 })
                 .collect(),
             limits: Limits {
@@ -262,6 +261,9 @@ impl Config {
             },
             // This file's rules and model are its own `[inspection]`'s, loaded at start.
             inspection: Default::default(),
+            // Its global thresholds and actions are `[inspection]`'s too.
+            verdicts: Default::default(),
+            rules: self.policy_rules.clone(),
         }
     }
 
@@ -591,7 +593,7 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 16] = [
+        const SECTIONS: [&str; 17] = [
             "server",
             "spool",
             "queue",
@@ -605,6 +607,7 @@ impl<'t> Validator<'t> {
             "ip",
             "harvest",
             "domains",
+            "policy_rules",
             "inspection",
             "quarantine",
             "authentication",
@@ -630,6 +633,7 @@ impl<'t> Validator<'t> {
         let ip = self.ip(root);
         let harvest = self.harvest(root);
         let domains = self.domains(root);
+        let policy_rules = self.policy_rules(root);
         let inspection = self.inspection(root);
         let quarantine = self.quarantine(root);
         let authentication = self.authentication(root);
@@ -647,6 +651,7 @@ impl<'t> Validator<'t> {
             ip,
             harvest,
             domains,
+            policy_rules,
             inspection,
             quarantine,
             authentication,
@@ -724,7 +729,6 @@ impl<'t> Validator<'t> {
     }
 
     fn inspection(&mut self, root: &Table<'_>) -> Inspection {
-        use bulwark_inspect::inspector::Action;
         let mut s = self.section(root, "inspection");
         let enabled = self.boolean(&mut s, "enabled").unwrap_or(true);
         let rules = self
@@ -737,8 +741,13 @@ impl<'t> Validator<'t> {
         let cache_dir = self
             .string(&mut s, "cache_dir")
             .map(|(p, _)| PathBuf::from(p));
-        let tag_threshold = self.float(&mut s, "tag_threshold").unwrap_or(5.0);
-        let spam_threshold = self.float(&mut s, "spam_threshold").unwrap_or(15.0);
+        let d = bulwark_inspect::inspector::Verdicts::default();
+        let tag_threshold = self
+            .float(&mut s, "tag_threshold")
+            .unwrap_or(d.tag_threshold);
+        let spam_threshold = self
+            .float(&mut s, "spam_threshold")
+            .unwrap_or(d.spam_threshold);
         if spam_threshold < tag_threshold {
             let line = s.line;
             self.errors.push(ConfigError {
@@ -747,16 +756,23 @@ impl<'t> Validator<'t> {
                 message: format!("{spam_threshold} is below tag_threshold ({tag_threshold})"),
             });
         }
-        let spam_action = self.action(&mut s, "spam_action", Action::Reject);
-        let subject_tag = self
-            .string(&mut s, "subject_tag")
-            .map(|(t, _)| t)
-            .unwrap_or_default();
-        let malformed_action = self.action(&mut s, "malformed_action", Action::Reject);
-        let phishing_action = self.action(&mut s, "phishing_action", Action::Reject);
-        let dmarc_reject_action = self.action(&mut s, "dmarc_reject_action", Action::Reject);
-        let dmarc_quarantine_action =
-            self.action(&mut s, "dmarc_quarantine_action", Action::Quarantine);
+        let verdicts = bulwark_inspect::inspector::Verdicts {
+            tag_threshold,
+            spam_threshold,
+            spam_action: self.action(&mut s, "spam_action", d.spam_action),
+            subject_tag: self
+                .string(&mut s, "subject_tag")
+                .map(|(t, _)| t)
+                .unwrap_or_default(),
+            malformed_action: self.action(&mut s, "malformed_action", d.malformed_action),
+            phishing_action: self.action(&mut s, "phishing_action", d.phishing_action),
+            dmarc_reject_action: self.action(&mut s, "dmarc_reject_action", d.dmarc_reject_action),
+            dmarc_quarantine_action: self.action(
+                &mut s,
+                "dmarc_quarantine_action",
+                d.dmarc_quarantine_action,
+            ),
+        };
         let hosts = |v: &mut Self, s: &mut Section<'_, '_>, key: &'static str| {
             let list = v.string_list(s, key)?;
             let mut out = Vec::with_capacity(list.len());
@@ -817,14 +833,7 @@ impl<'t> Validator<'t> {
             rules,
             model,
             cache_dir,
-            tag_threshold,
-            spam_threshold,
-            spam_action,
-            subject_tag,
-            malformed_action,
-            phishing_action,
-            dmarc_reject_action,
-            dmarc_quarantine_action,
+            verdicts,
             brands,
             shorteners,
             url_blocklist,
@@ -1279,6 +1288,101 @@ impl<'t> Validator<'t> {
         ip
     }
 
+    /// A domain's own thresholds and actions (keys as in `[inspection]`); what is not
+    /// set inherits.
+    fn verdict_overrides(
+        &mut self,
+        s: &mut Section<'_, '_>,
+    ) -> bulwark_policy::filtering::VerdictPolicy {
+        use bulwark_policy::filtering::{FilterAction, VerdictSpec};
+        let action = |v: &mut Self, s: &mut Section<'_, '_>, key: &'static str| {
+            let (text, span) = v.string(s, key)?;
+            if FilterAction::parse(&text).is_none() {
+                let path = format!("{}.{key}", s.path);
+                v.err(
+                    &path,
+                    Some(span),
+                    format!("{text:?} is not an action (use {})", FilterAction::NAMES),
+                );
+                return None;
+            }
+            Some(text)
+        };
+        let spec = VerdictSpec {
+            tag_threshold: self.float(s, "tag_threshold"),
+            spam_threshold: self.float(s, "spam_threshold"),
+            spam_action: action(self, s, "spam_action"),
+            phishing_action: action(self, s, "phishing_action"),
+            malformed_action: action(self, s, "malformed_action"),
+            dmarc_reject_action: action(self, s, "dmarc_reject_action"),
+            dmarc_quarantine_action: action(self, s, "dmarc_quarantine_action"),
+            subject_tag: self.string(s, "subject_tag").map(|(t, _)| t),
+        };
+        match spec.compile() {
+            Ok(p) => p,
+            Err(e) => {
+                let line = s.line;
+                self.errors.push(ConfigError {
+                    key: format!("{}.{}", s.path, e.field),
+                    line,
+                    message: e.message,
+                });
+                Default::default()
+            }
+        }
+    }
+
+    /// `[[policy_rules]]`: conditions and an action, tried in order.
+    fn policy_rules(&mut self, root: &Table<'_>) -> Vec<bulwark_policy::filtering::PolicyRule> {
+        use bulwark_policy::filtering::RuleSpec;
+        let mut out: Vec<bulwark_policy::filtering::PolicyRule> = Vec::new();
+        for mut s in self.tables(root.get("policy_rules"), "policy_rules") {
+            let list = |v: &mut Self, s: &mut Section<'_, '_>, key: &'static str| -> Vec<String> {
+                v.string_list(s, key)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(x, _)| x)
+                    .collect()
+            };
+            let name = self.required_string(&mut s, "name").map(|(n, _)| n);
+            let action = self.required_string(&mut s, "action").map(|(a, _)| a);
+            let spec = RuleSpec {
+                name: name.clone().unwrap_or_default(),
+                senders: list(self, &mut s, "senders"),
+                recipients: list(self, &mut s, "recipients"),
+                header: self.string(&mut s, "header").map(|(h, _)| h),
+                contains: list(self, &mut s, "contains"),
+                min_size: self.integer(&mut s, "min_size", 0, u64::MAX >> 1),
+                max_size: self.integer(&mut s, "max_size", 0, u64::MAX >> 1),
+                min_score: self.float(&mut s, "min_score"),
+                max_score: self.float(&mut s, "max_score"),
+                verdicts: list(self, &mut s, "verdicts"),
+                action: action.clone().unwrap_or_default(),
+            };
+            let (path, line) = (s.path.clone(), s.line);
+            self.finish(s);
+            if name.is_none() || action.is_none() {
+                continue;
+            }
+            match spec.compile() {
+                Ok(rule) if out.iter().any(|r| r.name == rule.name) => {
+                    self.errors.push(ConfigError {
+                        key: format!("{path}.name"),
+                        line,
+                        message: format!("{:?} is used by an earlier rule", rule.name),
+                    });
+                }
+                Ok(rule) => out.push(rule),
+                Err(e) => self.errors.push(ConfigError {
+                    key: format!("{path}.{}", e.field),
+                    line,
+                    message: e.message,
+                }),
+            }
+        }
+        out
+    }
+
     fn domains(&mut self, root: &Table<'_>) -> Vec<DomainConfig> {
         let mut out: Vec<DomainConfig> = Vec::new();
         for mut s in self.tables(root.get("domains"), "domains") {
@@ -1311,6 +1415,7 @@ impl<'t> Validator<'t> {
                     ca
                 }
             };
+            let verdicts = self.verdict_overrides(&mut s);
             self.finish(s);
             let (Some((name, nspan)), Some((route, rspan))) = (name, route) else {
                 continue;
@@ -1363,6 +1468,7 @@ impl<'t> Validator<'t> {
                         senders,
                         tls,
                         tls_ca,
+                        verdicts,
                     })
                 }
                 Err(e) => self.err(&format!("{path}.route"), Some(rspan), e),

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod deliver;
+pub mod filtering;
 pub mod inspection;
 pub mod memory;
 pub mod metrics;

@@ -307,6 +307,7 @@ fn score(
                 arrival,
                 auth: None,
                 approved: false,
+                verdicts: None,
             };
             let r = ins.inspect(&mut scanner, m, &env);
             let key = format!("{}/{}", r.verdict.as_str(), r.action.as_str());

@@ -119,10 +119,13 @@ pub enum Reject {
     SpoolFailed,
     TooManyConnections,
     MemoryBudget,
+    /// A recipient deferred (`452 4.5.3`) for a filtering policy other than the first
+    /// recipient's.
+    PolicySplit,
 }
 
 impl Reject {
-    const ALL: [Reject; 12] = [
+    const ALL: [Reject; 13] = [
         Reject::RelayDenied,
         Reject::UnknownUser,
         Reject::SenderBlocked,
@@ -135,6 +138,7 @@ impl Reject {
         Reject::SpoolFailed,
         Reject::TooManyConnections,
         Reject::MemoryBudget,
+        Reject::PolicySplit,
     ];
     fn label(self) -> &'static str {
         match self {
@@ -150,6 +154,7 @@ impl Reject {
             Reject::SpoolFailed => "spool_failed",
             Reject::TooManyConnections => "too_many_connections",
             Reject::MemoryBudget => "memory_budget",
+            Reject::PolicySplit => "policy_split",
         }
     }
 }
@@ -168,7 +173,7 @@ pub struct Shard {
     pub sessions_active: Gauge,
     pub messages_received: Counter,
     pub bytes_received: Counter,
-    pub rejections: [Counter; 12],
+    pub rejections: [Counter; 13],
     /// Octets of message content this core holds in memory now.
     pub content_memory: Gauge,
     /// Messages written to the spool while they arrived (larger than the in-memory part).
@@ -279,6 +284,35 @@ impl Shard {
 #[repr(align(128))]
 struct Padded(Shard);
 
+fn register(sets: &std::sync::Mutex<Vec<Arc<RuleHits>>>, names: Vec<String>) -> Arc<RuleHits> {
+    let hits = Arc::new(RuleHits {
+        counts: (0..names.len()).map(|_| Counter::default()).collect(),
+        names,
+    });
+    if let Ok(mut sets) = sets.lock() {
+        sets.push(hits.clone());
+    }
+    hits
+}
+
+/// One counter per rule name, summed over every set that has hit.
+fn hits_by_rule(sets: &std::sync::Mutex<Vec<Arc<RuleHits>>>) -> Vec<proto::Metric> {
+    let mut by_name: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let sets = sets.lock().map(|s| s.clone()).unwrap_or_default();
+    for set in &sets {
+        for (name, c) in set.names.iter().zip(set.counts.iter()) {
+            let n = c.get();
+            if n > 0 {
+                *by_name.entry(name.clone()).or_default() += n;
+            }
+        }
+    }
+    by_name
+        .into_iter()
+        .map(|(name, n)| counter(n as f64, &[("rule", &name)]))
+        .collect()
+}
+
 /// All shards, plus engine-wide facts.
 pub struct Metrics {
     shards: Box<[Padded]>,
@@ -287,6 +321,8 @@ pub struct Metrics {
     /// Hit counters of every rule set a core has used (sets change when control
     /// publishes new rules); the rule-hit metric sums them by rule name.
     rule_sets: std::sync::Mutex<Vec<Arc<RuleHits>>>,
+    /// The same for policy rules (a set per list of rule names a core has used).
+    policy_rule_sets: std::sync::Mutex<Vec<Arc<RuleHits>>>,
 }
 
 /// One core's hit counters for one rule set, indexed as the set's rules. The core holds
@@ -302,19 +338,18 @@ impl Metrics {
             shards: (0..cores).map(|_| Padded(Shard::new())).collect(),
             ready_cores: AtomicUsize::new(0),
             rule_sets: std::sync::Mutex::new(Vec::new()),
+            policy_rule_sets: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     /// Hit counters for a rule set a core starts to use (its rules' names, by index).
     pub fn rule_hits(&self, names: Vec<String>) -> Arc<RuleHits> {
-        let hits = Arc::new(RuleHits {
-            counts: (0..names.len()).map(|_| Counter::default()).collect(),
-            names,
-        });
-        if let Ok(mut sets) = self.rule_sets.lock() {
-            sets.push(hits.clone());
-        }
-        hits
+        register(&self.rule_sets, names)
+    }
+
+    /// Hit counters for a list of policy rules a core starts to use.
+    pub fn policy_rule_hits(&self, names: Vec<String>) -> Arc<RuleHits> {
+        register(&self.policy_rule_sets, names)
     }
 
     /// A core is listening and has its policy.
@@ -677,23 +712,13 @@ impl Collector for Families {
                 "bulwark_inspection_rule_hits_total",
                 "Messages each inspection rule hit (rules that have hit at least once).",
                 c,
-                {
-                    let mut by_name: std::collections::BTreeMap<&str, u64> =
-                        std::collections::BTreeMap::new();
-                    let sets = m.rule_sets.lock().map(|s| s.clone()).unwrap_or_default();
-                    for set in &sets {
-                        for (name, c) in set.names.iter().zip(set.counts.iter()) {
-                            let n = c.get();
-                            if n > 0 {
-                                *by_name.entry(name.as_str()).or_default() += n;
-                            }
-                        }
-                    }
-                    by_name
-                        .into_iter()
-                        .map(|(name, n)| counter(n as f64, &[("rule", name)]))
-                        .collect()
-                },
+                hits_by_rule(&m.rule_sets),
+            ),
+            family(
+                "bulwark_policy_rule_hits_total",
+                "Messages whose action a policy rule decided (rules that have decided at least once).",
+                c,
+                hits_by_rule(&m.policy_rule_sets),
             ),
             self.histogram(
                 "bulwark_inspection_parse_seconds",

@@ -52,6 +52,8 @@ pub struct Core {
     pub full_scans: glommio::sync::Semaphore,
     pub quarantine: crate::quarantine::Quarantine,
     pub auth: Option<crate::auth::Auth>,
+    /// Hit counters of the policy rules in force (replaced when their names change).
+    pub policy_rule_hits: std::cell::RefCell<Option<Arc<crate::metrics::RuleHits>>>,
 }
 
 pub use crate::inspection::CoreInspect;
@@ -59,6 +61,26 @@ pub use crate::inspection::CoreInspect;
 impl Core {
     pub fn shard(&self) -> &Shard {
         self.metrics.shard(self.id)
+    }
+
+    /// Counts a message whose action policy rule `index` of `snapshot` decided.
+    pub fn policy_rule_hit(&self, snapshot: &Snapshot, index: usize) {
+        let rules = &snapshot.policy().rules;
+        let mut cur = self.policy_rule_hits.borrow_mut();
+        let same = cur.as_ref().is_some_and(|h| {
+            h.names.len() == rules.len()
+                && h.names
+                    .iter()
+                    .zip(rules.iter())
+                    .all(|(a, b)| a == b.name.as_str())
+        });
+        if !same {
+            let names = rules.iter().map(|r| r.name.as_str().to_string()).collect();
+            *cur = Some(self.metrics.policy_rule_hits(names));
+        }
+        if let Some(c) = cur.as_ref().and_then(|h| h.counts.get(index)) {
+            c.inc();
+        }
     }
 
     /// The inspector of this transaction (cheap: one reference count).
@@ -151,14 +173,7 @@ pub fn load_inspector(
     }
     let settings = bulwark_inspect::inspector::Settings {
         limits: c.limits,
-        tag_threshold: c.tag_threshold,
-        spam_threshold: c.spam_threshold,
-        spam_action: c.spam_action,
-        subject_tag: c.subject_tag.clone(),
-        phishing_action: c.phishing_action,
-        malformed_action: c.malformed_action,
-        dmarc_reject_action: c.dmarc_reject_action,
-        dmarc_quarantine_action: c.dmarc_quarantine_action,
+        verdicts: c.verdicts.clone(),
         managed_domains: config.domains.iter().map(|d| d.name.clone()).collect(),
         brands: c.brands.clone(),
         shorteners: c.shorteners.clone(),
@@ -512,6 +527,7 @@ async fn run_core(
             None => None,
         }),
         inspect_loader: shared.inspect_loader.clone(),
+        policy_rule_hits: Default::default(),
         inspect_timeout: cfg.inspection.timeout,
         inspect_timeout_tempfail: cfg.inspection.timeout_tempfail,
         full_scans: glommio::sync::Semaphore::new(1),

@@ -78,10 +78,9 @@ impl Verdict {
     }
 }
 
-/// Thresholds and actions.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub limits: Limits,
+/// Thresholds and actions of the verdict classes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdicts {
     /// Score from which a message is suspect: tagged and delivered.
     pub tag_threshold: f64,
     /// Score from which a message is spam and gets `spam_action`.
@@ -94,6 +93,29 @@ pub struct Settings {
     /// For mail failing DMARC whose From domain publishes `p=reject` / `p=quarantine`.
     pub dmarc_reject_action: Action,
     pub dmarc_quarantine_action: Action,
+}
+
+impl Default for Verdicts {
+    fn default() -> Self {
+        Verdicts {
+            tag_threshold: 5.0,
+            spam_threshold: 15.0,
+            spam_action: Action::Reject,
+            subject_tag: String::new(),
+            phishing_action: Action::Reject,
+            malformed_action: Action::Reject,
+            dmarc_reject_action: Action::Reject,
+            dmarc_quarantine_action: Action::Quarantine,
+        }
+    }
+}
+
+/// Limits, default verdicts and what the phishing checks protect.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub limits: Limits,
+    /// Thresholds and actions unless the envelope brings others (a domain's policy).
+    pub verdicts: Verdicts,
     /// Domains the gateway serves: names imitating them are phishing signs.
     pub managed_domains: Vec<String>,
     /// Brands to protect from imitation (`None`: the built-in list).
@@ -111,14 +133,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             limits: Limits::default(),
-            tag_threshold: 5.0,
-            spam_threshold: 15.0,
-            spam_action: Action::Reject,
-            subject_tag: String::new(),
-            phishing_action: Action::Reject,
-            malformed_action: Action::Reject,
-            dmarc_reject_action: Action::Reject,
-            dmarc_quarantine_action: Action::Quarantine,
+            verdicts: Verdicts::default(),
             managed_domains: Vec::new(),
             brands: None,
             shorteners: None,
@@ -127,6 +142,17 @@ impl Default for Settings {
             product: format!("Bulwark {}", env!("CARGO_PKG_VERSION")),
         }
     }
+}
+
+/// Which verdict classes applied to a message (several may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Classes {
+    /// Score at or above the tag threshold and below the spam threshold.
+    pub suspect: bool,
+    pub spam: bool,
+    pub phishing: bool,
+    pub authfail: bool,
+    pub malformed: bool,
 }
 
 /// What the session knows about a message besides its content.
@@ -144,6 +170,9 @@ pub struct Envelope<'a> {
     /// verdict (the score is still computed and stamped); phishing and structural limits
     /// still apply.
     pub approved: bool,
+    /// Thresholds and actions for this message (its recipients' domain policy); `None`:
+    /// the settings' own.
+    pub verdicts: Option<&'a Verdicts>,
 }
 
 /// A rule that hit, with the score it added.
@@ -161,9 +190,16 @@ pub struct Report {
     pub score: f64,
     pub hits: Vec<Hit>,
     pub verdict: Verdict,
+    /// Every class that applied (`verdict` is the one whose action was strongest).
+    pub classes: Classes,
+    /// The thresholds the message was judged by.
+    pub tag_threshold: f64,
+    pub spam_threshold: f64,
     /// The decoded Subject (at most 256 characters), for logs and the quarantine.
     pub subject: String,
     pub action: Action,
+    /// The policy rule that set `action`, when one did (the caller applies rules).
+    pub policy_rule: Option<String>,
     pub probability: Option<f64>,
     /// Whether only the start of the message was read (larger than the scan bound).
     pub truncated: bool,
@@ -386,7 +422,9 @@ impl Inspector {
                 .partial_cmp(&a.score.abs())
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        let (verdict, action) = self.decide(
+        let verdicts = env.verdicts.unwrap_or(&self.settings.verdicts);
+        let (verdict, action, classes) = decide(
+            verdicts,
             views.limit,
             phishing,
             env.auth.filter(|_| !env.approved),
@@ -400,57 +438,18 @@ impl Inspector {
             score,
             hits: hit_list,
             verdict,
+            classes,
+            tag_threshold: verdicts.tag_threshold,
+            spam_threshold: verdicts.spam_threshold,
             subject: views.subject.chars().take(256).collect(),
             action,
+            policy_rule: None,
             probability,
             truncated: views.truncated,
             parse_time,
             rules_time,
             pcre_limit: hits.pcre_limit,
         }
-    }
-
-    /// The verdict classes that apply, and of them the one with the strongest action
-    /// (on a tie, the first of: malformed, phishing, authentication, spam).
-    fn decide(
-        &self,
-        limit: Option<LimitHit>,
-        phishing: bool,
-        auth: Option<&native::AuthSummary>,
-        score: f64,
-    ) -> (Verdict, Action) {
-        use native::{AuthResult, DmarcPolicy};
-        let s = &self.settings;
-        let mut found: Vec<(Verdict, Action)> = Vec::with_capacity(4);
-        if let Some(limit) = limit {
-            found.push((Verdict::Malformed(limit), s.malformed_action));
-        }
-        if phishing {
-            found.push((Verdict::Phishing, s.phishing_action));
-        }
-        if let Some(a) = auth
-            && a.dmarc == AuthResult::Fail
-        {
-            match a.dmarc_policy {
-                Some(DmarcPolicy::Reject) => found.push((Verdict::AuthFail, s.dmarc_reject_action)),
-                Some(DmarcPolicy::Quarantine) => {
-                    found.push((Verdict::AuthFail, s.dmarc_quarantine_action))
-                }
-                _ => {}
-            }
-        }
-        if score >= s.spam_threshold {
-            found.push((Verdict::Spam, s.spam_action));
-        } else if score >= s.tag_threshold {
-            found.push((Verdict::Spam, Action::Tag));
-        }
-        let mut best = (Verdict::Clean, Action::Deliver);
-        for f in found {
-            if best.0 == Verdict::Clean || f.1 > best.1 {
-                best = f;
-            }
-        }
-        best
     }
 
     /// The header fields stamped on a delivered message (each ending CRLF).
@@ -463,8 +462,8 @@ impl Inspector {
             "X-Bulwark-Result: {}--{:.3}-{}-{}\r\n",
             report.verdict.as_str(),
             report.score,
-            s.tag_threshold,
-            s.spam_threshold
+            report.tag_threshold,
+            report.spam_threshold
         );
         let detail: Vec<String> = report
             .hits
@@ -472,6 +471,9 @@ impl Inspector {
             .map(|x| format!("{}={}", x.name, trim_float(x.score)))
             .collect();
         fold_into(&mut h, "X-Bulwark-Result-Detail:", &detail, ",");
+        if let Some(rule) = &report.policy_rule {
+            let _ = write!(h, "X-Bulwark-Policy-Rule: {rule}\r\n");
+        }
         let _ = write!(h, "X-Bulwark-Product-Ver: {}\r\n", s.product);
         let _ = write!(h, "X-Spam-Flag: {}\r\n", if spam { "YES" } else { "NO" });
         let names: Vec<String> = {
@@ -488,7 +490,7 @@ impl Inspector {
             "{}, score={:.1} required={:.1} tests={} autolearn=no version={}",
             if spam { "Yes" } else { "No" },
             report.score,
-            s.tag_threshold,
+            report.tag_threshold,
             tests,
             s.product
         );
@@ -496,6 +498,54 @@ impl Inspector {
         fold_into(&mut h, "X-Spam-Status:", &words, "");
         out.extend_from_slice(h.as_bytes());
     }
+}
+
+/// The verdict classes that apply, and of them the one with the strongest action (on a
+/// tie, the first of: malformed, phishing, authentication, spam).
+fn decide(
+    v: &Verdicts,
+    limit: Option<LimitHit>,
+    phishing: bool,
+    auth: Option<&native::AuthSummary>,
+    score: f64,
+) -> (Verdict, Action, Classes) {
+    use native::{AuthResult, DmarcPolicy};
+    let mut classes = Classes::default();
+    let mut best = (Verdict::Clean, Action::Deliver);
+    let mut consider = |f: (Verdict, Action)| {
+        if best.0 == Verdict::Clean || f.1 > best.1 {
+            best = f;
+        }
+    };
+    if let Some(limit) = limit {
+        classes.malformed = true;
+        consider((Verdict::Malformed(limit), v.malformed_action));
+    }
+    if phishing {
+        classes.phishing = true;
+        consider((Verdict::Phishing, v.phishing_action));
+    }
+    if let Some(a) = auth
+        && a.dmarc == AuthResult::Fail
+    {
+        let action = match a.dmarc_policy {
+            Some(DmarcPolicy::Reject) => Some(v.dmarc_reject_action),
+            Some(DmarcPolicy::Quarantine) => Some(v.dmarc_quarantine_action),
+            _ => None,
+        };
+        if let Some(action) = action {
+            classes.authfail = true;
+            consider((Verdict::AuthFail, action));
+        }
+    }
+    if score >= v.spam_threshold {
+        classes.spam = true;
+        consider((Verdict::Spam, v.spam_action));
+    } else if score >= v.tag_threshold {
+        classes.suspect = true;
+        consider((Verdict::Spam, Action::Tag));
+    }
+    (best.0, best.1, classes)
 }
 
 fn trim_float(v: f64) -> String {
@@ -628,7 +678,38 @@ mod tests {
             arrival: 1_796_000_000,
             auth: None,
             approved: false,
+            verdicts: None,
         }
+    }
+
+    #[test]
+    fn the_envelopes_verdicts_replace_the_settings_and_every_class_is_reported() {
+        let i = inspector();
+        let mut s = i.scanner().unwrap();
+        let gtube = b"From: a@client.example\r\nSubject: x\r\n\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n";
+        let r = i.inspect(&mut s, gtube, &env());
+        assert_eq!((r.verdict, r.action), (Verdict::Spam, Action::Reject));
+        assert!(r.classes.spam && !r.classes.suspect && !r.classes.phishing);
+        let lenient = Verdicts {
+            spam_threshold: 5000.0,
+            tag_threshold: 2000.0,
+            ..Default::default()
+        };
+        let r = i.inspect(
+            &mut s,
+            gtube,
+            &Envelope {
+                verdicts: Some(&lenient),
+                ..env()
+            },
+        );
+        assert_eq!(r.action, Action::Deliver, "score {}", r.score);
+        assert_eq!(r.classes, Classes::default());
+        assert_eq!((r.tag_threshold, r.spam_threshold), (2000.0, 5000.0));
+        let mut stamp = Vec::new();
+        i.stamp(&r, &mut stamp);
+        let stamp = String::from_utf8(stamp).unwrap();
+        assert!(stamp.contains("-2000-5000\r\n"), "{stamp}");
     }
 
     #[test]
@@ -648,6 +729,7 @@ mod tests {
         };
         let approved = Envelope {
             approved: true,
+            verdicts: None,
             auth: Some(&auth),
             ..env()
         };

@@ -21,6 +21,7 @@ fn inspect(ins: &Inspector, raw: &[u8]) -> Report {
         arrival: 1_796_115_600,
         auth: None,
         approved: false,
+        verdicts: None,
     };
     let t = Instant::now();
     let r = ins.inspect(&mut s, raw, &env);

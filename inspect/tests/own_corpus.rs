@@ -40,6 +40,7 @@ fn every_message_gets_the_verdict_its_name_says() {
             arrival: 1_796_115_600,
             auth: None,
             approved: false,
+            verdicts: None,
         };
         let r = ins.inspect(&mut scanner, &raw, &env);
         let name = f.file_name().unwrap().to_string_lossy().into_owned();

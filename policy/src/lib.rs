@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod directory_csv;
+pub mod filtering;
 pub mod limits;
 mod schema;
 pub mod shm;

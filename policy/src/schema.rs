@@ -2,6 +2,8 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::filtering::{PolicyRule, VerdictPolicy};
+
 /// The whole policy at one generation.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Policy {
@@ -18,6 +20,11 @@ pub struct Policy {
     pub harvest: Harvest,
     /// Content inspection's compiled rules and classifier model, published by control.
     pub inspection: InspectionArtifacts,
+    /// Thresholds and actions of the verdict classes for every domain (a domain's own
+    /// take precedence); unset values are the engine's `[inspection]` settings.
+    pub verdicts: VerdictPolicy,
+    /// Policy rules, in the order they are tried.
+    pub rules: Vec<PolicyRule>,
 }
 
 /// Files published beside the snapshot (`<snapshot>.<kind>.<sha256>`), named by the
@@ -62,6 +69,8 @@ pub struct Domain {
     pub directory: Vec<String>,
     /// This domain's own approved and blocked senders; they take precedence.
     pub senders: SenderLists,
+    /// This domain's own thresholds and actions; they take precedence.
+    pub verdicts: VerdictPolicy,
 }
 
 /// Sender patterns: `user@domain`, `domain` (that domain exactly) or `*.domain` (any
@@ -284,38 +293,41 @@ fn sorted_contains(list: &[rkyv::string::ArchivedString], probe: &str) -> bool {
         .is_ok()
 }
 
+/// Whether `addr` matches one of `list`'s patterns (lower case, sorted): the address
+/// itself, its domain, or `*.parent` for any parent domain. Allocation-free.
+pub(crate) fn pattern_matches(list: &[rkyv::string::ArchivedString], addr: &str) -> bool {
+    if list.is_empty() || addr.is_empty() {
+        return false;
+    }
+    if sorted_contains(list, addr) {
+        return true;
+    }
+    let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or(addr);
+    if sorted_contains(list, domain) {
+        return true;
+    }
+    // "*.example.test" matches "a.example.test" and "b.a.example.test".
+    let mut rest = domain;
+    while let Some((_, parent)) = rest.split_once('.') {
+        if list.iter().any(|e| {
+            e.as_str()
+                .strip_prefix("*.")
+                .is_some_and(|p| p.eq_ignore_ascii_case(parent))
+        }) {
+            return true;
+        }
+        rest = parent;
+    }
+    false
+}
+
 impl ArchivedSenderLists {
     /// Approval wins over a block at the same level. Checks the address, its domain,
     /// and `*.parent` for every parent domain; allocation-free.
     pub fn verdict(&self, sender: &str) -> Option<SenderVerdict> {
-        let matches = |list: &[rkyv::string::ArchivedString]| {
-            if list.is_empty() || sender.is_empty() {
-                return false;
-            }
-            if sorted_contains(list, sender) {
-                return true;
-            }
-            let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or(sender);
-            if sorted_contains(list, domain) {
-                return true;
-            }
-            // "*.example.test" matches "a.example.test" and "b.a.example.test".
-            let mut rest = domain;
-            while let Some((_, parent)) = rest.split_once('.') {
-                if list.iter().any(|e| {
-                    e.as_str()
-                        .strip_prefix("*.")
-                        .is_some_and(|p| p.eq_ignore_ascii_case(parent))
-                }) {
-                    return true;
-                }
-                rest = parent;
-            }
-            false
-        };
-        if matches(&self.approved) {
+        if pattern_matches(&self.approved, sender) {
             Some(SenderVerdict::Approved)
-        } else if matches(&self.blocked) {
+        } else if pattern_matches(&self.blocked, sender) {
             Some(SenderVerdict::Blocked)
         } else {
             None
@@ -373,6 +385,7 @@ mod tests {
                     approved: vec!["friend@spam.test".into()],
                     blocked: vec!["foe@ok.test".into()],
                 },
+                verdicts: Default::default(),
             }],
             senders: SenderLists {
                 approved: vec!["*.partner.test".into()],

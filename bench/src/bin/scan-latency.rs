@@ -39,6 +39,7 @@ fn main() {
         arrival: 1_796_115_600,
         auth: None,
         approved: false,
+        verdicts: None,
     };
     if std::env::args().any(|a| a == "--profile") {
         // Which PCRE2-run rules cost the most on 100 KiB of text.

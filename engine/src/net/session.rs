@@ -16,7 +16,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use bulwark_policy::IpVerdict;
+use bulwark_policy::{IpVerdict, Snapshot};
 
 use crate::metrics::Reject;
 use crate::net::stream::Stream;
@@ -50,6 +50,14 @@ impl EnvelopePolicy for SessionPolicy<'_> {
         self.snapshot.check_rcpt(sender, rcpt)
     }
 
+    fn filter_class(&self, rcpt: &str) -> u64 {
+        // Without inspection every recipient's mail is treated alike.
+        if self.core.inspector().is_none() {
+            return 0;
+        }
+        crate::filtering::class_of(self.snapshot.0.policy(), rcpt)
+    }
+
     fn check_mail(&self) -> Option<&'static str> {
         if self.core.memory.is_spent() {
             self.core.shard().reject(Reject::MemoryBudget);
@@ -72,6 +80,8 @@ struct Streaming {
     /// needs again.
     first_action: bulwark_inspect::inspector::Action,
     approved: bool,
+    /// The policy the transaction started with (thresholds, actions, rules).
+    snapshot: Rc<Snapshot>,
     helo: String,
     auth: Option<crate::auth::Outcome>,
     /// `None` once writing failed: the rest of the content is read and dropped, and the
@@ -172,7 +182,10 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                     let pending = pending_auth.take();
                     let result = match streaming.take() {
                         Some(st) => accept_streamed(&core, peer, st, tx).await,
-                        None => accept_message(&core, &session, &stream, peer, tx, pending).await,
+                        None => {
+                            accept_message(&core, &session, &stream, peer, tx, pending, &snapshot)
+                                .await
+                        }
                     };
                     match result {
                         Ok(id) => session.spooled(&id),
@@ -249,6 +262,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                     peer,
                     &mut streaming,
                     &mut pending_auth,
+                    &snapshot,
                 )
                 .await;
             }
@@ -327,6 +341,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         (stats.message_size, Reject::MessageSize),
         (stats.bare_line_end, Reject::BareLineEnd),
         (stats.line_too_long, Reject::LineTooLong),
+        (stats.policy_split, Reject::PolicySplit),
     ] {
         shard.rejections[r as usize].add(n as u64);
     }
@@ -349,6 +364,7 @@ async fn stream_piece(
     peer: SocketAddr,
     streaming: &mut Option<Streaming>,
     pending_auth: &mut Option<crate::auth::Pending>,
+    snapshot: &Rc<Snapshot>,
 ) {
     let mut piece = session.take_body(Vec::with_capacity(STREAM_PIECE + DATA_BUFFER));
     if streaming.is_none() {
@@ -369,11 +385,11 @@ async fn stream_piece(
             core,
             session,
             peer,
-            &id,
+            (&id, arrival),
             session.transaction(),
             &piece,
-            arrival,
             auth.as_ref(),
+            snapshot,
         );
         let (refused, stamp, quarantine, first_action) = match inspected {
             Inspected::Refuse(reply) => (
@@ -402,6 +418,7 @@ async fn stream_piece(
             quarantine,
             first_action,
             approved: tx.approved,
+            snapshot: snapshot.clone(),
             helo: session.helo().to_string(),
             auth,
             message: None,
@@ -581,13 +598,24 @@ async fn accept_message(
     peer: SocketAddr,
     mut tx: Transaction,
     pending_auth: Option<crate::auth::Pending>,
+    snapshot: &Snapshot,
 ) -> Result<String, String> {
     let id = core.ids.next();
     let now = unix_now();
     let mut header = Vec::with_capacity(1024);
     received_header(&mut header, core, session, stream, peer, &id, &tx, now);
     let auth = authenticate(core, session, peer, &tx, pending_auth, Some(&tx.body)).await;
-    let quarantine = match inspect(core, session, peer, &id, &tx, &tx.body, now, auth.as_ref()) {
+    let inspected = inspect(
+        core,
+        session,
+        peer,
+        (&id, now),
+        &tx,
+        &tx.body,
+        auth.as_ref(),
+        snapshot,
+    );
+    let quarantine = match inspected {
         Inspected::Refuse(reply) => return Err(reply),
         Inspected::Accept {
             stamp,
@@ -715,11 +743,11 @@ fn inspect(
     core: &Core,
     session: &Session,
     peer: SocketAddr,
-    id: &str,
+    (id, arrival): (&str, u64),
     tx: &Transaction,
     content: &[u8],
-    arrival: u64,
     auth: Option<&crate::auth::Outcome>,
+    snapshot: &Snapshot,
 ) -> Inspected {
     use bulwark_inspect::inspector::{self, Action, Envelope, Verdict};
     let hostname = core.session_cfg.hostname.as_str();
@@ -742,6 +770,9 @@ fn inspect(
         return unscanned();
     };
     let ins = &ci.inspector;
+    // Every recipient shares the first one's filtering policy (see `filtering`).
+    let rcpt = tx.rcpts.first().map_or("", String::as_str);
+    let verdicts = crate::filtering::verdicts_for(&ins.settings.verdicts, snapshot.policy(), rcpt);
     let env = Envelope {
         client_ip: peer.ip(),
         helo: session.helo(),
@@ -751,9 +782,18 @@ fn inspect(
         arrival,
         auth: auth.map(|a| &a.summary),
         approved: tx.approved,
+        verdicts: verdicts.as_ref(),
     };
-    let report = ins.inspect(&mut scanner, content, &env);
+    let mut report = ins.inspect(&mut scanner, content, &env);
     drop(scanner);
+    apply_policy_rules(
+        core,
+        snapshot,
+        (&tx.mail_from, rcpt),
+        content,
+        content.len() as u64,
+        &mut report,
+    );
     let shard = core.shard();
     shard.scan_parse.observe_duration(report.parse_time);
     shard.scan_rules.observe_duration(report.rules_time);
@@ -778,6 +818,7 @@ fn inspect(
         action = report.action.as_str(),
         score = format_args!("{:.2}", report.score),
         rules = %rules.join(","),
+        policy_rule = report.policy_rule.as_deref().unwrap_or(""),
         auth = %auth.map_or_else(String::new, |a| format!(
             "spf={} dkim={} dmarc={}",
             a.summary.spf.as_str(),
@@ -792,7 +833,10 @@ fn inspect(
             let mut stamp = Vec::with_capacity(512 + auth_header.len());
             stamp.extend_from_slice(auth_header.as_bytes());
             ins.stamp(&report, &mut stamp);
-            let tag = &ins.settings.subject_tag;
+            let tag = &verdicts
+                .as_ref()
+                .unwrap_or(&ins.settings.verdicts)
+                .subject_tag;
             let retag = report.action == Action::Tag && !tag.is_empty();
             let drop = inspector::field_ranges(content, retag, hostname);
             if retag {
@@ -828,6 +872,29 @@ fn inspect(
     }
 }
 
+/// Lets the first policy rule that holds set the message's action (counted, and named in
+/// the report for the log and the stamped headers).
+fn apply_policy_rules(
+    core: &Core,
+    snapshot: &Snapshot,
+    (sender, rcpt): (&str, &str),
+    content: &[u8],
+    size: u64,
+    report: &mut bulwark_inspect::inspector::Report,
+) {
+    let policy = snapshot.policy();
+    if policy.rules.is_empty() {
+        return;
+    }
+    if let Some((i, action)) =
+        crate::filtering::first_rule(policy, sender, rcpt, content, size, report)
+    {
+        report.action = action;
+        report.policy_rule = Some(policy.rules[i].name.as_str().to_string());
+        core.policy_rule_hit(snapshot, i);
+    }
+}
+
 /// The reply refusing a message inspection decided to reject.
 fn refusal(
     report: &bulwark_inspect::inspector::Report,
@@ -835,6 +902,9 @@ fn refusal(
     auth: Option<&crate::auth::Outcome>,
 ) -> String {
     use bulwark_inspect::inspector::Verdict;
+    if report.policy_rule.is_some() {
+        return format!("550 5.7.1 Message refused by policy; reference {id}");
+    }
     match report.verdict {
         Verdict::Malformed(limit) => format!(
             "550 5.7.1 Message refused: its structure exceeds a limit ({}); reference {id}",
@@ -926,6 +996,9 @@ async fn full_scan(
     let (id, arrival) = (st.id.clone(), st.arrival);
     let summary = st.auth.as_ref().map(|a| a.summary.clone());
     let approved = st.approved;
+    let rcpt = rcpts.first().map_or("", String::as_str);
+    let verdicts =
+        crate::filtering::verdicts_for(&ins.settings.verdicts, st.snapshot.policy(), rcpt);
     let job = glommio::executor().spawn_blocking(move || {
         let mut scanner = pool
             .lock()
@@ -941,12 +1014,13 @@ async fn full_scan(
             arrival,
             auth: summary.as_ref(),
             approved,
+            verdicts: verdicts.as_ref(),
         };
         let report = ins.inspect(&mut scanner, &content, &env);
         if let Ok(mut p) = pool.lock() {
             p.push(scanner);
         }
-        Some(report)
+        Some((report, content))
     });
     let left = timeout.saturating_sub(started.elapsed());
     let report = futures_lite::future::or(async { Some(job.await) }, async {
@@ -959,9 +1033,18 @@ async fn full_scan(
         warn!(id = %st.id, ?timeout, "full scan did not finish in time");
         return FullScan::TimedOut;
     };
-    let Some(report) = report else {
+    let Some((mut report, content)) = report else {
         return FullScan::Same;
     };
+    apply_policy_rules(
+        core,
+        &st.snapshot,
+        (mail_from, rcpt),
+        &content,
+        size,
+        &mut report,
+    );
+    drop(content);
     let rules: Vec<&str> = report.hits.iter().map(|h| h.name.as_str()).collect();
     info!(
         id = %st.id,
@@ -969,6 +1052,7 @@ async fn full_scan(
         action = report.action.as_str(),
         score = format_args!("{:.2}", report.score),
         rules = %rules.join(","),
+        policy_rule = report.policy_rule.as_deref().unwrap_or(""),
         octets = want,
         "inspected whole"
     );

@@ -31,6 +31,12 @@ pub trait EnvelopePolicy {
     fn check_mail(&self) -> Option<&'static str> {
         None
     }
+
+    /// The filtering policy of mail to `rcpt`, as a number: recipients with different
+    /// ones are not accepted in one transaction.
+    fn filter_class(&self, _rcpt: &str) -> u64 {
+        0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +77,8 @@ pub struct Transaction {
     pub smtputf8: bool,
     /// Every accepted recipient has the sender on its approved list.
     pub approved: bool,
+    /// The filtering policy every recipient shares ([`EnvelopePolicy::filter_class`]).
+    pub filter_class: u64,
 }
 
 /// Something the driver must do before the session can go on.
@@ -95,6 +103,8 @@ pub struct SessionStats {
     pub message_size: u32,
     pub bare_line_end: u32,
     pub line_too_long: u32,
+    /// Recipients deferred because their filtering policy differs from the first's.
+    pub policy_split: u32,
 }
 
 /// What [`Session::feed`] did.
@@ -300,6 +310,7 @@ impl Session {
         self.tx.eight_bit = false;
         self.tx.smtputf8 = false;
         self.tx.approved = false;
+        self.tx.filter_class = 0;
         self.chunks = None;
         self.bdat_failed = false;
         self.declared_size = 0;
@@ -618,6 +629,18 @@ impl Session {
         let verdict = policy.check_rcpt(&self.tx.mail_from, &addr);
         match verdict {
             RcptVerdict::Accept | RcptVerdict::Approved => {
+                let class = policy.filter_class(&addr);
+                if self.tx.rcpts.is_empty() {
+                    self.tx.filter_class = class;
+                } else if class != self.tx.filter_class {
+                    // One filtering decision per message: the client sends this one in
+                    // another transaction (not a client error).
+                    self.stats.policy_split += 1;
+                    self.reply(
+                        "452 4.5.3 Recipient has another filtering policy; send it in a separate transaction",
+                    );
+                    return None;
+                }
                 let approved = verdict == RcptVerdict::Approved;
                 self.tx.approved = if self.tx.rcpts.is_empty() {
                     approved
