@@ -103,9 +103,9 @@ pub mod inspection {
         .expect("SpamAssassin's rules (apt install spamassassin)")
     }
 
-    /// Built-in plus `n` literal-heavy body rules of our own: two-word phrases taken
-    /// from the spam corpus, case-insensitive, some with a bounded gap.
-    pub fn own_rules(n: usize) -> Inspector {
+    /// `n` literal-heavy body rules of our own, as a Bulwark rule file: two-word phrases
+    /// taken from the spam corpus, case-insensitive, one in five with a bounded gap.
+    pub fn own_rules_file(n: usize) -> PathBuf {
         let mut words: Vec<String> = Vec::new();
         corpus::for_each_message(&corpus_dir().join("spam"), |m| {
             let text = String::from_utf8_lossy(m);
@@ -119,7 +119,6 @@ pub mod inspection {
         words.sort();
         words.dedup();
         let mut toml = String::new();
-        let mut k = 0usize;
         for i in 0..n {
             let a = &words[(i * 7919) % words.len()];
             let b = &words[(i * 104_729 + 13) % words.len()];
@@ -128,14 +127,28 @@ pub mod inspection {
             } else {
                 format!("{a} {b}")
             };
-            k += 1;
             toml.push_str(&format!(
-                "[[rule]]\nname = \"OWN_{k}\"\nclass = \"body\"\npattern = '{pattern}'\nflags = \"i\"\nscore = 0.1\n\n"
+                "[[rule]]\nname = \"OWN_{}\"\nclass = \"body\"\npattern = '{pattern}'\nflags = \"i\"\nscore = 0.1\n\n",
+                i + 1
             ));
         }
         let path = cache_dir().join(format!("own-{n}.toml"));
         std::fs::write(&path, toml).expect("write rules");
+        path
+    }
+
+    /// Built-in plus `n` literal-heavy body rules of our own ([`own_rules_file`]).
+    pub fn own_rules(n: usize) -> Inspector {
+        let path = own_rules_file(n);
         Inspector::load(&[path], None, Some(&cache_dir()), Settings::default()).expect("own rules")
+    }
+
+    /// The `n` rules of [`own_rules_file`] alone, compiled without the built-in ones.
+    pub fn own_rules_alone(n: usize) -> bulwark_inspect::compiled::Compiled {
+        let path = own_rules_file(n);
+        let text = std::fs::read_to_string(&path).expect("rules");
+        let set = bulwark_inspect::rules::parse_toml(&text, "own.toml").expect("parses");
+        bulwark_inspect::compiled::Compiled::compile(&set).expect("compiles")
     }
 
     /// A plain-text message of about `size` octets: a ham header, then the text of

@@ -828,13 +828,7 @@ impl Scanner {
             pcre_limit: 0,
         };
         for db in &compiled.dbs {
-            self.text.clear();
-            let present = subject(&db.key, views, pseudo, &mut self.text);
-            let subject: &[u8] = match db.key.class {
-                Class::Full => views.full,
-                _ => &self.text,
-            };
-            if present {
+            if let Some(subject) = subject_of(&db.key, views, pseudo, &mut self.text) {
                 scan_db(&self.scratch, compiled, db, subject, &mut hits);
                 for &r in &db.negated {
                     let v = &mut hits.values[r as usize];
@@ -898,12 +892,7 @@ impl Compiled {
         let mut out = Vec::new();
         let mut text = Vec::new();
         for db in &self.dbs {
-            text.clear();
-            let subject: &[u8] = if db.key.class == Class::Full {
-                views.full
-            } else if subject(&db.key, views, pseudo, &mut text) {
-                &text
-            } else {
+            let Some(subject) = subject_of(&db.key, views, pseudo, &mut text) else {
                 continue;
             };
             for &r in &db.members {
@@ -975,18 +964,31 @@ impl PseudoHeaders<'_> {
     }
 }
 
-/// Writes the subject text of `key` into `out`; false when a header class's header is
-/// absent from the message.
+/// The text the rules of `key` read: a view itself (body, raw body, the whole message),
+/// or one assembled in `text` (URLs, header values); `None` when a header class's header
+/// is absent from the message.
+fn subject_of<'s>(
+    key: &DbKey,
+    v: &'s Views<'_>,
+    pseudo: &PseudoHeaders<'_>,
+    text: &'s mut Vec<u8>,
+) -> Option<&'s [u8]> {
+    match key.class {
+        Class::Body => Some(v.body.as_bytes()),
+        Class::RawBody => Some(v.rawbody.as_bytes()),
+        Class::Full => Some(v.full),
+        _ => {
+            text.clear();
+            subject(key, v, pseudo, text).then_some(&text[..])
+        }
+    }
+}
+
+/// Writes the subject text of `key` (URLs, header values) into `out`; false when a header
+/// class's header is absent from the message.
 fn subject(key: &DbKey, v: &Views<'_>, pseudo: &PseudoHeaders<'_>, out: &mut Vec<u8>) -> bool {
     match key.class {
-        Class::Body => {
-            out.extend_from_slice(v.body.as_bytes());
-            true
-        }
-        Class::RawBody => {
-            out.extend_from_slice(v.rawbody.as_bytes());
-            true
-        }
+        Class::Body | Class::RawBody | Class::Full => false,
         Class::Uri => {
             for u in &v.urls {
                 out.extend_from_slice(u.url.as_bytes());
@@ -994,7 +996,6 @@ fn subject(key: &DbKey, v: &Views<'_>, pseudo: &PseudoHeaders<'_>, out: &mut Vec
             }
             true
         }
-        Class::Full => true,
         Class::Header | Class::MimeHeader => {
             let Some((name, part)) = &key.header else {
                 return false;
