@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 from bench_peers import free_port, replace_section
 from bench_restart import metric
@@ -30,6 +31,29 @@ def send(smtp, args):
     return subprocess.Popen(
         [os.path.join(BIN, "bulwark-load"), "send", "--target", "127.0.0.1:%d" % smtp,
          "--json"] + args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def buckets(port, name):
+    """The cumulative bucket counts of histogram `name`, by upper bound."""
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{le=\""):
+            le = line.split('"')[1]
+            out[float("inf") if le == "+Inf" else float(le)] = float(line.split()[1])
+    return out
+
+
+def quantile(before, after, q):
+    """The upper bound of the bucket holding quantile q of what was observed in between."""
+    les = sorted(after)
+    total = after[les[-1]] - before.get(les[-1], 0)
+    if total <= 0:
+        return None
+    for le in les:
+        if after[le] - before.get(le, 0) >= q * total:
+            return le
+    return None
 
 
 def result(p):
@@ -85,8 +109,10 @@ route = "127.0.0.1:%d"
             return sum(metric(metrics, 'bulwark_inspection_full_scans_total{result="%s"}' % r) or 0
                        for r in ("same", "stronger"))
 
+        commit = "bulwark_spool_commit_seconds"
         for phase in ("alone", "with large"):
             scans0 = scans()
+            commit0 = buckets(metrics, commit)
             large = None
             if phase == "with large":
                 large = send(smtp, ["--connections", str(args.large_clients), "--size",
@@ -98,7 +124,9 @@ route = "127.0.0.1:%d"
             row = {"phase": phase, "inspection": inspection, "accepted": s.get("accepted", 0),
                    "errors": s.get("errors", 0), "p50": lat.get("p50"), "p99": lat.get("p99"),
                    "max": lat.get("max"), "large_accepted": big.get("accepted", 0),
-                   "whole_scans": scans() - scans0}
+                   "whole_scans": scans() - scans0,
+                   "commit_p50": quantile(commit0, buckets(metrics, commit), 0.5),
+                   "commit_p99": quantile(commit0, buckets(metrics, commit), 0.99)}
             rows.append(row)
             print(json.dumps(row))
     finally:
@@ -122,12 +150,13 @@ def main():
     rows = []
     for inspection in ([False] if args.no_inspection else [True, False]):
         run(args, inspection, rows)
-    table = ["| inspection | phase | 4 KiB accepted | DATA end → reply p50 | p99 | max | large messages accepted | whole scans |",
-             "|---|---|---|---|---|---|---|---|"]
+    table = ["| inspection | phase | 4 KiB accepted | DATA end → reply p50 | p99 | max | large messages accepted | whole scans | group commit p50 / p99 (bucket) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        table.append("| %s | %s | %d | %.2f ms | %.2f ms | %.2f ms | %d | %d |" % (
+        ms = lambda v: "?" if v is None else "≤ %g ms" % (v * 1000)
+        table.append("| %s | %s | %d | %.2f ms | %.2f ms | %.2f ms | %d | %d | %s / %s |" % (
             "on" if r["inspection"] else "off", r["phase"], r["accepted"], r["p50"] or 0, r["p99"] or 0, r["max"] or 0,
-            r["large_accepted"], r["whole_scans"]))
+            r["large_accepted"], r["whole_scans"], ms(r["commit_p50"]), ms(r["commit_p99"])))
     table = "\n".join(table)
     print(table)
     if args.results:
@@ -145,7 +174,9 @@ def main():
             "  executor's blocking thread, one at a time per core). Latency is bulwark-load's DATA end → reply.",
             "- The same again with inspection off: the difference between the two \"with large\" rows is what",
             "  scanning costs the small messages; the rest is the large messages' own receiving, spooling and",
-            "  delivery (to the sink, on the same core) competing for the core and the disk.",
+            "  delivery (to the sink, on the same core) competing for the core and the disk. The last column is",
+            "  `bulwark_spool_commit_seconds` over the phase (the write and fdatasync of the small messages' group",
+            "  commits), as the upper bound of the histogram bucket holding p50 and p99.",
             "- Measured %s on %s (%d CPUs; the load generators share them)." % (
                 time.strftime("%Y-%m-%d"), os.uname().nodename, os.cpu_count()),
             "",

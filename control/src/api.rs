@@ -935,26 +935,30 @@ async fn get_policy_rules(State(state): State<Arc<AppState>>) -> Result<Json<Val
     Ok(Json(json!({ "rules": rules })))
 }
 
-/// Validates a whole list and stores it, publishing a new generation.
-async fn store_policy_rules(
+/// Changes the policy rules with `edit` (given the stored list) under the store's lock,
+/// validates the result and stores it, publishing a new generation.
+async fn edit_policy_rules(
     state: Arc<AppState>,
-    rules: Vec<RuleSpec>,
+    edit: impl FnOnce(&mut Vec<RuleSpec>) -> Result<(), ApiError> + Send + 'static,
 ) -> Result<Json<Value>, ApiError> {
-    bulwark_policy::filtering::compile_rules(&rules).map_err(|e| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        field: Some("rules"),
-        message: e.to_string(),
-    })?;
     let st = state.clone();
-    let count = rules.len();
-    let generation = blocking(move || {
-        lock(&st.store)
-            .set_policy_rules(&rules)
-            .map_err(ApiError::from)?;
-        publish(&st).map(|p| p.generation)
+    blocking(move || {
+        let count = {
+            let mut store = lock(&st.store);
+            let mut rules = store.policy_rules()?;
+            edit(&mut rules)?;
+            bulwark_policy::filtering::compile_rules(&rules).map_err(|e| ApiError {
+                status: StatusCode::BAD_REQUEST,
+                field: Some("rules"),
+                message: e.to_string(),
+            })?;
+            store.set_policy_rules(&rules)?;
+            rules.len()
+        };
+        let generation = publish(&st)?.generation;
+        Ok(Json(json!({"generation": generation, "rules": count})))
     })
-    .await?;
-    Ok(Json(json!({"generation": generation, "rules": count})))
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -969,7 +973,11 @@ async fn put_policy_rules(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let list: RuleList = json_body(body)?;
-    store_policy_rules(state, list.rules).await
+    edit_policy_rules(state, move |rules| {
+        *rules = list.rules;
+        Ok(())
+    })
+    .await
 }
 
 /// Adds one rule after the others (or before the rule `before` names).
@@ -979,18 +987,18 @@ async fn add_policy_rule(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let rule: RuleSpec = json_body(body)?;
-    let st = state.clone();
-    let mut rules =
-        blocking(move || lock(&st.store).policy_rules().map_err(ApiError::from)).await?;
-    let at = match q.get("before") {
-        None => rules.len(),
-        Some(name) => rules
-            .iter()
-            .position(|r| &r.name == name)
-            .ok_or_else(|| ApiError::bad("before", format!("there is no policy rule {name:?}")))?,
-    };
-    rules.insert(at, rule);
-    let out = store_policy_rules(state, rules).await?;
+    let before = q.get("before").cloned();
+    let out = edit_policy_rules(state, move |rules| {
+        let at = match before {
+            None => rules.len(),
+            Some(name) => rules.iter().position(|r| r.name == name).ok_or_else(|| {
+                ApiError::bad("before", format!("there is no policy rule {name:?}"))
+            })?,
+        };
+        rules.insert(at, rule);
+        Ok(())
+    })
+    .await?;
     Ok((StatusCode::CREATED, out))
 }
 
@@ -998,17 +1006,17 @@ async fn remove_policy_rule(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let st = state.clone();
-    let mut rules =
-        blocking(move || lock(&st.store).policy_rules().map_err(ApiError::from)).await?;
-    let before = rules.len();
-    rules.retain(|r| r.name != name);
-    if rules.len() == before {
-        return Err(ApiError::from(StoreError::NotListed(format!(
-            "policy rule {name:?}"
-        ))));
-    }
-    store_policy_rules(state, rules).await
+    edit_policy_rules(state, move |rules| {
+        let before = rules.len();
+        rules.retain(|r| r.name != name);
+        if rules.len() == before {
+            return Err(ApiError::from(StoreError::NotListed(format!(
+                "policy rule {name:?}"
+            ))));
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// The generation an engine reports on its metrics endpoint.

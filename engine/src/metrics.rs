@@ -213,6 +213,7 @@ pub struct Shard {
     pub accept_latency: Histogram,
     /// Messages made durable per commit.
     pub commit_batch: Histogram,
+    pub commit_seconds: Histogram,
     /// Seconds of one delivery transaction to the next hop.
     pub delivery_latency: Histogram,
     /// Seconds from arrival to the final outcome.
@@ -260,6 +261,7 @@ impl Shard {
             quarantine_ops: Default::default(),
             accept_latency: Histogram::new(LATENCY),
             commit_batch: Histogram::new(BATCH),
+            commit_seconds: Histogram::new(LATENCY),
             delivery_latency: Histogram::new(LATENCY),
             queue_residence: Histogram::new(RESIDENCE),
             verdicts: Default::default(),
@@ -739,6 +741,11 @@ impl Collector for Families {
                 "bulwark_spool_commit_batch_messages",
                 "Messages made durable by one group commit.",
                 |s| &s.commit_batch,
+            ),
+            self.histogram(
+                "bulwark_spool_commit_seconds",
+                "Seconds one group commit takes to write and fdatasync its batch (streamed messages' own syncs are not counted).",
+                |s| &s.commit_seconds,
             ),
             self.histogram(
                 "bulwark_delivery_latency_seconds",

@@ -452,10 +452,13 @@ async fn run_core(
         .spool_damaged
         .add(spool.damaged_records());
     let metrics = shared.metrics.clone();
-    spool.on_commit(move |messages| {
+    spool.on_commit(move |messages, took, streamed| {
         let shard = metrics.shard(id);
         shard.spool_commits.inc();
         shard.commit_batch.observe(messages as f64);
+        if !streamed {
+            shard.commit_seconds.observe_duration(took);
+        }
     });
     let ids = Rc::new(QueueIds::new(id));
     let settings = delivery_settings(cfg, shared.cores);

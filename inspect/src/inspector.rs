@@ -455,7 +455,8 @@ impl Inspector {
     /// The header fields stamped on a delivered message (each ending CRLF).
     pub fn stamp(&self, report: &Report, out: &mut Vec<u8>) {
         let s = &self.settings;
-        let spam = report.verdict != Verdict::Clean;
+        // Tagged mail is flagged whatever decided the tag (a policy rule may tag clean mail).
+        let spam = report.verdict != Verdict::Clean || report.action == Action::Tag;
         let mut h = String::with_capacity(512);
         let _ = write!(
             h,
@@ -710,6 +711,19 @@ mod tests {
         i.stamp(&r, &mut stamp);
         let stamp = String::from_utf8(stamp).unwrap();
         assert!(stamp.contains("-2000-5000\r\n"), "{stamp}");
+        assert!(stamp.contains("X-Spam-Flag: NO\r\n"), "{stamp}");
+        // A policy rule that tags clean mail flags it.
+        let mut tagged = r.clone();
+        tagged.action = Action::Tag;
+        tagged.policy_rule = Some("tag-all".into());
+        let mut stamp = Vec::new();
+        i.stamp(&tagged, &mut stamp);
+        let stamp = String::from_utf8(stamp).unwrap();
+        assert!(stamp.contains("X-Spam-Flag: YES\r\n"), "{stamp}");
+        assert!(
+            stamp.contains("X-Bulwark-Policy-Rule: tag-all\r\n"),
+            "{stamp}"
+        );
     }
 
     #[test]

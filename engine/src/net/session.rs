@@ -786,12 +786,15 @@ fn inspect(
     };
     let mut report = ins.inspect(&mut scanner, content, &env);
     drop(scanner);
+    // The first piece of a streamed message is not all of it: its size is what SIZE=
+    // declared, if more (the whole scan judges it again by its true size).
+    let size = (content.len() as u64).max(session.declared_size());
     apply_policy_rules(
         core,
         snapshot,
         (&tx.mail_from, rcpt),
         content,
-        content.len() as u64,
+        size,
         &mut report,
     );
     let shard = core.shard();

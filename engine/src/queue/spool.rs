@@ -314,7 +314,9 @@ struct Request {
 }
 
 /// Told the number of messages each commit made durable.
-type CommitObserver = Box<dyn Fn(u64)>;
+/// Told of each commit: the messages it made durable, how long its write and sync took,
+/// and whether it was a streamed message's own file (else a group commit).
+type CommitObserver = Box<dyn Fn(u64, std::time::Duration, bool)>;
 
 struct Inner {
     dir: PathBuf,
@@ -759,7 +761,7 @@ impl Spool {
     }
 
     /// Calls `f` with the number of messages each commit made durable.
-    pub fn on_commit(&self, f: impl Fn(u64) + 'static) {
+    pub fn on_commit(&self, f: impl Fn(u64, std::time::Duration, bool) + 'static) {
         *self.inner.on_commit.borrow_mut() = Some(Box::new(f));
     }
 
@@ -920,14 +922,18 @@ impl Spool {
                 }
                 buf
             };
-            let write =
-                glommio::spawn_local(async move { write_all_and_sync(&file, buf, start).await });
+            let began = std::time::Instant::now();
+            let write = glommio::spawn_local(async move {
+                write_all_and_sync(&file, buf, start)
+                    .await
+                    .map(|()| began.elapsed())
+            });
             writes.push((key, reqs, offsets, start, total, write));
         }
         let mut finished_segments = Vec::new();
         for (key, reqs, offsets, start, total, write) in writes {
             match write.await {
-                Ok(()) => {
+                Ok(took) => {
                     let mut added = 0u64;
                     let mut finished = 0u64;
                     for (r, (off, len)) in reqs.into_iter().zip(offsets) {
@@ -953,7 +959,7 @@ impl Spool {
                     let (c, m) = self.inner.stats.get();
                     self.inner.stats.set((c + 1, m + added));
                     if let Some(f) = self.inner.on_commit.borrow().as_ref() {
-                        f(added);
+                        f(added, took, false);
                     }
                 }
                 Err(e) => {
@@ -1068,6 +1074,7 @@ impl StreamedMessage {
         let Some(mut file) = self.file.take() else {
             return Err(SpoolError::Gone);
         };
+        let began = std::time::Instant::now();
         let done = async {
             file.fdatasync().await?;
             file.rename(&self.path).await?;
@@ -1096,7 +1103,7 @@ impl StreamedMessage {
         let (c, m) = inner.stats.get();
         inner.stats.set((c + 1, m + 1));
         if let Some(f) = inner.on_commit.borrow().as_ref() {
-            f(1);
+            f(1, began.elapsed(), true);
         }
         Ok(Location {
             segment: key,

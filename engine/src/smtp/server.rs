@@ -244,6 +244,11 @@ impl Session {
     }
 
     /// The transaction under way: envelope, and the content received and not yet taken.
+    /// The size the client declared with `SIZE=` for the transaction (0: none).
+    pub fn declared_size(&self) -> u64 {
+        self.declared_size
+    }
+
     pub fn transaction(&self) -> &Transaction {
         &self.tx
     }
