@@ -118,13 +118,13 @@ pub fn class_bits(c: &Classes) -> u8 {
 
 /// The first policy rule whose conditions hold for this message: its index, and the
 /// action it sets. `content` is the message (or its first piece: header conditions only
-/// need the header section); `size` its full size.
+/// need the header section); `size` the bounds known of its full size (equal once whole).
 pub fn first_rule(
     policy: &ArchivedPolicy,
     sender: &str,
     rcpt: &str,
     content: &[u8],
-    size: u64,
+    size: (u64, u64),
     report: &Report,
 ) -> Option<(usize, Action)> {
     let classes = class_bits(&report.classes);
@@ -238,22 +238,35 @@ mod tests {
         };
         let msg = b"Subject: Urgent WIRE\r\n transfer today\r\n\r\nbody\r\n";
         assert_eq!(
-            first_rule(p, "x@y.test", "boss@strict.test", msg, 10, &report),
+            first_rule(p, "x@y.test", "boss@strict.test", msg, (10, 10), &report),
             Some((0, Action::Quarantine))
         );
         assert_eq!(
-            first_rule(p, "x@y.test", "clerk@strict.test", msg, 10, &report),
+            first_rule(p, "x@y.test", "clerk@strict.test", msg, (10, 10), &report),
             None
         );
         report.classes.suspect = true;
         assert_eq!(
-            first_rule(p, "x@y.test", "clerk@strict.test", msg, 10, &report),
+            first_rule(p, "x@y.test", "clerk@strict.test", msg, (10, 10), &report),
             None,
             "below min_size"
         );
         assert_eq!(
-            first_rule(p, "x@y.test", "clerk@strict.test", msg, 100, &report),
+            first_rule(p, "x@y.test", "clerk@strict.test", msg, (100, 100), &report),
             Some((1, Action::Reject))
+        );
+        // A message still arriving: 50 octets so far, size unknown. `min_size = 100` is
+        // not known to hold yet.
+        assert_eq!(
+            first_rule(
+                p,
+                "x@y.test",
+                "clerk@strict.test",
+                msg,
+                (50, u64::MAX),
+                &report
+            ),
+            None
         );
     }
 }

@@ -222,3 +222,45 @@ fn a_bad_policy_rule_stops_the_engine_naming_key_and_line() {
     );
     assert!(err.contains("\"virus\" is not a verdict"), "{err}");
 }
+
+/// Regression: a streamed message's first piece was judged as if it were the whole
+/// message, so a rule for small mail (`max_size`) fired on a 2 MiB message sent without
+/// `SIZE=`.
+#[test]
+fn a_size_rule_is_not_decided_on_the_first_piece_of_a_streamed_message() {
+    let sink = Sink::start(sink_addr());
+    let engine = Engine::start(EngineConfig {
+        extra: format!(
+            "{}[[policy_rules]]\nname = \"small-held\"\nmax_size = 1000000\naction = \"quarantine\"\n",
+            domain("example.test", sink.addr)
+        ),
+        ..Default::default()
+    });
+    let out = python(&format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("{ip}", {port})
+s.ehlo("client.test")
+for size in (10_000, 2_000_000):
+    s.mail("alice@sender.test")  # no SIZE=
+    s.rcpt("bob@example.test")
+    line = "lorem ipsum dolor sit amet " * 3 + "\r\n"
+    body = line * (size // len(line))
+    code, text = s.data("From: alice@sender.test\r\nSubject: size %d\r\n\r\n%s" % (size, body))
+    print("data", size, code)
+s.quit()
+"#,
+        ip = engine.smtp.ip(),
+        port = engine.smtp.port(),
+    ));
+    assert!(
+        out.contains("data 10000 250") && out.contains("data 2000000 250"),
+        "{out}"
+    );
+    let q = quarantined(&engine);
+    assert_eq!(q.len(), 1, "only the small one is held: {q:?}");
+    assert_eq!(q[0]["subject"], "size 10000");
+    let msgs = sink.wait_for(1, Duration::from_secs(20));
+    assert_eq!(msgs.len(), 1);
+    assert!(msgs[0].content.contains("Subject: size 2000000"));
+}

@@ -215,11 +215,13 @@ impl ArchivedPolicyRule {
     }
 
     /// The conditions on what inspection found: size, score, classes (a set of
-    /// [`VerdictClass::bit`]s).
-    pub fn result_matches(&self, size: u64, score: f64, classes: u8) -> bool {
+    /// [`VerdictClass::bit`]s). The size is known to lie in `size` (inclusive; a message
+    /// still arriving has only bounds): a size condition holds only when it holds for
+    /// every size in the range.
+    pub fn result_matches(&self, size: (u64, u64), score: f64, classes: u8) -> bool {
         let min_size = self.min_size.to_native();
         let max_size = self.max_size.to_native();
-        if (min_size > 0 && size < min_size) || (max_size > 0 && size > max_size) {
+        if (min_size > 0 && size.0 < min_size) || (max_size > 0 && size.1 > max_size) {
             return false;
         }
         let milli = (score * 1000.0).round() as i64;

@@ -786,9 +786,19 @@ fn inspect(
     };
     let mut report = ins.inspect(&mut scanner, content, &env);
     drop(scanner);
-    // The first piece of a streamed message is not all of it: its size is what SIZE=
-    // declared, if more (the whole scan judges it again by its true size).
-    let size = (content.len() as u64).max(session.declared_size());
+    // Of a streamed message only the first piece is here: its size is at least that, or
+    // what SIZE= declared, and not known to be below anything unless SIZE= says so (the
+    // whole scan judges it again by its true size).
+    let here = content.len() as u64;
+    let size = if session.content_in_progress() {
+        let declared = session.declared_size();
+        (
+            here.max(declared),
+            if declared >= here { declared } else { u64::MAX },
+        )
+    } else {
+        (here, here)
+    };
     apply_policy_rules(
         core,
         snapshot,
@@ -882,7 +892,7 @@ fn apply_policy_rules(
     snapshot: &Snapshot,
     (sender, rcpt): (&str, &str),
     content: &[u8],
-    size: u64,
+    size: (u64, u64),
     report: &mut bulwark_inspect::inspector::Report,
 ) {
     let policy = snapshot.policy();
@@ -1044,7 +1054,7 @@ async fn full_scan(
         &st.snapshot,
         (mail_from, rcpt),
         &content,
-        size,
+        (size, size),
         &mut report,
     );
     drop(content);
