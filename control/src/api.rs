@@ -110,6 +110,7 @@ pub fn publish(state: &AppState) -> Result<Published, ApiError> {
     for (kind, sha) in [
         ("rules", &policy.inspection.rules),
         ("model", &policy.inspection.model),
+        ("urls", &policy.inspection.url_blocklist),
     ] {
         if sha.is_empty() {
             continue;
@@ -155,6 +156,8 @@ fn write_artifact(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 const MAX_RULES_UPLOAD: usize = 32 << 20;
 /// The largest model upload.
 const MAX_MODEL_UPLOAD: usize = 256 << 20;
+/// The largest URL blocklist upload (a million entries of about 60 octets).
+const MAX_BLOCKLIST_UPLOAD: usize = 64 << 20;
 
 /// `POST /api/v1/rules`: `{"files": [{"name": "x.cf", "text": "…"}, …]}`, SpamAssassin
 /// `.cf` and Bulwark `.toml` files. They are parsed and compiled (with the built-in
@@ -354,6 +357,43 @@ async fn put_model(
     .await
 }
 
+/// `POST /api/v1/url-blocklist`: one URL or `host/path` expression per line (`#`
+/// comments), replacing the published list; a line that is neither is a 400 naming it.
+async fn put_url_blocklist(
+    State(state): State<Arc<AppState>>,
+    body: String,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let list = bulwark_inspect::phishing::Blocklist::parse(&body)
+        .map_err(|e| ApiError::bad("body", e.to_string()))?;
+    if list.is_empty() {
+        return Err(ApiError::bad(
+            "body",
+            "no entries (to remove the list, DELETE /api/v1/url-blocklist)",
+        ));
+    }
+    let bytes = list.to_bytes();
+    let report = json!({"entries": list.len()});
+    blocking(move || {
+        let sha = lock(&state.store)
+            .set_artifact("urls", &bytes, &report.to_string())
+            .map_err(ApiError::from)?;
+        let generation = publish(&state)?.generation;
+        Ok((
+            StatusCode::CREATED,
+            Json(json!({"sha256": sha, "entries": report["entries"], "generation": generation})),
+        ))
+    })
+    .await
+}
+
+async fn get_url_blocklist(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    artifact_info(state, "urls").await
+}
+
+async fn remove_url_blocklist(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    remove_artifact(state, "urls").await
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -400,6 +440,13 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .post(import_rules)
                 .delete(remove_rules)
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_RULES_UPLOAD)),
+        )
+        .route(
+            "/api/v1/url-blocklist",
+            get(get_url_blocklist)
+                .post(put_url_blocklist)
+                .delete(remove_url_blocklist)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_BLOCKLIST_UPLOAD)),
         )
         .route(
             "/api/v1/model",
@@ -1234,6 +1281,22 @@ const OPENAPI: &str = r##"{
         "200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}},
         "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         "404": {"description": "none", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/url-blocklist": {
+      "get": {"summary": "The published URL blocklist: digest, size, entries", "responses": {
+        "200": {"description": "the list's report", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "none published", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "post": {"summary": "Replace the URL blocklist (one URL or host/path per line, # comments) and publish", "requestBody": {"required": true, "content": {"text/plain": {"schema": {"type": "string"}}}},
+        "responses": {
+          "201": {"description": "published", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "a line that is not a URL or host/path (line named), or no entries", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "413": {"description": "upload too large"}}},
+      "delete": {"summary": "Remove the published list (engines use their own) and publish", "responses": {
+        "200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "none published", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
     "/api/v1/verdicts": {
       "get": {"summary": "Thresholds and actions: the global settings and each domain's own", "responses": {

@@ -105,6 +105,11 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// The URL blocklist the phishing checks use, published to the engines.
+    UrlBlocklist {
+        #[command(subcommand)]
+        command: UrlBlocklistCommand,
+    },
     /// Thresholds and actions of the verdict classes, for every domain or one.
     Verdicts {
         #[command(subcommand)]
@@ -115,6 +120,20 @@ enum Command {
         #[command(subcommand)]
         command: PolicyRulesCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum UrlBlocklistCommand {
+    /// Replace the published list with these files' entries (one URL or host/path per
+    /// line, `#` comments); a bad line is named with its file and line.
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Digest and number of entries of the published list.
+    Show,
+    /// Remove it: engines go back to their own `[inspection] url_blocklist`.
+    Remove,
 }
 
 #[derive(Subcommand)]
@@ -301,6 +320,7 @@ fn main() -> ExitCode {
         Command::Learn { spam, ham } => learn(&spam, &ham, &remote),
         Command::Model { command } => model(command, &remote),
         Command::Verdicts { command } => verdicts(command, &remote),
+        Command::UrlBlocklist { command } => url_blocklist(command, &remote),
         Command::PolicyRules { command } => policy_rules(command, &remote),
     };
     match result {
@@ -794,6 +814,35 @@ fn limits(command: LimitsCommand, remote: &Remote) -> anyhow::Result<()> {
             }
             call(remote, "PUT", "/api/v1/limits", Some(Value::Object(body)))?
         }
+    };
+    for (k, v) in r.as_object().into_iter().flatten() {
+        println!("{k}\t{v}");
+    }
+    Ok(())
+}
+
+fn url_blocklist(command: UrlBlocklistCommand, remote: &Remote) -> anyhow::Result<()> {
+    let r = match command {
+        UrlBlocklistCommand::Import { files } => {
+            let mut all = String::new();
+            for f in &files {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read {}", f.display()))?;
+                if let Err(e) = bulwark_inspect::phishing::Blocklist::parse(&text) {
+                    bail!("{}:{}: {}", f.display(), e.line, e.message);
+                }
+                all.push_str(&text);
+                all.push('\n');
+            }
+            call(
+                remote,
+                "POST",
+                "/api/v1/url-blocklist",
+                Some(Value::String(all)),
+            )?
+        }
+        UrlBlocklistCommand::Show => call(remote, "GET", "/api/v1/url-blocklist", None)?,
+        UrlBlocklistCommand::Remove => call(remote, "DELETE", "/api/v1/url-blocklist", None)?,
     };
     for (k, v) in r.as_object().into_iter().flatten() {
         println!("{k}\t{v}");

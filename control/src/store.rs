@@ -71,6 +71,18 @@ const MIGRATIONS: &[&str] = &[
         name TEXT NOT NULL UNIQUE,
         spec TEXT NOT NULL
      );",
+    // 7: a published URL blocklist is an artifact too (SQLite cannot change a CHECK in
+    // place: the table is rebuilt).
+    "CREATE TABLE artifacts_new (
+        kind TEXT PRIMARY KEY NOT NULL CHECK (kind IN ('rules', 'model', 'urls')),
+        sha256 TEXT NOT NULL,
+        bytes BLOB NOT NULL,
+        report TEXT NOT NULL,
+        updated INTEGER NOT NULL
+     );
+     INSERT INTO artifacts_new SELECT kind, sha256, bytes, report, updated FROM artifacts;
+     DROP TABLE artifacts;
+     ALTER TABLE artifacts_new RENAME TO artifacts;",
 ];
 
 /// The settable limits and their allowed ranges.
@@ -566,6 +578,10 @@ impl Store {
                     .unwrap_or_default(),
                 model: self
                     .artifact_info("model")?
+                    .map(|a| a.sha256)
+                    .unwrap_or_default(),
+                url_blocklist: self
+                    .artifact_info("urls")?
                     .map(|a| a.sha256)
                     .unwrap_or_default(),
             },

@@ -1079,3 +1079,47 @@ fn verdict_actions_and_policy_rules_published_by_control_reach_the_engine() {
         "{reply}"
     );
 }
+
+/// A URL blocklist imported through control is published beside the snapshot and the
+/// engine refuses mail linking to a listed URL as phishing; a bad line is named.
+#[test]
+fn url_blocklist_published_by_control_reaches_the_engine() {
+    let dir = tmp("urls");
+    let (c, _engine, smtp, _metrics) = control_and_engine(&dir);
+    let (ok, out) = cli(
+        &c,
+        &["domain", "add", "fleet.test", "--route", "127.0.0.1:9"],
+    );
+    assert!(ok, "{out}");
+    let body = "Please sign in at http://login.evil-bank.test/account/verify?id=7 today.";
+    let reply = eventually("250", || send_message(smtp, body));
+    assert!(reply.starts_with("250"), "{reply}");
+
+    let list = dir.join("feed.txt");
+    std::fs::write(&list, "# feed\nevil-bank.test/account/\n").unwrap();
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, "good.test/\nnot a url at all\n").unwrap();
+    let (ok, out) = cli(
+        &c,
+        &[
+            "url-blocklist",
+            "import",
+            list.to_str().unwrap(),
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && out.contains("bad.txt:2:"), "{out}");
+    let (ok, out) = cli(&c, &["url-blocklist", "import", list.to_str().unwrap()]);
+    assert!(ok && out.contains("entries\t1"), "{out}");
+    let reply = eventually("550", || send_message(smtp, body));
+    assert!(
+        reply.starts_with("550 5.7.1 Message refused as phishing"),
+        "{reply}"
+    );
+    let (ok, out) = cli(&c, &["url-blocklist", "show"]);
+    assert!(ok && out.contains("sha256"), "{out}");
+    let (ok, out) = cli(&c, &["url-blocklist", "remove"]);
+    assert!(ok, "{out}");
+    let reply = eventually("250", || send_message(smtp, body));
+    assert!(reply.starts_with("250"), "{reply}");
+}

@@ -14,14 +14,15 @@ use std::sync::{Arc, Mutex};
 use bulwark_inspect::classifier::Model;
 use bulwark_inspect::compiled::{Compiled, Scanner};
 use bulwark_inspect::inspector::{Inspector, Origin};
+use bulwark_inspect::phishing::Blocklist;
 use sha2::{Digest, Sha256};
 use tracing::{error, info};
 
 use crate::metrics::{Metrics, RuleHits};
 
-/// The artifacts an inspector was made from: (rules, model) digests; empty for the
-/// configuration's own.
-pub type Key = (String, String);
+/// The artifacts an inspector was made from: (rules, model, URL blocklist) digests;
+/// empty for the configuration's own.
+pub type Key = (String, String, String);
 
 /// One core's inspector, with its scratch space and hit counters.
 pub struct CoreInspect {
@@ -89,7 +90,7 @@ impl Loader {
     /// answers `None` until it is ready. A load that failed is not retried for that key.
     pub fn get(self: &Arc<Self>, key: &Key) -> Option<Arc<Inspector>> {
         let local = self.local.as_ref()?;
-        if key.0.is_empty() && key.1.is_empty() {
+        if key.0.is_empty() && key.1.is_empty() && key.2.is_empty() {
             return Some(local.clone());
         }
         let mut states = self.states.lock().ok()?;
@@ -118,6 +119,7 @@ impl Loader {
                             model = i.model.is_some(),
                             rules_sha256 = %key.0,
                             model_sha256 = %key.1,
+                            url_blocklist_sha256 = %key.2,
                             ms = t0.elapsed().as_millis() as u64,
                             "published inspection rules loaded"
                         );
@@ -187,10 +189,15 @@ impl Loader {
                     .map_err(|e| anyhow::anyhow!("model {}: {e}", key.1))?,
             ))
         };
+        let mut settings = local.settings.clone();
+        if !key.2.is_empty() {
+            settings.url_blocklist = Blocklist::from_bytes(&read("urls", &key.2)?)
+                .ok_or_else(|| anyhow::anyhow!("URL blocklist {}: not a blocklist", key.2))?;
+        }
         Ok(Inspector::from_shared(
             compiled,
             model,
-            local.settings.clone(),
+            settings,
             Origin::Compiled,
         ))
     }

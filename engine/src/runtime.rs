@@ -94,16 +94,20 @@ impl Core {
     pub fn sync_inspection(&self) -> bool {
         let snap = self.policy.current();
         let refs = &snap.policy().inspection;
-        let (rules, model) = (refs.rules.as_str(), refs.model.as_str());
+        let (rules, model, urls) = (
+            refs.rules.as_str(),
+            refs.model.as_str(),
+            refs.url_blocklist.as_str(),
+        );
         {
             let cur = self.inspect.borrow();
             match cur.as_ref() {
-                Some(c) if c.key.0 == rules && c.key.1 == model => return true,
+                Some(c) if c.key.0 == rules && c.key.1 == model && c.key.2 == urls => return true,
                 None if self.inspect_loader.local().is_none() => return true,
                 _ => {}
             }
         }
-        let key = (rules.to_string(), model.to_string());
+        let key = (rules.to_string(), model.to_string(), urls.to_string());
         let Some(ins) = self.inspect_loader.get(&key) else {
             return self.inspect_loader.failed(&key);
         };
@@ -113,6 +117,7 @@ impl Core {
                     core = self.id,
                     rules = %if rules.is_empty() { "configured" } else { rules },
                     model = %if model.is_empty() { "configured" } else { model },
+                    url_blocklist = %if urls.is_empty() { "configured" } else { urls },
                     "inspection rules in force"
                 );
                 *self.inspect.borrow_mut() = Some(Rc::new(ci));

@@ -36,6 +36,9 @@ pub struct InspectionArtifacts {
     pub rules: String,
     /// A classifier model.
     pub model: String,
+    /// A URL blocklist (SHA-256 hashes of host/path expressions); it replaces the
+    /// engine's own `[inspection] url_blocklist`.
+    pub url_blocklist: String,
 }
 
 /// Where an artifact of a snapshot published at `snapshot` lives.
