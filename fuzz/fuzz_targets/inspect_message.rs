@@ -54,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
             arrival: 1_796_115_600,
             auth: None,
             approved: false,
+            verdicts: None,
         };
         let r = ins.inspect(scanner, data, &env);
         let mut out = Vec::new();
