@@ -33,6 +33,8 @@ pub struct Config {
     pub inspection: Inspection,
     pub quarantine: QuarantineConfig,
     pub authentication: AuthConfig,
+    /// `[reputation]`: DNS lists.
+    pub reputation: crate::reputation::dnsbl::Settings,
 }
 
 /// Sender authentication (`[authentication]`).
@@ -593,7 +595,7 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 17] = [
+        const SECTIONS: [&str; 18] = [
             "server",
             "spool",
             "queue",
@@ -611,6 +613,7 @@ impl<'t> Validator<'t> {
             "inspection",
             "quarantine",
             "authentication",
+            "reputation",
         ];
         for (k, _) in root.iter() {
             if !SECTIONS.contains(&k.get_ref().as_ref()) {
@@ -637,6 +640,7 @@ impl<'t> Validator<'t> {
         let inspection = self.inspection(root);
         let quarantine = self.quarantine(root);
         let authentication = self.authentication(root);
+        let reputation = self.reputation(root);
         Config {
             server,
             spool,
@@ -655,6 +659,128 @@ impl<'t> Validator<'t> {
             inspection,
             quarantine,
             authentication,
+            reputation,
+        }
+    }
+
+    fn reputation(&mut self, root: &Table<'_>) -> crate::reputation::dnsbl::Settings {
+        use crate::reputation::dnsbl::{AnswerFilter, ListClass, Settings, Zone};
+        let mut s = self.section(root, "reputation");
+        let threshold = self.signed(&mut s, "dnsbl_threshold", 1, 1000).unwrap_or(1) as i32;
+        let allow_threshold = self
+            .signed(&mut s, "allow_threshold", -1000, 0)
+            .unwrap_or(0) as i32;
+        let timeout = self
+            .duration(&mut s, "timeout")
+            .unwrap_or(Duration::from_secs(2));
+        let negative_ttl = self
+            .duration(&mut s, "negative_ttl")
+            .unwrap_or(Duration::from_secs(300));
+        let cache_entries = self
+            .integer(&mut s, "cache_entries", 1, 100_000_000)
+            .unwrap_or(100_000) as usize;
+        let list = self.get(&mut s, "dnsbl");
+        let mut zones: Vec<Zone> = Vec::new();
+        for mut z in self.tables(list, "reputation.dnsbl") {
+            let path = z.path.clone();
+            let name = self.required_string(&mut z, "zone");
+            let weight = self.signed(&mut z, "weight", -1000, 1000).unwrap_or(1) as i32;
+            let class = match self.string(&mut z, "class") {
+                None => ListClass::Standard,
+                Some((c, _)) if c == "standard" => ListClass::Standard,
+                Some((c, _)) if c == "dynamic" => ListClass::Dynamic,
+                Some((c, span)) => {
+                    self.err(
+                        &format!("{path}.class"),
+                        Some(span),
+                        format!("{c:?} must be \"standard\" or \"dynamic\""),
+                    );
+                    ListClass::Standard
+                }
+            };
+            let mut answers = Vec::new();
+            for (i, (a, span)) in self
+                .string_list(&mut z, "answers")
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                match AnswerFilter::parse(&a) {
+                    Ok(f) => answers.push(f),
+                    Err(e) => self.err(&format!("{path}.answers[{i}]"), Some(span), e),
+                }
+            }
+            self.finish(z);
+            let Some((name, span)) = name else { continue };
+            let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+            if !is_hostname(&name) {
+                self.err(
+                    &format!("{path}.zone"),
+                    Some(span),
+                    format!("{name:?} is not a DNS zone"),
+                );
+                continue;
+            }
+            if weight == 0 {
+                self.err(
+                    &format!("{path}.weight"),
+                    Some(span),
+                    "0 would make the zone count for nothing",
+                );
+                continue;
+            }
+            if zones.len() == crate::metrics::MAX_DNSBL_ZONES {
+                self.err(
+                    &format!("{path}.zone"),
+                    Some(span),
+                    format!("at most {} zones", crate::metrics::MAX_DNSBL_ZONES),
+                );
+                continue;
+            }
+            zones.push(Zone {
+                name,
+                weight,
+                class,
+                answers,
+            });
+        }
+        self.finish(s);
+        Settings {
+            zones,
+            threshold,
+            allow_threshold,
+            timeout,
+            negative_ttl,
+            cache_entries,
+        }
+    }
+
+    /// A whole number in `min..=max` (negative allowed).
+    fn signed(
+        &mut self,
+        s: &mut Section<'_, '_>,
+        key: &'static str,
+        min: i64,
+        max: i64,
+    ) -> Option<i64> {
+        let v = self.get(s, key)?;
+        let path = format!("{}.{key}", s.path);
+        let n = match v.get_ref() {
+            DeValue::Integer(i) => {
+                i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+            }
+            _ => None,
+        };
+        match n {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.err(
+                    &path,
+                    Some(v.span()),
+                    format!("must be a whole number from {min} to {max}"),
+                );
+                None
+            }
         }
     }
 

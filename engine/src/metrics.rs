@@ -159,6 +159,41 @@ impl Reject {
     }
 }
 
+/// What the connection tier decided about a client; the `reason` label of
+/// `bulwark_reputation_verdicts_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum ReputationReason {
+    /// On the approved IP list: every later check skipped.
+    ApprovedIp,
+    /// On the blocked IP list: refused at connect.
+    BlockedIp,
+    /// Listed by a standard DNS list past the threshold: `550 5.7.1`.
+    Dnsbl,
+    /// Listed by dynamic DNS lists only: `450 4.7.1`.
+    DnsblDynamic,
+    /// Below the allow threshold of the DNS allow lists.
+    Dnswl,
+    /// The DNS lists found nothing to hold against it.
+    Pass,
+    /// The DNS lists could not be asked (the check itself failed).
+    DnsblFailed,
+}
+
+pub const REPUTATION_REASONS: [&str; 7] = [
+    "approved_ip",
+    "blocked_ip",
+    "dnsbl",
+    "dnsbl_dynamic",
+    "dnswl",
+    "pass",
+    "dnsbl_failed",
+];
+
+/// Most DNS lists a configuration may name (their counters are fixed per core).
+pub const MAX_DNSBL_ZONES: usize = 32;
+/// The `result` label of `bulwark_dnsbl_results_total`, by index.
+pub const DNSBL_RESULTS: [&str; 4] = ["listed", "not_listed", "refused", "failed"];
+
 /// Delivery outcome per recipient; the `result` label of `bulwark_deliveries_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -169,6 +204,11 @@ pub enum Delivery {
 
 /// One core's metrics.
 pub struct Shard {
+    pub reputation: [Counter; 7],
+    /// Per configured DNS list zone: listed, not listed, refused, failed.
+    pub dnsbl_results: [[Counter; 4]; MAX_DNSBL_ZONES],
+    /// The core's DNS list cache so far: hits, lookups, merged.
+    pub dnsbl_cache: [Gauge; 3],
     pub connections: Counter,
     pub sessions_active: Gauge,
     pub messages_received: Counter,
@@ -235,6 +275,9 @@ pub struct Shard {
 impl Shard {
     fn new() -> Self {
         Shard {
+            reputation: Default::default(),
+            dnsbl_results: Default::default(),
+            dnsbl_cache: Default::default(),
             connections: Counter::default(),
             sessions_active: Gauge::default(),
             messages_received: Counter::default(),
@@ -275,6 +318,10 @@ impl Shard {
 
     pub fn reject(&self, r: Reject) {
         self.rejections[r as usize].inc();
+    }
+
+    pub fn reputation(&self, r: ReputationReason) {
+        self.reputation[r as usize].inc();
     }
 
     pub fn delivery(&self, d: Delivery, n: u64) {
@@ -325,6 +372,8 @@ pub struct Metrics {
     rule_sets: std::sync::Mutex<Vec<Arc<RuleHits>>>,
     /// The same for policy rules (a set per list of rule names a core has used).
     policy_rule_sets: std::sync::Mutex<Vec<Arc<RuleHits>>>,
+    /// The configured DNS list zones, by index.
+    dnsbl_zones: std::sync::OnceLock<Vec<String>>,
 }
 
 /// One core's hit counters for one rule set, indexed as the set's rules. The core holds
@@ -341,12 +390,18 @@ impl Metrics {
             ready_cores: AtomicUsize::new(0),
             rule_sets: std::sync::Mutex::new(Vec::new()),
             policy_rule_sets: std::sync::Mutex::new(Vec::new()),
+            dnsbl_zones: std::sync::OnceLock::new(),
         })
     }
 
     /// Hit counters for a rule set a core starts to use (its rules' names, by index).
     pub fn rule_hits(&self, names: Vec<String>) -> Arc<RuleHits> {
         register(&self.rule_sets, names)
+    }
+
+    /// Names the DNS list zones (by their index in the configuration), once at start.
+    pub fn set_dnsbl_zones(&self, zones: Vec<String>) {
+        let _ = self.dnsbl_zones.set(zones);
     }
 
     /// Hit counters for a list of policy rules a core starts to use.
@@ -715,6 +770,49 @@ impl Collector for Families {
                 "Messages each inspection rule hit (rules that have hit at least once).",
                 c,
                 hits_by_rule(&m.rule_sets),
+            ),
+            family(
+                "bulwark_reputation_verdicts_total",
+                "Connections by what the connection tier decided (approved or blocked IP, DNS lists).",
+                c,
+                REPUTATION_REASONS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| counter(m.sum(|s| s.reputation[i].get()), &[("reason", r)]))
+                    .collect(),
+            ),
+            family(
+                "bulwark_dnsbl_results_total",
+                "Answers of each DNS list: listed, not_listed, refused (127.255.255.x or not 127/8: the zone is left out) or failed (no answer in time).",
+                c,
+                {
+                    let mut v = Vec::new();
+                    let zones = m.dnsbl_zones.get().cloned().unwrap_or_default();
+                    for (i, zone) in zones.iter().enumerate().take(MAX_DNSBL_ZONES) {
+                        for (j, r) in DNSBL_RESULTS.iter().enumerate() {
+                            v.push(counter(
+                                m.sum(|s| s.dnsbl_results[i][j].get()),
+                                &[("zone", zone), ("result", r)],
+                            ));
+                        }
+                    }
+                    v
+                },
+            ),
+            family(
+                "bulwark_dnsbl_cache_total",
+                "DNS list answers per zone and client: from the core's cache (hit), asked (lookup), or joined to a query in flight (merged).",
+                c,
+                ["hit", "lookup", "merged"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        counter(
+                            m.shards.iter().map(|s| s.0.dnsbl_cache[i].get() as f64).sum(),
+                            &[("result", r)],
+                        )
+                    })
+                    .collect(),
             ),
             family(
                 "bulwark_policy_rule_hits_total",

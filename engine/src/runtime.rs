@@ -52,6 +52,8 @@ pub struct Core {
     pub full_scans: glommio::sync::Semaphore,
     pub quarantine: crate::quarantine::Quarantine,
     pub auth: Option<crate::auth::Auth>,
+    /// DNS block and allow lists (`[reputation]`), when zones are configured.
+    pub dnsbl: Option<Rc<crate::reputation::dnsbl::Lists>>,
     /// Hit counters of the policy rules in force (replaced when their names change).
     pub policy_rule_hits: std::cell::RefCell<Option<Arc<crate::metrics::RuleHits>>>,
 }
@@ -249,6 +251,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let open_files = crate::util::raise_nofile();
     let cores = core_count(&config);
     let metrics = Metrics::new(cores);
+    metrics.set_dnsbl_zones(
+        config
+            .reputation
+            .zones
+            .iter()
+            .map(|z| z.name.clone())
+            .collect(),
+    );
     let policy = config.policy();
     let snapshot_image = bulwark_policy::encode(&policy).context("building the policy snapshot")?;
     let generation = Snapshot::from_bytes(&snapshot_image)
@@ -536,6 +546,9 @@ async fn run_core(
         }),
         inspect_loader: shared.inspect_loader.clone(),
         policy_rule_hits: Default::default(),
+        dnsbl: (!cfg.reputation.zones.is_empty()).then(|| {
+            crate::reputation::dnsbl::Lists::new(cfg.reputation.clone(), shared.dns.clone())
+        }),
         inspect_timeout: cfg.inspection.timeout,
         inspect_timeout_tempfail: cfg.inspection.timeout_tempfail,
         full_scans: glommio::sync::Semaphore::new(1),

@@ -31,9 +31,19 @@ pub enum MxAnswer {
 #[error("DNS lookup failed: {0}")]
 pub struct TempFailure(pub String);
 
+/// What an A query for a DNS list entry found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListAnswer {
+    /// The name does not exist (or has no A record): not listed.
+    NotListed,
+    /// Its A records, and their smallest TTL in seconds.
+    Listed(Vec<std::net::Ipv4Addr>, u32),
+}
+
 enum Query {
     Mx(String, oneshot::Sender<Result<MxAnswer, TempFailure>>),
     Ip(String, oneshot::Sender<Result<Vec<IpAddr>, TempFailure>>),
+    List(String, oneshot::Sender<Result<ListAnswer, TempFailure>>),
 }
 
 /// Handle to the resolver thread; clone it to every core.
@@ -74,6 +84,16 @@ impl Dns {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Query::Mx(domain.to_string(), tx))
+            .map_err(|_| TempFailure("resolver thread is gone".into()))?;
+        rx.await
+            .map_err(|_| TempFailure("resolver dropped the query".into()))?
+    }
+
+    /// The A records of a DNS list entry (`4.3.2.1.zone.example`).
+    pub async fn list(&self, name: &str) -> Result<ListAnswer, TempFailure> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Query::List(name.to_string(), tx))
             .map_err(|_| TempFailure("resolver thread is gone".into()))?;
         rx.await
             .map_err(|_| TempFailure("resolver dropped the query".into()))?
@@ -179,6 +199,34 @@ async fn answer(r: &TokioResolver, q: Query) {
                 Err(e) => Err(TempFailure(e.to_string())),
             };
             debug!(%host, ?result, "address lookup");
+            let _ = tx.send(result);
+        }
+        Query::List(name, tx) => {
+            use hickory_resolver::proto::rr::RecordType;
+            let result = match r.lookup(fqdn(&name), RecordType::A).await {
+                Ok(l) => {
+                    let mut ttl = u32::MAX;
+                    let ips: Vec<std::net::Ipv4Addr> = l
+                        .answers()
+                        .iter()
+                        .filter_map(|rec| match &rec.data {
+                            RData::A(a) => {
+                                ttl = ttl.min(rec.ttl);
+                                Some(a.0)
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    if ips.is_empty() {
+                        Ok(ListAnswer::NotListed)
+                    } else {
+                        Ok(ListAnswer::Listed(ips, ttl))
+                    }
+                }
+                Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(ListAnswer::NotListed),
+                Err(e) => Err(TempFailure(e.to_string())),
+            };
+            debug!(%name, ?result, "DNS list lookup");
             let _ = tx.send(result);
         }
     }

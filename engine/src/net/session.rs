@@ -43,6 +43,8 @@ const SPOOL_ERROR: &str = "451 4.3.0 Local error in processing; try again later"
 struct SessionPolicy<'a> {
     snapshot: SnapshotPolicy<'a>,
     core: &'a Core,
+    /// The DNS lists' refusal of this client, if they refused it.
+    reputation: Option<&'a str>,
 }
 
 impl EnvelopePolicy for SessionPolicy<'_> {
@@ -58,7 +60,10 @@ impl EnvelopePolicy for SessionPolicy<'_> {
         crate::filtering::class_of(self.snapshot.0.policy(), rcpt)
     }
 
-    fn check_mail(&self) -> Option<&'static str> {
+    fn check_mail(&self) -> Option<&str> {
+        if let Some(r) = self.reputation {
+            return Some(r);
+        }
         if self.core.memory.is_spent() {
             self.core.shard().reject(Reject::MemoryBudget);
             return Some("452 4.3.1 Insufficient system resources, try again later");
@@ -127,8 +132,13 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         let _ = stream.close().await;
         return;
     }
-    if core.policy.current().policy().ips.verdict(peer.ip()) == Some(IpVerdict::Blocked) {
+    let ip_listed = core.policy.current().policy().ips.verdict(peer.ip());
+    if ip_listed == Some(IpVerdict::Allowed) {
+        shard.reputation(crate::metrics::ReputationReason::ApprovedIp);
+    }
+    if ip_listed == Some(IpVerdict::Blocked) {
         shard.reject(Reject::IpBlocked);
+        shard.reputation(crate::metrics::ReputationReason::BlockedIp);
         info!(%peer, "connection refused: address blocked by policy");
         let _ = stream
             .write_all(b"554 5.7.1 Connection refused: your address is blocked by policy\r\n")
@@ -147,6 +157,18 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         return;
     }
     debug!(%peer, "connection");
+    // The DNS lists are asked at once; their answer is awaited before the client's first
+    // command is read (it overlaps the greeting's round trip) and refuses its MAIL.
+    let mut reputation_check = match (&core.dnsbl, ip_listed) {
+        (Some(lists), None) => {
+            let lists = lists.clone();
+            let ip = peer.ip();
+            let by = Instant::now() + lists.settings.timeout;
+            Some(glommio::spawn_local(async move { lists.check(ip, by).await }).detach())
+        }
+        _ => None,
+    };
+    let mut reputation: Option<String> = None;
     let mut unknown_seen = 0;
     let mut session = Session::new(core.session_cfg.clone());
     let deadline = Instant::now() + core.smtp.session_time;
@@ -172,6 +194,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
             let policy = SessionPolicy {
                 snapshot: SnapshotPolicy(&snapshot),
                 core: &core,
+                reputation: reputation.as_deref(),
             };
             let progress = session.feed(&buf[start..end], &policy);
             start += progress.consumed;
@@ -316,7 +339,12 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         };
         let timeout = phase_timeout.min(deadline - now);
         match read(&mut stream, &mut buf[end..], timeout).await {
-            ReadOutcome::Data(n) => end += n,
+            ReadOutcome::Data(n) => {
+                end += n;
+                if let Some(check) = reputation_check.take() {
+                    reputation = reputation_verdict(&core, peer, check.await);
+                }
+            }
             ReadOutcome::Eof => break,
             ReadOutcome::Error(e) => {
                 debug!(%peer, "read error: {e}");
@@ -578,6 +606,58 @@ async fn read(stream: &mut Stream, buf: &mut [u8], timeout: Duration) -> ReadOut
         },
     )
     .await
+}
+
+/// Counts and logs what the DNS lists said; the reply refusing the client's mail, if
+/// they refuse it.
+fn reputation_verdict(
+    core: &Core,
+    peer: SocketAddr,
+    outcome: Option<crate::reputation::dnsbl::Outcome>,
+) -> Option<String> {
+    use crate::metrics::ReputationReason as R;
+    use crate::reputation::dnsbl::{Verdict, ZoneResult};
+    let lists = core.dnsbl.as_ref()?;
+    let shard = core.shard();
+    let Some(outcome) = outcome else {
+        shard.reputation(R::DnsblFailed);
+        return None;
+    };
+    for (i, r) in outcome.results.iter().enumerate() {
+        let result = match r {
+            ZoneResult::Listed => 0,
+            ZoneResult::NotListed => 1,
+            ZoneResult::Refused => 2,
+            ZoneResult::Failed => 3,
+        };
+        if let Some(c) = shard.dnsbl_results.get(i) {
+            c[result].inc();
+        }
+    }
+    let hits = lists.counts();
+    shard.dnsbl_cache[0].set(hits[0] as i64);
+    shard.dnsbl_cache[1].set(hits[1] as i64);
+    shard.dnsbl_cache[2].set(hits[2] as i64);
+    match outcome.verdict(&lists.settings, peer.ip()) {
+        Verdict::Refuse(reply) => {
+            shard.reputation(R::Dnsbl);
+            info!(%peer, score = outcome.score, zones = ?outcome.listed, "client refused: DNS block list");
+            Some(reply)
+        }
+        Verdict::Defer(reply) => {
+            shard.reputation(R::DnsblDynamic);
+            info!(%peer, score = outcome.score, zones = ?outcome.listed, "client deferred: dynamic DNS list");
+            Some(reply)
+        }
+        Verdict::Allow => {
+            shard.reputation(R::Dnswl);
+            None
+        }
+        Verdict::Pass => {
+            shard.reputation(R::Pass);
+            None
+        }
+    }
 }
 
 /// Writes pending replies. False when the connection is gone.

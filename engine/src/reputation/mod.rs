@@ -1,3 +1,4 @@
 //! Connection-level reputation: what is known about a client before its mail is read.
 
+pub mod dnsbl;
 pub mod harvest;

@@ -27,8 +27,9 @@ pub trait EnvelopePolicy {
     fn check_rcpt(&self, sender: &str, rcpt: &str) -> RcptVerdict;
 
     /// Whether a new transaction may start now; `Some(reply)` refuses MAIL with that
-    /// full reply line (e.g. `452 4.3.1 …` when the core's memory budget is spent).
-    fn check_mail(&self) -> Option<&'static str> {
+    /// full reply line (e.g. `452 4.3.1 …` when the core's memory budget is spent, or
+    /// `550 5.7.1 …` for a client on a DNS block list).
+    fn check_mail(&self) -> Option<&str> {
         None
     }
 

@@ -1,0 +1,502 @@
+//! DNS reputation (DNSBL / DNSWL), in the manner of postscreen's `postscreen_dnsbl_sites`:
+//! every zone is asked about the client at once, each listing that passes the zone's
+//! answer filter adds the zone's weight, and the sum decides. Answers in
+//! `127.255.255.0/24` are the list refusing to answer (quota, public resolver), never a
+//! listing: counted, and the zone is left out of the sum. A zone that does not answer
+//! within the deadline is left out too: DNS trouble never blocks mail.
+//!
+//! Each core keeps its own cache (positive answers for their TTL clamped to [60 s, 1 h],
+//! negative ones for `negative_ttl`) and merges queries in flight for the same key.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroUsize;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+
+use crate::deliver::dns::{Dns, ListAnswer};
+
+/// What a listing means, as the product has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListClass {
+    /// `550 5.7.1`, the zone named.
+    Standard,
+    /// `450 4.7.1`: a briefly compromised server re-queues.
+    Dynamic,
+}
+
+/// One octet of an answer filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Octet {
+    Any,
+    Range(u8, u8),
+    List(Vec<u8>),
+    /// The last octet has one of these bits.
+    Mask(u8),
+}
+
+/// An answer filter: `127.0.0.2`, `127.0.0.[2..11]`, `127.0.0.[2;4;8]`, `127.0.0.*`, or
+/// `127.0.0.&4` (the last octet has bit 4 set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerFilter([Octet; 4]);
+
+impl AnswerFilter {
+    pub fn parse(text: &str) -> Result<AnswerFilter, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not an answer filter (e.g. 127.0.0.2, 127.0.0.[2..11], 127.0.0.[2;4], 127.0.0.&4)"
+            )
+        };
+        // Octets are separated by dots outside brackets (`[2..11]` holds two).
+        let text = text.trim();
+        let mut parts: Vec<&str> = Vec::with_capacity(4);
+        let (mut depth, mut from) = (0i32, 0usize);
+        for (i, c) in text.char_indices() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                '.' if depth == 0 => {
+                    parts.push(&text[from..i]);
+                    from = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(&text[from..]);
+        if parts.len() != 4 {
+            return Err(bad());
+        }
+        let mut out = [Octet::Any, Octet::Any, Octet::Any, Octet::Any];
+        for (i, p) in parts.iter().enumerate() {
+            out[i] = if *p == "*" {
+                Octet::Any
+            } else if let Some(m) = p.strip_prefix('&') {
+                if i != 3 {
+                    return Err(bad());
+                }
+                Octet::Mask(m.parse().map_err(|_| bad())?)
+            } else if let Some(inner) = p.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+                if let Some((a, b)) = inner.split_once("..") {
+                    let (a, b): (u8, u8) = (
+                        a.trim().parse().map_err(|_| bad())?,
+                        b.trim().parse().map_err(|_| bad())?,
+                    );
+                    if a > b {
+                        return Err(bad());
+                    }
+                    Octet::Range(a, b)
+                } else {
+                    let list = inner
+                        .split(';')
+                        .map(|x| x.trim().parse::<u8>())
+                        .collect::<Result<Vec<u8>, _>>()
+                        .map_err(|_| bad())?;
+                    Octet::List(list)
+                }
+            } else {
+                let n: u8 = p.parse().map_err(|_| bad())?;
+                Octet::Range(n, n)
+            };
+        }
+        Ok(AnswerFilter(out))
+    }
+
+    pub fn matches(&self, ip: Ipv4Addr) -> bool {
+        self.0.iter().zip(ip.octets()).all(|(f, o)| match f {
+            Octet::Any => true,
+            Octet::Range(a, b) => (*a..=*b).contains(&o),
+            Octet::List(l) => l.contains(&o),
+            Octet::Mask(m) => o & m != 0,
+        })
+    }
+}
+
+/// One DNS list.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    /// Lower case, without a trailing dot.
+    pub name: String,
+    /// Added to the score when the client is listed; negative for allow lists.
+    pub weight: i32,
+    pub class: ListClass,
+    /// An answer counts when one of these matches (none: any answer outside
+    /// `127.255.255.0/24`).
+    pub answers: Vec<AnswerFilter>,
+}
+
+/// `[reputation]` settings of the DNS lists.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub zones: Vec<Zone>,
+    /// Score from which a client is refused.
+    pub threshold: i32,
+    /// Score at or below which (when negative) a client skips the later tests.
+    pub allow_threshold: i32,
+    /// How long the lookups may take, from the connection's accept.
+    pub timeout: Duration,
+    /// How long "not listed" is remembered.
+    pub negative_ttl: Duration,
+    /// Cache entries per core (one per zone and client).
+    pub cache_entries: usize,
+}
+
+/// A listing's TTL is kept within these bounds.
+const MIN_TTL: Duration = Duration::from_secs(60);
+const MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// What one zone said about a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneResult {
+    /// Listed with an answer that passes the zone's filter.
+    Listed,
+    NotListed,
+    /// The list refused to answer (`127.255.255.x`) or answered outside 127/8.
+    Refused,
+    /// No answer (DNS failure or past the deadline).
+    Failed,
+}
+
+/// The sum over every zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub score: i32,
+    /// Zones that listed the client with a positive weight, with their class.
+    pub listed: Vec<(String, ListClass)>,
+    /// Zones that listed it with a negative weight (allow lists).
+    pub allowed_by: Vec<String>,
+    /// Per zone, in configuration order.
+    pub results: Vec<ZoneResult>,
+}
+
+/// The decision the sum leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// At or past the threshold with a standard list among the listings: `550 5.7.1`.
+    Refuse(String),
+    /// At or past the threshold on dynamic lists only: `450 4.7.1`.
+    Defer(String),
+    /// At or below a negative allow threshold: later tests are skipped.
+    Allow,
+    Pass,
+}
+
+impl Outcome {
+    pub fn verdict(&self, s: &Settings, ip: IpAddr) -> Verdict {
+        if s.allow_threshold < 0 && self.score <= s.allow_threshold {
+            return Verdict::Allow;
+        }
+        if self.score < s.threshold || self.listed.is_empty() {
+            return Verdict::Pass;
+        }
+        let standard: Vec<&str> = self
+            .listed
+            .iter()
+            .filter(|(_, c)| *c == ListClass::Standard)
+            .map(|(z, _)| z.as_str())
+            .collect();
+        if let Some(zone) = standard.first() {
+            Verdict::Refuse(format!(
+                "550 5.7.1 Service unavailable; client [{ip}] blocked using {zone}"
+            ))
+        } else {
+            Verdict::Defer(format!(
+                "450 4.7.1 Service unavailable; client [{ip}] listed by {}, try again later",
+                self.listed[0].0
+            ))
+        }
+    }
+}
+
+/// The name to ask `zone` about `ip`: reversed octets (IPv4) or nibbles (IPv6).
+pub fn query_name(ip: IpAddr, zone: &str) -> String {
+    match canonical(ip) {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.{zone}", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut s = String::with_capacity(64 + zone.len());
+            for b in v6.octets().iter().rev() {
+                s.push(char::from_digit((b & 0xf) as u32, 16).unwrap_or('0'));
+                s.push('.');
+                s.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
+                s.push('.');
+            }
+            s.push_str(zone);
+            s
+        }
+    }
+}
+
+/// `::ffff:a.b.c.d` is IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// What one zone's answer counts as.
+fn classify(zone: &Zone, answer: &ListAnswer) -> ZoneResult {
+    let ListAnswer::Listed(ips, _) = answer else {
+        return ZoneResult::NotListed;
+    };
+    // 127.255.255.0/24: the list's way of refusing; anything outside 127/8 is not a
+    // list's answer at all (a resolver that rewrites NXDOMAIN, say).
+    if ips
+        .iter()
+        .any(|ip| ip.octets()[0] != 127 || ip.octets()[..3] == [127, 255, 255])
+    {
+        return ZoneResult::Refused;
+    }
+    let counts =
+        |ip: &Ipv4Addr| zone.answers.is_empty() || zone.answers.iter().any(|f| f.matches(*ip));
+    if ips.iter().any(counts) {
+        ZoneResult::Listed
+    } else {
+        ZoneResult::NotListed
+    }
+}
+
+type Key = (usize, IpAddr);
+
+/// One core's DNS list cache and the lookups it has in flight.
+pub struct Lists {
+    pub settings: Settings,
+    dns: Dns,
+    cache: RefCell<lru::LruCache<Key, (ZoneResult, Instant)>>,
+    in_flight: RefCell<HashMap<Key, Vec<oneshot::Sender<ZoneResult>>>>,
+    /// (hits, misses, merged) since start, for the metrics.
+    pub stats: RefCell<[u64; 3]>,
+}
+
+impl Lists {
+    pub fn new(settings: Settings, dns: Dns) -> Rc<Lists> {
+        let cap = NonZeroUsize::new(settings.cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Rc::new(Lists {
+            settings,
+            dns,
+            cache: RefCell::new(lru::LruCache::new(cap)),
+            in_flight: RefCell::new(HashMap::new()),
+            stats: RefCell::new([0; 3]),
+        })
+    }
+
+    /// Asks every zone about `ip` at once; a zone without an answer by `deadline` is
+    /// left out.
+    pub async fn check(self: &Rc<Self>, ip: IpAddr, deadline: Instant) -> Outcome {
+        let ip = canonical(ip);
+        let tasks: Vec<_> = (0..self.settings.zones.len())
+            .map(|i| {
+                let me = self.clone();
+                glommio::spawn_local(async move { me.zone(i, ip, deadline).await }).detach()
+            })
+            .collect();
+        let mut out = Outcome {
+            score: 0,
+            listed: Vec::new(),
+            allowed_by: Vec::new(),
+            results: Vec::with_capacity(tasks.len()),
+        };
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.await.unwrap_or(ZoneResult::Failed);
+            let zone = &self.settings.zones[i];
+            if r == ZoneResult::Listed {
+                out.score += zone.weight;
+                if zone.weight > 0 {
+                    out.listed.push((zone.name.clone(), zone.class));
+                } else if zone.weight < 0 {
+                    out.allowed_by.push(zone.name.clone());
+                }
+            }
+            out.results.push(r);
+        }
+        out
+    }
+
+    async fn zone(self: Rc<Self>, i: usize, ip: IpAddr, deadline: Instant) -> ZoneResult {
+        let key = (i, ip);
+        let now = Instant::now();
+        let cached = self.cache.borrow_mut().get(&key).cloned();
+        if let Some((r, until)) = cached
+            && until > now
+        {
+            self.stats.borrow_mut()[0] += 1;
+            return r;
+        }
+        // Already being asked: wait for that answer.
+        let waiting = {
+            let mut flights = self.in_flight.borrow_mut();
+            match flights.get_mut(&key) {
+                Some(waiters) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    flights.insert(key, Vec::new());
+                    None
+                }
+            }
+        };
+        let left = deadline.saturating_duration_since(now);
+        if let Some(rx) = waiting {
+            self.stats.borrow_mut()[2] += 1;
+            return futures_lite::future::or(
+                async { rx.await.unwrap_or(ZoneResult::Failed) },
+                async {
+                    glommio::timer::sleep(left).await;
+                    ZoneResult::Failed
+                },
+            )
+            .await;
+        }
+        self.stats.borrow_mut()[1] += 1;
+        let name = query_name(ip, &self.settings.zones[i].name);
+        // The lookup itself is not cut short by this client's deadline: its answer is
+        // cached for the next one, and other clients may be waiting on it.
+        let me = self.clone();
+        let lookup = glommio::spawn_local(async move {
+            let answer = me.dns.list(&name).await;
+            let zone = &me.settings.zones[i];
+            let (result, ttl) = match &answer {
+                Ok(a @ ListAnswer::Listed(_, ttl)) => (
+                    classify(zone, a),
+                    Duration::from_secs(*ttl as u64).clamp(MIN_TTL, MAX_TTL),
+                ),
+                Ok(ListAnswer::NotListed) => (ZoneResult::NotListed, me.settings.negative_ttl),
+                // A failure is not remembered long: the next client asks again soon.
+                Err(_) => (ZoneResult::Failed, Duration::from_secs(5)),
+            };
+            me.cache
+                .borrow_mut()
+                .put(key, (result.clone(), Instant::now() + ttl));
+            if let Some(waiters) = me.in_flight.borrow_mut().remove(&key) {
+                for w in waiters {
+                    let _ = w.send(result.clone());
+                }
+            }
+            result
+        })
+        .detach();
+        futures_lite::future::or(
+            async { lookup.await.unwrap_or(ZoneResult::Failed) },
+            async {
+                glommio::timer::sleep(left).await;
+                ZoneResult::Failed
+            },
+        )
+        .await
+    }
+
+    /// (cache hits, lookups, merged) so far.
+    pub fn counts(&self) -> [u64; 3] {
+        *self.stats.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_filters() {
+        let f = AnswerFilter::parse("127.0.0.[2..11]").unwrap();
+        assert!(f.matches(Ipv4Addr::new(127, 0, 0, 2)));
+        assert!(f.matches(Ipv4Addr::new(127, 0, 0, 11)));
+        assert!(!f.matches(Ipv4Addr::new(127, 0, 0, 12)));
+        let f = AnswerFilter::parse("127.0.0.[2;4;8]").unwrap();
+        assert!(f.matches(Ipv4Addr::new(127, 0, 0, 4)));
+        assert!(!f.matches(Ipv4Addr::new(127, 0, 0, 3)));
+        let f = AnswerFilter::parse("127.0.*.&4").unwrap();
+        assert!(f.matches(Ipv4Addr::new(127, 0, 9, 6)));
+        assert!(!f.matches(Ipv4Addr::new(127, 0, 9, 3)));
+        for bad in [
+            "127.0.0",
+            "127.0.0.[5..2]",
+            "127.&1.0.0",
+            "127.0.0.x",
+            "127.0.0.256",
+        ] {
+            assert!(AnswerFilter::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn query_names() {
+        let v4: IpAddr = "192.0.2.99".parse().unwrap();
+        assert_eq!(query_name(v4, "bl.test"), "99.2.0.192.bl.test");
+        let mapped: IpAddr = "::ffff:192.0.2.99".parse().unwrap();
+        assert_eq!(query_name(mapped, "bl.test"), "99.2.0.192.bl.test");
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            query_name(v6, "bl.test"),
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.test"
+        );
+    }
+
+    #[test]
+    fn refusals_and_strange_answers_are_not_listings() {
+        let zone = Zone {
+            name: "bl.test".into(),
+            weight: 1,
+            class: ListClass::Standard,
+            answers: vec![AnswerFilter::parse("127.0.0.[2..11]").unwrap()],
+        };
+        let a = |ips: &[[u8; 4]]| {
+            ListAnswer::Listed(ips.iter().map(|o| Ipv4Addr::from(*o)).collect(), 300)
+        };
+        assert_eq!(classify(&zone, &a(&[[127, 0, 0, 2]])), ZoneResult::Listed);
+        assert_eq!(
+            classify(&zone, &a(&[[127, 0, 0, 20]])),
+            ZoneResult::NotListed
+        );
+        assert_eq!(
+            classify(&zone, &a(&[[127, 255, 255, 254]])),
+            ZoneResult::Refused
+        );
+        assert_eq!(classify(&zone, &a(&[[10, 0, 0, 1]])), ZoneResult::Refused);
+        assert_eq!(
+            classify(&zone, &ListAnswer::NotListed),
+            ZoneResult::NotListed
+        );
+    }
+
+    #[test]
+    fn verdicts_by_score_and_class() {
+        let s = Settings {
+            zones: Vec::new(),
+            threshold: 2,
+            allow_threshold: -1,
+            timeout: Duration::from_secs(1),
+            negative_ttl: Duration::from_secs(60),
+            cache_entries: 10,
+        };
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let o = |score, listed: Vec<(&str, ListClass)>| Outcome {
+            score,
+            listed: listed
+                .into_iter()
+                .map(|(z, c)| (z.to_string(), c))
+                .collect(),
+            allowed_by: Vec::new(),
+            results: Vec::new(),
+        };
+        assert_eq!(
+            o(1, vec![("a.test", ListClass::Standard)]).verdict(&s, ip),
+            Verdict::Pass
+        );
+        assert!(matches!(
+            o(2, vec![("dyn.test", ListClass::Dynamic), ("a.test", ListClass::Standard)]).verdict(&s, ip),
+            Verdict::Refuse(r) if r == "550 5.7.1 Service unavailable; client [192.0.2.1] blocked using a.test"
+        ));
+        assert!(matches!(
+            o(3, vec![("dyn.test", ListClass::Dynamic)]).verdict(&s, ip),
+            Verdict::Defer(r) if r.starts_with("450 4.7.1")
+        ));
+        assert_eq!(o(-1, vec![]).verdict(&s, ip), Verdict::Allow);
+    }
+}

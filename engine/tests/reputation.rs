@@ -1,0 +1,250 @@
+//! Connection reputation end to end: DNS block and allow lists served by a real DNS
+//! server (dnsmasq) and by a scripted one that times out, fails and answers garbage;
+//! clients are Python's smtplib bound to different loopback addresses.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// MAIL FROM's reply for a client connecting from `source` (a 127/8 address).
+fn mail_reply(engine: &Engine, source: &str) -> String {
+    python(&format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("{ip}", {port}, source_address=("{source}", 0), timeout=20)
+s.ehlo("client.test")
+code, text = s.mail("alice@sender.test")
+print(code, text.decode())
+s.quit()
+"#,
+        ip = engine.smtp.ip(),
+        port = engine.smtp.port(),
+    ))
+    .trim()
+    .to_string()
+}
+
+fn sink_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+#[test]
+fn dns_lists_refuse_defer_and_allow_by_weight_and_class() {
+    let dns_port = free_port();
+    let _dns = Dnsmasq::start(
+        dns_port,
+        &[
+            // 127.0.0.2: on the block list.
+            "--host-record=2.0.0.127.bl.test,127.0.0.2",
+            // 127.0.0.3: on the dynamic list only.
+            "--host-record=3.0.0.127.dyn.test,127.0.0.10",
+            // 127.0.0.4: the block list refuses to answer (quota): not a listing.
+            "--host-record=4.0.0.127.bl.test,127.255.255.254",
+            // 127.0.0.5: on the block list and on the allow list (weight -5).
+            "--host-record=5.0.0.127.bl.test,127.0.0.2",
+            "--host-record=5.0.0.127.wl.test,127.0.0.2",
+            // 127.0.0.6: an answer outside the zone's filter.
+            "--host-record=6.0.0.127.bl.test,127.0.0.20",
+            "--local=/test/",
+            "--local-ttl=300",
+        ],
+    );
+    let sink = Sink::start(sink_addr());
+    let engine = Engine::start(EngineConfig {
+        extra: format!(
+            r#"{}[dns]
+nameservers = ["127.0.0.1:{dns_port}"]
+
+[authentication]
+enabled = false
+
+[reputation]
+dnsbl_threshold = 1
+allow_threshold = -1
+
+[[reputation.dnsbl]]
+zone = "bl.test"
+answers = ["127.0.0.[2..11]"]
+
+[[reputation.dnsbl]]
+zone = "dyn.test"
+class = "dynamic"
+
+[[reputation.dnsbl]]
+zone = "wl.test"
+weight = -5
+"#,
+            domain("example.test", sink.addr)
+        ),
+        ..Default::default()
+    });
+
+    let r = mail_reply(&engine, "127.0.0.2");
+    assert_eq!(
+        r,
+        "550 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test"
+    );
+    let r = mail_reply(&engine, "127.0.0.3");
+    assert!(
+        r.starts_with("450 4.7.1 Service unavailable; client [127.0.0.3] listed by dyn.test"),
+        "{r}"
+    );
+    for clean in ["127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"] {
+        let r = mail_reply(&engine, clean);
+        assert!(r.starts_with("250"), "{clean}: {r}");
+    }
+    // Again from the listed address: answered from the core's cache.
+    let hits = engine.metric("bulwark_dnsbl_cache_total{result=\"hit\"}");
+    let r = mail_reply(&engine, "127.0.0.2");
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    assert!(
+        engine.metric("bulwark_dnsbl_cache_total{result=\"hit\"}") >= hits + 3.0,
+        "the second check of 127.0.0.2 asks nothing"
+    );
+    assert_eq!(
+        engine.metric("bulwark_reputation_verdicts_total{reason=\"dnsbl\"}"),
+        2.0
+    );
+    assert_eq!(
+        engine.metric("bulwark_reputation_verdicts_total{reason=\"dnsbl_dynamic\"}"),
+        1.0
+    );
+    assert_eq!(
+        engine.metric("bulwark_reputation_verdicts_total{reason=\"dnswl\"}"),
+        1.0
+    );
+    assert_eq!(
+        engine.metric("bulwark_dnsbl_results_total{zone=\"bl.test\",result=\"refused\"}"),
+        1.0
+    );
+}
+
+/// A scripted DNS server: no answer for 2.0.0.127, SERVFAIL for 3.0.0.127, a garbage
+/// datagram for 4.0.0.127, a non-127 answer for 5.0.0.127, NXDOMAIN for the rest.
+struct Scripted(Child);
+
+impl Scripted {
+    fn start(port: u16) -> Scripted {
+        let script = format!(
+            r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", {port}))
+while True:
+    q, addr = s.recvfrom(512)
+    if len(q) < 12:
+        continue
+    qid = q[:2]
+    i, labels = 12, []
+    while i < len(q) and q[i] != 0:
+        labels.append(q[i+1:i+1+q[i]].decode(errors="replace")); i += 1 + q[i]
+    question = q[12:i+5]
+    name = ".".join(labels)
+    def reply(rcode, answer=b""):
+        flags = 0x8180 | rcode
+        return qid + struct.pack(">HHHHH", flags, 1, 1 if answer else 0, 0, 0) + question + answer
+    if name.startswith("2.0.0.127."):
+        continue
+    elif name.startswith("3.0.0.127."):
+        s.sendto(reply(2), addr)
+    elif name.startswith("4.0.0.127."):
+        s.sendto(qid + b"\xff\x00garbage", addr)
+    elif name.startswith("5.0.0.127."):
+        s.sendto(reply(0, b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 300, 4) + bytes([10, 0, 0, 1])), addr)
+    else:
+        s.sendto(reply(3), addr)
+"#
+        );
+        let child = Command::new("python3")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        std::thread::sleep(Duration::from_millis(300));
+        Scripted(child)
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_dns_list_that_times_out_fails_or_lies_never_blocks_mail() {
+    let dns_port = free_port();
+    let _dns = Scripted::start(dns_port);
+    let sink = Sink::start(sink_addr());
+    let engine = Engine::start(EngineConfig {
+        extra: format!(
+            "{}[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n\n[authentication]\nenabled = false\n\n[reputation]\ntimeout = \"1s\"\n\n[[reputation.dnsbl]]\nzone = \"flaky.test\"\n",
+            domain("example.test", sink.addr)
+        ),
+        ..Default::default()
+    });
+    for source in [
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+        "127.0.0.6",
+    ] {
+        let t0 = Instant::now();
+        let r = mail_reply(&engine, source);
+        assert!(r.starts_with("250"), "{source}: {r}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{source} waited {:?}",
+            t0.elapsed()
+        );
+    }
+    // The timeout and the failures are failures; the non-127 answer is a refusal.
+    let failed =
+        engine.metric("bulwark_dnsbl_results_total{zone=\"flaky.test\",result=\"failed\"}");
+    assert!(failed >= 2.0, "failed: {failed}");
+    assert_eq!(
+        engine.metric("bulwark_dnsbl_results_total{zone=\"flaky.test\",result=\"refused\"}"),
+        1.0
+    );
+    assert_eq!(
+        engine.metric("bulwark_dnsbl_results_total{zone=\"flaky.test\",result=\"not_listed\"}"),
+        1.0
+    );
+    assert_eq!(
+        engine.metric("bulwark_reputation_verdicts_total{reason=\"pass\"}"),
+        5.0
+    );
+}
+
+#[test]
+fn a_bad_zone_definition_stops_the_engine_naming_key_and_line() {
+    let dir = TempDir::new("bad-zone");
+    let cfg = dir.path().join("bulwark.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"127.0.0.1:{}\"]\n[spool]\ndir = \"{}\"\n\n[[reputation.dnsbl]]\nzone = \"bl.test\"\nanswers = [\"127.0.0.[9..2]\"]\n",
+            free_port(),
+            dir.path().join("spool").display(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reputation.dnsbl[0].answers[0]") && err.contains("line 9"),
+        "{err}"
+    );
+}
