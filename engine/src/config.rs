@@ -35,6 +35,8 @@ pub struct Config {
     pub authentication: AuthConfig,
     /// `[reputation]`: DNS lists.
     pub reputation: crate::reputation::dnsbl::Settings,
+    /// `[reputation]`: the pregreet test.
+    pub pregreet: crate::reputation::pregreet::Settings,
 }
 
 /// Sender authentication (`[authentication]`).
@@ -640,7 +642,7 @@ impl<'t> Validator<'t> {
         let inspection = self.inspection(root);
         let quarantine = self.quarantine(root);
         let authentication = self.authentication(root);
-        let reputation = self.reputation(root);
+        let (reputation, pregreet) = self.reputation(root);
         Config {
             server,
             spool,
@@ -660,12 +662,37 @@ impl<'t> Validator<'t> {
             quarantine,
             authentication,
             reputation,
+            pregreet,
         }
     }
 
-    fn reputation(&mut self, root: &Table<'_>) -> crate::reputation::dnsbl::Settings {
+    fn reputation(
+        &mut self,
+        root: &Table<'_>,
+    ) -> (
+        crate::reputation::dnsbl::Settings,
+        crate::reputation::pregreet::Settings,
+    ) {
         use crate::reputation::dnsbl::{AnswerFilter, ListClass, Settings, Zone};
         let mut s = self.section(root, "reputation");
+        let d = crate::reputation::pregreet::Settings::default();
+        let pregreet = crate::reputation::pregreet::Settings {
+            wait: self.duration(&mut s, "greet_wait").unwrap_or(d.wait),
+            pass_ttl: self
+                .duration(&mut s, "greet_pass_ttl")
+                .unwrap_or(d.pass_ttl),
+            block: self
+                .duration(&mut s, "early_talker_block")
+                .unwrap_or(d.block),
+        };
+        if pregreet.wait > Duration::from_secs(30) {
+            let line = s.line;
+            self.errors.push(ConfigError {
+                key: "reputation.greet_wait".into(),
+                line,
+                message: "at most 30s (clients give up on a silent server)".into(),
+            });
+        }
         let threshold = self.signed(&mut s, "dnsbl_threshold", 1, 1000).unwrap_or(1) as i32;
         let allow_threshold = self
             .signed(&mut s, "allow_threshold", -1000, 0)
@@ -745,14 +772,17 @@ impl<'t> Validator<'t> {
             });
         }
         self.finish(s);
-        Settings {
-            zones,
-            threshold,
-            allow_threshold,
-            timeout,
-            negative_ttl,
-            cache_entries,
-        }
+        (
+            Settings {
+                zones,
+                threshold,
+                allow_threshold,
+                timeout,
+                negative_ttl,
+                cache_entries,
+            },
+            pregreet,
+        )
     }
 
     /// A whole number in `min..=max` (negative allowed).

@@ -177,9 +177,15 @@ pub enum ReputationReason {
     Pass,
     /// The DNS lists could not be asked (the check itself failed).
     DnsblFailed,
+    /// Talked before the greeting: `554 5.5.1`.
+    Pregreet,
+    /// Refused at connect for having talked early not long ago.
+    EarlyTalker,
+    /// Waited for the greeting as asked (remembered for `greet_pass_ttl`).
+    PregreetPassed,
 }
 
-pub const REPUTATION_REASONS: [&str; 7] = [
+pub const REPUTATION_REASONS: [&str; 10] = [
     "approved_ip",
     "blocked_ip",
     "dnsbl",
@@ -187,6 +193,9 @@ pub const REPUTATION_REASONS: [&str; 7] = [
     "dnswl",
     "pass",
     "dnsbl_failed",
+    "pregreet",
+    "early_talker",
+    "pregreet_passed",
 ];
 
 /// Most DNS lists a configuration may name (their counters are fixed per core).
@@ -204,7 +213,7 @@ pub enum Delivery {
 
 /// One core's metrics.
 pub struct Shard {
-    pub reputation: [Counter; 7],
+    pub reputation: [Counter; 10],
     /// Per configured DNS list zone: listed, not listed, refused, failed.
     pub dnsbl_results: [[Counter; 4]; MAX_DNSBL_ZONES],
     /// The core's DNS list cache so far: hits, lookups, merged.

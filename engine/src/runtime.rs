@@ -52,6 +52,8 @@ pub struct Core {
     pub full_scans: glommio::sync::Semaphore,
     pub quarantine: crate::quarantine::Quarantine,
     pub auth: Option<crate::auth::Auth>,
+    /// The pregreet test (`[reputation] greet_wait`).
+    pub pregreet: crate::reputation::pregreet::Pregreet,
     /// DNS block and allow lists (`[reputation]`), when zones are configured.
     pub dnsbl: Option<Rc<crate::reputation::dnsbl::Lists>>,
     /// Hit counters of the policy rules in force (replaced when their names change).
@@ -546,6 +548,7 @@ async fn run_core(
         }),
         inspect_loader: shared.inspect_loader.clone(),
         policy_rule_hits: Default::default(),
+        pregreet: crate::reputation::pregreet::Pregreet::new(cfg.pregreet.clone()),
         dnsbl: (!cfg.reputation.zones.is_empty()).then(|| {
             crate::reputation::dnsbl::Lists::new(cfg.reputation.clone(), shared.dns.clone())
         }),

@@ -248,3 +248,70 @@ fn a_bad_zone_definition_stops_the_engine_naming_key_and_line() {
         "{err}"
     );
 }
+
+#[test]
+fn an_early_talker_is_refused_and_remembered_and_a_patient_client_waits_once() {
+    let sink = Sink::start(sink_addr());
+    let engine = Engine::start(EngineConfig {
+        extra: format!(
+            "{}[authentication]\nenabled = false\n\n[reputation]\ngreet_wait = \"700ms\"\n",
+            domain("example.test", sink.addr)
+        ),
+        ..Default::default()
+    });
+    let out = python(&format!(
+        r#"
+import socket, smtplib, time
+def talk_first(source):
+    s = socket.create_connection(("{ip}", {port}), source_address=(source, 0), timeout=10)
+    s.sendall(b"EHLO impatient.test\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(512)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()
+def greeting_after(source):
+    t = time.time()
+    s = smtplib.SMTP("{ip}", {port}, source_address=(source, 0), timeout=10)
+    waited = time.time() - t
+    s.quit()
+    return waited
+print("early", talk_first("127.0.0.2"))
+print("again", talk_first("127.0.0.2"))
+print("first %.3f" % greeting_after("127.0.0.3"))
+print("second %.3f" % greeting_after("127.0.0.3"))
+"#,
+        ip = engine.smtp.ip(),
+        port = engine.smtp.port(),
+    ));
+    let line = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {k} in {out}"))
+    };
+    assert_eq!(
+        line("early"),
+        "554 5.5.1 Protocol error: you talked before the greeting"
+    );
+    assert_eq!(
+        line("again"),
+        "554 5.7.1 Connection refused: you talked before the greeting"
+    );
+    let first: f64 = line("first").parse().unwrap();
+    let second: f64 = line("second").parse().unwrap();
+    assert!(first >= 0.65, "the first greeting came after {first} s");
+    assert!(
+        second < 0.3,
+        "a client that waited once is not made to wait again: {second} s"
+    );
+    assert_eq!(
+        engine.metric("bulwark_reputation_verdicts_total{reason=\"pregreet\"}"),
+        1.0
+    );
+    assert_eq!(
+        engine.metric("bulwark_reputation_verdicts_total{reason=\"early_talker\"}"),
+        1.0
+    );
+}

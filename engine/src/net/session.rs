@@ -133,6 +133,14 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         return;
     }
     let ip_listed = core.policy.current().policy().ips.verdict(peer.ip());
+    if ip_listed.is_none() && core.pregreet.is_offender(peer.ip()) {
+        shard.reputation(crate::metrics::ReputationReason::EarlyTalker);
+        let _ = stream
+            .write_all(b"554 5.7.1 Connection refused: you talked before the greeting\r\n")
+            .await;
+        let _ = stream.close().await;
+        return;
+    }
     if ip_listed == Some(IpVerdict::Allowed) {
         shard.reputation(crate::metrics::ReputationReason::ApprovedIp);
     }
@@ -169,6 +177,28 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         _ => None,
     };
     let mut reputation: Option<String> = None;
+    // Pregreet: an unknown client waits for its greeting, and must not talk meanwhile.
+    if ip_listed.is_none() && core.pregreet.must_wait(peer.ip()) {
+        use crate::metrics::ReputationReason as R;
+        let mut probe = [0u8; 512];
+        match read(&mut stream, &mut probe, core.pregreet.settings.wait).await {
+            ReadOutcome::Timeout => {
+                core.pregreet.passed(peer.ip());
+                shard.reputation(R::PregreetPassed);
+            }
+            ReadOutcome::Data(_) => {
+                core.pregreet.offended(peer.ip());
+                shard.reputation(R::Pregreet);
+                info!(%peer, "connection refused: the client talked before the greeting");
+                let _ = stream
+                    .write_all(b"554 5.5.1 Protocol error: you talked before the greeting\r\n")
+                    .await;
+                let _ = stream.close().await;
+                return;
+            }
+            ReadOutcome::Eof | ReadOutcome::Error(_) => return,
+        }
+    }
     let mut unknown_seen = 0;
     let mut session = Session::new(core.session_cfg.clone());
     let deadline = Instant::now() + core.smtp.session_time;

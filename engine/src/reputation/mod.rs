@@ -2,3 +2,4 @@
 
 pub mod dnsbl;
 pub mod harvest;
+pub mod pregreet;
