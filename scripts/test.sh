@@ -10,6 +10,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --release --all-targets -- -D warnings
+echo "== the XDP program"
+bash scripts/build-xdp.sh
 echo "== cargo test"
 cargo test --release --workspace
 echo "== fuzz targets, ${FUZZ_SECONDS:-20} s each (scripts/fuzz.sh runs them longer)"

@@ -37,6 +37,17 @@ pub struct Config {
     pub reputation: crate::reputation::dnsbl::Settings,
     /// `[reputation]`: the pregreet test.
     pub pregreet: crate::reputation::pregreet::Settings,
+    /// `[xdp]`: read by the `bulwark-xdp` loader.
+    pub xdp: XdpConfig,
+}
+
+/// The XDP program (`[xdp]`), attached by `bulwark-xdp`.
+#[derive(Debug, Clone)]
+pub struct XdpConfig {
+    /// The interface the program is attached to.
+    pub interface: Option<String>,
+    /// The compiled program.
+    pub object: PathBuf,
 }
 
 /// Sender authentication (`[authentication]`).
@@ -96,11 +107,13 @@ pub struct SenderLists {
     pub blocked: Vec<String>,
 }
 
-/// Client networks: `allow` always passes, `block` is refused at connect.
+/// Client networks: `allow` always passes, `block` is refused at connect, `drop` is
+/// dropped by the XDP program (refused at connect when it is not loaded).
 #[derive(Debug, Clone, Default)]
 pub struct IpConfig {
     pub allow: Vec<Cidr>,
     pub block: Vec<Cidr>,
+    pub drop: Vec<Cidr>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -228,6 +241,11 @@ impl Config {
             .unwrap_or_else(|| self.spool.dir.join("admin"))
     }
 
+    /// Where `bulwark-xdp` reports its mode and counters (the engine reads it).
+    pub fn xdp_status_path(&self) -> PathBuf {
+        self.spool.dir.join("xdp.status")
+    }
+
     /// The first policy snapshot, built from this file.
     pub fn policy(&self) -> Policy {
         Policy {
@@ -257,6 +275,7 @@ impl Config {
             ips: IpLists {
                 allow: self.ip.allow.clone(),
                 block: self.ip.block.clone(),
+                drop: self.ip.drop.clone(),
             },
             harvest: Harvest {
                 max_unknown: self.harvest.max_unknown,
@@ -597,7 +616,7 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 18] = [
+        const SECTIONS: [&str; 19] = [
             "server",
             "spool",
             "queue",
@@ -616,6 +635,7 @@ impl<'t> Validator<'t> {
             "quarantine",
             "authentication",
             "reputation",
+            "xdp",
         ];
         for (k, _) in root.iter() {
             if !SECTIONS.contains(&k.get_ref().as_ref()) {
@@ -643,6 +663,16 @@ impl<'t> Validator<'t> {
         let quarantine = self.quarantine(root);
         let authentication = self.authentication(root);
         let (reputation, pregreet) = self.reputation(root);
+        let xdp = {
+            let mut s = self.section(root, "xdp");
+            let interface = self.string(&mut s, "interface").map(|(i, _)| i);
+            let object = self.string(&mut s, "object").map_or_else(
+                || PathBuf::from("/usr/lib/bulwark/bulwark-xdp.o"),
+                |(o, _)| PathBuf::from(o),
+            );
+            self.finish(s);
+            XdpConfig { interface, object }
+        };
         Config {
             server,
             spool,
@@ -663,6 +693,7 @@ impl<'t> Validator<'t> {
             authentication,
             reputation,
             pregreet,
+            xdp,
         }
     }
 
@@ -1423,7 +1454,11 @@ impl<'t> Validator<'t> {
     fn ip(&mut self, root: &Table<'_>) -> IpConfig {
         let mut s = self.section(root, "ip");
         let mut ip = IpConfig::default();
-        for (key, out) in [("allow", &mut ip.allow), ("block", &mut ip.block)] {
+        for (key, out) in [
+            ("allow", &mut ip.allow),
+            ("block", &mut ip.block),
+            ("drop", &mut ip.drop),
+        ] {
             for (i, (text, span)) in self
                 .string_list(&mut s, key)
                 .unwrap_or_default()

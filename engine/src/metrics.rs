@@ -383,6 +383,8 @@ pub struct Metrics {
     policy_rule_sets: std::sync::Mutex<Vec<Arc<RuleHits>>>,
     /// The configured DNS list zones, by index.
     dnsbl_zones: std::sync::OnceLock<Vec<String>>,
+    /// Where `bulwark-xdp` reports its mode and counters.
+    xdp_status: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 /// One core's hit counters for one rule set, indexed as the set's rules. The core holds
@@ -400,12 +402,40 @@ impl Metrics {
             rule_sets: std::sync::Mutex::new(Vec::new()),
             policy_rule_sets: std::sync::Mutex::new(Vec::new()),
             dnsbl_zones: std::sync::OnceLock::new(),
+            xdp_status: std::sync::OnceLock::new(),
         })
     }
 
     /// Hit counters for a rule set a core starts to use (its rules' names, by index).
     pub fn rule_hits(&self, names: Vec<String>) -> Arc<RuleHits> {
         register(&self.rule_sets, names)
+    }
+
+    /// Where to read the XDP loader's status from, once at start.
+    pub fn set_xdp_status(&self, path: std::path::PathBuf) {
+        let _ = self.xdp_status.set(path);
+    }
+
+    /// The XDP loader's report (`key=value` lines), if it runs: it rewrites the file
+    /// every second, so one older than five seconds is a loader that is gone.
+    fn xdp_report(&self) -> Option<Vec<(String, String)>> {
+        let path = self.xdp_status.get()?;
+        let age = std::fs::metadata(path)
+            .ok()?
+            .modified()
+            .ok()?
+            .elapsed()
+            .ok()?;
+        if age > std::time::Duration::from_secs(5) {
+            return None;
+        }
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     /// Names the DNS list zones (by their index in the configuration), once at start.
@@ -780,6 +810,45 @@ impl Collector for Families {
                 c,
                 hits_by_rule(&m.rule_sets),
             ),
+            {
+                let report = m.xdp_report().unwrap_or_default();
+                let get = |k: &str| {
+                    report
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .and_then(|(_, v)| v.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                family(
+                    "bulwark_xdp_packets_total",
+                    "TCP packets to the SMTP ports seen by the XDP program (bulwark-xdp): passed, dropped by [ip] drop, dropped by a dynamic block.",
+                    c,
+                    vec![
+                        counter(get("pass"), &[("action", "pass")]),
+                        counter(get("drop"), &[("action", "drop")]),
+                        counter(get("drop_dynamic"), &[("action", "drop_dynamic")]),
+                    ],
+                )
+            },
+            {
+                let mode = m
+                    .xdp_report()
+                    .and_then(|r| r.into_iter().find(|(k, _)| k == "mode").map(|(_, v)| v))
+                    .unwrap_or_default();
+                family(
+                    "bulwark_xdp_attached",
+                    "1 for the mode the XDP program is attached in (native or generic), all 0 when bulwark-xdp does not run (then [ip] drop is refused at accept).",
+                    proto::MetricType::GAUGE,
+                    ["native", "generic"]
+                        .iter()
+                        .map(|md| {
+                            let mut g = gauge(if mode == *md { 1.0 } else { 0.0 });
+                            g.set_label(labels(&[("mode", md)]));
+                            g
+                        })
+                        .collect(),
+                )
+            },
             family(
                 "bulwark_reputation_verdicts_total",
                 "Connections by what the connection tier decided (approved or blocked IP, DNS lists).",

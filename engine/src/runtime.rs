@@ -253,6 +253,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let open_files = crate::util::raise_nofile();
     let cores = core_count(&config);
     let metrics = Metrics::new(cores);
+    metrics.set_xdp_status(config.xdp_status_path());
     metrics.set_dnsbl_zones(
         config
             .reputation

@@ -89,6 +89,9 @@ pub struct SenderLists {
 pub struct IpLists {
     pub allow: Vec<Cidr>,
     pub block: Vec<Cidr>,
+    /// Dropped in XDP before they reach the engine (refused at connect by the engine
+    /// when the XDP program is not loaded).
+    pub drop: Vec<Cidr>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -190,6 +193,8 @@ impl Policy {
         self.ips.allow.dedup();
         self.ips.block.sort();
         self.ips.block.dedup();
+        self.ips.drop.sort();
+        self.ips.drop.dedup();
     }
 }
 
@@ -284,7 +289,7 @@ impl ArchivedIpLists {
         if self.allow.iter().any(|c| c.contains(ip)) {
             return Some(IpVerdict::Allowed);
         }
-        if self.block.iter().any(|c| c.contains(ip)) {
+        if self.block.iter().any(|c| c.contains(ip)) || self.drop.iter().any(|c| c.contains(ip)) {
             return Some(IpVerdict::Blocked);
         }
         None
@@ -400,6 +405,7 @@ mod tests {
                     Cidr::parse("192.0.2.0/24").unwrap(),
                     Cidr::parse("2001:db8::/32").unwrap(),
                 ],
+                drop: vec![Cidr::parse("198.51.100.0/24").unwrap()],
             },
             ..Default::default()
         };
@@ -455,6 +461,8 @@ mod tests {
         );
         assert_eq!(ips.verdict(ip("2001:db8::1")), Some(IpVerdict::Blocked));
         assert_eq!(ips.verdict(ip("2001:db9::1")), None);
+        // Dropped in XDP, refused at connect without it.
+        assert_eq!(ips.verdict(ip("198.51.100.9")), Some(IpVerdict::Blocked));
     }
 
     #[test]

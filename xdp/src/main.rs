@@ -1,0 +1,150 @@
+//! `bulwark-xdp`: the small privileged loader of Bulwark's XDP program (CAP_BPF and
+//! CAP_NET_ADMIN; the engine itself needs neither). It reads the engine's configuration,
+//! loads the program (`ebpf/`, built by `scripts/build-xdp.sh`), tells it the SMTP ports
+//! the engine listens on, fills its approved and drop tries from `[ip] allow` and
+//! `[ip] drop`, attaches it to `[xdp] interface` (native mode where the driver has it,
+//! generic otherwise) and, every second, writes its packet counters to a status file
+//! the engine reports in its metrics. The program stays attached while the loader runs.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, MapData, PerCpuArray};
+use aya::programs::{Xdp, XdpMode};
+use bulwark_policy::Cidr;
+use clap::Parser;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "bulwark-xdp", version, about)]
+struct Args {
+    /// The engine's configuration file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// The compiled program (default: `[xdp] object`).
+    #[arg(long)]
+    object: Option<PathBuf>,
+    /// The interface to attach to (default: `[xdp] interface`).
+    #[arg(long)]
+    interface: Option<String>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("bulwark-xdp: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = bulwark::config::Config::load(&args.config)
+        .map_err(|e| anyhow!("{}: {e}", args.config.display()))?;
+    let interface = args
+        .interface
+        .or_else(|| config.xdp.interface.clone())
+        .ok_or_else(|| anyhow!("no interface: set [xdp] interface or pass --interface"))?;
+    let object = args.object.unwrap_or_else(|| config.xdp.object.clone());
+    let mut ebpf =
+        aya::Ebpf::load_file(&object).with_context(|| format!("loading {}", object.display()))?;
+
+    let mut ports: Array<&mut MapData, u16> = Array::try_from(
+        ebpf.map_mut("PORTS")
+            .ok_or_else(|| anyhow!("the program has no PORTS map"))?,
+    )?;
+    let mut listen: Vec<u16> = config.server.listen.iter().map(|a| a.port()).collect();
+    listen.sort_unstable();
+    listen.dedup();
+    if listen.len() > 8 {
+        bail!("at most 8 listening ports can be watched");
+    }
+    for (i, p) in listen.iter().enumerate() {
+        ports.set(i as u32, p, 0)?;
+    }
+    let policy = config.policy();
+    fill(&mut ebpf, "ALLOW_A", &policy.ips.allow)?;
+    fill(&mut ebpf, "DROP_A", &policy.ips.drop)?;
+    let mut active: Array<&mut MapData, u32> = Array::try_from(
+        ebpf.map_mut("ACTIVE")
+            .ok_or_else(|| anyhow!("the program has no ACTIVE map"))?,
+    )?;
+    active.set(0, 0, 0)?;
+
+    let program: &mut Xdp = ebpf
+        .program_mut("bulwark_xdp")
+        .ok_or_else(|| anyhow!("the object has no bulwark_xdp program"))?
+        .try_into()?;
+    program.load().context("the kernel refused the program")?;
+    let mode = match program.attach(&interface, XdpMode::Driver) {
+        Ok(_) => "native",
+        Err(e) => {
+            warn!(%interface, "native XDP not available ({e}); attaching in generic mode");
+            program
+                .attach(&interface, XdpMode::Skb)
+                .with_context(|| format!("attaching to {interface}"))?;
+            "generic"
+        }
+    };
+    info!(
+        %interface,
+        mode,
+        ports = ?listen,
+        allow = policy.ips.allow.len(),
+        drop = policy.ips.drop.len(),
+        "XDP program attached"
+    );
+    let status = config.xdp_status_path();
+    loop {
+        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            ebpf.map("COUNTERS")
+                .ok_or_else(|| anyhow!("the program has no COUNTERS map"))?,
+        )?;
+        let sum = |i: u32| -> u64 { counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        let (pass, dropped, dynamic) = (sum(0), sum(1), sum(2));
+        if let Err(e) = write_status(&status, mode, &interface, pass, dropped, dynamic) {
+            warn!(path = %status.display(), "cannot write the status file: {e}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Fills an (empty) trie with `cidrs`, keyed in the 128-bit form.
+fn fill(ebpf: &mut aya::Ebpf, name: &str, cidrs: &[Cidr]) -> anyhow::Result<()> {
+    let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(
+        ebpf.map_mut(name)
+            .ok_or_else(|| anyhow!("the program has no {name} map"))?,
+    )?;
+    for c in cidrs {
+        trie.insert(&Key::new(c.prefix as u32, c.addr), 1, 0)
+            .with_context(|| format!("{name}: {c}"))?;
+    }
+    Ok(())
+}
+
+/// `mode=…`, the interface and the counters, one `key=value` per line, replaced
+/// atomically.
+fn write_status(
+    path: &Path,
+    mode: &str,
+    interface: &str,
+    pass: u64,
+    dropped: u64,
+    dynamic: u64,
+) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    write!(
+        f,
+        "mode={mode}\ninterface={interface}\npid={}\npass={pass}\ndrop={dropped}\ndrop_dynamic={dynamic}\n",
+        std::process::id()
+    )?;
+    std::fs::rename(&tmp, path)
+}
