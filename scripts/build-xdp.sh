@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds the XDP program (ebpf/) into target/xdp/bulwark-xdp.o. Needs what
-# scripts/setup.sh installs for it: Debian's rustc-web and its prebuilt core for
-# bpfel-unknown-none, and bpf-linker built against LLVM 22.
+# Builds the XDP program (ebpf/) into target/xdp/bulwark-xdp.o, first installing what it
+# builds with (`scripts/setup.sh xdp`: Debian's rustc-web and its prebuilt core for
+# bpfel-unknown-none, and bpf-linker built against LLVM 22, once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh xdp
 out=target/xdp
 mkdir -p "$out"
 (

@@ -14,11 +14,12 @@ PACKAGES=(
   libvectorscan-dev       # Hyperscan-compatible regex engine for content inspection
   libpcre2-dev            # PCRE2 for the patterns Hyperscan refuses
   spamassassin            # stock rules to import, and the detection peer (spamd/spamc)
-  # The XDP program (ebpf/): Debian's rustc-web has a prebuilt `core` for the BPF target,
-  # and bpf-linker is built against LLVM 22 (see ../shared/TOOLCHAIN.md).
-  rustc-web libstd-rust-web-dev-bpf
-  llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
 )
+# With `xdp`: what the XDP program (ebpf/) builds with. Debian's rustc-web has a prebuilt
+# `core` for the BPF target, and bpf-linker is built against LLVM 22.
+if [ "${1:-}" = xdp ]; then
+  PACKAGES+=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -52,7 +53,7 @@ for component in rustfmt clippy; do
 done
 
 # bpf-linker links the XDP program; built once (about a minute), then kept in ~/.cargo/bin.
-if ! bpf-linker --version 2>/dev/null | grep -q "^bpf-linker 0\.13"; then
+if [ "${1:-}" = xdp ] && ! bpf-linker --version 2>/dev/null | grep -q "^bpf-linker 0\.13"; then
   echo "setup: building bpf-linker 0.13 against LLVM 22"
   LLVM_PREFIX=/usr/lib/llvm-22 cargo install --quiet bpf-linker --version "~0.13" \
     --no-default-features --features llvm-22
