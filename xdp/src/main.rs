@@ -5,6 +5,11 @@
 //! `[ip] drop`, attaches it to `[xdp] interface` (native mode where the driver has it,
 //! generic otherwise) and, every second, writes its packet counters to a status file
 //! the engine reports in its metrics. The program stays attached while the loader runs.
+//!
+//! With `[policy] snapshot`, it follows the published policy as the engine does: a new
+//! generation whose lists differ is written into the set of tries the program does not
+//! read, then one index switches the program to it, so no packet ever sees a half-written
+//! list (the old set is emptied at the next change).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -72,11 +77,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     let policy = config.policy();
     fill(&mut ebpf, "ALLOW_A", &policy.ips.allow)?;
     fill(&mut ebpf, "DROP_A", &policy.ips.drop)?;
-    let mut active: Array<&mut MapData, u32> = Array::try_from(
-        ebpf.map_mut("ACTIVE")
-            .ok_or_else(|| anyhow!("the program has no ACTIVE map"))?,
-    )?;
-    active.set(0, 0, 0)?;
+    set_active(&mut ebpf, 0)?;
+    let mut lists = (policy.ips.allow.clone(), policy.ips.drop.clone());
+    let mut active = 0u32;
+    let follower = match &config.policy.snapshot {
+        Some(path) => Some(
+            bulwark_policy::shm::Follower::open(path)
+                .with_context(|| format!("policy.snapshot: cannot follow {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut seen = 0u64;
 
     let program: &mut Xdp = ebpf
         .program_mut("bulwark_xdp")
@@ -102,7 +113,45 @@ fn run(args: Args) -> anyhow::Result<()> {
         "XDP program attached"
     );
     let status = config.xdp_status_path();
+    let mut tick = 0u64;
     loop {
+        if let Some(f) = &follower {
+            let generation = f.generation();
+            if generation != 0 && generation != seen {
+                seen = generation;
+                match f.load(generation) {
+                    Ok(snapshot) => {
+                        let ips = &snapshot.policy().ips;
+                        let native = |l: &[bulwark_policy::ArchivedCidr]| -> Vec<Cidr> {
+                            l.iter()
+                                .map(|c| Cidr {
+                                    addr: c.addr,
+                                    prefix: c.prefix,
+                                })
+                                .collect()
+                        };
+                        let next = (native(&ips.allow), native(&ips.drop));
+                        if next != lists {
+                            active = 1 - active;
+                            swap(&mut ebpf, active, &next.0, &next.1)?;
+                            info!(
+                                generation,
+                                allow = next.0.len(),
+                                drop = next.1.len(),
+                                "XDP lists replaced"
+                            );
+                            lists = next;
+                        }
+                    }
+                    Err(e) => warn!(generation, "policy snapshot refused, lists unchanged: {e}"),
+                }
+            }
+        }
+        tick += 1;
+        if tick % 4 != 1 {
+            std::thread::sleep(Duration::from_millis(250));
+            continue;
+        }
         let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             ebpf.map("COUNTERS")
                 .ok_or_else(|| anyhow!("the program has no COUNTERS map"))?,
@@ -112,8 +161,45 @@ fn run(args: Args) -> anyhow::Result<()> {
         if let Err(e) = write_status(&status, mode, &interface, pass, dropped, dynamic) {
             warn!(path = %status.display(), "cannot write the status file: {e}");
         }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+fn set_active(ebpf: &mut aya::Ebpf, set: u32) -> anyhow::Result<()> {
+    let mut active: Array<&mut MapData, u32> = Array::try_from(
+        ebpf.map_mut("ACTIVE")
+            .ok_or_else(|| anyhow!("the program has no ACTIVE map"))?,
+    )?;
+    active.set(0, set, 0)?;
+    Ok(())
+}
+
+/// Writes `allow` and `drop` into set `set` (emptied first), then switches the program
+/// to it.
+fn swap(ebpf: &mut aya::Ebpf, set: u32, allow: &[Cidr], drop: &[Cidr]) -> anyhow::Result<()> {
+    let (a, d) = if set == 1 {
+        ("ALLOW_B", "DROP_B")
+    } else {
+        ("ALLOW_A", "DROP_A")
+    };
+    clear(ebpf, a)?;
+    clear(ebpf, d)?;
+    fill(ebpf, a, allow)?;
+    fill(ebpf, d, drop)?;
+    set_active(ebpf, set)
+}
+
+fn clear(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<()> {
+    let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(
+        ebpf.map_mut(name)
+            .ok_or_else(|| anyhow!("the program has no {name} map"))?,
+    )?;
+    let keys: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
+    for k in &keys {
+        trie.remove(k)
+            .with_context(|| format!("{name}: removing an entry"))?;
+    }
+    Ok(())
 }
 
 /// Fills an (empty) trie with `cidrs`, keyed in the 128-bit form.

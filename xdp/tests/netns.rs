@@ -2,8 +2,8 @@
 //! (addresses from the benchmarking range 198.18.0.0/15), made and removed by the test:
 //! the engine and `bulwark-xdp` in one, clients in the other. A source on `[ip] drop`
 //! never gets a SYN-ACK while the program is attached, an approved address inside that
-//! network gets its banner, and without the program the engine refuses the same source
-//! at accept.
+//! network gets its banner, a published policy generation replaces the lists, and
+//! without the program the engine refuses the same source at accept.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -113,10 +113,11 @@ fn a_dropped_source_gets_no_syn_ack_and_an_approved_one_inside_it_gets_its_banne
         sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
     }
     let config = dir.join("bulwark.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
+    let write_config = |drop: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"[server]
 hostname = "mx.xdp.test"
 listen = ["198.18.0.1:2525"]
 metrics = "127.0.0.1:9325"
@@ -125,20 +126,40 @@ cores = 1
 [spool]
 dir = "{}"
 
+[policy]
+snapshot = "{}"
+
 [authentication]
 enabled = false
 
 [ip]
-drop = ["198.18.0.0/24"]
+drop = [{drop}]
 allow = ["198.18.0.3"]
 
 [xdp]
 interface = "{vg}"
 "#,
-            dir.join("spool").display()
-        ),
-    )
-    .unwrap();
+                dir.join("spool").display(),
+                dir.join("policy").display(),
+            ),
+        )
+        .unwrap()
+    };
+    write_config("\"198.18.0.0/24\"");
+    // A new generation of the lists, published as `bulwark publish-policy` does.
+    let publish = |drop: &str| {
+        write_config(drop);
+        let out = Command::new(&engine)
+            .args(["publish-policy", "--config"])
+            .arg(&config)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     net.children.push(
         Command::new("ip")
             .args(["netns", "exec", &gw])
@@ -212,6 +233,37 @@ interface = "{vg}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A published generation replaces the lists in the other set of tries: 198.18.0.2 is
+    // let through, then dropped again; the approved address gets its banner throughout.
+    publish("\"198.18.0.9\"");
+    let t0 = Instant::now();
+    loop {
+        let r = connect(&net, "198.18.0.2");
+        if r.starts_with("220") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "still refused: {r}");
+    }
+    publish("\"198.18.0.2\"");
+    let t0 = Instant::now();
+    loop {
+        let r = connect(&net, "198.18.0.2");
+        if r == "timeout" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not dropped again: {r}"
+        );
+    }
+    assert!(connect(&net, "198.18.0.3").starts_with("220"));
+    assert!(
+        std::fs::read_to_string(dir.join("xdp.log"))
+            .unwrap_or_default()
+            .matches("XDP lists replaced")
+            .count()
+            >= 2
+    );
     // The engine reports what the loader wrote.
     let out = Command::new("ip")
         .args(["netns", "exec", &gw, "python3", "-c"])
