@@ -217,7 +217,7 @@ pub struct Shard {
     /// Per configured DNS list zone: listed, not listed, refused, failed.
     pub dnsbl_results: [[Counter; 4]; MAX_DNSBL_ZONES],
     /// The core's DNS list cache so far: hits, lookups, merged.
-    pub dnsbl_cache: [Gauge; 3],
+    pub dnsbl_cache: [Counter; 3],
     pub connections: Counter,
     pub sessions_active: Gauge,
     pub messages_received: Counter,
@@ -886,7 +886,7 @@ impl Collector for Families {
                     .enumerate()
                     .map(|(i, r)| {
                         counter(
-                            m.shards.iter().map(|s| s.0.dnsbl_cache[i].get() as f64).sum(),
+                            m.sum(|s| s.dnsbl_cache[i].get()),
                             &[("result", r)],
                         )
                     })

@@ -551,7 +551,12 @@ async fn run_core(
         policy_rule_hits: Default::default(),
         pregreet: crate::reputation::pregreet::Pregreet::new(cfg.pregreet.clone()),
         dnsbl: (!cfg.reputation.zones.is_empty()).then(|| {
-            crate::reputation::dnsbl::Lists::new(cfg.reputation.clone(), shared.dns.clone())
+            crate::reputation::dnsbl::Lists::new(
+                cfg.reputation.clone(),
+                shared.dns.clone(),
+                shared.metrics.clone(),
+                id,
+            )
         }),
         inspect_timeout: cfg.inspection.timeout,
         inspect_timeout_tempfail: cfg.inspection.timeout_tempfail,

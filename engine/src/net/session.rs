@@ -664,10 +664,6 @@ fn reputation_verdict(
             c[result].inc();
         }
     }
-    let hits = lists.counts();
-    shard.dnsbl_cache[0].set(hits[0] as i64);
-    shard.dnsbl_cache[1].set(hits[1] as i64);
-    shard.dnsbl_cache[2].set(hits[2] as i64);
     match outcome.verdict(&lists.settings, peer.ip()) {
         Verdict::Refuse(reply) => {
             shard.reputation(R::Dnsbl);

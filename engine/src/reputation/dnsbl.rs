@@ -165,8 +165,6 @@ pub struct Outcome {
     pub score: i32,
     /// Zones that listed the client with a positive weight, with their class.
     pub listed: Vec<(String, ListClass)>,
-    /// Zones that listed it with a negative weight (allow lists).
-    pub allowed_by: Vec<String>,
     /// Per zone, in configuration order.
     pub results: Vec<ZoneResult>,
 }
@@ -269,19 +267,25 @@ pub struct Lists {
     dns: Dns,
     cache: RefCell<lru::LruCache<Key, (ZoneResult, Instant)>>,
     in_flight: RefCell<HashMap<Key, Vec<oneshot::Sender<ZoneResult>>>>,
-    /// (hits, misses, merged) since start, for the metrics.
-    pub stats: RefCell<[u64; 3]>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    core: usize,
 }
 
 impl Lists {
-    pub fn new(settings: Settings, dns: Dns) -> Rc<Lists> {
+    pub fn new(
+        settings: Settings,
+        dns: Dns,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+        core: usize,
+    ) -> Rc<Lists> {
         let cap = NonZeroUsize::new(settings.cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
         Rc::new(Lists {
             settings,
             dns,
             cache: RefCell::new(lru::LruCache::new(cap)),
             in_flight: RefCell::new(HashMap::new()),
-            stats: RefCell::new([0; 3]),
+            metrics,
+            core,
         })
     }
 
@@ -298,7 +302,6 @@ impl Lists {
         let mut out = Outcome {
             score: 0,
             listed: Vec::new(),
-            allowed_by: Vec::new(),
             results: Vec::with_capacity(tasks.len()),
         };
         for (i, t) in tasks.into_iter().enumerate() {
@@ -308,8 +311,6 @@ impl Lists {
                 out.score += zone.weight;
                 if zone.weight > 0 {
                     out.listed.push((zone.name.clone(), zone.class));
-                } else if zone.weight < 0 {
-                    out.allowed_by.push(zone.name.clone());
                 }
             }
             out.results.push(r);
@@ -324,7 +325,7 @@ impl Lists {
         if let Some((r, until)) = cached
             && until > now
         {
-            self.stats.borrow_mut()[0] += 1;
+            self.cache_counted(0);
             return r;
         }
         // Already being asked: wait for that answer.
@@ -344,7 +345,7 @@ impl Lists {
         };
         let left = deadline.saturating_duration_since(now);
         if let Some(rx) = waiting {
-            self.stats.borrow_mut()[2] += 1;
+            self.cache_counted(2);
             return futures_lite::future::or(
                 async { rx.await.unwrap_or(ZoneResult::Failed) },
                 async {
@@ -354,7 +355,7 @@ impl Lists {
             )
             .await;
         }
-        self.stats.borrow_mut()[1] += 1;
+        self.cache_counted(1);
         let name = query_name(ip, &self.settings.zones[i].name);
         // The lookup itself is not cut short by this client's deadline: its answer is
         // cached for the next one, and other clients may be waiting on it.
@@ -392,9 +393,9 @@ impl Lists {
         .await
     }
 
-    /// (cache hits, lookups, merged) so far.
-    pub fn counts(&self) -> [u64; 3] {
-        *self.stats.borrow()
+    /// Counts an answer: 0 from the cache, 1 asked, 2 joined to a lookup in flight.
+    fn cache_counted(&self, how: usize) {
+        self.metrics.shard(self.core).dnsbl_cache[how].inc();
     }
 }
 
@@ -482,7 +483,6 @@ mod tests {
                 .into_iter()
                 .map(|(z, c)| (z.to_string(), c))
                 .collect(),
-            allowed_by: Vec::new(),
             results: Vec::new(),
         };
         assert_eq!(
