@@ -32,6 +32,8 @@ pub struct AppState {
     pub publisher: Mutex<Publisher>,
     pub published: Mutex<Option<Published>>,
     pub engines: Vec<SocketAddr>,
+    /// The engine's admin sockets on this host (`[control] engine_admin_dir`).
+    pub engine_admin_dir: Option<std::path::PathBuf>,
 }
 
 /// An error as the API reports it: a status, a message, and the field at fault.
@@ -415,6 +417,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(list_senders).post(add_sender).delete(remove_sender),
         )
         .route("/api/v1/ips", get(list_ips).post(add_ip).delete(remove_ip))
+        .route("/api/v1/ips/check", get(check_ip))
+        .route(
+            "/api/v1/ips/dynamic",
+            get(list_dynamic).delete(remove_dynamic),
+        )
         .route("/api/v1/limits", get(get_limits).put(put_limits))
         .route(
             "/api/v1/verdicts",
@@ -765,10 +772,10 @@ async fn add_ip(
         )
     })?;
     let action = string_field(&map, "action")?;
-    if action != "allow" && action != "block" {
+    if action != "allow" && action != "block" && action != "drop" {
         return Err(ApiError::bad(
             "action",
-            format!("{action:?} must be \"allow\" or \"block\""),
+            format!("{action:?} must be \"allow\", \"block\" or \"drop\""),
         ));
     }
     let st = state.clone();
@@ -813,6 +820,151 @@ async fn remove_ip(
     })
     .await?;
     Ok(Json(json!({"generation": generation})))
+}
+
+#[derive(serde::Deserialize)]
+struct AddressQuery {
+    address: Option<String>,
+}
+
+fn address_param(q: AddressQuery) -> Result<(String, std::net::IpAddr), ApiError> {
+    let Some(raw) = q.address else {
+        return Err(ApiError::bad(
+            "address",
+            "the address query parameter is required",
+        ));
+    };
+    match raw.split('/').next().unwrap_or_default().trim().parse() {
+        Ok(ip) => Ok((raw, ip)),
+        Err(_) => Err(ApiError::bad(
+            "address",
+            format!("{raw:?} is not an IP address"),
+        )),
+    }
+}
+
+/// One request to the engine's core 0 admin socket; its JSON answer.
+fn engine_request(state: &AppState, req: Value) -> Result<Value, ApiError> {
+    use std::io::{BufRead, Write};
+    let Some(dir) = &state.engine_admin_dir else {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            field: Some("engine_admin_dir"),
+            message:
+                "control.engine_admin_dir is not set: the control service cannot reach an engine"
+                    .into(),
+        });
+    };
+    let path = dir.join("core-0.sock");
+    let unreachable = |e: std::io::Error| ApiError {
+        status: StatusCode::BAD_GATEWAY,
+        field: None,
+        message: format!("the engine did not answer on {}: {e}", path.display()),
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .map_err(unreachable)?;
+    let mut line = serde_json::to_vec(&req).map_err(ApiError::internal)?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(unreachable)?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(unreachable)?;
+    let v: Value = serde_json::from_str(&answer).map_err(|e| ApiError {
+        status: StatusCode::BAD_GATEWAY,
+        field: None,
+        message: format!("the engine answered something else than JSON: {e}"),
+    })?;
+    if v["ok"] != json!(true) {
+        return Err(ApiError {
+            status: StatusCode::BAD_GATEWAY,
+            field: None,
+            message: format!(
+                "the engine refused: {}",
+                v["error"].as_str().unwrap_or("no reason given")
+            ),
+        });
+    }
+    Ok(v)
+}
+
+/// What a connection from an address would get, and why: asked of the engine (IP
+/// lists, pregreet, dynamic blocks, DNS lists, throttles) when `engine_admin_dir` is
+/// set, else from the stored lists alone.
+async fn check_ip(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<AddressQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (address, ip) = address_param(q)?;
+    blocking(move || {
+        if state.engine_admin_dir.is_some() {
+            let v = engine_request(&state, json!({"op": "check", "address": address}))?;
+            return Ok(Json(v["check"].clone()));
+        }
+        let policy = lock(&state.store).compile().map_err(ApiError::from)?;
+        let find = |l: &[bulwark_policy::Cidr]| {
+            l.iter()
+                .find(|c| c.contains(ip))
+                .map(|c| c.to_string())
+        };
+        let mut steps = Vec::new();
+        let mut verdict = "accepted";
+        let mut reply = "";
+        if let Some(n) = find(&policy.ips.allow) {
+            steps.push(json!(["approved_ips", format!("listed in {n}: every later check is skipped")]));
+            verdict = "approved";
+        } else if let Some(n) = find(&policy.ips.block) {
+            steps.push(json!(["approved_ips", "not listed"]));
+            steps.push(json!(["blocked_ips", format!("listed in {n}")]));
+            verdict = "blocked";
+            reply = "554 5.7.1 Connection refused: your address is blocked by policy";
+        } else if let Some(n) = find(&policy.ips.drop) {
+            steps.push(json!(["approved_ips", "not listed"]));
+            steps.push(json!(["blocked_ips", format!("listed in {n} to drop: the XDP program drops its packets (refused at accept with 554 5.7.1 where it is not loaded)")]));
+            verdict = "drop";
+        } else {
+            steps.push(json!(["approved_ips", "not listed"]));
+            steps.push(json!(["blocked_ips", "not listed"]));
+            steps.push(json!(["engine", "control.engine_admin_dir is not set: dynamic blocks, DNS lists and throttles were not checked"]));
+        }
+        Ok(Json(json!({
+            "address": address,
+            "client": bulwark_policy::dynamic_key_network(bulwark_policy::dynamic_key(
+                ip,
+                policy.throttle.ipv4_prefix,
+                policy.throttle.ipv6_prefix
+            )),
+            "verdict": verdict,
+            "reply": reply,
+            "group": if verdict == "approved" { "approved" } else { "" },
+            "steps": steps,
+        })))
+    })
+    .await
+}
+
+/// The engine's dynamic blocks in force.
+async fn list_dynamic(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        let v = engine_request(&state, json!({"op": "dynamic-list"}))?;
+        Ok(Json(v["blocks"].clone()))
+    })
+    .await
+}
+
+/// Lifts the dynamic block (and throttles) of an address's client on every core.
+async fn remove_dynamic(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<AddressQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (address, _) = address_param(q)?;
+    blocking(move || {
+        let v = engine_request(&state, json!({"op": "dynamic-remove", "address": address}))?;
+        Ok(Json(json!({"address": address, "removed": v["removed"]})))
+    })
+    .await
 }
 
 async fn get_limits(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
@@ -1131,13 +1283,31 @@ const OPENAPI: &str = r##"{
       "Sender": {"type": "object", "required": ["pattern", "action"], "additionalProperties": false,
         "properties": {"pattern": {"type": "string"}, "action": {"type": "string", "enum": ["approved", "blocked"]}, "domain": {"type": "string"}}},
       "Ip": {"type": "object", "required": ["cidr", "action"], "additionalProperties": false,
-        "properties": {"cidr": {"type": "string"}, "action": {"type": "string", "enum": ["allow", "block"]}}},
+        "properties": {"cidr": {"type": "string"}, "action": {"type": "string", "enum": ["allow", "block", "drop"]}}},
       "Limits": {"type": "object", "additionalProperties": false, "properties": {
         "message_size": {"type": "integer", "minimum": 1024, "maximum": 4294967296},
         "recipients": {"type": "integer", "minimum": 1, "maximum": 100000},
         "harvest_max_unknown": {"type": "integer", "minimum": 0, "maximum": 1000000},
         "harvest_window_secs": {"type": "integer", "minimum": 1, "maximum": 2592000},
-        "harvest_block_secs": {"type": "integer", "minimum": 1, "maximum": 2592000}}},
+        "harvest_block_secs": {"type": "integer", "minimum": 1, "maximum": 2592000},
+        "throttle_unknown_connections": {"type": "integer", "minimum": 0, "maximum": 100000},
+        "throttle_unknown_connections_per_minute": {"type": "integer", "minimum": 0, "maximum": 1000000},
+        "throttle_unknown_messages_per_session": {"type": "integer", "minimum": 0, "maximum": 100000},
+        "throttle_unknown_recipients_per_hour": {"type": "integer", "minimum": 0, "maximum": 100000000},
+        "throttle_unknown_failed_recipients_per_hour": {"type": "integer", "minimum": 0, "maximum": 100000000},
+        "throttle_unknown_protocol_errors_per_hour": {"type": "integer", "minimum": 0, "maximum": 1000000},
+        "throttle_suspect_connections": {"type": "integer", "minimum": 0, "maximum": 100000},
+        "throttle_suspect_connections_per_minute": {"type": "integer", "minimum": 0, "maximum": 1000000},
+        "throttle_suspect_messages_per_session": {"type": "integer", "minimum": 0, "maximum": 100000},
+        "throttle_suspect_recipients_per_hour": {"type": "integer", "minimum": 0, "maximum": 100000000},
+        "throttle_suspect_failed_recipients_per_hour": {"type": "integer", "minimum": 0, "maximum": 100000000},
+        "throttle_suspect_protocol_errors_per_hour": {"type": "integer", "minimum": 0, "maximum": 1000000},
+        "throttle_block_after": {"type": "integer", "minimum": 0, "maximum": 1000000},
+        "throttle_block_window_secs": {"type": "integer", "minimum": 1, "maximum": 86400},
+        "throttle_block_secs": {"type": "integer", "minimum": 1, "maximum": 2592000},
+        "throttle_block_max_secs": {"type": "integer", "minimum": 1, "maximum": 2592000},
+        "throttle_ipv4_prefix": {"type": "integer", "minimum": 24, "maximum": 32},
+        "throttle_ipv6_prefix": {"type": "integer", "minimum": 48, "maximum": 64}}},
       "Verdicts": {"type": "object", "additionalProperties": false, "description": "absent keys inherit (a domain's from the global settings, the global from the engines' [inspection])",
         "properties": {"tag_threshold": {"type": "number"}, "spam_threshold": {"type": "number"},
           "spam_action": {"$ref": "#/components/schemas/Action"}, "phishing_action": {"$ref": "#/components/schemas/Action"},
@@ -1219,11 +1389,34 @@ const OPENAPI: &str = r##"{
           "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "404": {"description": "not listed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
+    "/api/v1/ips/check": {
+      "get": {"summary": "What a connection from an address would get, step by step (the engine's answer when control.engine_admin_dir is set, else the stored lists')",
+        "parameters": [{"name": "address", "in": "query", "required": true, "schema": {"type": "string"}}],
+        "responses": {
+          "200": {"description": "verdict, reply, group and steps", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid address", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "502": {"description": "the engine did not answer", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}},
+    "/api/v1/ips/dynamic": {
+      "get": {"summary": "The engine's dynamic blocks in force",
+        "responses": {
+          "200": {"description": "blocks: network, key, reason, until, remaining_ms", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "409": {"description": "control.engine_admin_dir is not set", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "502": {"description": "the engine did not answer", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "delete": {"summary": "Lift the dynamic block and throttles of an address's client on every core",
+        "parameters": [{"name": "address", "in": "query", "required": true, "schema": {"type": "string"}}],
+        "responses": {
+          "200": {"description": "lifted (removed: whether a block was in force)", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid address", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "409": {"description": "control.engine_admin_dir is not set", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "502": {"description": "the engine did not answer", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}},
     "/api/v1/ips": {
-      "get": {"summary": "IP allow and block lists", "responses": {
+      "get": {"summary": "IP allow, block and drop lists", "responses": {
         "200": {"description": "entries", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Ip"}}}}},
         "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
-      "post": {"summary": "Allow or block an address or CIDR network and publish",
+      "post": {"summary": "Allow, block or drop an address or CIDR network and publish",
         "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ip"}}}},
         "responses": {
           "201": {"description": "listed", "content": {"application/json": {"schema": {"type": "object"}}}},

@@ -13,6 +13,9 @@ pub struct Config {
     pub snapshot: PathBuf,
     /// Metrics endpoints (`IP:port`) of the engines, for `snapshot show`.
     pub engines: Vec<SocketAddr>,
+    /// The admin socket directory of the engine on this host (`[server] admin_dir`),
+    /// for `ip check` and dynamic blocks.
+    pub engine_admin_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -28,6 +31,7 @@ struct Section {
     database: Option<String>,
     snapshot: Option<String>,
     engines: Option<Vec<String>>,
+    engine_admin_dir: Option<String>,
 }
 
 impl Config {
@@ -71,11 +75,22 @@ impl Config {
                 )
             })?);
         }
+        let engine_admin_dir = c.engine_admin_dir.map(PathBuf::from);
+        if let Some(d) = &engine_admin_dir
+            && !d.is_absolute()
+        {
+            bail!(
+                "{}: control.engine_admin_dir: {} must be an absolute path",
+                path.display(),
+                d.display()
+            );
+        }
         Ok(Config {
             listen,
             database,
             snapshot,
             engines,
+            engine_admin_dir,
         })
     }
 }

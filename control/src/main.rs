@@ -267,12 +267,38 @@ enum SenderCommand {
 enum IpCommand {
     /// Refuse an address or network at connect.
     Block { cidr: String },
+    /// Drop an address or network's packets in the XDP program (refused at connect
+    /// where the program is not loaded).
+    Drop { cidr: String },
+    /// What a connection from ADDRESS would get, and why (asks the engine when
+    /// `[control] engine_admin_dir` is set, else the stored lists only).
+    Check {
+        address: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The engine's dynamic blocks (harvest and throttles).
+    Dynamic {
+        #[command(subcommand)]
+        command: DynamicCommand,
+    },
     /// Always allow an address or network.
     Allow { cidr: String },
     /// List the IP entries.
     List,
     /// Remove an IP entry.
     Remove { cidr: String },
+}
+
+#[derive(Subcommand)]
+enum DynamicCommand {
+    /// The blocks in force: client network, reason, time left.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the block and throttles of the client an address belongs to.
+    Remove { address: String },
 }
 
 #[derive(Subcommand)]
@@ -291,6 +317,10 @@ enum LimitsCommand {
         harvest_window_secs: Option<i64>,
         #[arg(long)]
         harvest_block_secs: Option<i64>,
+        /// Any limit by its API name, e.g. throttle_suspect_connections=3 (see
+        /// `limits show` for the names).
+        #[arg(value_name = "NAME=VALUE")]
+        values: Vec<String>,
     },
 }
 
@@ -351,6 +381,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         publisher: Mutex::new(publisher),
         published: Mutex::new(None),
         engines: cfg.engines.clone(),
+        engine_admin_dir: cfg.engine_admin_dir.clone(),
     });
     // What the store holds is what the engines should run, from the first moment.
     api::publish(&state).map_err(|e| anyhow::anyhow!("publishing the stored policy: {e:?}"))?;
@@ -764,6 +795,73 @@ fn ip(command: IpCommand, remote: &Remote) -> anyhow::Result<()> {
     match command {
         IpCommand::Block { cidr } => set(cidr, "block")?,
         IpCommand::Allow { cidr } => set(cidr, "allow")?,
+        IpCommand::Drop { cidr } => set(cidr, "drop")?,
+        IpCommand::Check { address, json } => {
+            let c = call(
+                remote,
+                "GET",
+                &format!("/api/v1/ips/check?address={}", query(&address)),
+                None,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+                println!(
+                    "{} (client {}): {}",
+                    s("address"),
+                    s("client"),
+                    s("verdict")
+                );
+                if !s("reply").is_empty() {
+                    println!("  reply: {}", s("reply"));
+                }
+                if !s("group").is_empty() {
+                    println!("  group: {}", s("group"));
+                }
+                for step in c["steps"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {}: {}",
+                        step[0].as_str().unwrap_or(""),
+                        step[1].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        IpCommand::Dynamic {
+            command: DynamicCommand::List { json },
+        } => {
+            let r = call(remote, "GET", "/api/v1/ips/dynamic", None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let blocks = r.as_array().cloned().unwrap_or_default();
+                for b in &blocks {
+                    println!(
+                        "{:<24} {:<18} {:>6}s",
+                        b["network"].as_str().unwrap_or(""),
+                        b["reason"].as_str().unwrap_or(""),
+                        b["remaining_ms"].as_u64().unwrap_or(0) / 1000
+                    );
+                }
+                println!("{} blocked", blocks.len());
+            }
+        }
+        IpCommand::Dynamic {
+            command: DynamicCommand::Remove { address },
+        } => {
+            let r = call(
+                remote,
+                "DELETE",
+                &format!("/api/v1/ips/dynamic?address={}", query(&address)),
+                None,
+            )?;
+            if r["removed"] == json!(true) {
+                println!("{address}: block lifted");
+            } else {
+                println!("{address}: no block was in force (throttles reset)");
+            }
+        }
         IpCommand::List => {
             let r = call(remote, "GET", "/api/v1/ips", None)?;
             for e in r.as_array().into_iter().flatten() {
@@ -796,8 +894,19 @@ fn limits(command: LimitsCommand, remote: &Remote) -> anyhow::Result<()> {
             harvest_max_unknown,
             harvest_window_secs,
             harvest_block_secs,
+            values,
         } => {
             let mut body = serde_json::Map::new();
+            for kv in &values {
+                let Some((k, v)) = kv.split_once('=') else {
+                    bail!("{kv:?}: give NAME=VALUE");
+                };
+                let v: i64 = v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{kv:?}: the value must be a whole number"))?;
+                body.insert(k.trim().to_string(), json!(v));
+            }
             for (k, v) in [
                 ("message_size", message_size),
                 ("recipients", recipients),

@@ -83,12 +83,40 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO artifacts_new SELECT kind, sha256, bytes, report, updated FROM artifacts;
      DROP TABLE artifacts;
      ALTER TABLE artifacts_new RENAME TO artifacts;",
+    // 8: addresses dropped by the XDP program, and the throttles of the sender groups
+    // with the engine's defaults (the limits table's; a test holds them equal).
+    "CREATE TABLE ips_new (
+        cidr TEXT PRIMARY KEY NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('allow', 'block', 'drop'))
+     );
+     INSERT INTO ips_new SELECT cidr, action FROM ips;
+     DROP TABLE ips;
+     ALTER TABLE ips_new RENAME TO ips;
+     INSERT INTO meta (key, value) VALUES
+        ('throttle_unknown_connections', 50),
+        ('throttle_unknown_connections_per_minute', 0),
+        ('throttle_unknown_messages_per_session', 100),
+        ('throttle_unknown_recipients_per_hour', 0),
+        ('throttle_unknown_failed_recipients_per_hour', 0),
+        ('throttle_unknown_protocol_errors_per_hour', 0),
+        ('throttle_suspect_connections', 5),
+        ('throttle_suspect_connections_per_minute', 20),
+        ('throttle_suspect_messages_per_session', 10),
+        ('throttle_suspect_recipients_per_hour', 100),
+        ('throttle_suspect_failed_recipients_per_hour', 20),
+        ('throttle_suspect_protocol_errors_per_hour', 10),
+        ('throttle_block_after', 10),
+        ('throttle_block_window_secs', 600),
+        ('throttle_block_secs', 900),
+        ('throttle_block_max_secs', 86400),
+        ('throttle_ipv4_prefix', 32),
+        ('throttle_ipv6_prefix', 64);",
 ];
 
 /// The settable limits and their allowed ranges.
-pub const LIMITS: [(&str, i64, i64); 5] = {
+pub const LIMITS: [(&str, i64, i64); bulwark_policy::limits::ALL.len()] = {
     let all = bulwark_policy::limits::ALL;
-    let mut out = [("", 0i64, 0i64); 5];
+    let mut out = [("", 0i64, 0i64); bulwark_policy::limits::ALL.len()];
     let mut i = 0;
     while i < all.len() {
         out[i] = (all[i].name, all[i].min as i64, all[i].max as i64);
@@ -532,6 +560,7 @@ impl Store {
             if let Some(c) = bulwark_policy::Cidr::parse(&ip.cidr) {
                 match ip.action.as_str() {
                     "allow" => ips.allow.push(c),
+                    "drop" => ips.drop.push(c),
                     _ => ips.block.push(c),
                 }
             }
@@ -587,6 +616,7 @@ impl Store {
             },
             verdicts,
             rules,
+            throttle: bulwark_policy::Throttle::from_limits(|k| get(k) as u64),
         })
     }
 
@@ -853,6 +883,23 @@ mod tests {
             ),
             (4096, 1000, 0)
         );
+        // The store's defaults are the limits table's; throttles compile into the policy.
+        for (k, v) in s.limits().unwrap() {
+            let r = bulwark_policy::limits::ALL
+                .iter()
+                .find(|r| r.name == k)
+                .unwrap();
+            if k != "message_size" && k != "harvest_max_unknown" {
+                assert_eq!(v as u64, r.default, "{k}");
+            }
+        }
+        assert_eq!(policy.throttle, bulwark_policy::Throttle::defaults());
+        s.set_limits(&[("throttle_suspect_connections", 3)])
+            .unwrap();
+        s.set_ip("198.18.0.0/15", "drop").unwrap();
+        let policy = s.compile().unwrap();
+        assert_eq!(policy.throttle.suspect.connections, 3);
+        assert_eq!(policy.ips.drop.len(), 1);
         s.remove_sender(None, "spam.test").unwrap();
         assert!(matches!(
             s.remove_sender(None, "spam.test"),

@@ -69,13 +69,18 @@ struct Control {
 }
 
 fn start_control(dir: &Path, snapshot: &Path, engines: &[String]) -> Control {
+    start_control_with(dir, snapshot, engines, "")
+}
+
+/// With `extra` keys in `[control]`.
+fn start_control_with(dir: &Path, snapshot: &Path, engines: &[String], extra: &str) -> Control {
     let port = free_port();
     let config = dir.join("control.toml");
     let engines: Vec<String> = engines.iter().map(|e| format!("\"{e}\"")).collect();
     std::fs::write(
         &config,
         format!(
-            "[control]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\nsnapshot = \"{}\"\nengines = [{}]\n",
+            "[control]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\nsnapshot = \"{}\"\nengines = [{}]\n{extra}\n",
             dir.join("control.sqlite").display(),
             snapshot.display(),
             engines.join(", ")
@@ -181,7 +186,15 @@ fn control_and_engine(dir: &Path) -> (Control, Proc, u16, u16) {
         ),
     )
     .unwrap();
-    let c = start_control(dir, &snapshot, &[format!("127.0.0.1:{metrics}")]);
+    let c = start_control_with(
+        dir,
+        &snapshot,
+        &[format!("127.0.0.1:{metrics}")],
+        &format!(
+            "engine_admin_dir = \"{}\"",
+            dir.join("spool/admin").display()
+        ),
+    );
     let engine = Proc(
         Command::new(&engine_bin)
             .args(["serve", "--config"])
@@ -1122,4 +1135,138 @@ fn url_blocklist_published_by_control_reaches_the_engine() {
     assert!(ok, "{out}");
     let reply = eventually("250", || send_message(smtp, body));
     assert!(reply.starts_with("250"), "{reply}");
+}
+
+/// The connection tier through control: a drop network and throttles published to the
+/// engine, `ip check` explaining each address's verdict as the engine decides it, and a
+/// dynamic block the engine imposed listed and lifted through the API and the CLI.
+#[test]
+fn ip_check_and_dynamic_blocks_go_through_control_to_the_engine() {
+    let dir = tmp("ipcheck");
+    let (c, _engine, smtp, _metrics) = control_and_engine(&dir);
+    for args in [
+        &["ip", "drop", "198.18.0.0/15"][..],
+        &["ip", "allow", "198.18.0.7"],
+        &[
+            "limits",
+            "set",
+            "throttle_unknown_connections=1",
+            "throttle_block_after=2",
+            "throttle_block_secs=60",
+        ],
+    ] {
+        let (ok, out) = cli(&c, args);
+        assert!(ok, "{args:?}: {out}");
+    }
+    // The engine applies what was published: wait for the throttle to show in a check.
+    let check = |addr: &str| {
+        let (ok, out) = cli(&c, &["ip", "check", addr, "--json"]);
+        assert!(ok, "{out}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let end = Instant::now() + Duration::from_secs(3);
+    while check("198.18.3.4")["verdict"] != "drop" {
+        assert!(
+            Instant::now() < end,
+            "the drop list never reached the engine"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(check("198.18.0.7")["verdict"], "approved");
+    let fresh = check("127.0.0.40");
+    assert_eq!(fresh["verdict"], "accepted", "{fresh}");
+    assert_eq!(fresh["group"], "unknown");
+    assert!(
+        fresh["steps"][4][1]
+            .as_str()
+            .unwrap()
+            .contains("1 connections at once"),
+        "{fresh}"
+    );
+    // Hold one connection from 127.0.0.40; two more are refused; the second refusal
+    // blocks it.
+    let mut held = connect_from("127.0.0.40", smtp).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut banner = [0u8; 64];
+    let n = held.read(&mut banner).unwrap();
+    assert!(banner[..n].starts_with(b"220"));
+    write!(held, "NOOP\r\n").unwrap();
+    let _ = held.read(&mut banner).unwrap();
+    // Refused at connect or, when another core owns the client, at its first command.
+    for _ in 0..2 {
+        let mut s = connect_from("127.0.0.40", smtp).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = write!(s, "EHLO c\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let reply = out.lines().find(|l| !l.starts_with("220")).unwrap_or("");
+        assert!(reply.starts_with("421 4.7.0 Too many connections"), "{out}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, out) = cli(&c, &["ip", "dynamic", "list"]);
+    assert!(
+        ok && out.contains("127.0.0.40/32") && out.contains("connections"),
+        "{out}"
+    );
+    let blocked = check("127.0.0.40");
+    assert_eq!(blocked["verdict"], "dynamic_block", "{blocked}");
+    assert!(blocked["reply"].as_str().unwrap().starts_with("421 4.7.0"));
+    let t = Some(c.token.as_str());
+    let (status, body) = http(
+        &c.url,
+        "DELETE",
+        "/api/v1/ips/dynamic?address=127.0.0.40",
+        t,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["removed"], true);
+    drop(held);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(check("127.0.0.40")["verdict"], "accepted");
+    // Bad input names the field.
+    let (status, body) = http(&c.url, "GET", "/api/v1/ips/check?address=nonsense", t, None);
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("address")),
+        "{body}"
+    );
+    let (status, body) = http(
+        &c.url,
+        "POST",
+        "/api/v1/ips",
+        t,
+        Some(r#"{"cidr": "198.18.0.0/15", "action": "tarpit"}"#),
+    );
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("action")),
+        "{body}"
+    );
+    let (ok, out) = cli(&c, &["limits", "set", "throttle_ipv4_prefix=8"]);
+    assert!(!ok && out.contains("throttle_ipv4_prefix"), "{out}");
+}
+
+/// Without an engine to ask, `ip check` explains from the stored lists, and the
+/// dynamic-block routes say what is missing (409, field named).
+#[test]
+fn without_an_engine_ip_check_uses_the_stored_lists() {
+    let dir = tmp("ipcheck-alone");
+    let c = start_control(&dir, &dir.join("shm/policy"), &[]);
+    let (ok, out) = cli(&c, &["ip", "block", "192.0.2.0/24"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&c, &["ip", "check", "192.0.2.9"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("192.0.2.9 (client 192.0.2.9/32): blocked"),
+        "{out}"
+    );
+    assert!(out.contains("listed in 192.0.2.0/24"), "{out}");
+    let t = Some(c.token.as_str());
+    let (status, body) = http(&c.url, "GET", "/api/v1/ips/dynamic", t, None);
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (409, Some("engine_admin_dir")),
+        "{body}"
+    );
 }

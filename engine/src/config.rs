@@ -39,6 +39,8 @@ pub struct Config {
     pub pregreet: crate::reputation::pregreet::Settings,
     /// `[xdp]`: read by the `bulwark-xdp` loader.
     pub xdp: XdpConfig,
+    /// `[throttle]`: per-client limits of the sender groups and dynamic blocks.
+    pub throttle: bulwark_policy::Throttle,
 }
 
 /// The XDP program (`[xdp]`), attached by `bulwark-xdp`.
@@ -287,6 +289,7 @@ impl Config {
             // Its global thresholds and actions are `[inspection]`'s too.
             verdicts: Default::default(),
             rules: self.policy_rules.clone(),
+            throttle: self.throttle,
         }
     }
 
@@ -616,7 +619,7 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 19] = [
+        const SECTIONS: [&str; 20] = [
             "server",
             "spool",
             "queue",
@@ -636,6 +639,7 @@ impl<'t> Validator<'t> {
             "authentication",
             "reputation",
             "xdp",
+            "throttle",
         ];
         for (k, _) in root.iter() {
             if !SECTIONS.contains(&k.get_ref().as_ref()) {
@@ -663,6 +667,7 @@ impl<'t> Validator<'t> {
         let quarantine = self.quarantine(root);
         let authentication = self.authentication(root);
         let (reputation, pregreet) = self.reputation(root);
+        let throttle = self.throttle(root);
         let xdp = {
             let mut s = self.section(root, "xdp");
             let interface = self.string(&mut s, "interface").map(|(i, _)| i);
@@ -694,7 +699,101 @@ impl<'t> Validator<'t> {
             reputation,
             pregreet,
             xdp,
+            throttle,
         }
+    }
+
+    /// `[throttle]`, `[throttle.unknown]` and `[throttle.suspect]`: the limits table's
+    /// ranges and defaults (`throttle_suspect_connections` is
+    /// `[throttle.suspect] max_connections`).
+    fn throttle(&mut self, root: &Table<'_>) -> bulwark_policy::Throttle {
+        use bulwark_policy::limits::{self, Range};
+        let mut values: Vec<(&'static str, u64)> = Vec::new();
+        let mut s = self.section(root, "throttle");
+        for group in ["unknown", "suspect"] {
+            let key: &'static str = if group == "unknown" {
+                "unknown"
+            } else {
+                "suspect"
+            };
+            let v = self.get(&mut s, key);
+            let path = format!("throttle.{group}");
+            let table = match v.map(|v| (v, v.get_ref())) {
+                None => None,
+                Some((_, DeValue::Table(t))) => Some(t),
+                Some((v, _)) => {
+                    self.err(&path, Some(v.span()), "must be a table");
+                    None
+                }
+            };
+            let mut g = Section {
+                path,
+                table,
+                line: v.map(|v| line_of(self.text, v.span().start)),
+                used: Vec::new(),
+            };
+            for (toml, suffix) in [
+                ("max_connections", "connections"),
+                ("connections_per_minute", "connections_per_minute"),
+                ("messages_per_session", "messages_per_session"),
+                ("recipients_per_hour", "recipients_per_hour"),
+                ("failed_recipients_per_hour", "failed_recipients_per_hour"),
+                ("protocol_errors_per_hour", "protocol_errors_per_hour"),
+            ] {
+                let name = format!("throttle_{group}_{suffix}");
+                let Some(r) = limits::ALL.iter().find(|r| r.name == name) else {
+                    continue;
+                };
+                if let Some(n) = self.integer(&mut g, toml, r.min, r.max) {
+                    values.push((r.name, n));
+                }
+            }
+            self.finish(g);
+        }
+        let mut seconds = |this: &mut Self, key: &'static str, r: Range| {
+            let d = this.duration(&mut s, key)?;
+            if !r.contains(d.as_secs()) {
+                let line = s.line;
+                this.errors.push(ConfigError {
+                    key: format!("throttle.{key}"),
+                    line,
+                    message: format!(
+                        "{} is out of range {}s..={}s",
+                        humantime::format_duration(d),
+                        r.min,
+                        r.max
+                    ),
+                });
+                return None;
+            }
+            Some((r.name, d.as_secs()))
+        };
+        values.extend(seconds(self, "block_window", limits::BLOCK_WINDOW_SECS));
+        values.extend(seconds(self, "block", limits::BLOCK_SECS));
+        values.extend(seconds(self, "block_max", limits::BLOCK_MAX_SECS));
+        for (key, r) in [
+            ("block_after", limits::BLOCK_AFTER),
+            ("ipv4_prefix", limits::IPV4_PREFIX),
+            ("ipv6_prefix", limits::IPV6_PREFIX),
+        ] {
+            if let Some(n) = self.integer(&mut s, key, r.min, r.max) {
+                values.push((r.name, n));
+            }
+        }
+        self.finish(s);
+        bulwark_policy::Throttle::from_limits(|name| {
+            values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .or_else(|| {
+                    limits::ALL
+                        .iter()
+                        .find(|r| r.name == name)
+                        .map(|r| r.default)
+                })
+                .unwrap_or(0)
+        })
     }
 
     fn reputation(

@@ -105,6 +105,51 @@ enum Command {
         #[command(subcommand)]
         op: QuarantineOp,
     },
+    /// The connection tier of a running engine: explain an address's verdict; list and
+    /// lift dynamic blocks (harvest and throttles).
+    Ip {
+        /// Configuration file of the running engine (finds `server.admin_dir`).
+        #[arg(
+            long,
+            short,
+            default_value = "/etc/bulwark/bulwark.toml",
+            global = true
+        )]
+        config: PathBuf,
+        /// The admin socket directory, instead of reading it from the configuration.
+        #[arg(long, global = true)]
+        admin_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        op: IpOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum IpOp {
+    /// What the engine would decide about a connection from ADDRESS, step by step (IP
+    /// lists, pregreet, dynamic blocks, DNS lists, throttles); nothing is counted.
+    Check {
+        address: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dynamic blocks.
+    Dynamic {
+        #[command(subcommand)]
+        op: DynamicOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum DynamicOp {
+    /// The blocks in force: client network, reason, time left.
+    List {
+        /// One JSON document (an array of blocks) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the block and throttles of the client an address belongs to.
+    Remove { address: String },
 }
 
 #[derive(Subcommand)]
@@ -221,6 +266,17 @@ fn main() -> ExitCode {
             admin_dir,
             op,
         } => match quarantine(&config, admin_dir, op) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bulwark: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Ip {
+            config,
+            admin_dir,
+            op,
+        } => match ip(&config, admin_dir, op) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bulwark: {e:#}");
@@ -463,6 +519,73 @@ fn admin_dir(config: &std::path::Path, given: Option<PathBuf>) -> anyhow::Result
             .map_err(|e| anyhow::anyhow!("{}:\n{e}", config.display()))?
             .admin_dir(),
     })
+}
+
+fn ip(config: &std::path::Path, admin_dir_arg: Option<PathBuf>, op: IpOp) -> anyhow::Result<()> {
+    use bulwark::admin::{ClientRequest, ClientResponse};
+    let dir = admin_dir(config, admin_dir_arg)?;
+    let req = match &op {
+        IpOp::Check { address, .. } => ClientRequest::Check {
+            address: address.clone(),
+        },
+        IpOp::Dynamic {
+            op: DynamicOp::List { .. },
+        } => ClientRequest::DynamicList,
+        IpOp::Dynamic {
+            op: DynamicOp::Remove { address },
+        } => ClientRequest::DynamicRemove {
+            address: address.clone(),
+        },
+    };
+    let r: ClientResponse = bulwark::admin::ask_core(&dir, 0, &req)?;
+    if !r.ok {
+        anyhow::bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
+    }
+    match op {
+        IpOp::Check { json, .. } => {
+            let c = r.check.unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                println!("{} (client {}): {}", c.address, c.client, c.verdict);
+                if !c.reply.is_empty() {
+                    println!("  reply: {}", c.reply);
+                }
+                if !c.group.is_empty() {
+                    println!("  group: {}", c.group);
+                }
+                for (step, found) in &c.steps {
+                    println!("  {step}: {found}");
+                }
+            }
+        }
+        IpOp::Dynamic {
+            op: DynamicOp::List { json: true },
+        } => println!("{}", serde_json::to_string_pretty(&r.blocks)?),
+        IpOp::Dynamic {
+            op: DynamicOp::List { json: false },
+        } => {
+            for b in &r.blocks {
+                println!(
+                    "{:<24} {:<18} {:>8}",
+                    b.network,
+                    b.reason,
+                    age(b.remaining_ms / 1000)
+                );
+            }
+            println!("{} blocked", r.blocks.len());
+        }
+        IpOp::Dynamic {
+            op: DynamicOp::Remove { address },
+        } => {
+            if r.removed {
+                println!("{address}: block lifted");
+            } else {
+                println!("{address}: no block was in force (throttles reset)");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn quarantine(

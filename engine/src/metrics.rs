@@ -183,9 +183,34 @@ pub enum ReputationReason {
     EarlyTalker,
     /// Waited for the greeting as asked (remembered for `greet_pass_ttl`).
     PregreetPassed,
+    /// Refused at connect: a dynamic block (harvest or throttles) is in force.
+    DynamicBlock,
+    /// Listed by DNS lists under the threshold: the suspect group's throttles apply.
+    Suspect,
+    /// Throttled (`421 4.7.0`/`451 4.7.1`) by a limit of its sender group.
+    ThrottleConnections,
+    ThrottleConnectionRate,
+    ThrottleMessages,
+    ThrottleRecipients,
+    ThrottleFailedRecipients,
+    ThrottleProtocolErrors,
 }
 
-pub const REPUTATION_REASONS: [&str; 10] = [
+impl ReputationReason {
+    pub fn throttle(l: crate::reputation::guard::Limit) -> ReputationReason {
+        use crate::reputation::guard::Limit;
+        match l {
+            Limit::Connections => ReputationReason::ThrottleConnections,
+            Limit::ConnectionRate => ReputationReason::ThrottleConnectionRate,
+            Limit::Messages => ReputationReason::ThrottleMessages,
+            Limit::Recipients => ReputationReason::ThrottleRecipients,
+            Limit::FailedRecipients => ReputationReason::ThrottleFailedRecipients,
+            Limit::ProtocolErrors => ReputationReason::ThrottleProtocolErrors,
+        }
+    }
+}
+
+pub const REPUTATION_REASONS: [&str; 18] = [
     "approved_ip",
     "blocked_ip",
     "dnsbl",
@@ -196,6 +221,14 @@ pub const REPUTATION_REASONS: [&str; 10] = [
     "pregreet",
     "early_talker",
     "pregreet_passed",
+    "dynamic_block",
+    "suspect",
+    "throttle_connections",
+    "throttle_connection_rate",
+    "throttle_messages",
+    "throttle_recipients",
+    "throttle_failed_recipients",
+    "throttle_protocol_errors",
 ];
 
 /// Most DNS lists a configuration may name (their counters are fixed per core).
@@ -213,7 +246,9 @@ pub enum Delivery {
 
 /// One core's metrics.
 pub struct Shard {
-    pub reputation: [Counter; 10],
+    pub reputation: [Counter; 18],
+    /// Dynamic blocks imposed by this core (as the clients' owner): harvest, throttles.
+    pub dynamic_blocks: [Counter; 2],
     /// Per configured DNS list zone: listed, not listed, refused, failed.
     pub dnsbl_results: [[Counter; 4]; MAX_DNSBL_ZONES],
     /// The core's DNS list cache so far: hits, lookups, merged.
@@ -285,6 +320,7 @@ impl Shard {
     fn new() -> Self {
         Shard {
             reputation: Default::default(),
+            dynamic_blocks: Default::default(),
             dnsbl_results: Default::default(),
             dnsbl_cache: Default::default(),
             connections: Counter::default(),
@@ -331,6 +367,10 @@ impl Shard {
 
     pub fn reputation(&self, r: ReputationReason) {
         self.reputation[r as usize].inc();
+    }
+
+    pub fn dynamic_block(&self, harvest: bool) {
+        self.dynamic_blocks[if harvest { 0 } else { 1 }].inc();
     }
 
     pub fn delivery(&self, d: Delivery, n: u64) {
@@ -851,12 +891,22 @@ impl Collector for Families {
             },
             family(
                 "bulwark_reputation_verdicts_total",
-                "Connections by what the connection tier decided (approved or blocked IP, DNS lists).",
+                "Connections by what the connection tier decided (approved or blocked IP, dynamic blocks, DNS lists, pregreet, throttles).",
                 c,
                 REPUTATION_REASONS
                     .iter()
                     .enumerate()
                     .map(|(i, r)| counter(m.sum(|s| s.reputation[i].get()), &[("reason", r)]))
+                    .collect(),
+            ),
+            family(
+                "bulwark_dynamic_blocks_total",
+                "Dynamic blocks imposed: harvest (unknown recipients) or throttle (a client that kept hitting its limits).",
+                c,
+                ["harvest", "throttle"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| counter(m.sum(|s| s.dynamic_blocks[i].get()), &[("reason", r)]))
                     .collect(),
             ),
             family(

@@ -21,7 +21,7 @@ use crate::metrics::{Metrics, Shard};
 use crate::net::{session, tls};
 use crate::policy::CorePolicy;
 use crate::queue::{QueueIds, Spool};
-use crate::reputation::harvest::{self, Guard};
+use crate::reputation::guard::{self, Guard};
 use crate::smtp::SessionConfig;
 
 /// Everything one core owns.
@@ -37,7 +37,7 @@ pub struct Core {
     pub deliverer: Rc<Deliverer>,
     pub sessions: Cell<usize>,
     pub max_sessions: usize,
-    pub harvest: Rc<Guard>,
+    pub guard: Rc<Guard>,
     /// Message content this core holds in memory, against `[server] memory_per_core`.
     pub memory: Rc<Budget>,
     /// Content inspection, when enabled: the shared rules and this core's scratch;
@@ -314,7 +314,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         auth,
     });
     // Cores talk to each other through these links (harvest protection).
-    let mut links = harvest::Links::new(cores).into_iter();
+    let mut links = guard::Links::new(cores).into_iter();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -421,7 +421,7 @@ fn delivery_settings(cfg: &Config, cores: usize) -> deliver::Settings {
 async fn run_core(
     id: usize,
     shared: Arc<Shared>,
-    link: harvest::Links,
+    link: guard::Links,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
 ) -> anyhow::Result<()> {
     let cfg = &shared.config;
@@ -537,7 +537,7 @@ async fn run_core(
         deliverer: deliverer.clone(),
         sessions: Cell::new(0),
         max_sessions: cfg.smtp.max_connections.div_ceil(shared.cores).max(1),
-        harvest: Guard::start(link, policy.clone()),
+        guard: Guard::start(link, policy.clone(), shared.metrics.clone()),
         memory,
         inspect: std::cell::RefCell::new(match shared.inspect_loader.local() {
             Some(i) => Some(Rc::new(CoreInspect::new(
@@ -589,12 +589,14 @@ async fn run_core(
         listeners.push(l);
     }
     let admin_dir = cfg.admin_dir();
-    crate::admin::serve(id, &admin_dir, deliverer.clone(), desk).with_context(|| {
-        format!(
-            "server.admin_dir: cannot open the admin socket in {}",
-            admin_dir.display()
-        )
-    })?;
+    crate::admin::serve(id, &admin_dir, deliverer.clone(), desk, core.clone()).with_context(
+        || {
+            format!(
+                "server.admin_dir: cannot open the admin socket in {}",
+                admin_dir.display()
+            )
+        },
+    )?;
     // Read back what was on disk while the listeners take new mail.
     if recovery.segments() > 0 {
         let d = deliverer.clone();

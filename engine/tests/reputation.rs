@@ -315,3 +315,227 @@ print("second %.3f" % greeting_after("127.0.0.3"))
         1.0
     );
 }
+
+/// `bulwark ip ARGS` against the engine.
+fn ip(engine: &Engine, args: &[&str]) -> (bool, String) {
+    run(
+        env!("CARGO_BIN_EXE_bulwark"),
+        &[&["ip", "--config", engine.config.to_str().unwrap()], args].concat(),
+    )
+}
+
+/// Throttles of the unknown group, counted at each client's owner core (two cores, so
+/// clients are owned by either): concurrent connections, messages per session,
+/// recipients per hour and protocol errors, each refused with its `421 4.7.0` or
+/// `451 4.7.1`; another client is not affected; 127.0.0.1 is never throttled.
+#[test]
+fn throttles_refuse_a_client_past_its_group_limits_and_release_it() {
+    let sink = Sink::start(sink_addr());
+    let engine = Engine::start(EngineConfig {
+        cores: 2,
+        extra: format!(
+            "{}[authentication]\nenabled = false\n\n[inspection]\nenabled = false\n\n\
+             [throttle]\nblock_after = 0\n\n[throttle.unknown]\nmax_connections = 2\n\
+             messages_per_session = 2\nrecipients_per_hour = 6\nprotocol_errors_per_hour = 4\n",
+            domain("example.test", sink.addr)
+        ),
+        ..Default::default()
+    });
+    let out = python(&format!(
+        r#"
+import smtplib, socket, time
+IP, PORT = "{ip}", {port}
+def first_reply(source, hold):
+    # Greeting and EHLO reply of a new connection kept open in `hold`.
+    s = socket.create_connection((IP, PORT), source_address=(source, 0), timeout=10)
+    f = s.makefile("rb")
+    g = f.readline().decode().strip()
+    if not g.startswith("220"):
+        return g
+    s.sendall(b"EHLO c.test\r\n")
+    while True:
+        l = f.readline().decode().strip()
+        if not l or l[3] == " ":
+            break
+    hold.append(s)
+    return l
+held = []
+print("c1", first_reply("127.0.0.20", held))
+print("c2", first_reply("127.0.0.20", held))
+print("c3", first_reply("127.0.0.20", held))
+print("other", first_reply("127.0.0.21", held))
+for s in held:
+    s.close()
+time.sleep(0.3)
+print("after", first_reply("127.0.0.20", []))
+# Messages per session: the third MAIL is refused and the session closed.
+s = smtplib.SMTP(IP, PORT, source_address=("127.0.0.22", 0), timeout=10)
+s.ehlo("c.test")
+codes = []
+for i in range(3):
+    try:
+        code, _ = s.mail("a@sender.test")
+        codes.append(code)
+        if code != 250:
+            break
+        s.rcpt("bob@example.test")
+        s.data(b"Subject: t\r\n\r\nhi\r\n")
+    except smtplib.SMTPServerDisconnected:
+        codes.append("closed")
+        break
+print("messages", codes)
+# Recipients per hour (6): a burst of 6 passes, then MAIL is deferred.
+s = smtplib.SMTP(IP, PORT, source_address=("127.0.0.23", 0), timeout=10)
+s.ehlo("c.test")
+s.mail("a@sender.test")
+for i in range(6):
+    assert s.rcpt("bob%d@example.test" % i)[0] == 250
+s.rset()
+time.sleep(0.3)
+print("rcpt", s.mail("a@sender.test"))
+s.close()
+# Protocol errors per hour (4): the session is closed, and the next connection refused.
+s = socket.create_connection((IP, PORT), source_address=("127.0.0.24", 0), timeout=10)
+f = s.makefile("rb")
+f.readline()
+for i in range(6):
+    try:
+        s.sendall(b"BOGUS\r\n")
+    except OSError:
+        break
+time.sleep(0.5)
+s.close()
+print("errors", first_reply("127.0.0.24", []))
+print("local", first_reply("127.0.0.1", held), first_reply("127.0.0.1", held), first_reply("127.0.0.1", held))
+"#,
+        ip = engine.smtp.ip(),
+        port = engine.smtp.port(),
+    ));
+    let line = |k: &str| {
+        out.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{k} "))
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {k} in {out}"))
+    };
+    assert!(line("c1").starts_with("250"), "{out}");
+    assert!(line("c2").starts_with("250"), "{out}");
+    assert_eq!(
+        line("c3"),
+        "421 4.7.0 Too many connections from your address; try again later"
+    );
+    assert!(line("other").starts_with("250"), "{out}");
+    assert!(
+        line("after").starts_with("250"),
+        "closed connections are released: {out}"
+    );
+    assert!(
+        line("messages").starts_with("[250, 250, 421]"),
+        "{}",
+        line("messages")
+    );
+    assert!(
+        line("rcpt").contains("451") && line("rcpt").contains("4.7.1"),
+        "{out}"
+    );
+    assert!(
+        line("errors").starts_with("421 4.7.0 Too many protocol errors"),
+        "{out}"
+    );
+    assert_eq!(line("local").matches("250").count(), 3, "{out}");
+    for (reason, min) in [
+        ("throttle_connections", 1.0),
+        ("throttle_messages", 1.0),
+        ("throttle_recipients", 1.0),
+        ("throttle_protocol_errors", 1.0),
+    ] {
+        let v = engine.metric(&format!(
+            "bulwark_reputation_verdicts_total{{reason=\"{reason}\"}}"
+        ));
+        assert!(v >= min, "{reason}: {v}");
+    }
+    assert_eq!(sink.wait_for(2, Duration::from_secs(10)).len(), 2);
+}
+
+/// A client that keeps hitting a limit is blocked dynamically on every core: refused
+/// at connect, listed by `bulwark ip dynamic list`, lifted by `bulwark ip dynamic remove`, and
+/// released on its own when the block ends; the next block lasts twice as long.
+#[test]
+fn a_client_that_keeps_hitting_its_limits_is_blocked_for_a_doubling_time() {
+    let engine = Engine::start(EngineConfig {
+        cores: 2,
+        extra: "[throttle]\nblock_after = 3\nblock = \"2s\"\nblock_max = \"1h\"\n\n\
+                [throttle.unknown]\nmax_connections = 1\n"
+            .into(),
+        ..Default::default()
+    });
+    let script = |source: &str| {
+        format!(
+            r#"
+import socket, time
+IP, PORT = "{ip}", {port}
+def first_reply(hold):
+    s = socket.create_connection((IP, PORT), source_address=("{source}", 0), timeout=10)
+    f = s.makefile("rb")
+    g = f.readline().decode().strip()
+    if not g.startswith("220"):
+        return g
+    s.sendall(b"NOOP\r\n")
+    l = f.readline().decode().strip()
+    hold.append(s)
+    return l
+held = []
+print("first", first_reply(held))
+for i in range(3):
+    print("refused", first_reply([]))
+time.sleep(0.3)
+for s in held:
+    s.close()
+time.sleep(0.2)
+print("blocked", first_reply([]))
+"#,
+            ip = engine.smtp.ip(),
+            port = engine.smtp.port(),
+        )
+    };
+    let out = python(&script("127.0.0.30"));
+    assert!(out.contains("first 250"), "{out}");
+    assert_eq!(
+        out.matches("refused 421 4.7.0 Too many connections")
+            .count(),
+        3,
+        "{out}"
+    );
+    assert!(
+        out.contains("blocked 421 4.7.0 Your address is blocked for a while"),
+        "{out}"
+    );
+    let (ok, list) = ip(&engine, &["dynamic", "list", "--json"]);
+    assert!(ok, "{list}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    assert_eq!(listed.len(), 1, "{list}");
+    assert_eq!(listed[0]["network"], "127.0.0.30/32");
+    assert_eq!(listed[0]["reason"], "connections");
+    assert!(listed[0]["remaining_ms"].as_u64().unwrap() <= 2000);
+    assert!(engine.metric("bulwark_dynamic_blocks_total{reason=\"throttle\"}") >= 1.0);
+    assert!(engine.metric("bulwark_reputation_verdicts_total{reason=\"dynamic_block\"}") >= 1.0);
+    // It ends on its own.
+    std::thread::sleep(Duration::from_millis(2200));
+    let (ok, list) = ip(&engine, &["dynamic", "list", "--json"]);
+    assert!(ok && list.trim() == "[]", "{list}");
+    // The second block is twice as long; an operator lifts it.
+    let out = python(&script("127.0.0.30"));
+    assert!(out.contains("blocked 421"), "{out}");
+    let (_, list) = ip(&engine, &["dynamic", "list", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    let left = listed[0]["remaining_ms"].as_u64().unwrap();
+    assert!(left > 2500 && left <= 4000, "{list}");
+    let (ok, text) = ip(&engine, &["dynamic", "remove", "127.0.0.30"]);
+    assert!(ok && text.contains("block lifted"), "{text}");
+    std::thread::sleep(Duration::from_millis(100));
+    let out = python(&script("127.0.0.30"));
+    assert!(out.contains("first 250"), "lifted on every core: {out}");
+    let (ok, text) = ip(&engine, &["dynamic", "remove", "not-an-address"]);
+    assert!(!ok && text.contains("is not an IP address"), "{text}");
+}

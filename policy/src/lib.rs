@@ -17,7 +17,8 @@ mod snapshot;
 
 pub use schema::{
     ArchivedCidr, ArchivedDomain, ArchivedIpLists, ArchivedLimits, ArchivedPolicy, ArchivedRoute,
-    ArchivedSenderLists, Cidr, Domain, Harvest, InspectionArtifacts, IpLists, IpVerdict, Limits,
-    Policy, Route, SenderLists, SenderVerdict, TlsPolicy, artifact_path,
+    ArchivedSenderLists, Cidr, Domain, GroupLimits, Harvest, InspectionArtifacts, IpLists,
+    IpVerdict, Limits, Policy, Route, SenderLists, SenderVerdict, Throttle, TlsPolicy,
+    artifact_path, dynamic_key, dynamic_key_network,
 };
 pub use snapshot::{HEADER_LEN, MAGIC, SCHEMA_VERSION, Snapshot, SnapshotError, encode};

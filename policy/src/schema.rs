@@ -25,6 +25,135 @@ pub struct Policy {
     pub verdicts: VerdictPolicy,
     /// Policy rules, in the order they are tried.
     pub rules: Vec<PolicyRule>,
+    /// Per-sender throttles and dynamic blocks.
+    pub throttle: Throttle,
+}
+
+/// Limits of one throttled sender group; 0 turns a limit off.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GroupLimits {
+    /// Connections open at once from one client.
+    pub connections: u32,
+    pub connections_per_minute: u32,
+    pub messages_per_session: u32,
+    pub recipients_per_hour: u32,
+    pub failed_recipients_per_hour: u32,
+    pub protocol_errors_per_hour: u32,
+}
+
+/// Throttles per client, as a Host Access Table has them: approved addresses are never
+/// throttled, *suspect* clients (listed by DNS lists whose weights stay under the
+/// threshold) have limits of their own, *unknown* clients the others. A client keeps
+/// hitting its limits (`block_after` refusals within `block_window_secs`) and it is
+/// blocked for `block_secs`, doubled at each next block up to `block_max_secs`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Throttle {
+    pub unknown: GroupLimits,
+    pub suspect: GroupLimits,
+    pub block_after: u32,
+    pub block_window_secs: u32,
+    pub block_secs: u32,
+    pub block_max_secs: u32,
+    /// A client is an IPv4 address or network of this prefix (24..=32)...
+    pub ipv4_prefix: u8,
+    /// ...or an IPv6 network of this one (48..=64).
+    pub ipv6_prefix: u8,
+}
+
+impl Throttle {
+    /// The throttle described by the limits table's names (see [`crate::limits`]);
+    /// `get` answers a name's value.
+    pub fn from_limits(get: impl Fn(&str) -> u64) -> Throttle {
+        let g = |group: &str| {
+            let v = |k: &str| get(&format!("throttle_{group}_{k}")).min(u32::MAX as u64) as u32;
+            GroupLimits {
+                connections: v("connections"),
+                connections_per_minute: v("connections_per_minute"),
+                messages_per_session: v("messages_per_session"),
+                recipients_per_hour: v("recipients_per_hour"),
+                failed_recipients_per_hour: v("failed_recipients_per_hour"),
+                protocol_errors_per_hour: v("protocol_errors_per_hour"),
+            }
+        };
+        let v = |k: &str| get(k).min(u32::MAX as u64) as u32;
+        Throttle {
+            unknown: g("unknown"),
+            suspect: g("suspect"),
+            block_after: v("throttle_block_after"),
+            block_window_secs: v("throttle_block_window_secs"),
+            block_secs: v("throttle_block_secs"),
+            block_max_secs: v("throttle_block_max_secs"),
+            ipv4_prefix: v("throttle_ipv4_prefix").clamp(24, 32) as u8,
+            ipv6_prefix: v("throttle_ipv6_prefix").clamp(48, 64) as u8,
+        }
+    }
+
+    /// The product's defaults.
+    pub fn defaults() -> Throttle {
+        Throttle::from_limits(|name| {
+            crate::limits::ALL
+                .iter()
+                .find(|r| r.name == name)
+                .map_or(0, |r| r.default)
+        })
+    }
+}
+
+impl ArchivedThrottle {
+    pub fn to_native(&self) -> Throttle {
+        let g = |l: &ArchivedGroupLimits| GroupLimits {
+            connections: l.connections.to_native(),
+            connections_per_minute: l.connections_per_minute.to_native(),
+            messages_per_session: l.messages_per_session.to_native(),
+            recipients_per_hour: l.recipients_per_hour.to_native(),
+            failed_recipients_per_hour: l.failed_recipients_per_hour.to_native(),
+            protocol_errors_per_hour: l.protocol_errors_per_hour.to_native(),
+        };
+        Throttle {
+            unknown: g(&self.unknown),
+            suspect: g(&self.suspect),
+            block_after: self.block_after.to_native(),
+            block_window_secs: self.block_window_secs.to_native(),
+            block_secs: self.block_secs.to_native(),
+            block_max_secs: self.block_max_secs.to_native(),
+            ipv4_prefix: self.ipv4_prefix,
+            ipv6_prefix: self.ipv6_prefix,
+        }
+    }
+}
+
+/// The key of a client's dynamic block, shared by the engine and the XDP program: the
+/// address masked to the client prefix, in the 128-bit form, with the prefix written in
+/// an octet the mask leaves zero (octet 0 of an IPv4-mapped key, octet 15 of an IPv6
+/// one), so keys of different prefixes never collide.
+pub fn dynamic_key(ip: std::net::IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> [u8; 16] {
+    let bits = ip_bits(ip);
+    let v4 = bits[..10] == [0u8; 10] && bits[10] == 0xff && bits[11] == 0xff;
+    if v4 {
+        let p = ipv4_prefix.clamp(24, 32);
+        let mut k = mask(bits, 96 + p);
+        k[0] = p;
+        k
+    } else {
+        let p = ipv6_prefix.clamp(1, 64);
+        let mut k = mask(bits, p);
+        k[15] = p;
+        k
+    }
+}
+
+/// The client network a dynamic-block key stands for, for people.
+pub fn dynamic_key_network(key: [u8; 16]) -> String {
+    let v4 = key[1..10] == [0u8; 9] && key[10] == 0xff && key[11] == 0xff;
+    if v4 {
+        let a = std::net::Ipv4Addr::new(key[12], key[13], key[14], key[15]);
+        format!("{a}/{}", key[0])
+    } else {
+        let mut bits = key;
+        let p = bits[15];
+        bits[15] = 0;
+        format!("{}/{p}", std::net::Ipv6Addr::from(bits))
+    }
 }
 
 /// Files published beside the snapshot (`<snapshot>.<kind>.<sha256>`), named by the
@@ -277,6 +406,12 @@ fn ip_bits(ip: std::net::IpAddr) -> [u8; 16] {
     }
 }
 
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        mask(ip_bits(ip), self.prefix) == self.addr
+    }
+}
+
 impl ArchivedCidr {
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         mask(ip_bits(ip), self.prefix) == self.addr
@@ -375,6 +510,34 @@ fn cmp_ignore_ascii_case(stored: &str, probe: &str) -> std::cmp::Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dynamic_keys_carry_their_prefix_and_never_collide() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let a = dynamic_key(ip("192.0.2.77"), 32, 64);
+        assert_eq!(a, dynamic_key(ip("::ffff:192.0.2.77"), 32, 64));
+        assert_eq!(dynamic_key_network(a), "192.0.2.77/32");
+        let net = dynamic_key(ip("192.0.2.77"), 24, 64);
+        assert_eq!(net, dynamic_key(ip("192.0.2.1"), 24, 64));
+        assert_eq!(dynamic_key_network(net), "192.0.2.0/24");
+        // 192.0.2.0 as one address is not its /24.
+        assert_ne!(net, dynamic_key(ip("192.0.2.0"), 32, 64));
+        let v6 = dynamic_key(ip("2001:db8:1:2:3:4:5:6"), 32, 64);
+        assert_eq!(v6, dynamic_key(ip("2001:db8:1:2::ffff"), 32, 64));
+        assert_eq!(dynamic_key_network(v6), "2001:db8:1:2::/64");
+        let v48 = dynamic_key(ip("2001:db8:1:2::1"), 32, 48);
+        assert_eq!(dynamic_key_network(v48), "2001:db8:1::/48");
+        assert_ne!(v48, dynamic_key(ip("2001:db8:1::"), 32, 64));
+    }
+
+    #[test]
+    fn throttle_defaults_are_the_limits_table() {
+        let t = Throttle::defaults();
+        assert_eq!(t.unknown.connections, 50);
+        assert_eq!(t.suspect.connections, 5);
+        assert_eq!(t.block_secs, 900);
+        assert_eq!((t.ipv4_prefix, t.ipv6_prefix), (32, 64));
+    }
     use crate::Snapshot;
 
     fn snapshot() -> Snapshot {

@@ -18,12 +18,13 @@ use tracing::{debug, info, warn};
 
 use bulwark_policy::{IpVerdict, Snapshot};
 
-use crate::metrics::Reject;
+use crate::metrics::{Reject, ReputationReason as R};
 use crate::net::stream::Stream;
 use crate::policy::SnapshotPolicy;
 use crate::queue::record::{FLAG_8BIT, FLAG_SMTPUTF8};
 use crate::queue::spool::StreamedMessage;
 use crate::queue::{SpoolError, unix_now};
+use crate::reputation::guard::{Admission, BlockReason, Counted, Group, Guard, Limit};
 use crate::runtime::Core;
 use crate::smtp::{EnvelopePolicy, Event, RcptVerdict, Session, Transaction, Waiting};
 use crate::util::rfc5322_date;
@@ -45,6 +46,10 @@ struct SessionPolicy<'a> {
     core: &'a Core,
     /// The DNS lists' refusal of this client, if they refused it.
     reputation: Option<&'a str>,
+    /// A throttle that refuses the next transaction (messages per session, recipients
+    /// per hour), and whether it did.
+    throttle: Option<Limit>,
+    throttled: std::cell::Cell<bool>,
 }
 
 impl EnvelopePolicy for SessionPolicy<'_> {
@@ -63,6 +68,10 @@ impl EnvelopePolicy for SessionPolicy<'_> {
     fn check_mail(&self) -> Option<&str> {
         if let Some(r) = self.reputation {
             return Some(r);
+        }
+        if let Some(l) = self.throttle {
+            self.throttled.set(true);
+            return Some(l.reply());
         }
         if self.core.memory.is_spent() {
             self.core.shard().reject(Reject::MemoryBudget);
@@ -154,13 +163,32 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         let _ = stream.close().await;
         return;
     }
-    if core.harvest.is_blocked(peer.ip()) {
-        shard.reject(Reject::HarvestRefused);
-        let _ = stream
-            .write_all(
-                b"421 4.7.0 Too many unknown recipients from your address; try again later\r\n",
-            )
-            .await;
+    let approved = ip_listed == Some(IpVerdict::Allowed);
+    let client = core.guard.client(peer.ip());
+    // Dynamic blocks (harvest, throttles); approved addresses override them.
+    if !approved && let Some(b) = core.guard.blocked(client) {
+        shard.reputation(R::DynamicBlock);
+        let reply: &[u8] = match b.reason {
+            BlockReason::Harvest => {
+                shard.reject(Reject::HarvestRefused);
+                b"421 4.7.0 Too many unknown recipients from your address; try again later\r\n"
+            }
+            BlockReason::Throttle(_) => {
+                b"421 4.7.0 Your address is blocked for a while: it kept exceeding its limits\r\n"
+            }
+        };
+        let _ = stream.write_all(reply).await;
+        let _ = stream.close().await;
+        return;
+    }
+    // Throttles: neither approved addresses nor the gateway's own host.
+    let throttled = !approved && !Guard::exempt(peer.ip());
+    if throttled && let Some(l) = core.guard.throttled_at_connect(client) {
+        shard.reputation(R::throttle(l));
+        core.guard
+            .count(client, Group::Unknown, Counted::Refused(l), 1);
+        let _ = stream.write_all(l.reply().as_bytes()).await;
+        let _ = stream.write_all(b"\r\n").await;
         let _ = stream.close().await;
         return;
     }
@@ -177,9 +205,28 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         _ => None,
     };
     let mut reputation: Option<String> = None;
+    // The connection is counted at the client's owner core, which answers whether a
+    // limit refuses it; with DNS lists, once they told the client's group.
+    let mut group = Group::Unknown;
+    let mut ticket = None;
+    let mut admission: Option<Admission> = None;
+    if throttled && reputation_check.is_none() {
+        let (t, a) = core.guard.open(client, group);
+        ticket = Some(t);
+        match a {
+            Admission::Ready(Some(l)) => {
+                shard.reputation(R::throttle(l));
+                let _ = stream.write_all(l.reply().as_bytes()).await;
+                let _ = stream.write_all(b"\r\n").await;
+                let _ = stream.close().await;
+                return;
+            }
+            Admission::Ready(None) => {}
+            pending => admission = Some(pending),
+        }
+    }
     // Pregreet: an unknown client waits for its greeting, and must not talk meanwhile.
     if ip_listed.is_none() && core.pregreet.must_wait(peer.ip()) {
-        use crate::metrics::ReputationReason as R;
         let mut probe = [0u8; 512];
         match read(&mut stream, &mut probe, core.pregreet.settings.wait).await {
             ReadOutcome::Timeout => {
@@ -199,7 +246,13 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
             ReadOutcome::Eof | ReadOutcome::Error(_) => return,
         }
     }
-    let mut unknown_seen = 0;
+    let mut seen = crate::smtp::server::SessionStats::default();
+    let mut messages = 0u32;
+    let mut group_limits = if throttled {
+        core.guard.limits(group)
+    } else {
+        bulwark_policy::GroupLimits::default()
+    };
     let mut session = Session::new(core.session_cfg.clone());
     let deadline = Instant::now() + core.smtp.session_time;
     let mut buf = vec![0u8; COMMAND_BUFFER];
@@ -212,6 +265,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
     'session: loop {
         loop {
             // Each transaction decides with the policy in force when it starts.
+            let mut throttle = None;
             if !session.in_transaction() {
                 core.policy.refresh();
                 snapshot = core.policy.current();
@@ -220,13 +274,29 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                     limits.message_size.to_native(),
                     limits.recipients.to_native() as usize,
                 );
+                if throttled {
+                    let per_session = group_limits.messages_per_session;
+                    throttle = if per_session != 0 && messages >= per_session {
+                        Some(Limit::Messages)
+                    } else {
+                        core.guard.throttled_at_mail(client)
+                    };
+                }
             }
             let policy = SessionPolicy {
                 snapshot: SnapshotPolicy(&snapshot),
                 core: &core,
                 reputation: reputation.as_deref(),
+                throttle,
+                throttled: std::cell::Cell::new(false),
             };
             let progress = session.feed(&buf[start..end], &policy);
+            if policy.throttled.get()
+                && let Some(l) = throttle
+            {
+                shard.reputation(R::throttle(l));
+                core.guard.count(client, group, Counted::Refused(l), 1);
+            }
             start += progress.consumed;
             match progress.event {
                 None => break,
@@ -241,7 +311,10 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                         }
                     };
                     match result {
-                        Ok(id) => session.spooled(&id),
+                        Ok(id) => {
+                            messages += 1;
+                            session.spooled(&id)
+                        }
                         Err(reply) => session.spool_failed(&reply),
                     }
                     shard.accept_latency.observe_duration(t0.elapsed());
@@ -325,16 +398,42 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
             m.abort().await;
         }
         memory.set(session.body_capacity() + buf.capacity());
-        // Directory-harvest protection: report unknown recipients, then obey a block.
-        let unknown = session.stats().unknown_user;
-        if unknown > unknown_seen {
-            for _ in unknown_seen..unknown {
-                core.harvest.unknown(peer.ip());
+        // Report unknown and other recipients and protocol errors to the client's owner
+        // (harvest protection, throttles), then obey a block or throttle it imposed.
+        let now_stats = session.stats();
+        if now_stats != seen && !approved {
+            let failed = |s: &crate::smtp::server::SessionStats| {
+                s.relay_denied + s.unknown_user + s.sender_blocked
+            };
+            let unknown = now_stats.unknown_user - seen.unknown_user;
+            core.guard.count(client, group, Counted::Unknown, unknown);
+            if throttled {
+                let g = group;
+                let c = client;
+                core.guard.count(
+                    c,
+                    g,
+                    Counted::Recipients,
+                    now_stats.recipients - seen.recipients,
+                );
+                core.guard
+                    .count(c, g, Counted::Failed, failed(&now_stats) - failed(&seen));
+                core.guard
+                    .count(c, g, Counted::Errors, now_stats.errors - seen.errors);
             }
-            unknown_seen = unknown;
-            if core.harvest.is_blocked(peer.ip()) {
-                shard.reject(Reject::HarvestClosed);
-                session.harvest_blocked();
+            seen = now_stats;
+            if let Some(b) = core.guard.blocked(client) {
+                if b.reason == BlockReason::Harvest {
+                    shard.reject(Reject::HarvestClosed);
+                    session.harvest_blocked();
+                } else {
+                    session.close_with(
+                        "421 4.7.0 Your address is blocked for a while: it kept exceeding its limits",
+                    );
+                }
+            } else if throttled && let Some(l) = core.guard.throttled_at_connect(client) {
+                shard.reputation(R::throttle(l));
+                session.close_with(l.reply());
             }
         }
         if !flush(&mut stream, &mut session).await || session.is_closed() {
@@ -372,7 +471,26 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
             ReadOutcome::Data(n) => {
                 end += n;
                 if let Some(check) = reputation_check.take() {
-                    reputation = reputation_verdict(&core, peer, check.await);
+                    let (refusal, tier) = reputation_verdict(&core, peer, check.await);
+                    reputation = refusal;
+                    if throttled && let Some(g) = tier {
+                        if g == Group::Suspect {
+                            shard.reputation(R::Suspect);
+                        }
+                        group = g;
+                        group_limits = core.guard.limits(group);
+                        let (t, a) = core.guard.open(client, group);
+                        ticket = Some(t);
+                        admission = Some(a);
+                    }
+                }
+                if let Some(a) = admission.take()
+                    && let Some(l) = a.verdict().await
+                {
+                    shard.reputation(R::throttle(l));
+                    let _ = stream.write_all(l.reply().as_bytes()).await;
+                    let _ = stream.write_all(b"\r\n").await;
+                    break;
                 }
             }
             ReadOutcome::Eof => break,
@@ -391,6 +509,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
             }
         }
     }
+    drop(ticket);
     let stats = session.stats();
     for (n, r) in [
         (stats.relay_denied, Reject::RelayDenied),
@@ -638,20 +757,22 @@ async fn read(stream: &mut Stream, buf: &mut [u8], timeout: Duration) -> ReadOut
     .await
 }
 
-/// Counts and logs what the DNS lists said; the reply refusing the client's mail, if
-/// they refuse it.
+/// Counts and logs what the DNS lists said: the reply refusing the client's mail, if
+/// they refuse it, and the sender group whose throttles apply (none when they refused
+/// it or an allow list vouched for it).
 fn reputation_verdict(
     core: &Core,
     peer: SocketAddr,
     outcome: Option<crate::reputation::dnsbl::Outcome>,
-) -> Option<String> {
-    use crate::metrics::ReputationReason as R;
+) -> (Option<String>, Option<Group>) {
     use crate::reputation::dnsbl::{Verdict, ZoneResult};
-    let lists = core.dnsbl.as_ref()?;
+    let Some(lists) = core.dnsbl.as_ref() else {
+        return (None, Some(Group::Unknown));
+    };
     let shard = core.shard();
     let Some(outcome) = outcome else {
         shard.reputation(R::DnsblFailed);
-        return None;
+        return (None, Some(Group::Unknown));
     };
     for (i, r) in outcome.results.iter().enumerate() {
         let result = match r {
@@ -668,20 +789,25 @@ fn reputation_verdict(
         Verdict::Refuse(reply) => {
             shard.reputation(R::Dnsbl);
             info!(%peer, score = outcome.score, zones = ?outcome.listed, "client refused: DNS block list");
-            Some(reply)
+            (Some(reply), None)
         }
         Verdict::Defer(reply) => {
             shard.reputation(R::DnsblDynamic);
             info!(%peer, score = outcome.score, zones = ?outcome.listed, "client deferred: dynamic DNS list");
-            Some(reply)
+            (Some(reply), None)
         }
         Verdict::Allow => {
             shard.reputation(R::Dnswl);
-            None
+            (None, None)
         }
         Verdict::Pass => {
             shard.reputation(R::Pass);
-            None
+            let group = if outcome.score > 0 {
+                Group::Suspect
+            } else {
+                Group::Unknown
+            };
+            (None, Some(group))
         }
     }
 }

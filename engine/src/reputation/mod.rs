@@ -1,5 +1,5 @@
 //! Connection-level reputation: what is known about a client before its mail is read.
 
 pub mod dnsbl;
-pub mod harvest;
+pub mod guard;
 pub mod pregreet;

@@ -28,7 +28,8 @@ pub trait EnvelopePolicy {
 
     /// Whether a new transaction may start now; `Some(reply)` refuses MAIL with that
     /// full reply line (e.g. `452 4.3.1 …` when the core's memory budget is spent, or
-    /// `550 5.7.1 …` for a client on a DNS block list).
+    /// `550 5.7.1 …` for a client on a DNS block list). A `421` reply also closes the
+    /// session.
     fn check_mail(&self) -> Option<&str> {
         None
     }
@@ -106,6 +107,11 @@ pub struct SessionStats {
     pub line_too_long: u32,
     /// Recipients deferred because their filtering policy differs from the first's.
     pub policy_split: u32,
+    /// Recipients accepted.
+    pub recipients: u32,
+    /// Replies that counted against the error limit (syntax and sequence errors,
+    /// refused commands).
+    pub errors: u32,
 }
 
 /// What [`Session::feed`] did.
@@ -301,6 +307,7 @@ impl Session {
     fn error_reply(&mut self, text: &str) -> bool {
         self.reply(text);
         self.errors += 1;
+        self.stats.errors += 1;
         if self.errors >= self.cfg.max_errors {
             self.reply("421 4.7.0 Too many errors, closing connection");
             self.state = State::Closed;
@@ -468,6 +475,7 @@ impl Session {
                 }
                 self.out.extend_from_slice(code.as_bytes());
                 self.errors += 1;
+                self.stats.errors += 1;
                 self.reply(msg);
                 if self.errors >= self.cfg.max_errors {
                     self.reply("421 4.7.0 Too many errors, closing connection");
@@ -593,6 +601,10 @@ impl Session {
         if let Some(refusal) = policy.check_mail() {
             // The server's condition, not the client's mistake: no error count.
             self.reply(refusal);
+            if refusal.starts_with("421") {
+                self.state = State::Closed;
+                return Some(Event::Close);
+            }
             return None;
         }
         if let Some(size) = params.size
@@ -656,6 +668,7 @@ impl Session {
                 if !self.tx.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&addr)) {
                     self.tx.rcpts.push(addr);
                 }
+                self.stats.recipients += 1;
                 self.reply("250 2.1.5 Recipient OK");
                 None
             }
@@ -810,6 +823,12 @@ impl Session {
     /// The client's address was blocked for trying too many unknown recipients.
     pub fn harvest_blocked(&mut self) {
         self.reply("421 4.7.0 Too many unknown recipients from your address; closing connection");
+        self.state = State::Closed;
+    }
+
+    /// Refuses the client with `reply` (a `421`) and closes the session.
+    pub fn close_with(&mut self, reply: &str) {
+        self.reply(reply);
         self.state = State::Closed;
     }
 
