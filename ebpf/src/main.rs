@@ -8,7 +8,10 @@
 //! shows half-written and there is no moment when an allowed source is dropped.
 //!
 //! Addresses are keyed in their IPv6 form (IPv4 as `::ffff:a.b.c.d`), prefixes over the
-//! 128 bits; dynamic blocks by IPv4 address or IPv6 /64.
+//! 128 bits. Dynamic blocks are keyed by client: the address masked to the engine's
+//! client prefix (`PREFIXES`: IPv4 24..=32, IPv6 48..=64), with that prefix written in
+//! an octet the mask leaves zero (octet 0 of an IPv4 key, octet 15 of an IPv6 one), as
+//! `bulwark_policy::dynamic_key` makes them.
 
 #![no_std]
 #![no_main]
@@ -33,10 +36,12 @@ static DROP_B: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(TRIE_ENTRIES, 0
 /// Which set is in force: 0 (A) or 1 (B).
 #[map]
 static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
-/// Dynamic blocks: key as above (IPv6 /64: the low half zeroed), value the
-/// `bpf_ktime_get_ns` time the block ends.
+/// Dynamic blocks: key as above, value the `bpf_ktime_get_ns` time the block ends.
 #[map]
 static DYNAMIC: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(1 << 20, 0);
+/// The client prefixes of dynamic blocks: IPv4 (24..=32), IPv6 (48..=64); 0: 32 and 64.
+#[map]
+static PREFIXES: Array<u32> = Array::with_max_entries(2, 0);
 /// The SMTP ports watched (0: unused slot).
 #[map]
 static PORTS: Array<u16> = Array::with_max_entries(8, 0);
@@ -162,13 +167,29 @@ fn decide(ctx: &XdpContext) -> Option<u32> {
         count(1);
         return Some(xdp_action::XDP_DROP);
     }
+    let v4 = src[10] == 0xff && src[11] == 0xff && src[..10] == [0u8; 10];
+    let prefix = match (v4, PREFIXES.get(if v4 { 0 } else { 1 }).copied()) {
+        (true, Some(p)) if (24..=32).contains(&p) => p,
+        (true, _) => 32,
+        (false, Some(p)) if (48..=64).contains(&p) => p,
+        (false, _) => 64,
+    };
+    let bits = if v4 { 96 + prefix } else { prefix };
     let mut dynamic = src;
-    if !(src[10] == 0xff && src[11] == 0xff && src[..10] == [0u8; 10]) {
-        let mut i = 8;
-        while i < 16 {
-            dynamic[i] = 0;
-            i += 1;
+    let mut i = 0u32;
+    while i < 16 {
+        let keep = bits as i32 - 8 * i as i32;
+        if keep <= 0 {
+            dynamic[i as usize] = 0;
+        } else if keep < 8 {
+            dynamic[i as usize] &= 0xffu8 << (8 - keep);
         }
+        i += 1;
+    }
+    if v4 {
+        dynamic[0] = prefix as u8;
+    } else {
+        dynamic[15] = prefix as u8;
     }
     // SAFETY: the value is read once; the loader replaces entries, never frees them
     // under us (an LRU eviction at worst makes this a miss).

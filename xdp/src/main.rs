@@ -9,7 +9,12 @@
 //! With `[policy] snapshot`, it follows the published policy as the engine does: a new
 //! generation whose lists differ is written into the set of tries the program does not
 //! read, then one index switches the program to it, so no packet ever sees a half-written
-//! list (the old set is emptied at the next change).
+//! list (the old set is emptied at the next change). A generation that cannot be applied
+//! (a map refuses an entry) leaves the lists in force and the loader running.
+//!
+//! Every second it also copies the engine's dynamic blocks (harvest and throttles, asked
+//! of its admin socket) into the program's `DYNAMIC` map with their expiry, and removes
+//! those the engine no longer lists (expired or lifted by an operator).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::{Xdp, XdpMode};
 use bulwark_policy::Cidr;
 use clap::Parser;
@@ -75,6 +80,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         ports.set(i as u32, p, 0)?;
     }
     let policy = config.policy();
+    set_prefixes(
+        &mut ebpf,
+        policy.throttle.ipv4_prefix,
+        policy.throttle.ipv6_prefix,
+    )?;
     fill(&mut ebpf, "ALLOW_A", &policy.ips.allow)?;
     fill(&mut ebpf, "DROP_A", &policy.ips.drop)?;
     set_active(&mut ebpf, 0)?;
@@ -113,6 +123,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         "XDP program attached"
     );
     let status = config.xdp_status_path();
+    let admin = config.admin_dir();
+    let mut dynamic: std::collections::HashSet<[u8; 16]> = Default::default();
     let mut tick = 0u64;
     loop {
         if let Some(f) = &follower {
@@ -130,17 +142,29 @@ fn run(args: Args) -> anyhow::Result<()> {
                                 })
                                 .collect()
                         };
+                        let t = &snapshot.policy().throttle;
+                        if let Err(e) = set_prefixes(&mut ebpf, t.ipv4_prefix, t.ipv6_prefix) {
+                            warn!(generation, "client prefixes not set: {e:#}");
+                        }
                         let next = (native(&ips.allow), native(&ips.drop));
                         if next != lists {
-                            active = 1 - active;
-                            swap(&mut ebpf, active, &next.0, &next.1)?;
-                            info!(
-                                generation,
-                                allow = next.0.len(),
-                                drop = next.1.len(),
-                                "XDP lists replaced"
-                            );
-                            lists = next;
+                            match swap(&mut ebpf, 1 - active, &next.0, &next.1) {
+                                Ok(()) => {
+                                    active = 1 - active;
+                                    info!(
+                                        generation,
+                                        allow = next.0.len(),
+                                        drop = next.1.len(),
+                                        "XDP lists replaced"
+                                    );
+                                    lists = next;
+                                }
+                                // The set in force was not touched.
+                                Err(e) => warn!(
+                                    generation,
+                                    "XDP lists not replaced, the previous ones stay in force: {e:#}"
+                                ),
+                            }
                         }
                     }
                     Err(e) => warn!(generation, "policy snapshot refused, lists unchanged: {e}"),
@@ -151,6 +175,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         if tick % 4 != 1 {
             std::thread::sleep(Duration::from_millis(250));
             continue;
+        }
+        if let Err(e) = sync_dynamic(&mut ebpf, &admin, &mut dynamic) {
+            warn!("dynamic blocks not copied: {e:#}");
         }
         let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             ebpf.map("COUNTERS")
@@ -163,6 +190,77 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+fn set_prefixes(ebpf: &mut aya::Ebpf, v4: u8, v6: u8) -> anyhow::Result<()> {
+    let mut prefixes: Array<&mut MapData, u32> = Array::try_from(
+        ebpf.map_mut("PREFIXES")
+            .ok_or_else(|| anyhow!("the program has no PREFIXES map"))?,
+    )?;
+    prefixes.set(0, v4 as u32, 0)?;
+    prefixes.set(1, v6 as u32, 0)?;
+    Ok(())
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn ktime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn parse_key(hex: &str) -> Option<[u8; 16]> {
+    let mut k = [0u8; 16];
+    if hex.len() != 32 {
+        return None;
+    }
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(k)
+}
+
+/// Copies the engine's dynamic blocks into `DYNAMIC` (expiry on the program's clock) and
+/// removes the ones it copied before that the engine no longer lists. An engine that
+/// does not answer leaves the map as it is (the entries expire by themselves).
+fn sync_dynamic(
+    ebpf: &mut aya::Ebpf,
+    admin: &Path,
+    copied: &mut std::collections::HashSet<[u8; 16]>,
+) -> anyhow::Result<()> {
+    use bulwark::admin::{ClientRequest, ClientResponse};
+    let r: ClientResponse = match bulwark::admin::ask_core(admin, 0, &ClientRequest::DynamicList) {
+        Ok(r) => r,
+        Err(bulwark::admin::ClientError::NoEngine(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut map: BpfHashMap<&mut MapData, [u8; 16], u64> = BpfHashMap::try_from(
+        ebpf.map_mut("DYNAMIC")
+            .ok_or_else(|| anyhow!("the program has no DYNAMIC map"))?,
+    )?;
+    let now = ktime_ns();
+    let mut listed = std::collections::HashSet::new();
+    for b in &r.blocks {
+        let Some(key) = parse_key(&b.key) else {
+            warn!(key = %b.key, "the engine listed a block with a bad key");
+            continue;
+        };
+        map.insert(key, now + b.remaining_ms * 1_000_000, 0)
+            .with_context(|| format!("DYNAMIC: {}", b.network))?;
+        if !copied.contains(&key) {
+            info!(client = %b.network, reason = %b.reason, "dynamic block copied to XDP");
+        }
+        listed.insert(key);
+    }
+    for gone in copied.difference(&listed) {
+        let _ = map.remove(gone);
+    }
+    *copied = listed;
+    Ok(())
 }
 
 fn set_active(ebpf: &mut aya::Ebpf, set: u32) -> anyhow::Result<()> {

@@ -71,8 +71,18 @@ except OSError as e:
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[test]
-fn a_dropped_source_gets_no_syn_ack_and_an_approved_one_inside_it_gets_its_banner() {
+/// The binaries, the namespaces joined by a veth pair (the gateway at 198.18.0.1, the
+/// clients at 198.18.0.2 and .3), and a work directory.
+struct Setup {
+    net: Net,
+    dir: PathBuf,
+    object: PathBuf,
+    loader: PathBuf,
+    engine: PathBuf,
+    vg: String,
+}
+
+fn setup(tag: &str) -> Setup {
     let object = workspace().join("target/xdp/bulwark-xdp.o");
     assert!(
         object.exists(),
@@ -87,13 +97,13 @@ fn a_dropped_source_gets_no_syn_ack_and_an_approved_one_inside_it_gets_its_banne
         engine.display()
     );
     let id = std::process::id() % 100_000;
-    let (vg, vc) = (format!("bwg{id}"), format!("bwc{id}"));
-    let dir = std::env::temp_dir().join(format!("bulwark-xdp-test-{id}"));
+    let (vg, vc) = (format!("bg{tag}{id}"), format!("bc{tag}{id}"));
+    let dir = std::env::temp_dir().join(format!("bulwark-xdp-test-{tag}-{id}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut net = Net {
-        gw: format!("bwgw{id}"),
-        cl: format!("bwcl{id}"),
+    let net = Net {
+        gw: format!("bwgw{tag}{id}"),
+        cl: format!("bwcl{tag}{id}"),
         children: Vec::new(),
         dir: dir.clone(),
     };
@@ -112,6 +122,81 @@ fn a_dropped_source_gets_no_syn_ack_and_an_approved_one_inside_it_gets_its_banne
         sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
     }
+    Setup {
+        net,
+        dir,
+        object,
+        loader,
+        engine,
+        vg,
+    }
+}
+
+/// Starts the engine in the gateway namespace and waits until 198.18.0.3 gets a banner.
+fn start_engine(s: &mut Setup, config: &Path) {
+    s.net.children.push(
+        Command::new("ip")
+            .args(["netns", "exec", &s.net.gw])
+            .arg(&s.engine)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(s.dir.join("engine.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while !connect(&s.net, "198.18.0.3").starts_with("220") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the engine did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts `bulwark-xdp` in the gateway namespace and waits until it attached.
+fn start_loader(s: &mut Setup, config: &Path) {
+    s.net.children.push(
+        Command::new("ip")
+            .args(["netns", "exec", &s.net.gw])
+            .arg(&s.loader)
+            .args(["--config"])
+            .arg(config)
+            .arg("--object")
+            .arg(&s.object)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(s.dir.join("xdp.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = s.dir.join("spool/xdp.status");
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&status).is_ok_and(|t| t.contains("mode=")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "bulwark-xdp did not attach: {}",
+            std::fs::read_to_string(s.dir.join("xdp.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A counter from the loader's status file.
+fn status_counter(s: &Setup, key: &str) -> u64 {
+    std::fs::read_to_string(s.dir.join("spool/xdp.status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_dropped_source_gets_no_syn_ack_and_an_approved_one_inside_it_gets_its_banner() {
+    let mut setup = setup("d");
+    let dir = setup.dir.clone();
+    let (engine, vg) = (setup.engine.clone(), setup.vg.clone());
     let config = dir.join("bulwark.toml");
     let write_config = |drop: &str| {
         std::fs::write(
@@ -160,77 +245,28 @@ interface = "{vg}"
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    net.children.push(
-        Command::new("ip")
-            .args(["netns", "exec", &gw])
-            .arg(&engine)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("engine.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let t0 = Instant::now();
-    while !connect(&net, "198.18.0.3").starts_with("220") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the engine did not start"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    start_engine(&mut setup, &config);
+    let net = &setup.net;
     // Without the program: the engine itself refuses the dropped network.
-    let r = connect(&net, "198.18.0.2");
+    let r = connect(net, "198.18.0.2");
     assert!(r.starts_with("554 5.7.1"), "{r}");
 
-    net.children.push(
-        Command::new("ip")
-            .args(["netns", "exec", &gw])
-            .arg(&loader)
-            .args(["--config"])
-            .arg(&config)
-            .arg("--object")
-            .arg(&object)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("xdp.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let status = dir.join("spool/xdp.status");
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&status).is_ok_and(|s| s.contains("mode=")) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "bulwark-xdp did not attach: {}",
-            std::fs::read_to_string(dir.join("xdp.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    start_loader(&mut setup, &config);
+    let net = &setup.net;
+    let gw = net.gw.clone();
     assert_eq!(
-        connect(&net, "198.18.0.2"),
+        connect(net, "198.18.0.2"),
         "timeout",
         "no SYN-ACK for a dropped source"
     );
     assert!(
-        connect(&net, "198.18.0.3").starts_with("220"),
+        connect(net, "198.18.0.3").starts_with("220"),
         "the approved address inside the dropped network gets its banner"
     );
     // The counters reach the status file within a second or two.
     let t0 = Instant::now();
-    loop {
-        let s = std::fs::read_to_string(&status).unwrap_or_default();
-        let dropped: u64 = s
-            .lines()
-            .find_map(|l| l.strip_prefix("drop="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if dropped > 0 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "no drops counted: {s}"
-        );
+    while status_counter(&setup, "drop") == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "no drops counted");
         std::thread::sleep(Duration::from_millis(200));
     }
     // A published generation replaces the lists in the other set of tries: 198.18.0.2 is
@@ -238,7 +274,7 @@ interface = "{vg}"
     publish("\"198.18.0.9\"");
     let t0 = Instant::now();
     loop {
-        let r = connect(&net, "198.18.0.2");
+        let r = connect(net, "198.18.0.2");
         if r.starts_with("220") {
             break;
         }
@@ -247,7 +283,7 @@ interface = "{vg}"
     publish("\"198.18.0.2\"");
     let t0 = Instant::now();
     loop {
-        let r = connect(&net, "198.18.0.2");
+        let r = connect(net, "198.18.0.2");
         if r == "timeout" {
             break;
         }
@@ -256,7 +292,7 @@ interface = "{vg}"
             "not dropped again: {r}"
         );
     }
-    assert!(connect(&net, "198.18.0.3").starts_with("220"));
+    assert!(connect(net, "198.18.0.3").starts_with("220"));
     assert!(
         std::fs::read_to_string(dir.join("xdp.log"))
             .unwrap_or_default()
@@ -288,16 +324,154 @@ interface = "{vg}"
         "{metrics}"
     );
     // The loader gone, the program goes with it: the engine refuses at accept again.
-    if let Some(mut l) = net.children.pop() {
+    if let Some(mut l) = setup.net.children.pop() {
         let _ = l.kill();
         let _ = l.wait();
     }
     let t0 = Instant::now();
     loop {
-        let r = connect(&net, "198.18.0.2");
+        let r = connect(&setup.net, "198.18.0.2");
         if r.starts_with("554 5.7.1") {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "still dropped: {r}");
+    }
+}
+
+/// A dynamic block the engine imposes reaches the program's map: the client's SYNs
+/// are dropped (counted as `drop_dynamic`) while it lasts, it expires on time, and an
+/// operator lifting the next one (twice as long) lets the client in again within about a
+/// second. Another address of the same network is not affected.
+#[test]
+fn a_dynamic_block_is_dropped_in_xdp_until_it_expires_or_is_lifted() {
+    let mut setup = setup("y");
+    let config = setup.dir.join("bulwark.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+hostname = "mx.xdp.test"
+listen = ["198.18.0.1:2525"]
+metrics = "127.0.0.1:9325"
+cores = 2
+
+[spool]
+dir = "{}"
+
+[authentication]
+enabled = false
+
+[throttle]
+block_after = 2
+block = "4s"
+
+[throttle.unknown]
+max_connections = 1
+
+[xdp]
+interface = "{}"
+"#,
+            setup.dir.join("spool").display(),
+            setup.vg
+        ),
+    )
+    .unwrap();
+    start_engine(&mut setup, &config);
+    start_loader(&mut setup, &config);
+    // One connection held from 198.18.0.2; two more are refused (421) and the second
+    // refusal blocks the client; once the loader copied the block (within a second or
+    // so) its SYNs get no answer.
+    let provoke = r#"
+import socket, time
+def open_(hold=None):
+    s = socket.create_connection(("198.18.0.1", 2525), source_address=("198.18.0.2", 0), timeout=3)
+    f = s.makefile("rb")
+    line = f.readline().decode().strip()
+    if line.startswith("220"):
+        s.sendall(b"NOOP\r\n")
+        line = f.readline().decode().strip()
+    if hold is not None:
+        hold.append(s)
+    else:
+        s.close()
+    return line
+held = []
+print("held", open_(held))
+print("refused", open_())
+print("refused", open_())
+"#;
+    let run_client = |script: &str| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &setup.net.cl, "python3", "-c", script])
+            .output()
+            .expect("python3");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let out = run_client(provoke);
+    assert!(out.contains("held 250"), "{out}");
+    assert_eq!(out.matches("refused 421 4.7.0").count(), 2, "{out}");
+    let blocked_at = Instant::now();
+    let t0 = Instant::now();
+    while connect(&setup.net, "198.18.0.2") != "timeout" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "the block did not reach the program: {}",
+            std::fs::read_to_string(setup.dir.join("xdp.log")).unwrap_or_default()
+        );
+    }
+    assert!(
+        status_counter(&setup, "drop_dynamic") > 0 || {
+            std::thread::sleep(Duration::from_millis(1200));
+            status_counter(&setup, "drop_dynamic") > 0
+        }
+    );
+    assert!(
+        connect(&setup.net, "198.18.0.3").starts_with("220"),
+        "another client is not affected"
+    );
+    // It ends on its own after 4 s.
+    let t0 = Instant::now();
+    loop {
+        let r = connect(&setup.net, "198.18.0.2");
+        if r.starts_with("220") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(8), "never expired: {r}");
+    }
+    let lasted = blocked_at.elapsed();
+    assert!(
+        lasted >= Duration::from_millis(3500),
+        "released early: {lasted:?}"
+    );
+    // The next block lasts 8 s; an operator lifts it.
+    let out = run_client(provoke);
+    assert_eq!(out.matches("refused 421 4.7.0").count(), 2, "{out}");
+    let t0 = Instant::now();
+    while connect(&setup.net, "198.18.0.2") != "timeout" {
+        assert!(t0.elapsed() < Duration::from_secs(3), "not dropped again");
+    }
+    let lifted = Command::new(&setup.engine)
+        .args(["ip", "dynamic", "remove", "198.18.0.2", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&lifted.stdout).contains("block lifted"),
+        "{lifted:?}"
+    );
+    let t0 = Instant::now();
+    loop {
+        let r = connect(&setup.net, "198.18.0.2");
+        if r.starts_with("220") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "still dropped after it was lifted: {r}"
+        );
     }
 }
