@@ -18,7 +18,8 @@ PACKAGES=(
 # With `xdp`: what the XDP program (ebpf/) builds with. Debian's rustc-web has a prebuilt
 # `core` for the BPF target, and bpf-linker is built against LLVM 22.
 if [ "${1:-}" = xdp ]; then
-  PACKAGES+=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev)
+  PACKAGES+=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
+    netsniff-ng)            # trafgen: the SYN flood of the XDP flood test
 fi
 
 missing=()

@@ -66,6 +66,165 @@ pub struct Options {
     /// Write the Message-ID of every message that got a 2xx here, one per line.
     #[arg(long)]
     pub ids: Option<std::path::PathBuf>,
+    /// Connect from these source addresses, one after another per connection: an IPv4
+    /// network (`127.0.1.0/24`: each of its addresses; on Linux every 127/8 address is
+    /// local) or a comma-separated list. Default: the kernel's choice.
+    #[arg(long, value_parser = parse_sources)]
+    pub sources: Option<Sources>,
+}
+
+/// Source addresses to connect from.
+#[derive(Debug, Clone)]
+pub struct Sources(pub Vec<std::net::IpAddr>);
+
+fn parse_sources(text: &str) -> Result<Sources, String> {
+    if let Some((net, prefix)) = text.split_once('/') {
+        let net: std::net::Ipv4Addr = net
+            .parse()
+            .map_err(|_| format!("{text:?}: {net:?} is not an IPv4 address"))?;
+        let prefix: u32 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (16..=32).contains(p))
+            .ok_or_else(|| format!("{text:?}: the prefix must be 16 to 32"))?;
+        let base = u32::from(net) & (u32::MAX << (32 - prefix));
+        let count = 1u64 << (32 - prefix);
+        let mut v: Vec<std::net::IpAddr> = (0..count)
+            .map(|i| std::net::IpAddr::V4((base.wrapping_add(i as u32)).into()))
+            .collect();
+        if prefix < 31 {
+            // Not the network and broadcast addresses.
+            v.remove(0);
+            v.pop();
+        }
+        return Ok(Sources(v));
+    }
+    text.split(',')
+        .map(|a| {
+            a.trim()
+                .parse()
+                .map_err(|_| format!("{a:?} is not an IP address"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Sources)
+}
+
+/// A TCP connection to `target` from `source` (bind before connect), made without
+/// blocking the executor: a non-blocking connect, then polls until it completes.
+async fn connect_from(
+    source: std::net::IpAddr,
+    target: SocketAddr,
+) -> std::io::Result<glommio::net::TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+    let family = if target.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the result is checked and owned at once.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just created and own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = |a: SocketAddr| -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: zeroed sockaddr_storage is valid; filled below per family.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match a {
+            SocketAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than sockaddr_in.
+                unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
+                    sin6_scope_id: 0,
+                };
+                // SAFETY: sockaddr_storage is larger than sockaddr_in6.
+                unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (ss, len as libc::socklen_t)
+    };
+    let (src, src_len) = raw(SocketAddr::new(source, 0));
+    // SAFETY: a valid address of the given length.
+    if unsafe {
+        libc::bind(
+            owned.as_raw_fd(),
+            &src as *const _ as *const libc::sockaddr,
+            src_len,
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (dst, dst_len) = raw(target);
+    // SAFETY: as above.
+    if unsafe {
+        libc::connect(
+            owned.as_raw_fd(),
+            &dst as *const _ as *const libc::sockaddr,
+            dst_len,
+        )
+    } < 0
+    {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        loop {
+            let mut p = libc::pollfd {
+                fd: owned.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one pollfd, no wait.
+            let n = unsafe { libc::poll(&mut p, 1, 0) };
+            if n > 0 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_micros(200)).await;
+        }
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: reads one int.
+        unsafe {
+            libc::getsockopt(
+                owned.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if err != 0 {
+            return Err(std::io::Error::from_raw_os_error(err));
+        }
+    }
+    // SAFETY: a connected TCP socket handed over to glommio.
+    Ok(unsafe { glommio::net::TcpStream::from_raw_fd(owned.into_raw_fd()) })
 }
 
 /// Counters every thread adds to, read by the progress bar.
@@ -89,6 +248,8 @@ struct Shared {
     run_id: String,
     /// Threads that have finished their connections.
     finished: AtomicU64,
+    /// The next of `--sources` to connect from.
+    next_source: AtomicU64,
 }
 
 /// What one thread measured.
@@ -195,6 +356,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         stop: AtomicBool::new(false),
         run_id,
         finished: AtomicU64::new(0),
+        next_source: AtomicU64::new(0),
     });
     let threads = crate::threads(opts.threads);
     let conns = opts.hold.unwrap_or(opts.connections);
@@ -421,15 +583,39 @@ async fn open(shared: &Shared) -> Option<Connection> {
         .tls
         .then(bulwark::net::tls::opportunistic_client_config);
     let host = shared.opts.target.ip().to_string();
-    match Connection::open(
-        &host,
-        shared.opts.target,
-        "bulwark-load.test",
-        tls.as_ref(),
-        timeouts(),
-    )
-    .await
-    {
+    let opened = match &shared.opts.sources {
+        Some(Sources(list)) if !list.is_empty() => {
+            let i = shared.next_source.fetch_add(1, Relaxed) as usize % list.len();
+            match connect_from(list[i], shared.opts.target).await {
+                Ok(tcp) => {
+                    Connection::over(
+                        tcp,
+                        &host,
+                        shared.opts.target,
+                        "bulwark-load.test",
+                        tls.as_ref(),
+                        timeouts(),
+                    )
+                    .await
+                }
+                Err(e) => Err(bulwark::deliver::client::ConnError::Connect(format!(
+                    "from {}: {e}",
+                    list[i]
+                ))),
+            }
+        }
+        _ => {
+            Connection::open(
+                &host,
+                shared.opts.target,
+                "bulwark-load.test",
+                tls.as_ref(),
+                timeouts(),
+            )
+            .await
+        }
+    };
+    match opened {
         Ok(c) if shared.opts.tls && !c.is_tls() => {
             shared.totals.errors.fetch_add(1, Relaxed);
             eprintln!("--tls: the server did not offer STARTTLS");
@@ -562,10 +748,36 @@ async fn connection(
                     } else {
                         shared.totals.rejected.fetch_add(1, Relaxed);
                         *st.codes.entry(code).or_default() += 1;
+                        if code == 421 {
+                            // The server closed the session (a throttle, say): reconnect.
+                            continue 'connect;
+                        }
                     }
                 }
             }
         }
         conn.quit().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_a_network_or_a_list() {
+        let s = parse_sources("127.0.1.0/24").unwrap();
+        assert_eq!(s.0.len(), 254);
+        assert_eq!(s.0[0].to_string(), "127.0.1.1");
+        assert_eq!(s.0[253].to_string(), "127.0.1.254");
+        assert_eq!(parse_sources("127.0.1.9/32").unwrap().0.len(), 1);
+        let l = parse_sources("127.0.0.2, 127.0.0.3").unwrap();
+        assert_eq!(l.0.len(), 2);
+        assert!(
+            parse_sources("127.0.0.0/8")
+                .unwrap_err()
+                .contains("16 to 32")
+        );
+        assert!(parse_sources("nope").is_err());
     }
 }

@@ -475,3 +475,263 @@ print("refused", open_())
         );
     }
 }
+
+/// Counts, in the client namespace, the SYN-ACKs the gateway sends: to the flood's
+/// (blocked) sources and to the others, for `secs` seconds. Prints `blocked N other M`.
+const SNIFFER: &str = r#"
+import socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0800))
+s.settimeout(0.2)
+end = time.time() + float(sys.argv[1])
+blocked = other = 0
+while time.time() < end:
+    try:
+        p = s.recv(2048)
+    except socket.timeout:
+        continue
+    ip = p[14:]
+    if len(ip) < 40 or ip[9] != 6:
+        continue
+    ihl = (ip[0] & 15) * 4
+    tcp = ip[ihl:]
+    if len(tcp) < 14 or struct.unpack("!H", tcp[0:2])[0] != 2525 or tcp[13] & 0x12 != 0x12:
+        continue
+    if ip[16] == 198 and ip[17] == 18 and ip[18] >= 128 and not (ip[18] == 200 and ip[19] == 5):
+        blocked += 1
+    else:
+        other += 1
+print("blocked", blocked, "other", other, flush=True)
+"#;
+
+/// A SYN flood (trafgen, 200,000 packets at 50,000 a second, random sources in the
+/// dropped 198.18.128.0/17) while smtp-source sends 300 messages from an allowed address
+/// and the drop list is swapped six times: no blocked source ever gets a SYN-ACK, the
+/// approved address inside the dropped network gets its banner, every message arrives,
+/// and no packet of allowed traffic is counted as dropped.
+#[test]
+fn a_syn_flood_from_blocked_sources_never_gets_a_syn_ack_while_mail_flows() {
+    let mut setup = setup("f");
+    let (gw, cl) = (setup.net.gw.clone(), setup.net.cl.clone());
+    // SYN-ACKs to other sources leave by the client side (so the sniffer would see any).
+    sh(&[
+        "ip",
+        "-n",
+        &gw,
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.0.2",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &cl,
+        "addr",
+        "add",
+        "198.18.200.5/32",
+        "dev",
+        &format!("bc{}", &setup.vg[2..]),
+    ]);
+    let load = setup.engine.with_file_name("bulwark-load");
+    assert!(
+        load.exists(),
+        "{} is missing: build the workspace",
+        load.display()
+    );
+    let report = setup.dir.join("sink.json");
+    setup.net.children.push(
+        Command::new("ip")
+            .args(["netns", "exec", &gw])
+            .arg(&load)
+            .args([
+                "sink",
+                "--listen",
+                "127.0.0.1:2526",
+                "--threads",
+                "1",
+                "--report",
+            ])
+            .arg(&report)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let config = setup.dir.join("bulwark.toml");
+    let (work, vg) = (setup.dir.clone(), setup.vg.clone());
+    let write_config = |drop: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"[server]
+hostname = "mx.xdp.test"
+listen = ["198.18.0.1:2525"]
+metrics = "127.0.0.1:9325"
+cores = 2
+
+[spool]
+dir = "{}"
+
+[policy]
+snapshot = "{}"
+
+[authentication]
+enabled = false
+
+[ip]
+drop = [{drop}]
+allow = ["198.18.200.5"]
+
+[[domains]]
+name = "example.test"
+route = "127.0.0.1:2526"
+
+[xdp]
+interface = "{}"
+"#,
+                work.join("spool").display(),
+                work.join("policy").display(),
+                vg
+            ),
+        )
+        .unwrap()
+    };
+    let lists = [
+        "\"198.18.128.0/17\"",
+        "\"198.18.128.0/17\", \"198.18.99.0/24\"",
+    ];
+    write_config(lists[0]);
+    start_engine(&mut setup, &config);
+    start_loader(&mut setup, &config);
+    let drops_before = status_counter(&setup, "drop");
+    let mac = {
+        let out = Command::new("ip")
+            .args(["-n", &gw, "-br", "link", "show", &setup.vg])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .to_string()
+    };
+    let in_cl = |prog: &str, args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &cl, prog])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let sniffer = in_cl("python3", &["-c", SNIFFER, "6"]);
+    std::thread::sleep(Duration::from_millis(300));
+    const FLOOD: u64 = 200_000;
+    let flood = in_cl(
+        "trafgen",
+        &[
+            "--dev",
+            &format!("bc{}", &setup.vg[2..]),
+            "--cpus",
+            "1",
+            "-b",
+            "50000pps",
+            "-n",
+            &FLOOD.to_string(),
+            "-q",
+            &format!(
+                "{{ eth(da={mac}), ipv4(sa=198.18.128.1, sa[2]=drnd(128,255), sa[3]=drnd(), \
+                 da=198.18.0.1, ttl=64), tcp(sp=drnd(1024,65535), dp=2525, seq=drnd(), syn, win=64240) }}"
+            ),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mail = in_cl(
+        "smtp-source",
+        &[
+            "-s",
+            "10",
+            "-m",
+            "300",
+            "-l",
+            "2048",
+            "-f",
+            "a@client.test",
+            "-t",
+            "user@example.test",
+            "198.18.0.1:2525",
+        ],
+    );
+    for i in 0..6 {
+        let engine = setup.engine.clone();
+        write_config(lists[(i + 1) % 2]);
+        let out = Command::new(&engine)
+            .args(["publish-policy", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            connect(&setup.net, "198.18.200.5").starts_with("220"),
+            "the approved address inside the dropped network gets its banner"
+        );
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let mail = mail.wait_with_output().unwrap();
+    assert!(mail.status.success(), "{mail:?}");
+    let flood = flood.wait_with_output().unwrap();
+    assert!(flood.status.success(), "trafgen: {flood:?}");
+    let sniffed = String::from_utf8_lossy(&sniffer.wait_with_output().unwrap().stdout).to_string();
+    let count = |k: &str| -> u64 {
+        let mut it = sniffed.split_whitespace();
+        while let Some(w) = it.next() {
+            if w == k {
+                return it.next().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+            }
+        }
+        u64::MAX
+    };
+    assert_eq!(
+        count("blocked"),
+        0,
+        "a blocked source got a SYN-ACK: {sniffed}"
+    );
+    assert!(
+        count("other") >= 10,
+        "the sniffer saw the legitimate SYN-ACKs: {sniffed}"
+    );
+    let t0 = Instant::now();
+    loop {
+        let received = std::fs::read_to_string(&report)
+            .ok()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+            .and_then(|v| v["received"].as_u64())
+            .unwrap_or(0);
+        if received == 300 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{received} of 300 messages arrived"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+    let dropped = status_counter(&setup, "drop") - drops_before;
+    assert!(
+        dropped <= FLOOD,
+        "{dropped} packets dropped for a flood of {FLOOD}: allowed traffic was dropped"
+    );
+    assert!(
+        dropped >= FLOOD / 2,
+        "only {dropped} of {FLOOD} flood packets dropped"
+    );
+    assert!(
+        std::fs::read_to_string(setup.dir.join("xdp.log"))
+            .unwrap_or_default()
+            .matches("XDP lists replaced")
+            .count()
+            >= 6
+    );
+}

@@ -149,6 +149,19 @@ impl Connection {
                 .map_err(|e| ConnError::Connect(e.to_string()))
         })
         .await?;
+        Self::over(tcp, host, addr, helo, tls, timeouts).await
+    }
+
+    /// As [`Connection::open`], over a TCP connection made by the caller (from a source
+    /// address of its choice, say).
+    pub async fn over(
+        tcp: TcpStream,
+        host: &str,
+        addr: SocketAddr,
+        helo: &str,
+        tls: Option<&Arc<ClientConfig>>,
+        timeouts: Timeouts,
+    ) -> Result<Connection, ConnError> {
         let _ = tcp.set_nodelay(true);
         let mut c = Connection {
             stream: Stream::Plain(tcp),
