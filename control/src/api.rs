@@ -418,6 +418,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/ips", get(list_ips).post(add_ip).delete(remove_ip))
         .route("/api/v1/ips/check", get(check_ip))
+        .route("/api/v1/dnsbl", get(get_dnsbl).put(put_dnsbl))
         .route(
             "/api/v1/ips/dynamic",
             get(list_dynamic).delete(remove_dynamic),
@@ -890,6 +891,112 @@ fn engine_request(state: &AppState, req: Value) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct DnsblZoneSpec {
+    zone: String,
+    #[serde(default = "one")]
+    weight: i32,
+    #[serde(default = "standard")]
+    class: String,
+    #[serde(default)]
+    answers: Vec<String>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn standard() -> String {
+    "standard".into()
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct DnsblSpec {
+    #[serde(default = "one")]
+    threshold: i32,
+    #[serde(default)]
+    allow_threshold: i32,
+    #[serde(default)]
+    zones: Vec<DnsblZoneSpec>,
+}
+
+fn dnsbl_spec(p: &bulwark_policy::DnsblPolicy) -> DnsblSpec {
+    DnsblSpec {
+        threshold: p.threshold,
+        allow_threshold: p.allow_threshold,
+        zones: p
+            .zones
+            .iter()
+            .map(|z| DnsblZoneSpec {
+                zone: z.zone.clone(),
+                weight: z.weight,
+                class: if z.dynamic { "dynamic" } else { "standard" }.into(),
+                answers: z.answers.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The DNS lists and thresholds the engines use.
+async fn get_dnsbl(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let p = blocking(move || lock(&state.store).dnsbl().map_err(ApiError::from)).await?;
+    Ok(Json(json!(dnsbl_spec(&p))))
+}
+
+/// Replaces the DNS lists and thresholds and publishes; every zone is checked first and
+/// the first fault named (`zones[N].field`).
+async fn put_dnsbl(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let spec: DnsblSpec = json_body(body)?;
+    let mut zones = Vec::with_capacity(spec.zones.len());
+    for (i, z) in spec.zones.into_iter().enumerate() {
+        let dynamic = match z.class.as_str() {
+            "standard" => false,
+            "dynamic" => true,
+            other => {
+                return Err(ApiError::bad(
+                    "zones",
+                    format!("zones[{i}].class: {other:?} must be \"standard\" or \"dynamic\""),
+                ));
+            }
+        };
+        zones.push(bulwark_policy::DnsblZone {
+            zone: z.zone.trim().trim_end_matches('.').to_ascii_lowercase(),
+            weight: z.weight,
+            dynamic,
+            answers: z.answers.iter().map(|a| a.trim().to_string()).collect(),
+        });
+    }
+    let policy = bulwark_policy::DnsblPolicy {
+        zones,
+        threshold: spec.threshold,
+        allow_threshold: spec.allow_threshold,
+    };
+    if let Err((field, message)) = bulwark_policy::dnsbl::validate(&policy) {
+        let top: &'static str = if field.starts_with("zones") {
+            "zones"
+        } else if field == "threshold" {
+            "threshold"
+        } else {
+            "allow_threshold"
+        };
+        return Err(ApiError::bad(top, format!("{field}: {message}")));
+    }
+    let zones = policy.zones.len();
+    let generation = blocking(move || {
+        lock(&state.store)
+            .set_dnsbl(&policy)
+            .map_err(ApiError::from)?;
+        publish(&state).map(|p| p.generation)
+    })
+    .await?;
+    Ok(Json(json!({"generation": generation, "zones": zones})))
+}
+
 /// What a connection from an address would get, and why: asked of the engine (IP
 /// lists, pregreet, dynamic blocks, DNS lists, throttles) when `engine_admin_dir` is
 /// set, else from the stored lists alone.
@@ -1282,6 +1389,12 @@ const OPENAPI: &str = r##"{
           "tls_ca": {"type": "string", "description": "CA file (absolute path on the engines) for tls=required; empty: web PKI roots"}}},
       "Sender": {"type": "object", "required": ["pattern", "action"], "additionalProperties": false,
         "properties": {"pattern": {"type": "string"}, "action": {"type": "string", "enum": ["approved", "blocked"]}, "domain": {"type": "string"}}},
+      "Dnsbl": {"type": "object", "additionalProperties": false, "properties": {
+        "threshold": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "score from which a client's mail is refused"},
+        "allow_threshold": {"type": "integer", "minimum": -1000, "maximum": 0, "description": "a negative score at or below which the later tests are skipped (0: off)"},
+        "zones": {"type": "array", "maxItems": 32, "items": {"type": "object", "required": ["zone"], "additionalProperties": false, "properties": {
+          "zone": {"type": "string"}, "weight": {"type": "integer", "minimum": -1000, "maximum": 1000, "description": "not 0; negative for allow lists"},
+          "class": {"type": "string", "enum": ["standard", "dynamic"]}, "answers": {"type": "array", "items": {"type": "string"}}}}}}},
       "Ip": {"type": "object", "required": ["cidr", "action"], "additionalProperties": false,
         "properties": {"cidr": {"type": "string"}, "action": {"type": "string", "enum": ["allow", "block", "drop"]}}},
       "Limits": {"type": "object", "additionalProperties": false, "properties": {
@@ -1389,6 +1502,16 @@ const OPENAPI: &str = r##"{
           "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
           "404": {"description": "not listed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
+    "/api/v1/dnsbl": {
+      "get": {"summary": "DNS block and allow lists with their thresholds", "responses": {
+        "200": {"description": "lists", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Dnsbl"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "put": {"summary": "Replace the DNS lists and thresholds and publish",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Dnsbl"}}}},
+        "responses": {
+          "200": {"description": "published", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "invalid field (zones[N].field named in the message)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}},
     "/api/v1/ips/check": {
       "get": {"summary": "What a connection from an address would get, step by step (the engine's answer when control.engine_admin_dir is set, else the stored lists')",
         "parameters": [{"name": "address", "in": "query", "required": true, "schema": {"type": "string"}}],

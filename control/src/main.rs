@@ -115,6 +115,11 @@ enum Command {
         #[command(subcommand)]
         command: VerdictsCommand,
     },
+    /// DNS block and allow lists (zones, weights, classes, answer filters) and thresholds.
+    Dnsbl {
+        #[command(subcommand)]
+        command: DnsblCommand,
+    },
     /// Policy rules: conditions and an action, tried in order after inspection.
     PolicyRules {
         #[command(subcommand)]
@@ -291,6 +296,37 @@ enum IpCommand {
 }
 
 #[derive(Subcommand)]
+enum DnsblCommand {
+    /// The lists in order and the thresholds.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a zone (or change it when it is there).
+    Add {
+        zone: String,
+        /// Added to a listed client's score; negative for allow lists.
+        #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+        weight: i32,
+        /// standard (550 5.7.1) or dynamic (450 4.7.1).
+        #[arg(long, default_value = "standard")]
+        class: String,
+        /// Answer filters, e.g. 127.0.0.[2..11] (repeatable; none: any answer counts).
+        #[arg(long = "answer")]
+        answers: Vec<String>,
+    },
+    /// Remove a zone.
+    Remove { zone: String },
+    /// Set the score from which mail is refused, and the allow threshold.
+    Threshold {
+        threshold: i32,
+        /// A negative score at or below which later tests are skipped (0: off).
+        #[arg(long, allow_hyphen_values = true)]
+        allow: Option<i32>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DynamicCommand {
     /// The blocks in force: client network, reason, time left.
     List {
@@ -352,6 +388,7 @@ fn main() -> ExitCode {
         Command::Verdicts { command } => verdicts(command, &remote),
         Command::UrlBlocklist { command } => url_blocklist(command, &remote),
         Command::PolicyRules { command } => policy_rules(command, &remote),
+        Command::Dnsbl { command } => dnsbl(command, &remote),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -882,6 +919,85 @@ fn ip(command: IpCommand, remote: &Remote) -> anyhow::Result<()> {
             println!("removed {cidr} (generation {})", r["generation"]);
         }
     }
+    Ok(())
+}
+
+fn dnsbl(command: DnsblCommand, remote: &Remote) -> anyhow::Result<()> {
+    let mut cur = call(remote, "GET", "/api/v1/dnsbl", None)?;
+    let print = |v: &Value| {
+        println!(
+            "threshold {}  allow_threshold {}",
+            v["threshold"], v["allow_threshold"]
+        );
+        for z in v["zones"].as_array().into_iter().flatten() {
+            let answers: Vec<&str> = z["answers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+                .collect();
+            println!(
+                "{:<32} weight {:>5}  {:<8}  {}",
+                z["zone"].as_str().unwrap_or(""),
+                z["weight"],
+                z["class"].as_str().unwrap_or(""),
+                if answers.is_empty() {
+                    "any answer".to_string()
+                } else {
+                    answers.join(" ")
+                }
+            );
+        }
+    };
+    let zones =
+        |v: &mut Value| -> Vec<Value> { v["zones"].as_array().cloned().unwrap_or_default() };
+    let body = match command {
+        DnsblCommand::Show { json } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cur)?);
+            } else {
+                print(&cur);
+            }
+            return Ok(());
+        }
+        DnsblCommand::Add {
+            zone,
+            weight,
+            class,
+            answers,
+        } => {
+            let name = zone.trim().trim_end_matches('.').to_ascii_lowercase();
+            let mut list = zones(&mut cur);
+            let entry = json!({"zone": name, "weight": weight, "class": class, "answers": answers});
+            match list.iter().position(|z| z["zone"] == json!(name)) {
+                Some(i) => list[i] = entry,
+                None => list.push(entry),
+            }
+            cur["zones"] = json!(list);
+            cur
+        }
+        DnsblCommand::Remove { zone } => {
+            let name = zone.trim().trim_end_matches('.').to_ascii_lowercase();
+            let mut list = zones(&mut cur);
+            let before = list.len();
+            list.retain(|z| z["zone"] != json!(name));
+            if list.len() == before {
+                bail!("{name}: no such DNS list");
+            }
+            cur["zones"] = json!(list);
+            cur
+        }
+        DnsblCommand::Threshold { threshold, allow } => {
+            cur["threshold"] = json!(threshold);
+            if let Some(a) = allow {
+                cur["allow_threshold"] = json!(a);
+            }
+            cur
+        }
+    };
+    let r = call(remote, "PUT", "/api/v1/dnsbl", Some(body))?;
+    println!("published (generation {})", r["generation"]);
+    print(&call(remote, "GET", "/api/v1/dnsbl", None)?);
     Ok(())
 }
 

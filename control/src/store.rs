@@ -111,6 +111,15 @@ const MIGRATIONS: &[&str] = &[
         ('throttle_block_max_secs', 86400),
         ('throttle_ipv4_prefix', 32),
         ('throttle_ipv6_prefix', 64);",
+    // 9: DNS block and allow lists, in the order they were given, and their thresholds.
+    "CREATE TABLE dnsbl_zones (
+        position INTEGER PRIMARY KEY NOT NULL,
+        zone TEXT NOT NULL UNIQUE,
+        weight INTEGER NOT NULL,
+        dynamic INTEGER NOT NULL,
+        answers TEXT NOT NULL
+     );
+     INSERT INTO meta (key, value) VALUES ('dnsbl_threshold', 1), ('dnsbl_allow_threshold', 0);",
 ];
 
 /// The settable limits and their allowed ranges.
@@ -617,6 +626,7 @@ impl Store {
             verdicts,
             rules,
             throttle: bulwark_policy::Throttle::from_limits(|k| get(k) as u64),
+            dnsbl: self.dnsbl()?,
         })
     }
 
@@ -666,6 +676,73 @@ impl Store {
     }
 
     /// The policy rules in order, as written.
+    /// The DNS lists and their thresholds.
+    pub fn dnsbl(&self) -> Result<bulwark_policy::DnsblPolicy, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT zone, weight, dynamic, answers FROM dnsbl_zones ORDER BY position")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut zones = Vec::with_capacity(rows.len());
+        for (zone, weight, dynamic, answers) in rows {
+            let answers: Vec<String> =
+                serde_json::from_str(&answers).map_err(|e| StoreError::Corrupt {
+                    what: format!("answers of DNS list {zone:?}"),
+                    message: e.to_string(),
+                })?;
+            zones.push(bulwark_policy::DnsblZone {
+                zone,
+                weight: weight as i32,
+                dynamic: dynamic != 0,
+                answers,
+            });
+        }
+        let meta = |k: &str| -> Result<i64, StoreError> {
+            Ok(self
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", params![k], |r| {
+                    r.get(0)
+                })?)
+        };
+        Ok(bulwark_policy::DnsblPolicy {
+            zones,
+            threshold: meta("dnsbl_threshold")? as i32,
+            allow_threshold: meta("dnsbl_allow_threshold")? as i32,
+        })
+    }
+
+    /// Replaces the DNS lists and thresholds (already validated).
+    pub fn set_dnsbl(&mut self, p: &bulwark_policy::DnsblPolicy) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM dnsbl_zones", [])?;
+        for (i, z) in p.zones.iter().enumerate() {
+            let answers = serde_json::to_string(&z.answers).unwrap_or_else(|_| "[]".into());
+            tx.execute(
+                "INSERT INTO dnsbl_zones (position, zone, weight, dynamic, answers) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![i as i64, z.zone, z.weight, z.dynamic as i64, answers],
+            )?;
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'dnsbl_threshold'",
+            params![p.threshold],
+        )?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'dnsbl_allow_threshold'",
+            params![p.allow_threshold],
+        )?;
+        let generation = bump(&tx)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
     pub fn policy_rules(&self) -> Result<Vec<RuleSpec>, StoreError> {
         let mut st = self
             .conn

@@ -166,7 +166,7 @@ async fn check(core: &Rc<crate::runtime::Core>, address: &str, ip: std::net::IpA
     }
     step(&mut c, "dynamic_block", "none".into());
     let mut group = Group::Unknown;
-    match &core.dnsbl {
+    match core.dns_lists() {
         None => step(&mut c, "dns_lists", "no zones configured".into()),
         Some(lists) => {
             let deadline = std::time::Instant::now() + lists.settings.timeout;

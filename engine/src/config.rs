@@ -290,6 +290,7 @@ impl Config {
             verdicts: Default::default(),
             rules: self.policy_rules.clone(),
             throttle: self.throttle,
+            dnsbl: self.reputation.to_policy(),
         }
     }
 

@@ -422,7 +422,9 @@ pub struct Metrics {
     /// The same for policy rules (a set per list of rule names a core has used).
     policy_rule_sets: std::sync::Mutex<Vec<Arc<RuleHits>>>,
     /// The configured DNS list zones, by index.
-    dnsbl_zones: std::sync::OnceLock<Vec<String>>,
+    /// DNS list zones by counter slot, in the order first used (at most
+    /// [`MAX_DNSBL_ZONES`]): a zone keeps its slot when the lists in force change.
+    dnsbl_zones: std::sync::Mutex<Vec<String>>,
     /// Where `bulwark-xdp` reports its mode and counters.
     xdp_status: std::sync::OnceLock<std::path::PathBuf>,
 }
@@ -441,7 +443,7 @@ impl Metrics {
             ready_cores: AtomicUsize::new(0),
             rule_sets: std::sync::Mutex::new(Vec::new()),
             policy_rule_sets: std::sync::Mutex::new(Vec::new()),
-            dnsbl_zones: std::sync::OnceLock::new(),
+            dnsbl_zones: Default::default(),
             xdp_status: std::sync::OnceLock::new(),
         })
     }
@@ -478,9 +480,18 @@ impl Metrics {
         )
     }
 
-    /// Names the DNS list zones (by their index in the configuration), once at start.
-    pub fn set_dnsbl_zones(&self, zones: Vec<String>) {
-        let _ = self.dnsbl_zones.set(zones);
+    /// The counter slot of a DNS list zone (given one the first time it is asked for);
+    /// `None` once every slot is taken.
+    pub fn dnsbl_slot(&self, zone: &str) -> Option<usize> {
+        let mut zones = self.dnsbl_zones.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = zones.iter().position(|z| z == zone) {
+            return Some(i);
+        }
+        if zones.len() == MAX_DNSBL_ZONES {
+            return None;
+        }
+        zones.push(zone.to_string());
+        Some(zones.len() - 1)
     }
 
     /// Hit counters for a list of policy rules a core starts to use.
@@ -915,7 +926,11 @@ impl Collector for Families {
                 c,
                 {
                     let mut v = Vec::new();
-                    let zones = m.dnsbl_zones.get().cloned().unwrap_or_default();
+                    let zones = m
+                        .dnsbl_zones
+                        .lock()
+                        .map(|z| z.clone())
+                        .unwrap_or_default();
                     for (i, zone) in zones.iter().enumerate().take(MAX_DNSBL_ZONES) {
                         for (j, r) in DNSBL_RESULTS.iter().enumerate() {
                             v.push(counter(

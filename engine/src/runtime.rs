@@ -54,8 +54,14 @@ pub struct Core {
     pub auth: Option<crate::auth::Auth>,
     /// The pregreet test (`[reputation] greet_wait`).
     pub pregreet: crate::reputation::pregreet::Pregreet,
-    /// DNS block and allow lists (`[reputation]`), when zones are configured.
-    pub dnsbl: Option<Rc<crate::reputation::dnsbl::Lists>>,
+    /// DNS block and allow lists of the policy in force, when it has zones (rebuilt, with
+    /// an empty cache, when a policy generation changes them).
+    pub dnsbl: std::cell::RefCell<Option<Rc<crate::reputation::dnsbl::Lists>>>,
+    /// The policy generation `dnsbl` was checked against.
+    pub dnsbl_generation: Cell<u64>,
+    /// `[reputation]`: the lists' timing and cache size.
+    pub dnsbl_base: crate::reputation::dnsbl::Settings,
+    pub dns: Dns,
     /// Hit counters of the policy rules in force (replaced when their names change).
     pub policy_rule_hits: std::cell::RefCell<Option<Arc<crate::metrics::RuleHits>>>,
 }
@@ -85,6 +91,41 @@ impl Core {
         if let Some(c) = cur.as_ref().and_then(|h| h.counts.get(index)) {
             c.inc();
         }
+    }
+
+    /// The DNS lists of the policy in force (none without zones). One comparison per
+    /// call; the lists are rebuilt only when a new generation changed them.
+    pub fn dns_lists(&self) -> Option<Rc<crate::reputation::dnsbl::Lists>> {
+        let snap = self.policy.current();
+        let generation = snap.policy().generation.to_native();
+        if generation != self.dnsbl_generation.get() {
+            self.dnsbl_generation.set(generation);
+            let p = &snap.policy().dnsbl;
+            let settings = self.dnsbl_base.with_policy(p);
+            let mut cur = self.dnsbl.borrow_mut();
+            let same = cur
+                .as_ref()
+                .is_some_and(|l| l.settings.to_policy() == settings.to_policy());
+            if !same {
+                if !cur.is_none() || !settings.zones.is_empty() {
+                    info!(
+                        core = self.id,
+                        zones = settings.zones.len(),
+                        threshold = settings.threshold,
+                        "DNS lists in force"
+                    );
+                }
+                *cur = (!settings.zones.is_empty()).then(|| {
+                    crate::reputation::dnsbl::Lists::new(
+                        settings,
+                        self.dns.clone(),
+                        self.metrics.clone(),
+                        self.id,
+                    )
+                });
+            }
+        }
+        self.dnsbl.borrow().clone()
     }
 
     /// The inspector of this transaction (cheap: one reference count).
@@ -254,14 +295,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let cores = core_count(&config);
     let metrics = Metrics::new(cores);
     metrics.set_xdp_status(config.xdp_status_path());
-    metrics.set_dnsbl_zones(
-        config
-            .reputation
-            .zones
-            .iter()
-            .map(|z| z.name.clone())
-            .collect(),
-    );
     let policy = config.policy();
     let snapshot_image = bulwark_policy::encode(&policy).context("building the policy snapshot")?;
     let generation = Snapshot::from_bytes(&snapshot_image)
@@ -550,14 +583,10 @@ async fn run_core(
         inspect_loader: shared.inspect_loader.clone(),
         policy_rule_hits: Default::default(),
         pregreet: crate::reputation::pregreet::Pregreet::new(cfg.pregreet.clone()),
-        dnsbl: (!cfg.reputation.zones.is_empty()).then(|| {
-            crate::reputation::dnsbl::Lists::new(
-                cfg.reputation.clone(),
-                shared.dns.clone(),
-                shared.metrics.clone(),
-                id,
-            )
-        }),
+        dnsbl: Default::default(),
+        dnsbl_generation: Cell::new(0),
+        dnsbl_base: cfg.reputation.clone(),
+        dns: shared.dns.clone(),
         inspect_timeout: cfg.inspection.timeout,
         inspect_timeout_tempfail: cfg.inspection.timeout_tempfail,
         full_scans: glommio::sync::Semaphore::new(1),

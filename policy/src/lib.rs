@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod directory_csv;
+pub mod dnsbl;
 pub mod filtering;
 pub mod limits;
 mod schema;
@@ -16,9 +17,10 @@ pub mod shm;
 mod snapshot;
 
 pub use schema::{
-    ArchivedCidr, ArchivedDomain, ArchivedIpLists, ArchivedLimits, ArchivedPolicy, ArchivedRoute,
-    ArchivedSenderLists, Cidr, Domain, GroupLimits, Harvest, InspectionArtifacts, IpLists,
-    IpVerdict, Limits, Policy, Route, SenderLists, SenderVerdict, Throttle, TlsPolicy,
-    artifact_path, dynamic_key, dynamic_key_network,
+    ArchivedCidr, ArchivedDnsblPolicy, ArchivedDomain, ArchivedIpLists, ArchivedLimits,
+    ArchivedPolicy, ArchivedRoute, ArchivedSenderLists, Cidr, DnsblPolicy, DnsblZone, Domain,
+    GroupLimits, Harvest, InspectionArtifacts, IpLists, IpVerdict, Limits, Policy, Route,
+    SenderLists, SenderVerdict, Throttle, TlsPolicy, artifact_path, dynamic_key,
+    dynamic_key_network,
 };
 pub use snapshot::{HEADER_LEN, MAGIC, SCHEMA_VERSION, Snapshot, SnapshotError, encode};

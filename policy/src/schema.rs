@@ -27,6 +27,30 @@ pub struct Policy {
     pub rules: Vec<PolicyRule>,
     /// Per-sender throttles and dynamic blocks.
     pub throttle: Throttle,
+    /// DNS block and allow lists.
+    pub dnsbl: DnsblPolicy,
+}
+
+/// DNS block and allow lists (postscreen's `postscreen_dnsbl_sites`): each zone listing a
+/// client adds its weight; from `threshold` the client's mail is refused, at or below a
+/// negative `allow_threshold` the later tests are skipped.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsblPolicy {
+    pub zones: Vec<DnsblZone>,
+    pub threshold: i32,
+    pub allow_threshold: i32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsblZone {
+    /// Lower case, without a trailing dot.
+    pub zone: String,
+    /// Negative for allow lists; never 0.
+    pub weight: i32,
+    /// A *dynamic* list defers (`450 4.7.1`); a standard one refuses (`550 5.7.1`).
+    pub dynamic: bool,
+    /// Answer filters (`127.0.0.[2..11]`, …); none: any answer counts.
+    pub answers: Vec<String>,
 }
 
 /// Limits of one throttled sender group; 0 turns a limit off.

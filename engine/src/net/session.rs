@@ -195,9 +195,13 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
     debug!(%peer, "connection");
     // The DNS lists are asked at once; their answer is awaited before the client's first
     // command is read (it overlaps the greeting's round trip) and refuses its MAIL.
-    let mut reputation_check = match (&core.dnsbl, ip_listed) {
+    let lists = if ip_listed.is_none() {
+        core.dns_lists()
+    } else {
+        None
+    };
+    let mut reputation_check = match (lists.clone(), ip_listed) {
         (Some(lists), None) => {
-            let lists = lists.clone();
             let ip = peer.ip();
             let by = Instant::now() + lists.settings.timeout;
             Some(glommio::spawn_local(async move { lists.check(ip, by).await }).detach())
@@ -471,7 +475,8 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
             ReadOutcome::Data(n) => {
                 end += n;
                 if let Some(check) = reputation_check.take() {
-                    let (refusal, tier) = reputation_verdict(&core, peer, check.await);
+                    let (refusal, tier) =
+                        reputation_verdict(&core, lists.as_deref(), peer, check.await);
                     reputation = refusal;
                     if throttled && let Some(g) = tier {
                         if g == Group::Suspect {
@@ -762,11 +767,12 @@ async fn read(stream: &mut Stream, buf: &mut [u8], timeout: Duration) -> ReadOut
 /// it or an allow list vouched for it).
 fn reputation_verdict(
     core: &Core,
+    lists: Option<&crate::reputation::dnsbl::Lists>,
     peer: SocketAddr,
     outcome: Option<crate::reputation::dnsbl::Outcome>,
 ) -> (Option<String>, Option<Group>) {
     use crate::reputation::dnsbl::{Verdict, ZoneResult};
-    let Some(lists) = core.dnsbl.as_ref() else {
+    let Some(lists) = lists else {
         return (None, Some(Group::Unknown));
     };
     let shard = core.shard();
@@ -781,7 +787,13 @@ fn reputation_verdict(
             ZoneResult::Refused => 2,
             ZoneResult::Failed => 3,
         };
-        if let Some(c) = shard.dnsbl_results.get(i) {
+        if let Some(c) = lists
+            .slots
+            .get(i)
+            .copied()
+            .flatten()
+            .and_then(|slot| shard.dnsbl_results.get(slot))
+        {
             c[result].inc();
         }
     }

@@ -28,91 +28,7 @@ pub enum ListClass {
     Dynamic,
 }
 
-/// One octet of an answer filter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Octet {
-    Any,
-    Range(u8, u8),
-    List(Vec<u8>),
-    /// The last octet has one of these bits.
-    Mask(u8),
-}
-
-/// An answer filter: `127.0.0.2`, `127.0.0.[2..11]`, `127.0.0.[2;4;8]`, `127.0.0.*`, or
-/// `127.0.0.&4` (the last octet has bit 4 set).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AnswerFilter([Octet; 4]);
-
-impl AnswerFilter {
-    pub fn parse(text: &str) -> Result<AnswerFilter, String> {
-        let bad = || {
-            format!(
-                "{text:?} is not an answer filter (e.g. 127.0.0.2, 127.0.0.[2..11], 127.0.0.[2;4], 127.0.0.&4)"
-            )
-        };
-        // Octets are separated by dots outside brackets (`[2..11]` holds two).
-        let text = text.trim();
-        let mut parts: Vec<&str> = Vec::with_capacity(4);
-        let (mut depth, mut from) = (0i32, 0usize);
-        for (i, c) in text.char_indices() {
-            match c {
-                '[' => depth += 1,
-                ']' => depth -= 1,
-                '.' if depth == 0 => {
-                    parts.push(&text[from..i]);
-                    from = i + 1;
-                }
-                _ => {}
-            }
-        }
-        parts.push(&text[from..]);
-        if parts.len() != 4 {
-            return Err(bad());
-        }
-        let mut out = [Octet::Any, Octet::Any, Octet::Any, Octet::Any];
-        for (i, p) in parts.iter().enumerate() {
-            out[i] = if *p == "*" {
-                Octet::Any
-            } else if let Some(m) = p.strip_prefix('&') {
-                if i != 3 {
-                    return Err(bad());
-                }
-                Octet::Mask(m.parse().map_err(|_| bad())?)
-            } else if let Some(inner) = p.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
-                if let Some((a, b)) = inner.split_once("..") {
-                    let (a, b): (u8, u8) = (
-                        a.trim().parse().map_err(|_| bad())?,
-                        b.trim().parse().map_err(|_| bad())?,
-                    );
-                    if a > b {
-                        return Err(bad());
-                    }
-                    Octet::Range(a, b)
-                } else {
-                    let list = inner
-                        .split(';')
-                        .map(|x| x.trim().parse::<u8>())
-                        .collect::<Result<Vec<u8>, _>>()
-                        .map_err(|_| bad())?;
-                    Octet::List(list)
-                }
-            } else {
-                let n: u8 = p.parse().map_err(|_| bad())?;
-                Octet::Range(n, n)
-            };
-        }
-        Ok(AnswerFilter(out))
-    }
-
-    pub fn matches(&self, ip: Ipv4Addr) -> bool {
-        self.0.iter().zip(ip.octets()).all(|(f, o)| match f {
-            Octet::Any => true,
-            Octet::Range(a, b) => (*a..=*b).contains(&o),
-            Octet::List(l) => l.contains(&o),
-            Octet::Mask(m) => o & m != 0,
-        })
-    }
-}
+pub use bulwark_policy::dnsbl::AnswerFilter;
 
 /// One DNS list.
 #[derive(Debug, Clone)]
@@ -141,6 +57,65 @@ pub struct Settings {
     pub negative_ttl: Duration,
     /// Cache entries per core (one per zone and client).
     pub cache_entries: usize,
+}
+
+impl Settings {
+    /// The lists of a policy (its zones and thresholds) with this configuration's
+    /// timing and cache size. A zone whose definition does not parse is left out (the
+    /// control service and the configuration check refuse them before).
+    pub fn with_policy(&self, p: &bulwark_policy::ArchivedDnsblPolicy) -> Settings {
+        let zones = p
+            .zones
+            .iter()
+            .filter_map(|z| {
+                let answers: Result<Vec<AnswerFilter>, String> = z
+                    .answers
+                    .iter()
+                    .map(|a| AnswerFilter::parse(a.as_str()))
+                    .collect();
+                match answers {
+                    Ok(answers) => Some(Zone {
+                        name: z.zone.as_str().to_string(),
+                        weight: z.weight.to_native(),
+                        class: if z.dynamic {
+                            ListClass::Dynamic
+                        } else {
+                            ListClass::Standard
+                        },
+                        answers,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(zone = z.zone.as_str(), "DNS list left out: {e}");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Settings {
+            zones,
+            threshold: p.threshold.to_native(),
+            allow_threshold: p.allow_threshold.to_native(),
+            ..self.clone()
+        }
+    }
+
+    /// The zones and thresholds as the policy holds them.
+    pub fn to_policy(&self) -> bulwark_policy::DnsblPolicy {
+        bulwark_policy::DnsblPolicy {
+            zones: self
+                .zones
+                .iter()
+                .map(|z| bulwark_policy::DnsblZone {
+                    zone: z.name.clone(),
+                    weight: z.weight,
+                    dynamic: z.class == ListClass::Dynamic,
+                    answers: z.answers.iter().map(|a| a.text()).collect(),
+                })
+                .collect(),
+            threshold: self.threshold,
+            allow_threshold: self.allow_threshold,
+        }
+    }
 }
 
 /// A listing's TTL is kept within these bounds.
@@ -264,6 +239,8 @@ type Key = (usize, IpAddr);
 /// One core's DNS list cache and the lookups it has in flight.
 pub struct Lists {
     pub settings: Settings,
+    /// Each zone's counter slot in the metrics.
+    pub slots: Vec<Option<usize>>,
     dns: Dns,
     cache: RefCell<lru::LruCache<Key, (ZoneResult, Instant)>>,
     in_flight: RefCell<HashMap<Key, Vec<oneshot::Sender<ZoneResult>>>>,
@@ -279,8 +256,14 @@ impl Lists {
         core: usize,
     ) -> Rc<Lists> {
         let cap = NonZeroUsize::new(settings.cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let slots = settings
+            .zones
+            .iter()
+            .map(|z| metrics.dnsbl_slot(&z.name))
+            .collect();
         Rc::new(Lists {
             settings,
+            slots,
             dns,
             cache: RefCell::new(lru::LruCache::new(cap)),
             in_flight: RefCell::new(HashMap::new()),
