@@ -559,11 +559,30 @@ impl Admission {
 pub struct Opened {
     guard: Rc<Guard>,
     client: Client,
+    /// The core that counted the connection (its owner, or this core when the owner's
+    /// inbox was full): the end goes to the same core, so the counts stay paired.
+    counted_at: usize,
 }
 
 impl Drop for Opened {
     fn drop(&mut self) {
-        self.guard.route(self.client, Message::Close(self.client));
+        let (c, at) = (self.client, self.counted_at);
+        if at == self.guard.me {
+            self.guard.handle(Message::Close(c));
+        } else if self.guard.links.send(at, Message::Close(c)).is_err() {
+            // That core's inbox is full: try again shortly rather than leave it counted.
+            let guard = self.guard.clone();
+            glommio::spawn_local(async move {
+                for _ in 0..1000 {
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    if guard.links.send(at, Message::Close(c)).is_ok() {
+                        return;
+                    }
+                }
+                warn!(client = %c.network(), "a connection's end could not be counted");
+            })
+            .detach();
+        }
     }
 }
 
@@ -669,9 +688,10 @@ impl Guard {
     /// Counts a new connection at the client's owner; the answer comes with the
     /// admission. The returned ticket tells the owner when the connection ends.
     pub fn open(self: &Rc<Self>, c: Client, group: Group) -> (Opened, Admission) {
-        let ticket = Opened {
+        let mut ticket = Opened {
             guard: self.clone(),
             client: c,
+            counted_at: self.me,
         };
         let h = owner(c, self.peers);
         if h == self.me {
@@ -684,7 +704,10 @@ impl Guard {
             reply: tx,
         };
         match self.links.send(h, m) {
-            Ok(()) => (ticket, Admission::Pending(rx)),
+            Ok(()) => {
+                ticket.counted_at = h;
+                (ticket, Admission::Pending(rx))
+            }
             // The owner is far behind: decide here rather than wait.
             Err(_) => (ticket, Admission::Ready(self.admit(c, group))),
         }
