@@ -539,3 +539,78 @@ print("blocked", first_reply([]))
     let (ok, text) = ip(&engine, &["dynamic", "remove", "not-an-address"]);
     assert!(!ok && text.contains("is not an IP address"), "{text}");
 }
+
+/// With DNS lists, a client listed under the threshold is *suspect* and gets that group's
+/// tighter limits; an unlisted one keeps the unknown group's; and idle connections (no
+/// command sent) count against the limit from the accept.
+#[test]
+fn a_suspect_client_gets_its_groups_limits_and_idle_connections_count() {
+    let dns_port = free_port();
+    let _dns = Dnsmasq::start(
+        dns_port,
+        &[
+            "--host-record=60.0.0.127.bl.test,127.0.0.2",
+            "--local=/test/",
+            "--local-ttl=300",
+        ],
+    );
+    let engine = Engine::start(EngineConfig {
+        cores: 2,
+        extra: format!(
+            "[dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n\n[authentication]\nenabled = false\n\n\
+             [reputation]\ndnsbl_threshold = 2\n\n[[reputation.dnsbl]]\nzone = \"bl.test\"\nweight = 1\n\n\
+             [throttle]\nblock_after = 0\n\n[throttle.unknown]\nmax_connections = 2\n\n\
+             [throttle.suspect]\nmax_connections = 1\n"
+        ),
+        ..Default::default()
+    });
+    let out = python(&format!(
+        r#"
+import socket, time
+IP, PORT = "{ip}", {port}
+def opened(source):
+    s = socket.create_connection((IP, PORT), source_address=(source, 0), timeout=10)
+    f = s.makefile("rb")
+    return s, f, f.readline().decode().strip()
+def first_reply(source, hold):
+    s, f, g = opened(source)
+    if not g.startswith("220"):
+        return g
+    s.sendall(b"NOOP\r\n")
+    l = f.readline().decode().strip()
+    hold.append(s)
+    return l
+held = []
+print("suspect1", first_reply("127.0.0.60", held))
+print("suspect2", first_reply("127.0.0.60", held))
+print("unknown1", first_reply("127.0.0.61", held))
+print("unknown2", first_reply("127.0.0.61", held))
+# Two idle connections (greeting read, nothing sent) fill the unknown group's two.
+idle = [opened("127.0.0.62")[0] for _ in range(2)]
+time.sleep(0.3)
+print("idle3", first_reply("127.0.0.62", held))
+"#,
+        ip = engine.smtp.ip(),
+        port = engine.smtp.port(),
+    ));
+    let line = |k: &str| {
+        out.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{k} "))
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {k} in {out}"))
+    };
+    assert!(line("suspect1").starts_with("250"), "{out}");
+    assert!(
+        line("suspect2").starts_with("421 4.7.0 Too many connections"),
+        "{out}"
+    );
+    assert!(line("unknown1").starts_with("250"), "{out}");
+    assert!(line("unknown2").starts_with("250"), "{out}");
+    assert!(
+        line("idle3").starts_with("421 4.7.0 Too many connections"),
+        "{out}"
+    );
+    assert!(engine.metric("bulwark_reputation_verdicts_total{reason=\"suspect\"}") >= 2.0);
+}

@@ -182,7 +182,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         return;
     }
     // Throttles: neither approved addresses nor the gateway's own host.
-    let throttled = !approved && !Guard::exempt(peer.ip());
+    let mut throttled = !approved && !Guard::exempt(peer.ip());
     if throttled && let Some(l) = core.guard.throttled_at_connect(client) {
         shard.reputation(R::throttle(l));
         core.guard
@@ -209,12 +209,14 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         _ => None,
     };
     let mut reputation: Option<String> = None;
-    // The connection is counted at the client's owner core, which answers whether a
-    // limit refuses it; with DNS lists, once they told the client's group.
+    // The connection is counted at once at the client's owner core, which answers whether
+    // a limit of the unknown group refuses it (awaited with the first command when the
+    // owner is another core); when the DNS lists make it suspect, its limits are asked
+    // again.
     let mut group = Group::Unknown;
     let mut ticket = None;
     let mut admission: Option<Admission> = None;
-    if throttled && reputation_check.is_none() {
+    if throttled {
         let (t, a) = core.guard.open(client, group);
         ticket = Some(t);
         match a {
@@ -478,15 +480,29 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                     let (refusal, tier) =
                         reputation_verdict(&core, lists.as_deref(), peer, check.await);
                     reputation = refusal;
-                    if throttled && let Some(g) = tier {
-                        if g == Group::Suspect {
-                            shard.reputation(R::Suspect);
+                    match tier {
+                        // An allow list vouched for it, or the lists refuse its mail:
+                        // no throttles.
+                        None if throttled => {
+                            throttled = false;
+                            admission = None;
+                            ticket = None;
                         }
-                        group = g;
-                        group_limits = core.guard.limits(group);
-                        let (t, a) = core.guard.open(client, group);
-                        ticket = Some(t);
-                        admission = Some(a);
+                        Some(Group::Suspect) if throttled => {
+                            shard.reputation(R::Suspect);
+                            group = Group::Suspect;
+                            group_limits = core.guard.limits(group);
+                            let first = admission.take();
+                            let again = ticket.as_ref().map(|t| core.guard.recheck(t, group));
+                            let mut refused = None;
+                            for a in [first, again].into_iter().flatten() {
+                                if refused.is_none() {
+                                    refused = a.verdict().await;
+                                }
+                            }
+                            admission = refused.map(|l| Admission::Ready(Some(l)));
+                        }
+                        _ => {}
                     }
                 }
                 if let Some(a) = admission.take()

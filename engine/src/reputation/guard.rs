@@ -160,6 +160,13 @@ enum Message {
         group: Group,
         reply: flume::Sender<Option<Limit>>,
     },
+    /// The DNS lists put the client in `group`: whether its limits refuse the
+    /// connection already counted.
+    Recheck {
+        client: Client,
+        group: Group,
+        reply: flume::Sender<Option<Limit>>,
+    },
     /// One of its connections ended.
     Close(Client),
     Count(Client, Group, Counted, u32),
@@ -272,8 +279,20 @@ impl Tracker {
         }
     }
 
-    /// Owner: admits a connection or names the limit that refuses it.
+    /// Owner: counts a new connection and admits it or names the limit that refuses it.
     fn open(
+        &mut self,
+        c: Client,
+        g: Group,
+        s: &Settings,
+        now: Instant,
+    ) -> (Option<Limit>, Decision) {
+        self.owned.get_or_insert_mut(c, Owned::default).open += 1;
+        self.admit(c, g, s, now)
+    }
+
+    /// Owner: whether the limits of `g` refuse a connection already counted.
+    fn admit(
         &mut self,
         c: Client,
         g: Group,
@@ -282,7 +301,6 @@ impl Tracker {
     ) -> (Option<Limit>, Decision) {
         let l = *s.limits(g);
         let o = self.owned.get_or_insert_mut(c, Owned::default);
-        o.open += 1;
         let refused = if l.connections != 0 && o.open > l.connections {
             Some((Limit::Connections, None))
         } else {
@@ -713,6 +731,25 @@ impl Guard {
         }
     }
 
+    /// The DNS lists put an opened connection's client in `group`: asks the core that
+    /// counted it whether that group's limits refuse it.
+    pub fn recheck(&self, ticket: &Opened, group: Group) -> Admission {
+        let c = ticket.client;
+        if ticket.counted_at == self.me {
+            return Admission::Ready(self.readmit(c, group));
+        }
+        let (tx, rx) = flume::bounded(1);
+        let m = Message::Recheck {
+            client: c,
+            group,
+            reply: tx,
+        };
+        match self.links.send(ticket.counted_at, m) {
+            Ok(()) => Admission::Pending(rx),
+            Err(_) => Admission::Ready(None),
+        }
+    }
+
     /// Reports events of the client to its owner.
     pub fn count(&self, c: Client, group: Group, what: Counted, n: u32) {
         if n > 0 {
@@ -779,6 +816,16 @@ impl Guard {
         verdict
     }
 
+    fn readmit(&self, c: Client, group: Group) -> Option<Limit> {
+        let s = self.settings();
+        let (verdict, d) = self
+            .tracker
+            .borrow_mut()
+            .admit(c, group, &s, Instant::now());
+        self.apply(c, d);
+        verdict
+    }
+
     fn apply(&self, c: Client, d: Decision) {
         if let Some((limit, until)) = d.throttle {
             self.broadcast(Message::Throttle(c, limit, until), || {
@@ -806,6 +853,14 @@ impl Guard {
                 reply,
             } => {
                 let v = self.admit(client, group);
+                let _ = reply.try_send(v);
+            }
+            Message::Recheck {
+                client,
+                group,
+                reply,
+            } => {
+                let v = self.readmit(client, group);
                 let _ = reply.try_send(v);
             }
             Message::Close(c) => self.tracker.borrow_mut().close(c),
