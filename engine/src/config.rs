@@ -519,6 +519,39 @@ impl<'t> Validator<'t> {
         }
     }
 
+    /// A duration in whole seconds within a limit's range; `None` when absent or wrong
+    /// (the error is recorded).
+    fn seconds_in(
+        &mut self,
+        s: &mut Section<'_, '_>,
+        key: &'static str,
+        r: bulwark_policy::limits::Range,
+    ) -> Option<Duration> {
+        let (text, span) = self.string(s, key)?;
+        let path = format!("{}.{key}", s.path);
+        let d = match parse_duration(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(&path, Some(span), e);
+                return None;
+            }
+        };
+        if !r.contains(d.as_secs()) {
+            self.err(
+                &path,
+                Some(span),
+                format!(
+                    "{} is out of range {}s..={}s",
+                    humantime::format_duration(d),
+                    r.min,
+                    r.max
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
     fn duration(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<Duration> {
         let (text, span) = self.string(s, key)?;
         let path = format!("{}.{key}", s.path);
@@ -708,7 +741,7 @@ impl<'t> Validator<'t> {
     /// ranges and defaults (`throttle_suspect_connections` is
     /// `[throttle.suspect] max_connections`).
     fn throttle(&mut self, root: &Table<'_>) -> bulwark_policy::Throttle {
-        use bulwark_policy::limits::{self, Range};
+        use bulwark_policy::limits;
         let mut values: Vec<(&'static str, u64)> = Vec::new();
         let mut s = self.section(root, "throttle");
         for group in ["unknown", "suspect"] {
@@ -751,27 +784,15 @@ impl<'t> Validator<'t> {
             }
             self.finish(g);
         }
-        let mut seconds = |this: &mut Self, key: &'static str, r: Range| {
-            let d = this.duration(&mut s, key)?;
-            if !r.contains(d.as_secs()) {
-                let line = s.line;
-                this.errors.push(ConfigError {
-                    key: format!("throttle.{key}"),
-                    line,
-                    message: format!(
-                        "{} is out of range {}s..={}s",
-                        humantime::format_duration(d),
-                        r.min,
-                        r.max
-                    ),
-                });
-                return None;
+        for (key, r) in [
+            ("block_window", limits::BLOCK_WINDOW_SECS),
+            ("block", limits::BLOCK_SECS),
+            ("block_max", limits::BLOCK_MAX_SECS),
+        ] {
+            if let Some(d) = self.seconds_in(&mut s, key, r) {
+                values.push((r.name, d.as_secs()));
             }
-            Some((r.name, d.as_secs()))
-        };
-        values.extend(seconds(self, "block_window", limits::BLOCK_WINDOW_SECS));
-        values.extend(seconds(self, "block", limits::BLOCK_SECS));
-        values.extend(seconds(self, "block_max", limits::BLOCK_MAX_SECS));
+        }
         for (key, r) in [
             ("block_after", limits::BLOCK_AFTER),
             ("ipv4_prefix", limits::IPV4_PREFIX),
@@ -1521,28 +1542,14 @@ impl<'t> Validator<'t> {
         let max_unknown = self
             .integer(&mut s, "max_unknown", m.min, m.max)
             .unwrap_or(m.default) as u32;
-        let mut seconds = |this: &mut Self, key: &'static str, r: limits::Range| {
-            let d = this
-                .duration(&mut s, key)
-                .unwrap_or(Duration::from_secs(r.default));
-            if !r.contains(d.as_secs()) {
-                let line = s.line;
-                this.errors.push(ConfigError {
-                    key: format!("harvest.{key}"),
-                    line,
-                    message: format!(
-                        "{} is out of range {}s..={}s",
-                        humantime::format_duration(d),
-                        r.min,
-                        r.max
-                    ),
-                });
-                return Duration::from_secs(r.default);
-            }
-            d
-        };
-        let window = seconds(self, "window", limits::HARVEST_WINDOW_SECS);
-        let block = seconds(self, "block", limits::HARVEST_BLOCK_SECS);
+        let r = limits::HARVEST_WINDOW_SECS;
+        let window = self
+            .seconds_in(&mut s, "window", r)
+            .unwrap_or(Duration::from_secs(r.default));
+        let r = limits::HARVEST_BLOCK_SECS;
+        let block = self
+            .seconds_in(&mut s, "block", r)
+            .unwrap_or(Duration::from_secs(r.default));
         self.finish(s);
         HarvestConfig {
             max_unknown,
@@ -2064,6 +2071,31 @@ blocked_senders = ["*."]
                 .any(|e| e.message.contains("is not in the domain example.test"))
         );
         assert!(errs.iter().any(|e| e.message.contains("several addresses")));
+    }
+
+    #[test]
+    fn throttle_settings_reach_the_snapshot_and_bad_ones_are_named() {
+        let text = "[throttle]\nblock = \"30m\"\nipv4_prefix = 24\n[throttle.suspect]\nmax_connections = 2\n";
+        let t = Config::parse(text).unwrap().policy().throttle;
+        assert_eq!(t.block_secs, 1800);
+        assert_eq!(t.ipv4_prefix, 24);
+        assert_eq!(t.suspect.connections, 2);
+        assert_eq!(t.unknown.connections, 50, "the rest keep their defaults");
+        let text = "[throttle]\nblock = \"40d\"\nipv6_prefix = 96\n\n[throttle.unknown]\nmax_connections = -1\nburst = 3\n";
+        let errs = Config::parse(text).unwrap_err().errors;
+        let found: Vec<(String, Option<usize>)> =
+            errs.iter().map(|e| (e.key.clone(), e.line)).collect();
+        for (key, line) in [
+            ("throttle.block", 2),
+            ("throttle.ipv6_prefix", 3),
+            ("throttle.unknown.max_connections", 6),
+            ("throttle.unknown.burst", 7),
+        ] {
+            assert!(
+                found.contains(&(key.to_string(), Some(line))),
+                "missing {key} at line {line} in {found:?}"
+            );
+        }
     }
 
     #[test]
