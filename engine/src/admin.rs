@@ -28,7 +28,7 @@ enum AnyRequest {
     Clients(ClientRequest),
 }
 
-/// Dynamic blocks (`bulwark clients …`, `bulwark-control ip dynamic …`, the XDP loader).
+/// The connection tier (`bulwark ip …`, `bulwark-control ip …`, the XDP loader).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum ClientRequest {

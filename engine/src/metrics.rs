@@ -460,7 +460,7 @@ impl Metrics {
 
     /// The XDP loader's report (`key=value` lines), if it runs: it rewrites the file
     /// every second, so one older than five seconds is a loader that is gone.
-    fn xdp_report(&self) -> Option<Vec<(String, String)>> {
+    pub fn xdp_report(&self) -> Option<Vec<(String, String)>> {
         let path = self.xdp_status.get()?;
         let age = std::fs::metadata(path)
             .ok()?

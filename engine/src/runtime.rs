@@ -289,12 +289,49 @@ pub fn core_count(config: &Config) -> usize {
     })
 }
 
+/// Says whether the XDP program is attached, at start and when that changes (a thread of
+/// its own reads the loader's status file every few seconds, off the cores): without it,
+/// `[ip] drop` is refused at accept instead of dropped.
+fn watch_xdp(config: &Config, metrics: Arc<Metrics>) {
+    let wanted = config.xdp.interface.clone();
+    let drops = config.ip.drop.len();
+    let spawned = std::thread::Builder::new()
+        .name("xdp-watch".into())
+        .spawn(move || {
+            let mut last: Option<Option<String>> = None;
+            loop {
+                let mode = metrics.xdp_report().and_then(|r| {
+                    r.into_iter()
+                        .find(|(k, _)| k == "mode")
+                        .map(|(_, v)| v)
+                });
+                if last.as_ref() != Some(&mode) {
+                    match &mode {
+                        Some(m) => info!(mode = %m, "XDP program attached: [ip] drop and dynamic blocks are dropped before TCP"),
+                        None if wanted.is_some() || drops > 0 => warn!(
+                            interface = ?wanted,
+                            drop_entries = drops,
+                            "XDP program not attached (bulwark-xdp is not running or could not load it): [ip] drop and dynamic blocks are refused at accept instead"
+                        ),
+                        None => {}
+                    }
+                    last = Some(mode);
+                }
+                std::thread::sleep(std::time::Duration::from_secs(3));
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot watch the XDP loader's status: {e}");
+    }
+}
+
 /// Runs the engine until the process is stopped.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let open_files = crate::util::raise_nofile();
     let cores = core_count(&config);
     let metrics = Metrics::new(cores);
     metrics.set_xdp_status(config.xdp_status_path());
+    watch_xdp(&config, metrics.clone());
     let policy = config.policy();
     let snapshot_image = bulwark_policy::encode(&policy).context("building the policy snapshot")?;
     let generation = Snapshot::from_bytes(&snapshot_image)

@@ -323,6 +323,16 @@ interface = "{vg}"
         1.0,
         "{metrics}"
     );
+    // The engine said it was not attached at start, then that it was.
+    let t0 = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(dir.join("engine.log")).unwrap_or_default();
+        if log.contains("XDP program not attached") && log.contains("XDP program attached") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(8), "{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The loader gone, the program goes with it: the engine refuses at accept again.
     if let Some(mut l) = setup.net.children.pop() {
         let _ = l.kill();
