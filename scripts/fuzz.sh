@@ -10,7 +10,7 @@ SECONDS_EACH=${1:-300}
 shift || true
 TARGETS=("$@")
 if ((${#TARGETS[@]} == 0)); then
-  TARGETS=(smtp_session spool_record snapshot directory_csv delivery_replies config inspect_message)
+  TARGETS=(smtp_session spool_record snapshot directory_csv delivery_replies config inspect_message attachment archive_zip archive_gzip archive_tar archive_bzip2 archive_xz archive_7z)
 fi
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: the nightly toolchain is needed (cargo-fuzz uses sanitizers)" >&2

@@ -602,7 +602,7 @@ fn take_chunk(b: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&rest[..len], &rest[len..]))
 }
 
-fn failing_expression(e: &hyperscan::Error) -> Option<usize> {
+pub(crate) fn failing_expression(e: &hyperscan::Error) -> Option<usize> {
     match e {
         hyperscan::Error::Hyperscan(hyperscan::HsError::CompileError(c)) => c.expression(),
         _ => None,
