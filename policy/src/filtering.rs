@@ -27,17 +27,20 @@ pub enum FilterAction {
     #[default]
     Deliver,
     Tag,
+    /// Deliver with the infected (or over-limit) attachments replaced by a notice.
+    Strip,
     Quarantine,
     Reject,
 }
 
 impl FilterAction {
-    pub const NAMES: &'static str = "\"deliver\", \"tag\", \"quarantine\" or \"reject\"";
+    pub const NAMES: &'static str = "\"deliver\", \"tag\", \"strip\", \"quarantine\" or \"reject\"";
 
     pub fn parse(s: &str) -> Option<FilterAction> {
         match s {
             "deliver" => Some(FilterAction::Deliver),
             "tag" => Some(FilterAction::Tag),
+            "strip" => Some(FilterAction::Strip),
             "quarantine" => Some(FilterAction::Quarantine),
             "reject" => Some(FilterAction::Reject),
             _ => None,
@@ -48,6 +51,7 @@ impl FilterAction {
         match self {
             FilterAction::Deliver => "deliver",
             FilterAction::Tag => "tag",
+            FilterAction::Strip => "strip",
             FilterAction::Quarantine => "quarantine",
             FilterAction::Reject => "reject",
         }
@@ -59,6 +63,7 @@ impl ArchivedFilterAction {
         match self {
             ArchivedFilterAction::Deliver => FilterAction::Deliver,
             ArchivedFilterAction::Tag => FilterAction::Tag,
+            ArchivedFilterAction::Strip => FilterAction::Strip,
             ArchivedFilterAction::Quarantine => FilterAction::Quarantine,
             ArchivedFilterAction::Reject => FilterAction::Reject,
         }
@@ -79,11 +84,14 @@ pub enum VerdictClass {
     AuthFail,
     /// Past a structural limit.
     Malformed,
+    /// A virus found.
+    Virus,
+    /// An attachment past a limit of the archive walk.
+    Limit,
 }
 
 impl VerdictClass {
-    pub const NAMES: &'static str =
-        "\"clean\", \"suspect\", \"spam\", \"phishing\", \"authfail\" or \"malformed\"";
+    pub const NAMES: &'static str = "\"clean\", \"suspect\", \"spam\", \"phishing\", \"authfail\", \"malformed\", \"virus\" or \"limit\"";
 
     pub fn parse(s: &str) -> Option<VerdictClass> {
         match s {
@@ -93,6 +101,8 @@ impl VerdictClass {
             "phishing" => Some(VerdictClass::Phishing),
             "authfail" => Some(VerdictClass::AuthFail),
             "malformed" => Some(VerdictClass::Malformed),
+            "virus" => Some(VerdictClass::Virus),
+            "limit" => Some(VerdictClass::Limit),
             _ => None,
         }
     }
@@ -105,6 +115,8 @@ impl VerdictClass {
             VerdictClass::Phishing => "phishing",
             VerdictClass::AuthFail => "authfail",
             VerdictClass::Malformed => "malformed",
+            VerdictClass::Virus => "virus",
+            VerdictClass::Limit => "limit",
         }
     }
 
@@ -123,6 +135,8 @@ impl ArchivedVerdictClass {
             ArchivedVerdictClass::Phishing => VerdictClass::Phishing,
             ArchivedVerdictClass::AuthFail => VerdictClass::AuthFail,
             ArchivedVerdictClass::Malformed => VerdictClass::Malformed,
+            ArchivedVerdictClass::Virus => VerdictClass::Virus,
+            ArchivedVerdictClass::Limit => VerdictClass::Limit,
         }
     }
 }
@@ -138,6 +152,8 @@ pub struct VerdictPolicy {
     pub malformed_action: Option<FilterAction>,
     pub dmarc_reject_action: Option<FilterAction>,
     pub dmarc_quarantine_action: Option<FilterAction>,
+    pub virus_action: Option<FilterAction>,
+    pub limit_action: Option<FilterAction>,
     pub subject_tag: Option<String>,
 }
 
@@ -158,6 +174,8 @@ impl ArchivedVerdictPolicy {
             malformed_action: action(self.malformed_action.as_ref()),
             dmarc_reject_action: action(self.dmarc_reject_action.as_ref()),
             dmarc_quarantine_action: action(self.dmarc_quarantine_action.as_ref()),
+            virus_action: action(self.virus_action.as_ref()),
+            limit_action: action(self.limit_action.as_ref()),
             subject_tag: self.subject_tag.as_ref().map(|t| t.as_str().to_string()),
         }
     }
@@ -170,6 +188,8 @@ impl ArchivedVerdictPolicy {
             && self.malformed_action.is_none()
             && self.dmarc_reject_action.is_none()
             && self.dmarc_quarantine_action.is_none()
+            && self.virus_action.is_none()
+            && self.limit_action.is_none()
             && self.subject_tag.is_none()
     }
 }
@@ -263,6 +283,10 @@ pub struct VerdictSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dmarc_quarantine_action: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virus_action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_tag: Option<String>,
 }
 
@@ -321,6 +345,8 @@ impl VerdictSpec {
                 "dmarc_quarantine_action",
                 &self.dmarc_quarantine_action,
             )?,
+            virus_action: action("virus_action", &self.virus_action)?,
+            limit_action: action("limit_action", &self.limit_action)?,
             subject_tag: self.subject_tag.clone(),
         };
         if let Some(tag) = &p.subject_tag
@@ -357,6 +383,8 @@ impl VerdictSpec {
             malformed_action: name(p.malformed_action),
             dmarc_reject_action: name(p.dmarc_reject_action),
             dmarc_quarantine_action: name(p.dmarc_quarantine_action),
+            virus_action: name(p.virus_action),
+            limit_action: name(p.limit_action),
             subject_tag: p.subject_tag.clone(),
         }
     }
@@ -630,7 +658,7 @@ mod tests {
             "rules[0].recipients[0]"
         );
         let mut bad = ok;
-        bad.verdicts = vec!["virus".into()];
+        bad.verdicts = vec!["worm".into()];
         assert_eq!(
             compile_rules(&[bad]).unwrap_err().field,
             "rules[0].verdicts[0]"

@@ -192,6 +192,10 @@ pub struct InspectionArtifacts {
     /// A URL blocklist (SHA-256 hashes of host/path expressions); it replaces the
     /// engine's own `[inspection] url_blocklist`.
     pub url_blocklist: String,
+    /// Antivirus signatures compiled by `bulwark-control av import` (EICAR and the
+    /// imported `.hdb` / `.hsb` / `.ndb` files); they replace the engine's own
+    /// `[antivirus] signatures` (unless its built-in engine is off).
+    pub antivirus: String,
 }
 
 /// Where an artifact of a snapshot published at `snapshot` lives.
