@@ -242,6 +242,44 @@ pub enum Violation {
     Deadline,
 }
 
+impl Violation {
+    /// A short name of the limit (metrics, the verdict).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Violation::Layers { .. } => "archive_layers",
+            Violation::Files { .. } => "archive_files",
+            Violation::MemberBytes { .. } => "file_size",
+            Violation::TotalBytes { .. } => "total_size",
+            Violation::Ratio { .. } => "compression_ratio",
+            Violation::DecoderMemory { .. } => "decoder_memory",
+            Violation::Deadline => "scan_time",
+        }
+    }
+
+    /// The limit in words, without the attacker's file names (for replies and headers).
+    pub fn summary(&self) -> String {
+        match self {
+            Violation::Layers { limit, .. } => format!("more than {limit} archive layers"),
+            Violation::Files { count, limit, .. } => {
+                format!("{count} files in an archive, more than {limit}")
+            }
+            Violation::MemberBytes { limit, .. } => {
+                format!("a file decompresses to more than {limit} bytes")
+            }
+            Violation::TotalBytes { limit } => {
+                format!("the archives decompress to more than {limit} bytes in all")
+            }
+            Violation::Ratio { limit, .. } => {
+                format!("a file decompresses more than {limit} times its size")
+            }
+            Violation::DecoderMemory { limit, .. } => {
+                format!("an archive needs more than {limit} bytes of decoder memory")
+            }
+            Violation::Deadline => "the archives took longer than the scan deadline".into(),
+        }
+    }
+}
+
 /// One object found: the part itself or an archive member, at any depth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -584,8 +622,33 @@ fn zip_members(
             });
             continue;
         }
-        let member = match z.by_index(i) {
-            Ok(f) => read_member(&inner, f, Some(compressed), budget),
+        // The raw stream, decoded here through the counter: the archive's declared size
+        // neither caps nor hides what the stream really holds.
+        let member = match z.by_index_raw(i) {
+            Ok(f) => {
+                let declared = f.size();
+                let read = match f.compression() {
+                    zip::CompressionMethod::Stored => read_member(&inner, f, None, budget),
+                    zip::CompressionMethod::Deflated => read_member(
+                        &inner,
+                        flate2::read::DeflateDecoder::new(f),
+                        Some(compressed),
+                        budget,
+                    ),
+                    m => Err(Unread::Broken(format!(
+                        "compression method {m:?} is not read"
+                    ))),
+                };
+                if let Ok(data) = &read
+                    && data.len() as u64 != declared
+                {
+                    out.unscannable.push((
+                        inner.clone(),
+                        format!("declares {declared} bytes and holds {}", data.len()),
+                    ));
+                }
+                read
+            }
             Err(e) => Err(Unread::Broken(e.to_string())),
         };
         if let Some(data) = take(&inner, member, out)? {
@@ -1178,5 +1241,82 @@ mod tests {
             );
             assert!(w.bytes <= 60_000_001, "{name}: {}", w.bytes);
         }
+    }
+
+    /// Sets a zip's declared uncompressed size of its first entry (local header and
+    /// central directory) to `size`.
+    fn lie_about_size(z: &mut [u8], size: u32) {
+        let local = memchr::memmem::find(z, b"PK\x03\x04").unwrap();
+        z[local + 22..local + 26].copy_from_slice(&size.to_le_bytes());
+        let central = memchr::memmem::find(z, b"PK\x01\x02").unwrap();
+        z[central + 24..central + 28].copy_from_slice(&size.to_le_bytes());
+    }
+
+    #[test]
+    fn a_zip_that_lies_about_its_size_is_read_for_what_it_holds() {
+        // Declared 10 bytes; the stream holds EICAR after padding: it is found.
+        let mut z = zip_of(&[("small.txt", &[b"0123456789".as_slice(), EICAR].concat())]);
+        lie_about_size(&mut z, 10);
+        let mut seen = false;
+        let w = walk("lie.zip", &z, &Limits::default(), &mut |_, b, _| {
+            seen |= memchr::memmem::find(b, EICAR).is_some();
+        });
+        assert!(seen, "{w:?}");
+        assert!(
+            w.unscannable
+                .iter()
+                .any(|(_, why)| why.contains("declares 10 bytes")),
+            "{w:?}"
+        );
+        // Declared 1 KB, holds 80 MB of zeros: stopped by a limit, not by the declaration.
+        let mut z = zip_of(&[("zeros.bin", &vec![0u8; 80_000_000])]);
+        lie_about_size(&mut z, 1000);
+        let w = walk("lie.zip", &z, &Limits::default(), &mut |_, _, _| {});
+        assert!(
+            matches!(
+                w.violation,
+                Some(Violation::Ratio { .. } | Violation::MemberBytes { .. })
+            ),
+            "{:?}",
+            w.violation
+        );
+    }
+
+    /// Fifield's construction, simplified: many central-directory entries sharing one
+    /// compressed kernel. Each is read through the counter; the total stops it.
+    #[test]
+    fn an_overlapping_entry_zip_bomb_stops_at_the_total() {
+        let kernel = zip_of(&[("k000", &vec![0u8; 1_000_000])]);
+        let local_end = memchr::memmem::find(&kernel, b"PK\x01\x02").unwrap();
+        let cd_end = memchr::memmem::find(&kernel, b"PK\x05\x06").unwrap();
+        let entry = &kernel[local_end..cd_end];
+        let n: u16 = 300;
+        let mut bomb = kernel[..local_end].to_vec();
+        let cd_start = bomb.len() as u32;
+        for i in 0..n {
+            // Same offset (0) for every entry, a distinct name of the same length.
+            let mut e = entry.to_vec();
+            e[47..50].copy_from_slice(format!("{i:03}").as_bytes());
+            bomb.extend_from_slice(&e);
+        }
+        let cd_len = bomb.len() as u32 - cd_start;
+        bomb.extend_from_slice(b"PK\x05\x06\0\0\0\0");
+        bomb.extend_from_slice(&n.to_le_bytes());
+        bomb.extend_from_slice(&n.to_le_bytes());
+        bomb.extend_from_slice(&cd_len.to_le_bytes());
+        bomb.extend_from_slice(&cd_start.to_le_bytes());
+        bomb.extend_from_slice(&[0, 0]);
+        let limits = Limits {
+            max_total_bytes: 100_000_000,
+            ..Limits::default()
+        };
+        let w = walk("overlap.zip", &bomb, &limits, &mut |_, _, _| {});
+        assert!(
+            matches!(w.violation, Some(Violation::TotalBytes { .. })),
+            "{:?} {:?}",
+            w.violation,
+            w.unscannable.first()
+        );
+        assert!(w.bytes <= 100_000_000);
     }
 }

@@ -20,6 +20,9 @@ use sha2::{Digest, Sha256};
 
 use crate::attach::TrueType;
 
+/// A thread's scratch space for [`Antivirus::scan`].
+pub use hyperscan::prelude::Scratch as AvScratch;
+
 /// The EICAR test file, as its standard writes it.
 pub const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 

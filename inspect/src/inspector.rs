@@ -27,6 +27,9 @@ pub enum Action {
     Deliver,
     /// Deliver with the spam headers set (and the subject tagged, if configured).
     Tag,
+    /// Deliver with the infected (or over-limit) attachments replaced by a notice part;
+    /// quarantined instead when they cannot be told apart from the message.
+    Strip,
     /// Kept in the quarantine store, not delivered until released.
     Quarantine,
     /// `550 5.7.1` in the session.
@@ -38,6 +41,7 @@ impl Action {
         match self {
             Action::Deliver => "deliver",
             Action::Tag => "tag",
+            Action::Strip => "strip",
             Action::Quarantine => "quarantine",
             Action::Reject => "reject",
         }
@@ -47,6 +51,7 @@ impl Action {
         match s {
             "deliver" => Some(Action::Deliver),
             "tag" => Some(Action::Tag),
+            "strip" => Some(Action::Strip),
             "quarantine" => Some(Action::Quarantine),
             "reject" => Some(Action::Reject),
             _ => None,
@@ -64,6 +69,11 @@ pub enum Verdict {
     Malformed(LimitHit),
     /// DMARC failed for a From domain that publishes `p=reject` or `p=quarantine`.
     AuthFail,
+    /// An antivirus engine found a virus.
+    Virus,
+    /// An attachment exceeded a limit of the archive walk (its label, as in
+    /// [`crate::attach::Violation::label`]).
+    Limit(&'static str),
 }
 
 impl Verdict {
@@ -74,6 +84,8 @@ impl Verdict {
             Verdict::Phishing => "phishing",
             Verdict::Malformed(_) => "malformed",
             Verdict::AuthFail => "authfail",
+            Verdict::Virus => "virus",
+            Verdict::Limit(_) => "limit",
         }
     }
 }
@@ -93,6 +105,10 @@ pub struct Verdicts {
     /// For mail failing DMARC whose From domain publishes `p=reject` / `p=quarantine`.
     pub dmarc_reject_action: Action,
     pub dmarc_quarantine_action: Action,
+    /// A virus found by either antivirus engine.
+    pub virus_action: Action,
+    /// An attachment past a limit of the archive walk (the product refuses such mail).
+    pub limit_action: Action,
 }
 
 impl Default for Verdicts {
@@ -106,6 +122,8 @@ impl Default for Verdicts {
             malformed_action: Action::Reject,
             dmarc_reject_action: Action::Reject,
             dmarc_quarantine_action: Action::Quarantine,
+            virus_action: Action::Reject,
+            limit_action: Action::Reject,
         }
     }
 }
@@ -127,6 +145,10 @@ pub struct Settings {
     pub network_tests: bool,
     /// Name in `X-Spam-Status` and `X-Bulwark-Product-Ver`.
     pub product: String,
+    /// The built-in antivirus signatures (EICAR at least); `None`: no virus scanning.
+    pub antivirus: Option<Arc<crate::av::Antivirus>>,
+    /// The archive walk's budget (its deadline is set per message).
+    pub attachment_limits: crate::attach::Limits,
 }
 
 impl Default for Settings {
@@ -140,6 +162,8 @@ impl Default for Settings {
             url_blocklist: crate::phishing::Blocklist::default(),
             network_tests: false,
             product: format!("Bulwark {}", env!("CARGO_PKG_VERSION")),
+            antivirus: None,
+            attachment_limits: crate::attach::Limits::default(),
         }
     }
 }
@@ -153,6 +177,8 @@ pub struct Classes {
     pub phishing: bool,
     pub authfail: bool,
     pub malformed: bool,
+    pub virus: bool,
+    pub limit: bool,
 }
 
 /// What the session knows about a message besides its content.
@@ -206,6 +232,30 @@ pub struct Report {
     pub parse_time: Duration,
     pub rules_time: Duration,
     pub pcre_limit: usize,
+    /// What the antivirus engines and the attachment walk said, once merged.
+    pub malware: MalwareVerdict,
+}
+
+/// The attachment and antivirus findings of a message, as stamped and logged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MalwareVerdict {
+    /// Whether any antivirus engine looked at the message.
+    pub scanned: bool,
+    /// The first virus found: its name, where (`2:invoice.zip/a.exe`), and which engine.
+    pub virus: Option<(String, String, &'static str)>,
+    /// The limit an attachment exceeded, described without its file names.
+    pub limit: Option<String>,
+    /// An engine that could not answer, when the message was delivered anyway (tagged).
+    pub unchecked: Option<String>,
+}
+
+/// What the external antivirus engine (clamd) said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum External {
+    Clean,
+    Virus(String),
+    /// It could not answer (the reason).
+    Failed(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -449,6 +499,54 @@ impl Inspector {
             parse_time,
             rules_time,
             pcre_limit: hits.pcre_limit,
+            malware: MalwareVerdict::default(),
+        }
+    }
+
+    /// Merges the attachment walk and antivirus findings into `report`: a virus or a
+    /// limit takes its class's action when that is at least as strong as what the
+    /// content decided (a virus first, then a limit).
+    pub fn apply_malware(
+        &self,
+        report: &mut Report,
+        builtin: Option<&crate::malware::Report>,
+        external: Option<&External>,
+        verdicts: Option<&Verdicts>,
+    ) {
+        let v = verdicts.unwrap_or(&self.settings.verdicts);
+        let m = &mut report.malware;
+        m.scanned =
+            builtin.is_some() || matches!(external, Some(External::Clean | External::Virus(_)));
+        if let Some(b) = builtin
+            && let Some(x) = b.viruses.first()
+        {
+            m.virus = Some((x.virus.clone(), x.path.clone(), "builtin"));
+        }
+        if m.virus.is_none()
+            && let Some(External::Virus(name)) = external
+        {
+            m.virus = Some((name.clone(), "message".into(), "clamd"));
+        }
+        if let Some(External::Failed(why)) = external {
+            m.unchecked = Some(format!("clamd: {why}"));
+        }
+        let limit = builtin.and_then(|b| b.violation.as_ref());
+        if let Some(l) = limit {
+            m.limit = Some(l.summary());
+        }
+        let mut take = |class: Verdict, action: Action| {
+            if report.verdict == Verdict::Clean || action >= report.action {
+                report.verdict = class;
+                report.action = action;
+            }
+        };
+        if let Some(l) = limit {
+            report.classes.limit = true;
+            take(Verdict::Limit(l.label()), v.limit_action);
+        }
+        if report.malware.virus.is_some() {
+            report.classes.virus = true;
+            take(Verdict::Virus, v.virus_action);
         }
     }
 
@@ -474,6 +572,17 @@ impl Inspector {
         fold_into(&mut h, "X-Bulwark-Result-Detail:", &detail, ",");
         if let Some(rule) = &report.policy_rule {
             let _ = write!(h, "X-Bulwark-Policy-Rule: {rule}\r\n");
+        }
+        let m = &report.malware;
+        if let Some(v) = virus_header(m) {
+            h.push_str(&v);
+        }
+        if let Some(limit) = &m.limit {
+            let _ = write!(
+                h,
+                "X-Bulwark-Attachment-Limit: {}\r\n",
+                header_safe(limit, 200)
+            );
         }
         let _ = write!(h, "X-Bulwark-Product-Ver: {}\r\n", s.product);
         let _ = write!(h, "X-Spam-Flag: {}\r\n", if spam { "YES" } else { "NO" });
@@ -547,6 +656,41 @@ fn decide(
         consider((Verdict::Spam, Action::Tag));
     }
     (best.0, best.1, classes)
+}
+
+/// The `X-Bulwark-Virus` field (with its CRLF) for these findings, if any engine ran.
+pub fn virus_header(m: &MalwareVerdict) -> Option<String> {
+    if let Some((name, path, engine)) = &m.virus {
+        Some(format!(
+            "X-Bulwark-Virus: infected; name={}; engine={engine}; in={}\r\n",
+            header_safe(name, 100),
+            header_safe(path, 200)
+        ))
+    } else if let Some(why) = &m.unchecked {
+        Some(format!(
+            "X-Bulwark-Virus: unchecked; {}\r\n",
+            header_safe(why, 200)
+        ))
+    } else if m.scanned {
+        Some("X-Bulwark-Virus: clean\r\n".to_string())
+    } else {
+        None
+    }
+}
+
+/// `s` as one header line: printable ASCII only (others become `?`), at most `max`
+/// characters.
+fn header_safe(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 fn trim_float(v: f64) -> String {
