@@ -41,6 +41,34 @@ pub struct Config {
     pub xdp: XdpConfig,
     /// `[throttle]`: per-client limits of the sender groups and dynamic blocks.
     pub throttle: bulwark_policy::Throttle,
+    /// `[antivirus]` and `[attachments]`.
+    pub antivirus: AntivirusConfig,
+}
+
+/// Where clamd listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClamdAddr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+/// Virus scanning (`[antivirus]`) and the archive walk's limits (`[attachments]`).
+#[derive(Debug, Clone)]
+pub struct AntivirusConfig {
+    /// The built-in engine (EICAR and `signatures`); off, only clamd (if set) scans.
+    pub enabled: bool,
+    /// ClamAV `.hdb` / `.hsb` / `.ndb` files for the built-in engine.
+    pub signatures: Vec<PathBuf>,
+    pub clamd: Option<ClamdAddr>,
+    /// A clamd that cannot answer: `451 4.7.0` (true) or deliver tagged.
+    pub on_failure_tempfail: bool,
+    /// The deadline of a message's attachment walk and virus scans.
+    pub timeout: Duration,
+    /// clamd's own deadline (connect, send, answer).
+    pub clamd_timeout: Duration,
+    /// Largest message sent whole to clamd (clamd's `StreamMaxLength` should allow it).
+    pub clamd_max_size: u64,
+    pub limits: bulwark_inspect::attach::Limits,
 }
 
 /// The XDP program (`[xdp]`), attached by `bulwark-xdp`.
@@ -653,7 +681,7 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 20] = [
+        const SECTIONS: [&str; 22] = [
             "server",
             "spool",
             "queue",
@@ -674,6 +702,8 @@ impl<'t> Validator<'t> {
             "reputation",
             "xdp",
             "throttle",
+            "antivirus",
+            "attachments",
         ];
         for (k, _) in root.iter() {
             if !SECTIONS.contains(&k.get_ref().as_ref()) {
@@ -702,6 +732,7 @@ impl<'t> Validator<'t> {
         let authentication = self.authentication(root);
         let (reputation, pregreet) = self.reputation(root);
         let throttle = self.throttle(root);
+        let antivirus = self.antivirus(root);
         let xdp = {
             let mut s = self.section(root, "xdp");
             let interface = self.string(&mut s, "interface").map(|(i, _)| i);
@@ -734,6 +765,103 @@ impl<'t> Validator<'t> {
             pregreet,
             xdp,
             throttle,
+            antivirus,
+        }
+    }
+
+    fn antivirus(&mut self, root: &Table<'_>) -> AntivirusConfig {
+        let mut s = self.section(root, "antivirus");
+        let enabled = self.boolean(&mut s, "enabled").unwrap_or(true);
+        let signatures: Vec<PathBuf> = self
+            .string_list(&mut s, "signatures")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, _)| PathBuf::from(p))
+            .collect();
+        let clamd = match self.string(&mut s, "clamd") {
+            None => None,
+            Some((a, _)) if a.starts_with('/') => Some(ClamdAddr::Unix(PathBuf::from(a))),
+            Some((a, span)) => match a.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Some(ClamdAddr::Tcp(a))
+                }
+                _ => {
+                    self.err(
+                        "antivirus.clamd",
+                        Some(span),
+                        format!("{a:?} is neither HOST:PORT nor an absolute socket path"),
+                    );
+                    None
+                }
+            },
+        };
+        let on_failure_tempfail = match self.string(&mut s, "on_failure") {
+            None => true,
+            Some((a, _)) if a == "tempfail" => true,
+            Some((a, _)) if a == "tag" => false,
+            Some((a, span)) => {
+                self.err(
+                    "antivirus.on_failure",
+                    Some(span),
+                    format!("{a:?} is not \"tempfail\" or \"tag\""),
+                );
+                true
+            }
+        };
+        let timeout = self
+            .duration(&mut s, "timeout")
+            .unwrap_or(Duration::from_secs(30));
+        let clamd_timeout = self
+            .duration(&mut s, "clamd_timeout")
+            .unwrap_or(Duration::from_secs(20));
+        let clamd_max_size = self
+            .integer(&mut s, "clamd_max_size", 1 << 20, 1 << 32)
+            .unwrap_or(50 << 20);
+        self.finish(s);
+        let mut a = self.section(root, "attachments");
+        let d = bulwark_inspect::attach::Limits::default();
+        let limits = bulwark_inspect::attach::Limits {
+            max_layers: self
+                .integer(&mut a, "max_layers", 1, 1000)
+                .map_or(d.max_layers, |v| v as u32),
+            max_files: self
+                .integer(&mut a, "max_files", 1, 1_000_000)
+                .map_or(d.max_files, |v| v as u32),
+            max_member_bytes: self
+                .integer(&mut a, "max_file_size", 1, 1 << 40)
+                .unwrap_or(d.max_member_bytes),
+            max_total_bytes: self
+                .integer(&mut a, "max_total_size", 1, 1 << 40)
+                .unwrap_or(d.max_total_bytes),
+            max_ratio: self
+                .integer(&mut a, "max_ratio", 1, 1 << 32)
+                .unwrap_or(d.max_ratio),
+            max_decoder_memory: self
+                .integer(&mut a, "max_decoder_memory", 1 << 20, 1 << 34)
+                .unwrap_or(d.max_decoder_memory),
+            deadline: None,
+        };
+        if limits.max_total_bytes < limits.max_member_bytes {
+            let line = a.line;
+            self.errors.push(ConfigError {
+                key: "attachments.max_total_size".into(),
+                line,
+                message: format!(
+                    "{} is below max_file_size ({})",
+                    limits.max_total_bytes, limits.max_member_bytes
+                ),
+            });
+        }
+        self.finish(a);
+        AntivirusConfig {
+            enabled,
+            signatures,
+            clamd,
+            on_failure_tempfail,
+            timeout,
+            clamd_timeout,
+            clamd_max_size,
+            limits,
         }
     }
 
@@ -1029,7 +1157,7 @@ impl<'t> Validator<'t> {
                 self.err(
                     &path,
                     Some(span),
-                    format!("{text:?} is not an action (reject, quarantine, tag, deliver)"),
+                    format!("{text:?} is not an action (reject, quarantine, strip, tag, deliver)"),
                 );
                 default
             }
@@ -1080,6 +1208,8 @@ impl<'t> Validator<'t> {
                 "dmarc_quarantine_action",
                 d.dmarc_quarantine_action,
             ),
+            virus_action: self.action(&mut s, "virus_action", d.virus_action),
+            limit_action: self.action(&mut s, "limit_action", d.limit_action),
         };
         let hosts = |v: &mut Self, s: &mut Section<'_, '_>, key: &'static str| {
             let list = v.string_list(s, key)?;
@@ -1614,6 +1744,8 @@ impl<'t> Validator<'t> {
             malformed_action: action(self, s, "malformed_action"),
             dmarc_reject_action: action(self, s, "dmarc_reject_action"),
             dmarc_quarantine_action: action(self, s, "dmarc_quarantine_action"),
+            virus_action: action(self, s, "virus_action"),
+            limit_action: action(self, s, "limit_action"),
             subject_tag: self.string(s, "subject_tag").map(|(t, _)| t),
         };
         match spec.compile() {

@@ -44,6 +44,7 @@ pub fn to_action(a: FilterAction) -> Action {
     match a {
         FilterAction::Deliver => Action::Deliver,
         FilterAction::Tag => Action::Tag,
+        FilterAction::Strip => Action::Strip,
         FilterAction::Quarantine => Action::Quarantine,
         FilterAction::Reject => Action::Reject,
     }
@@ -64,6 +65,8 @@ fn apply(v: &mut Verdicts, o: &ArchivedVerdictPolicy) {
         (&mut v.malformed_action, o.malformed_action),
         (&mut v.dmarc_reject_action, o.dmarc_reject_action),
         (&mut v.dmarc_quarantine_action, o.dmarc_quarantine_action),
+        (&mut v.virus_action, o.virus_action),
+        (&mut v.limit_action, o.limit_action),
     ] {
         if let Some(a) = a {
             *slot = to_action(a);
@@ -105,6 +108,8 @@ pub fn class_bits(c: &Classes) -> u8 {
         (c.phishing, VerdictClass::Phishing),
         (c.authfail, VerdictClass::AuthFail),
         (c.malformed, VerdictClass::Malformed),
+        (c.virus, VerdictClass::Virus),
+        (c.limit, VerdictClass::Limit),
     ] {
         if on {
             bits |= class.bit();
@@ -235,6 +240,7 @@ mod tests {
             parse_time: Default::default(),
             rules_time: Default::default(),
             pcre_limit: 0,
+            malware: Default::default(),
         };
         let msg = b"Subject: Urgent WIRE\r\n transfer today\r\n\r\nbody\r\n";
         assert_eq!(

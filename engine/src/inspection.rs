@@ -20,9 +20,9 @@ use tracing::{error, info};
 
 use crate::metrics::{Metrics, RuleHits};
 
-/// The artifacts an inspector was made from: (rules, model, URL blocklist) digests;
-/// empty for the configuration's own.
-pub type Key = (String, String, String);
+/// The artifacts an inspector was made from: (rules, model, URL blocklist, antivirus
+/// signatures) digests; empty for the configuration's own.
+pub type Key = (String, String, String, String);
 
 /// One core's inspector, with its scratch space and hit counters.
 pub struct CoreInspect {
@@ -32,6 +32,8 @@ pub struct CoreInspect {
     pub pool: Arc<Mutex<Vec<Scanner>>>,
     pub hits: Arc<RuleHits>,
     pub key: Key,
+    /// Scratch spaces of the built-in antivirus engine.
+    pub av_pool: crate::antivirus::ScratchPool,
 }
 
 impl CoreInspect {
@@ -53,6 +55,7 @@ impl CoreInspect {
             pool: Arc::new(Mutex::new(Vec::new())),
             hits,
             key,
+            av_pool: Arc::new(Mutex::new(Vec::new())),
         })
     }
 }
@@ -90,7 +93,7 @@ impl Loader {
     /// answers `None` until it is ready. A load that failed is not retried for that key.
     pub fn get(self: &Arc<Self>, key: &Key) -> Option<Arc<Inspector>> {
         let local = self.local.as_ref()?;
-        if key.0.is_empty() && key.1.is_empty() && key.2.is_empty() {
+        if key.0.is_empty() && key.1.is_empty() && key.2.is_empty() && key.3.is_empty() {
             return Some(local.clone());
         }
         let mut states = self.states.lock().ok()?;
@@ -120,6 +123,11 @@ impl Loader {
                             rules_sha256 = %key.0,
                             model_sha256 = %key.1,
                             url_blocklist_sha256 = %key.2,
+                            antivirus_sha256 = %key.3,
+                            av_signatures = i.settings.antivirus.as_ref().map_or(0, |a| {
+                                let n = a.counts();
+                                n.hashes + n.bodies
+                            }),
                             ms = t0.elapsed().as_millis() as u64,
                             "published inspection rules loaded"
                         );
@@ -193,6 +201,14 @@ impl Loader {
         if !key.2.is_empty() {
             settings.url_blocklist = Blocklist::from_bytes(&read("urls", &key.2)?)
                 .ok_or_else(|| anyhow::anyhow!("URL blocklist {}: not a blocklist", key.2))?;
+        }
+        // Published signatures replace the configured ones, unless the built-in engine
+        // is off here.
+        if !key.3.is_empty() && local.settings.antivirus.is_some() {
+            settings.antivirus = Some(Arc::new(
+                bulwark_inspect::av::Antivirus::from_bytes(&read("av", &key.3)?)
+                    .map_err(|e| anyhow::anyhow!("antivirus signatures {}: {e}", key.3))?,
+            ));
         }
         Ok(Inspector::from_shared(
             compiled,

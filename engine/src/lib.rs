@@ -1,6 +1,7 @@
 //! Bulwark's data plane.
 
 pub mod admin;
+pub mod antivirus;
 pub mod auth;
 pub mod config;
 pub mod deliver;

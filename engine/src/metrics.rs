@@ -63,7 +63,28 @@ const SCAN: &[f64] = &[
 ];
 
 /// Inspection verdicts (`verdict` label) and actions (`action` label).
-pub const VERDICTS: [&str; 5] = ["clean", "spam", "phishing", "malformed", "authfail"];
+pub const VERDICTS: [&str; 7] = [
+    "clean",
+    "spam",
+    "phishing",
+    "malformed",
+    "authfail",
+    "virus",
+    "limit",
+];
+/// Antivirus engines (`engine` label) and scan results (`result` label).
+pub const AV_ENGINES: [&str; 2] = ["builtin", "clamd"];
+pub const AV_RESULTS: [&str; 3] = ["clean", "virus", "failed"];
+/// Limits of the archive walk (`limit` label), as `Violation::label` names them.
+pub const ATTACHMENT_LIMITS: [&str; 7] = [
+    "archive_layers",
+    "archive_files",
+    "file_size",
+    "total_size",
+    "compression_ratio",
+    "decoder_memory",
+    "scan_time",
+];
 /// Sender authentication methods (`method` label) and results (`result` label), in
 /// the order of `bulwark_inspect::native::AuthResult`.
 pub const AUTH_METHODS: [&str; 5] = ["spf", "dkim", "dmarc", "arc", "iprev"];
@@ -78,7 +99,7 @@ pub const AUTH_RESULTS: [&str; 7] = [
 ];
 /// Quarantine operations (`op` label), indexes of `Shard::quarantine_ops`.
 pub const QUARANTINE_OPS: [&str; 3] = ["released", "deleted", "expired"];
-pub const ACTIONS: [&str; 4] = ["deliver", "tag", "quarantine", "reject"];
+pub const ACTIONS: [&str; 5] = ["deliver", "tag", "strip", "quarantine", "reject"];
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
@@ -303,7 +324,20 @@ pub struct Shard {
     /// Seconds from arrival to the final outcome.
     pub queue_residence: Histogram,
     /// Inspected messages by verdict and action ([`VERDICTS`] × [`ACTIONS`]).
-    pub verdicts: [[Counter; 4]; 5],
+    pub verdicts: [[Counter; 5]; 7],
+    /// Messages scanned by each antivirus engine, by result.
+    pub av_scans: [[Counter; 3]; 2],
+    /// Messages whose attachments exceeded a limit, by limit.
+    pub attachment_limits: [Counter; 7],
+    /// Archives that could not be opened, and encrypted members, seen.
+    pub attachments_unscannable: Counter,
+    pub attachments_encrypted: Counter,
+    /// Seconds of the built-in scan of a message (attachments, archives, signatures),
+    /// and how many ran on the blocking thread.
+    pub av_seconds: Histogram,
+    pub av_offloaded: Counter,
+    /// Connections opened to clamd (sessions are pooled per core).
+    pub clamd_connections: Counter,
     /// Messages by authentication method and result.
     pub auth_results: [[Counter; 7]; 5],
     /// Messages whose authentication did not finish within `[authentication] timeout`.
@@ -358,6 +392,13 @@ impl Shard {
             full_scans: Default::default(),
             scan_parse: Histogram::new(SCAN),
             scan_rules: Histogram::new(SCAN),
+            av_scans: Default::default(),
+            attachment_limits: Default::default(),
+            attachments_unscannable: Counter::default(),
+            attachments_encrypted: Counter::default(),
+            av_seconds: Histogram::new(SCAN),
+            av_offloaded: Counter::default(),
+            clamd_connections: Counter::default(),
         }
     }
 
@@ -962,6 +1003,67 @@ impl Collector for Families {
                 "Messages whose action a policy rule decided (rules that have decided at least once).",
                 c,
                 hits_by_rule(&m.policy_rule_sets),
+            ),
+            family(
+                "bulwark_antivirus_scans_total",
+                "Messages scanned by each antivirus engine (builtin, clamd), by result.",
+                c,
+                {
+                    let mut v = Vec::new();
+                    for (i, engine) in AV_ENGINES.iter().enumerate() {
+                        for (j, result) in AV_RESULTS.iter().enumerate() {
+                            v.push(counter(
+                                m.sum(|s| s.av_scans[i][j].get()),
+                                &[("engine", engine), ("result", result)],
+                            ));
+                        }
+                    }
+                    v
+                },
+            ),
+            family(
+                "bulwark_attachment_limits_total",
+                "Messages whose attachments exceeded a limit of the archive walk, by limit.",
+                c,
+                ATTACHMENT_LIMITS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        counter(m.sum(|s| s.attachment_limits[i].get()), &[("limit", l)])
+                    })
+                    .collect(),
+            ),
+            family(
+                "bulwark_attachments_unscannable_total",
+                "Archives that could not be opened (RAR, corrupt), and encrypted archive members.",
+                c,
+                vec![
+                    counter(
+                        m.sum(|s| s.attachments_unscannable.get()),
+                        &[("kind", "unreadable")],
+                    ),
+                    counter(
+                        m.sum(|s| s.attachments_encrypted.get()),
+                        &[("kind", "encrypted")],
+                    ),
+                ],
+            ),
+            family(
+                "bulwark_antivirus_offloaded_total",
+                "Built-in scans run on a core's blocking thread (messages that may carry attachments).",
+                c,
+                vec![counter(m.sum(|s| s.av_offloaded.get()), &[])],
+            ),
+            family(
+                "bulwark_clamd_connections_total",
+                "Connections opened to clamd (IDSESSION sessions, pooled per core).",
+                c,
+                vec![counter(m.sum(|s| s.clamd_connections.get()), &[])],
+            ),
+            self.histogram(
+                "bulwark_antivirus_scan_seconds",
+                "Seconds of the built-in scan of a message: parts, archives, signatures.",
+                |s| &s.av_seconds,
             ),
             self.histogram(
                 "bulwark_inspection_parse_seconds",

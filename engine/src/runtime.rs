@@ -50,6 +50,9 @@ pub struct Core {
     pub inspect_timeout_tempfail: bool,
     /// One whole scan of a streamed message at a time on this core.
     pub full_scans: glommio::sync::Semaphore,
+    /// clamd, when `[antivirus] clamd` names it.
+    pub clamd: Option<Rc<crate::antivirus::Clamd>>,
+    pub antivirus: crate::antivirus::Settings,
     pub quarantine: crate::quarantine::Quarantine,
     pub auth: Option<crate::auth::Auth>,
     /// The pregreet test (`[reputation] greet_wait`).
@@ -139,20 +142,30 @@ impl Core {
     pub fn sync_inspection(&self) -> bool {
         let snap = self.policy.current();
         let refs = &snap.policy().inspection;
-        let (rules, model, urls) = (
+        let (rules, model, urls, av) = (
             refs.rules.as_str(),
             refs.model.as_str(),
             refs.url_blocklist.as_str(),
+            refs.antivirus.as_str(),
         );
         {
             let cur = self.inspect.borrow();
             match cur.as_ref() {
-                Some(c) if c.key.0 == rules && c.key.1 == model && c.key.2 == urls => return true,
+                Some(c)
+                    if c.key.0 == rules && c.key.1 == model && c.key.2 == urls && c.key.3 == av =>
+                {
+                    return true;
+                }
                 None if self.inspect_loader.local().is_none() => return true,
                 _ => {}
             }
         }
-        let key = (rules.to_string(), model.to_string(), urls.to_string());
+        let key = (
+            rules.to_string(),
+            model.to_string(),
+            urls.to_string(),
+            av.to_string(),
+        );
         let Some(ins) = self.inspect_loader.get(&key) else {
             return self.inspect_loader.failed(&key);
         };
@@ -187,6 +200,31 @@ struct Shared {
     client_tls: Arc<rustls::ClientConfig>,
     inspect_loader: Arc<crate::inspection::Loader>,
     auth: Option<crate::auth::Auth>,
+    clamd: Option<crate::antivirus::Endpoint>,
+}
+
+/// The built-in antivirus engine: EICAR and the configured signature files (a file
+/// with a malformed line stops the engine, naming it).
+fn load_antivirus(
+    c: &crate::config::AntivirusConfig,
+) -> anyhow::Result<Option<Arc<bulwark_inspect::av::Antivirus>>> {
+    if !c.enabled {
+        info!("built-in antivirus is off ([antivirus] enabled = false)");
+        return Ok(None);
+    }
+    let av = bulwark_inspect::av::Antivirus::load(&c.signatures)
+        .map_err(|e| anyhow::anyhow!("antivirus.signatures: {e}"))?;
+    let n = av.counts();
+    for s in av.skipped().iter().take(20) {
+        tracing::warn!("antivirus signature skipped: {s}");
+    }
+    info!(
+        hashes = n.hashes,
+        bodies = n.bodies,
+        skipped = n.skipped,
+        "built-in antivirus signatures loaded"
+    );
+    Ok(Some(Arc::new(av)))
 }
 
 /// The URL blocklist files, compiled to hashes; a bad line names its file and line.
@@ -229,6 +267,8 @@ pub fn load_inspector(
         shorteners: c.shorteners.clone(),
         url_blocklist: load_blocklist(&c.url_blocklist)?,
         network_tests: config.authentication.enabled,
+        antivirus: load_antivirus(&config.antivirus)?,
+        attachment_limits: config.antivirus.limits.clone(),
         ..Default::default()
     };
     let cache = c
@@ -372,7 +412,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         info!("sender authentication is off ([authentication] enabled = false)");
         None
     };
+    let clamd = match &config.antivirus.clamd {
+        Some(a) => {
+            let e = crate::antivirus::Endpoint::resolve(a)?;
+            info!(clamd = %e, "clamd scans every message");
+            Some(e)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        clamd,
         config,
         cores,
         snapshot_image,
@@ -627,6 +676,18 @@ async fn run_core(
         inspect_timeout: cfg.inspection.timeout,
         inspect_timeout_tempfail: cfg.inspection.timeout_tempfail,
         full_scans: glommio::sync::Semaphore::new(1),
+        clamd: shared.clamd.as_ref().map(|e| {
+            crate::antivirus::Clamd::new(
+                e.clone(),
+                cfg.antivirus.clamd_timeout,
+                cfg.antivirus.clamd_max_size,
+            )
+        }),
+        antivirus: crate::antivirus::Settings {
+            timeout: cfg.antivirus.timeout,
+            tempfail: cfg.antivirus.on_failure_tempfail,
+            max_scan: cfg.limits.message_size,
+        },
         quarantine,
         auth: shared.auth.clone(),
     });
@@ -650,7 +711,7 @@ async fn run_core(
     }
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {
-        let l = TcpListener::bind(addr)
+        let l = listen(*addr)
             .map_err(|e| anyhow::anyhow!("server.listen: cannot listen on {addr}: {e}"))?;
         listeners.push(l);
     }
@@ -736,4 +797,24 @@ async fn run_core(
     // The core lives as long as the process; its tasks do the work.
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// A listening socket shared by every core (`SO_REUSEPORT`) that can be opened while
+/// connections of an earlier listener on the port are in TIME_WAIT (`SO_REUSEADDR`, as
+/// every SMTP server sets it; glommio's own `bind` sets only the first).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    // SAFETY: the descriptor is a listening TCP socket this function owns and hands over.
+    Ok(unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) })
 }

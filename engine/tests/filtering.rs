@@ -203,7 +203,7 @@ fn a_bad_policy_rule_stops_the_engine_naming_key_and_line() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"127.0.0.1:{}\"]\n[spool]\ndir = \"{}\"\n\n[[policy_rules]]\nname = \"r1\"\nverdicts = [\"virus\"]\naction = \"reject\"\n",
+            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"127.0.0.1:{}\"]\n[spool]\ndir = \"{}\"\n\n[[policy_rules]]\nname = \"r1\"\nverdicts = [\"worm\"]\naction = \"reject\"\n",
             free_port(),
             dir.path().join("spool").display(),
         ),
@@ -220,7 +220,7 @@ fn a_bad_policy_rule_stops_the_engine_naming_key_and_line() {
         err.contains("policy_rules[0].verdicts[0]") && err.contains("line 7"),
         "{err}"
     );
-    assert!(err.contains("\"virus\" is not a verdict"), "{err}");
+    assert!(err.contains("\"worm\" is not a verdict"), "{err}");
 }
 
 /// Regression: a streamed message's first piece was judged as if it were the whole

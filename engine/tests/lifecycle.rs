@@ -85,3 +85,39 @@ fn a_two_core_engine_becomes_ready_every_time_it_starts() {
     }
     assert_eq!(http_get(engine.metrics, "/healthz"), "ok\n");
 }
+
+/// Regression: the engine's listener set only `SO_REUSEPORT`, so a port whose last
+/// connections (closed by the server first) were in TIME_WAIT could not be listened on
+/// for a minute: "Address already in use" at start (seen when a test's clamd had used
+/// the port just before).
+#[test]
+fn the_engine_listens_on_a_port_whose_last_connections_are_in_time_wait() {
+    use std::io::Read;
+    let port = free_port();
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (s, _) = l.accept().unwrap();
+    // The server side closes first: its end of the connection stays in TIME_WAIT.
+    drop(s);
+    let mut b = [0u8; 1];
+    assert_eq!(c.read(&mut b).unwrap(), 0);
+    drop(c);
+    drop(l);
+    let ss = Command::new("ss")
+        .args(["-tan", "state", "time-wait", "sport", &format!("= :{port}")])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&ss.stdout);
+    assert!(
+        listing.contains(&format!(":{port}")),
+        "no TIME_WAIT: {listing}"
+    );
+    let engine = Engine::start(EngineConfig {
+        smtp_port: Some(port),
+        ..Default::default()
+    });
+    // Raw::connect reads and checks the 220 greeting.
+    let mut r = Raw::connect(engine.smtp);
+    r.send(b"QUIT\r\n");
+    assert!(r.replies(1)[0].starts_with("221 "));
+}

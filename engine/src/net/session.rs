@@ -588,6 +588,7 @@ async fn stream_piece(
             &piece,
             auth.as_ref(),
             snapshot,
+            None,
         );
         let (refused, stamp, quarantine, first_action) = match inspected {
             Inspected::Refuse(reply) => (
@@ -601,6 +602,7 @@ async fn stream_piece(
                 drop,
                 quarantine,
                 action,
+                ..
             } => {
                 if !drop.is_empty() {
                     piece = without(&piece, &drop);
@@ -681,7 +683,7 @@ async fn accept_streamed(
         m.commit().await.map(|loc| (loc, size))
     };
     match written.await {
-        Ok((location, size)) => {
+        Ok((mut location, mut size)) => {
             let shard = core.shard();
             shard.messages_received.inc();
             shard.streamed.inc();
@@ -689,6 +691,35 @@ async fn accept_streamed(
                 let envelope = (tx.mail_from.as_str(), tx.rcpts.as_slice(), flags);
                 match full_scan(core, peer, &st, envelope, location, size).await {
                     FullScan::Same => {}
+                    FullScan::Replace(content) => {
+                        // Spooled again whole (our header fields are in it already),
+                        // durable before the reply; the streamed copy is finished.
+                        match core
+                            .spool
+                            .append_message(
+                                &st.id,
+                                st.arrival,
+                                flags,
+                                &tx.mail_from,
+                                &tx.rcpts,
+                                &[],
+                                &content,
+                            )
+                            .await
+                        {
+                            Ok(replaced) => {
+                                core.spool.mark_done(location, &st.id);
+                                location = replaced;
+                                size = content.len() as u64;
+                                info!(id = %st.id, %peer, "attachments replaced by notices");
+                            }
+                            Err(e) => {
+                                core.spool.mark_done(location, &st.id);
+                                warn!(%peer, id = %st.id, "cannot spool the stripped message: {e}");
+                                return Err(spool_reply(&e).to_string());
+                            }
+                        }
+                    }
                     FullScan::Quarantine(meta) => st.quarantine = Some(meta),
                     FullScan::Refuse(reply) => {
                         // Durable already: finished in the spool, never delivered.
@@ -703,6 +734,14 @@ async fn accept_streamed(
                         ));
                     }
                     FullScan::TimedOut => {}
+                    FullScan::Unscanned(why) => {
+                        core.spool.mark_done(location, &st.id);
+                        warn!(id = %st.id, %peer, "message deferred: {why}");
+                        return Err(format!(
+                            "451 4.7.0 Message could not be scanned for viruses, try again later; reference {}",
+                            st.id
+                        ));
+                    }
                 }
             }
             if let Some(mut meta) = st.quarantine.take() {
@@ -865,6 +904,17 @@ async fn accept_message(
     let mut header = Vec::with_capacity(1024);
     received_header(&mut header, core, session, stream, peer, &id, &tx, now);
     let auth = authenticate(core, session, peer, &tx, pending_auth, Some(&tx.body)).await;
+    let (scanned, body) = crate::antivirus::scan_message(core, std::mem::take(&mut tx.body)).await;
+    tx.body = body;
+    let malware = match scanned {
+        Ok(m) => m,
+        Err(why) => {
+            warn!(%id, %peer, "message deferred: {why}");
+            return Err(format!(
+                "451 4.7.0 Message could not be scanned for viruses, try again later; reference {id}"
+            ));
+        }
+    };
     let inspected = inspect(
         core,
         session,
@@ -874,16 +924,21 @@ async fn accept_message(
         &tx.body,
         auth.as_ref(),
         snapshot,
+        Some(&malware),
     );
     let quarantine = match inspected {
         Inspected::Refuse(reply) => return Err(reply),
         Inspected::Accept {
             stamp,
+            replace,
             drop,
             quarantine,
             ..
         } => {
             header.extend_from_slice(&stamp);
+            if let Some(r) = replace {
+                tx.body = r;
+            }
             if !drop.is_empty() {
                 tx.body = without(&tx.body, &drop);
             }
@@ -944,6 +999,8 @@ enum Inspected {
     Refuse(String),
     Accept {
         stamp: Vec<u8>,
+        /// The content to deliver instead (attachments replaced by notices).
+        replace: Option<Vec<u8>>,
         drop: Vec<std::ops::Range<usize>>,
         /// Kept in the quarantine store instead of queued.
         quarantine: Option<Box<crate::quarantine::Meta>>,
@@ -1008,12 +1065,14 @@ fn inspect(
     content: &[u8],
     auth: Option<&crate::auth::Outcome>,
     snapshot: &Snapshot,
+    malware: Option<&crate::antivirus::Scan>,
 ) -> Inspected {
     use bulwark_inspect::inspector::{self, Action, Envelope, Verdict};
     let hostname = core.session_cfg.hostname.as_str();
     let auth_header = auth.map(|a| a.header.as_str()).unwrap_or_default();
     let unscanned = || Inspected::Accept {
         stamp: auth_header.as_bytes().to_vec(),
+        replace: None,
         drop: if auth.is_some() {
             inspector::field_ranges(content, false, hostname)
         } else {
@@ -1046,6 +1105,18 @@ fn inspect(
     };
     let mut report = ins.inspect(&mut scanner, content, &env);
     drop(scanner);
+    if let Some(m) = malware {
+        ins.apply_malware(
+            &mut report,
+            m.builtin.as_ref(),
+            m.external.as_ref(),
+            verdicts.as_ref(),
+        );
+    } else if session.content_in_progress() && scans_for_viruses(core) {
+        // A streamed message: its headers are written now, and it is delivered only
+        // once the whole scan at its end found nothing (or it is deferred).
+        report.malware.scanned = true;
+    }
     // Of a streamed message only the first piece is here: its size is at least that, or
     // what SIZE= declared, and not known to be below anything unless SIZE= says so (the
     // whole scan judges it again by its true size).
@@ -1076,6 +1147,8 @@ fn inspect(
         Verdict::Phishing => 2,
         Verdict::Malformed(_) => 3,
         Verdict::AuthFail => 4,
+        Verdict::Virus => 5,
+        Verdict::Limit(_) => 6,
     };
     shard.verdicts[v][report.action as usize].inc();
     for h in &report.hits {
@@ -1092,6 +1165,9 @@ fn inspect(
         score = format_args!("{:.2}", report.score),
         rules = %rules.join(","),
         policy_rule = report.policy_rule.as_deref().unwrap_or(""),
+        virus = report.malware.virus.as_ref().map_or("", |v| v.0.as_str()),
+        virus_in = report.malware.virus.as_ref().map_or("", |v| v.1.as_str()),
+        attachment_limit = report.malware.limit.as_deref().unwrap_or(""),
         auth = %auth.map_or_else(String::new, |a| format!(
             "spf={} dkim={} dmarc={}",
             a.summary.spf.as_str(),
@@ -1100,9 +1176,28 @@ fn inspect(
         )),
         "inspected"
     );
+    // Strip: the offending attachments replaced by notices, or, when they cannot be
+    // told apart from the message (its only part, or a virus only clamd saw), held.
+    let replace = if report.action == Action::Strip {
+        let stripped = malware.and_then(|m| m.builtin.as_ref()).and_then(|b| {
+            let parts = bulwark_inspect::malware::offending_parts(b);
+            if parts.is_empty() {
+                return None;
+            }
+            bulwark_inspect::malware::strip(content, b, &parts, &strip_reason(&report))
+        });
+        let nothing_found = !report.classes.virus && !report.classes.limit;
+        if stripped.is_none() && !nothing_found {
+            report.action = Action::Quarantine;
+        }
+        stripped
+    } else {
+        None
+    };
+    let content = replace.as_deref().unwrap_or(content);
     match report.action {
         Action::Reject => Inspected::Refuse(refusal(&report, id, auth)),
-        Action::Tag | Action::Deliver | Action::Quarantine => {
+        Action::Tag | Action::Deliver | Action::Strip | Action::Quarantine => {
             let mut stamp = Vec::with_capacity(512 + auth_header.len());
             stamp.extend_from_slice(auth_header.as_bytes());
             ins.stamp(&report, &mut stamp);
@@ -1137,6 +1232,7 @@ fn inspect(
             });
             Inspected::Accept {
                 stamp,
+                replace,
                 drop,
                 quarantine,
                 action: report.action,
@@ -1168,6 +1264,58 @@ fn apply_policy_rules(
     }
 }
 
+/// A stored message whose `X-Bulwark-Virus: clean` (stamped when it began to stream)
+/// now says what the whole scan found.
+fn restamp_virus(content: Vec<u8>, report: &bulwark_inspect::inspector::Report) -> Vec<u8> {
+    let Some(line) = bulwark_inspect::inspector::virus_header(&report.malware) else {
+        return content;
+    };
+    let head_end = memchr::memmem::find(&content, b"\r\n\r\n").unwrap_or(0);
+    let old = b"X-Bulwark-Virus: clean\r\n";
+    match memchr::memmem::find(&content[..head_end], old) {
+        Some(at) => {
+            let mut out = Vec::with_capacity(content.len() + line.len());
+            out.extend_from_slice(&content[..at]);
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(&content[at + old.len()..]);
+            out
+        }
+        None => content,
+    }
+}
+
+/// Why attachments were replaced, for the notice part.
+fn strip_reason(report: &bulwark_inspect::inspector::Report) -> String {
+    match (&report.malware.virus, &report.malware.limit) {
+        (Some(v), _) => format!("the virus {} was found in it", reply_safe(&v.0)),
+        (None, Some(l)) => format!("it exceeds a limit ({l})"),
+        (None, None) => "the policy of this domain removes it".to_string(),
+    }
+}
+
+/// Whether messages are scanned for viruses (the built-in engine or clamd).
+fn scans_for_viruses(core: &Core) -> bool {
+    core.clamd.is_some()
+        || core
+            .inspector()
+            .is_some_and(|c| c.inspector.settings.antivirus.is_some())
+}
+
+/// A name from a message (a virus name, a file name) as it may appear in a reply:
+/// printable ASCII, at most 100 characters.
+fn reply_safe(s: &str) -> String {
+    s.chars()
+        .take(100)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 /// The reply refusing a message inspection decided to reject.
 fn refusal(
     report: &bulwark_inspect::inspector::Report,
@@ -1184,6 +1332,18 @@ fn refusal(
             limit.as_str()
         ),
         Verdict::Phishing => format!("550 5.7.1 Message refused as phishing; reference {id}"),
+        Verdict::Virus => format!(
+            "550 5.7.1 Message refused: virus found ({}); reference {id}",
+            report
+                .malware
+                .virus
+                .as_ref()
+                .map_or_else(String::new, |v| reply_safe(&v.0))
+        ),
+        Verdict::Limit(label) => format!(
+            "550 5.7.1 Message refused by policy: attachment limit {label} exceeded ({}); reference {id}",
+            report.malware.limit.as_deref().unwrap_or("")
+        ),
         Verdict::AuthFail => format!(
             "550 5.7.1 Message refused: it fails the DMARC policy of {}; reference {id}",
             auth.map_or("its domain", |a| a.summary.dmarc_domain.as_str())
@@ -1199,6 +1359,19 @@ fn refusal(
 /// rendered and raw text views, the scanner's subject buffer.
 const SCAN_MEMORY_FACTOR: usize = 4;
 
+/// Memory a whole scan of `want` octets is charged: the content, what the rules make of
+/// their share of it (as above), and, when viruses are scanned for, its decoded parts
+/// (base64 decodes to three quarters of its size). What archives decompress is bounded
+/// by `[attachments]` instead.
+fn scan_charge(want: u64, max_scan: u64, antivirus: bool) -> usize {
+    let want = want as usize;
+    let views = want
+        .min(max_scan as usize)
+        .saturating_mul(SCAN_MEMORY_FACTOR - 1);
+    let decoded = if antivirus { want / 4 * 3 } else { 0 };
+    want.saturating_add(views).saturating_add(decoded)
+}
+
 /// What the full scan of a streamed message found.
 enum FullScan {
     /// Nothing stronger than the first piece showed (or it was not run).
@@ -1207,6 +1380,11 @@ enum FullScan {
     Quarantine(Box<crate::quarantine::Meta>),
     /// It did not finish within `[inspection] timeout`.
     TimedOut,
+    /// Deliver this content instead (the stored message with attachments replaced).
+    Replace(Vec<u8>),
+    /// Viruses are scanned for and the message could not be (no memory, no time, clamd
+    /// did not answer): deferred, since its headers were written before it was scanned.
+    Unscanned(String),
 }
 
 /// Inspects a streamed message whole (up to `[inspection] max_scan_size`, read back from
@@ -1227,8 +1405,18 @@ async fn full_scan(
         return FullScan::Same;
     };
     let ins = ci.inspector.clone();
-    let want = size.min(ins.settings.limits.max_scan_bytes as u64);
-    let timeout = core.inspect_timeout;
+    let antivirus = scans_for_viruses(core);
+    // Rules read the first `max_scan_size` octets; virus scanning needs the whole message.
+    let want = if antivirus {
+        size.min(core.antivirus.max_scan)
+    } else {
+        size.min(ins.settings.limits.max_scan_bytes as u64)
+    };
+    let timeout = if antivirus {
+        core.inspect_timeout.max(core.antivirus.timeout)
+    } else {
+        core.inspect_timeout
+    };
     let started = Instant::now();
     // One whole scan at a time per core: the others wait here, holding nothing, and the
     // wait counts against the deadline.
@@ -1243,15 +1431,23 @@ async fn full_scan(
     let Some(_permit) = gate else {
         shard.full_scans[2].inc();
         warn!(id = %st.id, ?timeout, "full scan did not start in time");
+        if antivirus {
+            return FullScan::Unscanned("the scan did not start in time".into());
+        }
         return FullScan::TimedOut;
     };
     // Held in memory while it is scanned (the content, and what parsing makes of it, about
     // three times as much again): charged to the core's budget, or not scanned.
-    let Some(_charge) = core
-        .memory
-        .try_charge((want as usize).saturating_mul(SCAN_MEMORY_FACTOR))
-    else {
+    let Some(_charge) = core.memory.try_charge(scan_charge(
+        want,
+        ins.settings.limits.max_scan_bytes as u64,
+        antivirus,
+    )) else {
         shard.full_scans[3].inc();
+        if antivirus {
+            warn!(id = %st.id, "memory budget spent: cannot scan the message for viruses");
+            return FullScan::Unscanned("no memory to scan it".into());
+        }
         info!(id = %st.id, "memory budget spent: inspected on its first piece only");
         return FullScan::Same;
     };
@@ -1260,6 +1456,9 @@ async fn full_scan(
         Err(e) => {
             shard.full_scans[3].inc();
             warn!(id = %st.id, "cannot read the message back for a full scan: {e}");
+            if antivirus {
+                return FullScan::Unscanned("it could not be read back".into());
+            }
             return FullScan::Same;
         }
     };
@@ -1272,7 +1471,9 @@ async fn full_scan(
     let rcpt = rcpts.first().map_or("", String::as_str);
     let verdicts =
         crate::filtering::verdicts_for(&ins.settings.verdicts, st.snapshot.policy(), rcpt);
+    let (ins_job, verdicts_job) = (ins.clone(), verdicts.clone());
     let job = glommio::executor().spawn_blocking(move || {
+        let (ins, verdicts) = (ins_job, verdicts_job);
         let mut scanner = pool
             .lock()
             .ok()
@@ -1304,10 +1505,32 @@ async fn full_scan(
     let Some(report) = report else {
         shard.full_scans[2].inc();
         warn!(id = %st.id, ?timeout, "full scan did not finish in time");
+        if antivirus {
+            return FullScan::Unscanned("the scan did not finish in time".into());
+        }
         return FullScan::TimedOut;
     };
     let Some((mut report, content)) = report else {
         return FullScan::Same;
+    };
+    let mut builtin = None;
+    let content = if antivirus {
+        let (scanned, content) = crate::antivirus::scan_message(core, content).await;
+        match scanned {
+            Ok(m) => {
+                ins.apply_malware(
+                    &mut report,
+                    m.builtin.as_ref(),
+                    m.external.as_ref(),
+                    verdicts.as_ref(),
+                );
+                builtin = m.builtin;
+            }
+            Err(why) => return FullScan::Unscanned(why),
+        }
+        content
+    } else {
+        content
     };
     apply_policy_rules(
         core,
@@ -1317,6 +1540,23 @@ async fn full_scan(
         (size, size),
         &mut report,
     );
+    // Strip: the stored message (our header fields first) with its offending
+    // attachments replaced, spooled again in its place; held when they cannot be.
+    let mut stripped = None;
+    if report.action == Action::Strip
+        && let Some(b) = &builtin
+    {
+        let parts = bulwark_inspect::malware::offending_parts(b);
+        if !parts.is_empty() {
+            stripped = bulwark_inspect::malware::strip(&content, b, &parts, &strip_reason(&report))
+                .map(|c| restamp_virus(c, &report));
+            if stripped.is_none() {
+                report.action = Action::Quarantine;
+            }
+        }
+    } else if report.action == Action::Strip && (report.classes.virus || report.classes.limit) {
+        report.action = Action::Quarantine;
+    }
     drop(content);
     let rules: Vec<&str> = report.hits.iter().map(|h| h.name.as_str()).collect();
     info!(
@@ -1326,6 +1566,9 @@ async fn full_scan(
         score = format_args!("{:.2}", report.score),
         rules = %rules.join(","),
         policy_rule = report.policy_rule.as_deref().unwrap_or(""),
+        virus = report.malware.virus.as_ref().map_or("", |v| v.0.as_str()),
+        virus_in = report.malware.virus.as_ref().map_or("", |v| v.1.as_str()),
+        attachment_limit = report.malware.limit.as_deref().unwrap_or(""),
         octets = want,
         "inspected whole"
     );
@@ -1341,6 +1584,10 @@ async fn full_scan(
     }
     match report.action {
         Action::Reject => FullScan::Refuse(refusal(&report, &st.id, st.auth.as_ref())),
+        Action::Strip => match stripped {
+            Some(c) => FullScan::Replace(c),
+            None => FullScan::Same,
+        },
         _ => FullScan::Quarantine(Box::new(crate::quarantine::Meta {
             id: st.id.clone(),
             arrival: st.arrival,

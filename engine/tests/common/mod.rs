@@ -74,6 +74,8 @@ pub struct EngineConfig {
     pub queue_extra: String,
     /// Extra keys of the `[server]` table.
     pub server_extra: String,
+    /// The SMTP port (default: a free one).
+    pub smtp_port: Option<u16>,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +87,7 @@ impl Default for EngineConfig {
             extra: String::new(),
             queue_extra: String::new(),
             server_extra: String::new(),
+            smtp_port: None,
         }
     }
 }
@@ -102,7 +105,9 @@ pub struct Engine {
 impl Engine {
     pub fn start(cfg: EngineConfig) -> Engine {
         let dir = TempDir::new("engine");
-        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let smtp: SocketAddr = format!("127.0.0.1:{}", cfg.smtp_port.unwrap_or_else(free_port))
+            .parse()
+            .unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let spool = dir.path().join("spool");
         let spool_section = if cfg.extra.contains("[spool]") {
@@ -159,6 +164,18 @@ impl Engine {
         {
             panic!("bulwark did not become ready; log:\n{}", self.log_text());
         }
+    }
+
+    /// The engine's peak resident memory so far (`VmHWM`), in KiB.
+    #[allow(dead_code)]
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.borrow().as_ref().map(|c| c.id()).unwrap_or(0);
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn log_text(&self) -> String {
