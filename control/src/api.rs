@@ -113,6 +113,7 @@ pub fn publish(state: &AppState) -> Result<Published, ApiError> {
         ("rules", &policy.inspection.rules),
         ("model", &policy.inspection.model),
         ("urls", &policy.inspection.url_blocklist),
+        ("av", &policy.inspection.antivirus),
     ] {
         if sha.is_empty() {
             continue;
@@ -160,6 +161,8 @@ const MAX_RULES_UPLOAD: usize = 32 << 20;
 const MAX_MODEL_UPLOAD: usize = 256 << 20;
 /// The largest URL blocklist upload (a million entries of about 60 octets).
 const MAX_BLOCKLIST_UPLOAD: usize = 64 << 20;
+/// The largest antivirus upload (ClamAV signature files as JSON).
+const MAX_AV_UPLOAD: usize = 256 << 20;
 
 /// `POST /api/v1/rules`: `{"files": [{"name": "x.cf", "text": "…"}, …]}`, SpamAssassin
 /// `.cf` and Bulwark `.toml` files. They are parsed and compiled (with the built-in
@@ -388,6 +391,87 @@ async fn put_url_blocklist(
     .await
 }
 
+/// `POST /api/v1/antivirus`: ClamAV signature files as `{"files": [{"name": "x.hdb",
+/// "text": "…"}]}` (the name's extension says the format: `.hdb`, `.hsb`, `.ndb`),
+/// compiled with EICAR into the published signatures. A malformed line is a 400 naming
+/// the file and line; lines this engine cannot express are skipped and listed.
+async fn put_antivirus(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let map = object(body, &["files"])?;
+    let files = map
+        .get("files")
+        .and_then(Value::as_array)
+        .filter(|f| !f.is_empty())
+        .ok_or_else(|| ApiError::bad("files", "files must be a non-empty array of {name, text}"))?;
+    let mut set = bulwark_inspect::av::SignatureSet::builtin();
+    let mut errors = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let (Some(name), Some(content)) = (
+            f.get("name").and_then(Value::as_str),
+            f.get("text").and_then(Value::as_str),
+        ) else {
+            return Err(ApiError::bad(
+                "files",
+                format!("files[{i}] needs a name and a text string"),
+            ));
+        };
+        match set.add_file(name, content) {
+            Ok(()) => {}
+            Err(bulwark_inspect::av::AvError::Lines(l)) => errors.extend(l),
+            Err(e) => return Err(ApiError::bad("files", e.to_string())),
+        }
+    }
+    if !errors.is_empty() {
+        let lines: Vec<String> = errors.iter().take(50).map(|e| e.to_string()).collect();
+        return Err(ApiError::bad("files", lines.join("; ")));
+    }
+    let av = blocking(move || {
+        set.compile()
+            .map_err(|e| ApiError::bad("files", e.to_string()))
+    })
+    .await?;
+    let counts = av.counts();
+    let skipped: Vec<String> = av
+        .skipped()
+        .iter()
+        .take(100)
+        .map(|s| s.to_string())
+        .collect();
+    let bytes = av.to_bytes();
+    let report = json!({
+        "hashes": counts.hashes,
+        "bodies": counts.bodies,
+        "skipped": counts.skipped,
+    });
+    blocking(move || {
+        let sha = lock(&state.store)
+            .set_artifact("av", &bytes, &report.to_string())
+            .map_err(ApiError::from)?;
+        let generation = publish(&state)?.generation;
+        Ok((
+            StatusCode::CREATED,
+            Json(json!({
+                "sha256": sha,
+                "hashes": counts.hashes,
+                "bodies": counts.bodies,
+                "skipped": skipped,
+                "generation": generation,
+            })),
+        ))
+    })
+    .await
+}
+
+async fn get_antivirus(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    artifact_info(state, "av").await
+}
+
+async fn remove_antivirus(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    remove_artifact(state, "av").await
+}
+
 async fn get_url_blocklist(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     artifact_info(state, "urls").await
 }
@@ -455,6 +539,13 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .post(put_url_blocklist)
                 .delete(remove_url_blocklist)
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_BLOCKLIST_UPLOAD)),
+        )
+        .route(
+            "/api/v1/antivirus",
+            get(get_antivirus)
+                .post(put_antivirus)
+                .delete(remove_antivirus)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_AV_UPLOAD)),
         )
         .route(
             "/api/v1/model",
@@ -1149,7 +1240,7 @@ fn verdict_spec(
 
 /// The static name of a verdict spec's field (for the error body).
 fn verdict_field(name: &str) -> &'static str {
-    const FIELDS: [&str; 8] = [
+    const FIELDS: [&str; 10] = [
         "tag_threshold",
         "spam_threshold",
         "spam_action",
@@ -1157,6 +1248,8 @@ fn verdict_field(name: &str) -> &'static str {
         "malformed_action",
         "dmarc_reject_action",
         "dmarc_quarantine_action",
+        "virus_action",
+        "limit_action",
         "subject_tag",
     ];
     FIELDS.into_iter().find(|f| *f == name).unwrap_or("body")
@@ -1425,7 +1518,8 @@ const OPENAPI: &str = r##"{
         "properties": {"tag_threshold": {"type": "number"}, "spam_threshold": {"type": "number"},
           "spam_action": {"$ref": "#/components/schemas/Action"}, "phishing_action": {"$ref": "#/components/schemas/Action"},
           "malformed_action": {"$ref": "#/components/schemas/Action"}, "dmarc_reject_action": {"$ref": "#/components/schemas/Action"},
-          "dmarc_quarantine_action": {"$ref": "#/components/schemas/Action"}, "subject_tag": {"type": "string", "maxLength": 200}}},
+          "dmarc_quarantine_action": {"$ref": "#/components/schemas/Action"},
+          "virus_action": {"$ref": "#/components/schemas/Action"}, "limit_action": {"$ref": "#/components/schemas/Action"}, "subject_tag": {"type": "string", "maxLength": 200}}},
       "Action": {"type": "string", "enum": ["deliver", "tag", "quarantine", "reject"]},
       "PolicyRule": {"type": "object", "required": ["name", "action"], "additionalProperties": false,
         "description": "every condition given must hold; the first rule that holds sets the action",
@@ -1597,6 +1691,24 @@ const OPENAPI: &str = r##"{
         "200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}},
         "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         "404": {"description": "none", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/antivirus": {
+      "get": {"summary": "The published antivirus signatures: digest, size, counts", "responses": {
+        "200": {"description": "the signatures' report", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "none published", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "post": {"summary": "Replace the antivirus signatures with EICAR and these ClamAV files (.hdb, .hsb, .ndb) and publish", "requestBody": {"required": true, "content": {"application/json": {"schema": {
+          "type": "object", "required": ["files"], "properties": {"files": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name", "content"],
+            "properties": {"name": {"type": "string"}, "text": {"type": "string"}}}}}}}}},
+        "responses": {
+          "201": {"description": "published (with the lines skipped)", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "a malformed line (file and line named) or a file of another kind", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "413": {"description": "upload too large"}}},
+      "delete": {"summary": "Remove the published signatures (engines use their own) and publish", "responses": {
+        "200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "none published", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
     "/api/v1/url-blocklist": {
       "get": {"summary": "The published URL blocklist: digest, size, entries", "responses": {

@@ -110,6 +110,12 @@ enum Command {
         #[command(subcommand)]
         command: UrlBlocklistCommand,
     },
+    /// Antivirus signatures (ClamAV `.hdb`, `.hsb`, `.ndb`) compiled and published to
+    /// the engines' built-in engine.
+    Av {
+        #[command(subcommand)]
+        command: AvCommand,
+    },
     /// Thresholds and actions of the verdict classes, for every domain or one.
     Verdicts {
         #[command(subcommand)]
@@ -138,6 +144,21 @@ enum UrlBlocklistCommand {
     /// Digest and number of entries of the published list.
     Show,
     /// Remove it: engines go back to their own `[inspection] url_blocklist`.
+    Remove,
+}
+
+#[derive(Subcommand)]
+enum AvCommand {
+    /// Replace the published signatures with EICAR and these files; a malformed line is
+    /// named with its file and line, and lines this engine cannot express are listed as
+    /// skipped.
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Digest and counts of the published signatures.
+    Show,
+    /// Remove them: engines go back to their own `[antivirus] signatures`.
     Remove,
 }
 
@@ -387,6 +408,7 @@ fn main() -> ExitCode {
         Command::Model { command } => model(command, &remote),
         Command::Verdicts { command } => verdicts(command, &remote),
         Command::UrlBlocklist { command } => url_blocklist(command, &remote),
+        Command::Av { command } => antivirus(command, &remote),
         Command::PolicyRules { command } => policy_rules(command, &remote),
         Command::Dnsbl { command } => dnsbl(command, &remote),
     };
@@ -1042,6 +1064,57 @@ fn limits(command: LimitsCommand, remote: &Remote) -> anyhow::Result<()> {
     };
     for (k, v) in r.as_object().into_iter().flatten() {
         println!("{k}\t{v}");
+    }
+    Ok(())
+}
+
+fn antivirus(command: AvCommand, remote: &Remote) -> anyhow::Result<()> {
+    let r = match command {
+        AvCommand::Import { files } => {
+            // Checked here first, so every malformed line of every file is named.
+            let mut set = bulwark_inspect::av::SignatureSet::default();
+            let mut body = Vec::new();
+            let mut errors = Vec::new();
+            for f in &files {
+                let bytes =
+                    std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let name = f.display().to_string();
+                match set.add_file(&name, &text) {
+                    Ok(()) => {}
+                    Err(bulwark_inspect::av::AvError::Lines(l)) => errors.extend(l),
+                    Err(e) => bail!("{e}"),
+                }
+                body.push(serde_json::json!({"name": name, "text": text}));
+            }
+            if !errors.is_empty() {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                bail!(
+                    "{} malformed signature lines: nothing imported",
+                    errors.len()
+                );
+            }
+            call_for(
+                remote,
+                "POST",
+                "/api/v1/antivirus",
+                Some(serde_json::json!({ "files": body })),
+                Duration::from_secs(300),
+            )?
+        }
+        AvCommand::Show => call(remote, "GET", "/api/v1/antivirus", None)?,
+        AvCommand::Remove => call(remote, "DELETE", "/api/v1/antivirus", None)?,
+    };
+    for (k, v) in r.as_object().into_iter().flatten() {
+        if let Some(list) = v.as_array() {
+            for item in list {
+                println!("{k}\t{}", item.as_str().unwrap_or(&item.to_string()));
+            }
+        } else {
+            println!("{k}\t{v}");
+        }
     }
     Ok(())
 }

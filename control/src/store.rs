@@ -120,6 +120,17 @@ const MIGRATIONS: &[&str] = &[
         answers TEXT NOT NULL
      );
      INSERT INTO meta (key, value) VALUES ('dnsbl_threshold', 1), ('dnsbl_allow_threshold', 0);",
+    // 10: antivirus signatures compiled from imported ClamAV files are an artifact too.
+    "CREATE TABLE artifacts_new (
+        kind TEXT PRIMARY KEY NOT NULL CHECK (kind IN ('rules', 'model', 'urls', 'av')),
+        sha256 TEXT NOT NULL,
+        bytes BLOB NOT NULL,
+        report TEXT NOT NULL,
+        updated INTEGER NOT NULL
+     );
+     INSERT INTO artifacts_new SELECT kind, sha256, bytes, report, updated FROM artifacts;
+     DROP TABLE artifacts;
+     ALTER TABLE artifacts_new RENAME TO artifacts;",
 ];
 
 /// The settable limits and their allowed ranges.
@@ -620,6 +631,10 @@ impl Store {
                     .unwrap_or_default(),
                 url_blocklist: self
                     .artifact_info("urls")?
+                    .map(|a| a.sha256)
+                    .unwrap_or_default(),
+                antivirus: self
+                    .artifact_info("av")?
                     .map(|a| a.sha256)
                     .unwrap_or_default(),
             },

@@ -1142,6 +1142,99 @@ fn url_blocklist_published_by_control_reaches_the_engine() {
     assert!(reply.starts_with("250"), "{reply}");
 }
 
+/// Antivirus signatures imported through control: a malformed line is named and nothing
+/// is published; good files reach the engine's built-in engine (a hash and a body
+/// signature), EICAR stays known, and removing them goes back to the engine's own.
+#[test]
+fn antivirus_signatures_imported_through_control_reach_the_engine() {
+    let dir = tmp("av");
+    let (c, _engine, smtp, _metrics) = control_and_engine(&dir);
+    let (ok, out) = cli(
+        &c,
+        &["domain", "add", "fleet.test", "--route", "127.0.0.1:9"],
+    );
+    assert!(ok, "{out}");
+    // The body as the engine sees the part: the text and its line end.
+    let hashed = "a payload known by its hash";
+    let md5 = {
+        let out = std::process::Command::new("md5sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut ch| {
+                use std::io::Write as _;
+                ch.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{hashed}\r\n").as_bytes())?;
+                ch.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)[..32].to_string()
+    };
+    let reply = eventually("250", || send_message(smtp, hashed));
+    assert!(reply.starts_with("250"), "{reply}");
+    let hdb = dir.join("local.hdb");
+    std::fs::write(
+        &hdb,
+        format!("{md5}:{}:Local.Hash.Test\n", hashed.len() + 2),
+    )
+    .unwrap();
+    let ndb = dir.join("local.ndb");
+    let hex: String = "dropper-marker-77"
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        &ndb,
+        format!("Local.Body.Test:0:*:{hex}\nLocal.Ep.Test:1:EP+0:4d5a\n"),
+    )
+    .unwrap();
+    let bad = dir.join("bad.ndb");
+    std::fs::write(&bad, "Ok:0:*:41424344\nBroken:0:*:41zz\n").unwrap();
+    let (ok, out) = cli(
+        &c,
+        &["av", "import", hdb.to_str().unwrap(), bad.to_str().unwrap()],
+    );
+    assert!(!ok && out.contains("bad.ndb:2:"), "{out}");
+    let (ok, out) = cli(&c, &["av", "show"]);
+    assert!(!ok, "nothing was published: {out}");
+    let (ok, out) = cli(
+        &c,
+        &["av", "import", hdb.to_str().unwrap(), ndb.to_str().unwrap()],
+    );
+    assert!(
+        ok && out.contains("hashes\t2") && out.contains("bodies\t2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("local.ndb:2: offset EP+0"),
+        "skipped lines are listed: {out}"
+    );
+    let reply = eventually("550", || send_message(smtp, hashed));
+    assert!(
+        reply.starts_with("550 5.7.1 Message refused: virus found (Local.Hash.Test)"),
+        "{reply}"
+    );
+    let reply = send_message(smtp, "look: dropper-marker-77 inside");
+    assert!(
+        reply.starts_with("550 5.7.1 Message refused: virus found (Local.Body.Test)"),
+        "{reply}"
+    );
+    let eicar = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    let reply = send_message(smtp, eicar);
+    assert!(
+        reply.starts_with("550 5.7.1 Message refused: virus found (Eicar-Test-Signature)"),
+        "{reply}"
+    );
+    let (ok, out) = cli(&c, &["av", "show"]);
+    assert!(ok && out.contains("sha256"), "{out}");
+    let (ok, out) = cli(&c, &["av", "remove"]);
+    assert!(ok, "{out}");
+    let reply = eventually("250", || send_message(smtp, hashed));
+    assert!(reply.starts_with("250"), "{reply}");
+}
+
 /// The connection tier through control: a drop network and throttles published to the
 /// engine, `ip check` explaining each address's verdict as the engine decides it, and a
 /// dynamic block the engine imposed listed and lifted through the API and the CLI.
