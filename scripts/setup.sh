@@ -14,6 +14,8 @@ PACKAGES=(
   libvectorscan-dev       # Hyperscan-compatible regex engine for content inspection
   libpcre2-dev            # PCRE2 for the patterns Hyperscan refuses
   spamassassin            # stock rules to import, and the detection peer (spamd/spamc)
+  clamav-daemon           # clamd: the external antivirus engine the tests start offline
+  clamav-milter           # the antivirus peer of the relay benchmark (Postfix + clamd)
 )
 # With `xdp`: what the XDP program (ebpf/) builds with. Debian's rustc-web has a prebuilt
 # `core` for the BPF target, and bpf-linker is built against LLVM 22.
