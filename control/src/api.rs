@@ -1240,7 +1240,7 @@ fn verdict_spec(
 
 /// The static name of a verdict spec's field (for the error body).
 fn verdict_field(name: &str) -> &'static str {
-    const FIELDS: [&str; 10] = [
+    const FIELDS: [&str; 11] = [
         "tag_threshold",
         "spam_threshold",
         "spam_action",
@@ -1250,6 +1250,7 @@ fn verdict_field(name: &str) -> &'static str {
         "dmarc_quarantine_action",
         "virus_action",
         "limit_action",
+        "antivirus_on_failure",
         "subject_tag",
     ];
     FIELDS.into_iter().find(|f| *f == name).unwrap_or("body")
@@ -1519,8 +1520,9 @@ const OPENAPI: &str = r##"{
           "spam_action": {"$ref": "#/components/schemas/Action"}, "phishing_action": {"$ref": "#/components/schemas/Action"},
           "malformed_action": {"$ref": "#/components/schemas/Action"}, "dmarc_reject_action": {"$ref": "#/components/schemas/Action"},
           "dmarc_quarantine_action": {"$ref": "#/components/schemas/Action"},
-          "virus_action": {"$ref": "#/components/schemas/Action"}, "limit_action": {"$ref": "#/components/schemas/Action"}, "subject_tag": {"type": "string", "maxLength": 200}}},
-      "Action": {"type": "string", "enum": ["deliver", "tag", "quarantine", "reject"]},
+          "virus_action": {"$ref": "#/components/schemas/Action"}, "limit_action": {"$ref": "#/components/schemas/Action"},
+          "antivirus_on_failure": {"type": "string", "enum": ["tempfail", "tag"], "description": "clamd cannot answer: 451 4.7.0, or deliver tagged"}, "subject_tag": {"type": "string", "maxLength": 200}}},
+      "Action": {"type": "string", "enum": ["deliver", "tag", "strip", "quarantine", "reject"]},
       "PolicyRule": {"type": "object", "required": ["name", "action"], "additionalProperties": false,
         "description": "every condition given must hold; the first rule that holds sets the action",
         "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,100}$"},
@@ -1530,7 +1532,14 @@ const OPENAPI: &str = r##"{
           "contains": {"type": "array", "items": {"type": "string"}, "description": "the header's value contains one of these (case-insensitive)"},
           "min_size": {"type": "integer", "minimum": 0}, "max_size": {"type": "integer", "minimum": 0},
           "min_score": {"type": "number"}, "max_score": {"type": "number"},
-          "verdicts": {"type": "array", "items": {"type": "string", "enum": ["clean", "suspect", "spam", "phishing", "authfail", "malformed"]}},
+          "verdicts": {"type": "array", "items": {"type": "string", "enum": ["clean", "suspect", "spam", "phishing", "authfail", "malformed", "virus", "limit"]}},
+          "attachment_types": {"type": "array", "description": "one attachment's true type or group; any", "items": {"type": "string", "enum": ["pe", "elf", "macho", "script", "ole_macro", "ole", "ooxml_macro", "ooxml", "pdf_javascript", "pdf", "html", "zip", "gzip", "tar", "bzip2", "xz", "7z", "rar", "image", "other", "executable", "macro", "archive", "document"]}},
+          "attachment_extensions": {"type": "array", "items": {"type": "string"}, "description": "file name extensions without the dot; any"},
+          "attachment_names": {"type": "array", "items": {"type": "string"}, "description": "file name patterns with * and ?; any"},
+          "attachment_min_size": {"type": "integer", "minimum": 0}, "attachment_max_size": {"type": "integer", "minimum": 0},
+          "double_extension": {"type": "boolean", "description": "true: an attachment named like invoice.pdf.exe"},
+          "encrypted": {"type": "boolean", "description": "true: an encrypted archive or member"},
+          "unscannable": {"type": "boolean", "description": "true: an archive that could not be read (RAR, corrupt)"},
           "action": {"$ref": "#/components/schemas/Action"}}},
       "Snapshot": {"type": "object", "properties": {
         "generation": {"type": "integer", "nullable": true}, "size": {"type": "integer"}, "published_at": {"type": "integer"},

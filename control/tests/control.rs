@@ -1233,6 +1233,33 @@ fn antivirus_signatures_imported_through_control_reach_the_engine() {
     assert!(ok, "{out}");
     let reply = eventually("250", || send_message(smtp, hashed));
     assert!(reply.starts_with("250"), "{reply}");
+
+    // Attachment conditions in policy rules go through the same import.
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[policy_rules]]\nname = \"no-programs\"\nattachment_types = [\"executable\"]\ndouble_extension = true\naction = \"strip\"\n",
+    )
+    .unwrap();
+    let (ok, out) = cli(&c, &["policy-rules", "import", rules.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&c, &["policy-rules", "show"]);
+    assert!(
+        ok && out.contains("\"attachment_types\":[\"executable\"]")
+            && out.contains("\"double_extension\":true")
+            && out.contains("\"action\":\"strip\""),
+        "{out}"
+    );
+    std::fs::write(
+        &rules,
+        "[[policy_rules]]\nname = \"x\"\nattachment_types = [\"exe\"]\naction = \"reject\"\n",
+    )
+    .unwrap();
+    let (ok, out) = cli(&c, &["policy-rules", "import", rules.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("400") && out.contains("rules[0].attachment_types[0]"),
+        "{out}"
+    );
 }
 
 /// The connection tier through control: a drop network and throttles published to the

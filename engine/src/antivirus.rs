@@ -63,10 +63,12 @@ const ON_CORE_BYTES: u64 = 256 * 1024;
 
 /// Scans a message (the content as received): the built-in engine, then clamd unless a
 /// virus was found already. `Err` carries why an engine could not answer when that
-/// defers the message (`[antivirus] on_failure = "tempfail"`). Counted in the metrics.
+/// defers the message (`tempfail`: `[antivirus] on_failure` or the recipients' domain's
+/// `antivirus_on_failure`). Counted in the metrics.
 pub async fn scan_message(
     core: &crate::runtime::Core,
     content: Vec<u8>,
+    tempfail: bool,
 ) -> (Result<Scan, String>, Vec<u8>) {
     let mut out = Scan::default();
     let Some(ci) = core.inspector() else {
@@ -157,7 +159,7 @@ pub async fn scan_message(
         shard.av_scans[1][result].inc();
         shard.clamd_connections.add(clamd.take_opened());
         if let External::Failed(why) = &answer
-            && core.antivirus.tempfail
+            && tempfail
         {
             return (Err(format!("clamd: {why}")), content);
         }

@@ -1746,6 +1746,7 @@ impl<'t> Validator<'t> {
             dmarc_quarantine_action: action(self, s, "dmarc_quarantine_action"),
             virus_action: action(self, s, "virus_action"),
             limit_action: action(self, s, "limit_action"),
+            antivirus_on_failure: self.string(s, "antivirus_on_failure").map(|(t, _)| t),
             subject_tag: self.string(s, "subject_tag").map(|(t, _)| t),
         };
         match spec.compile() {
@@ -1787,6 +1788,14 @@ impl<'t> Validator<'t> {
                 min_score: self.float(&mut s, "min_score"),
                 max_score: self.float(&mut s, "max_score"),
                 verdicts: list(self, &mut s, "verdicts"),
+                attachment_types: list(self, &mut s, "attachment_types"),
+                attachment_extensions: list(self, &mut s, "attachment_extensions"),
+                attachment_names: list(self, &mut s, "attachment_names"),
+                attachment_min_size: self.integer(&mut s, "attachment_min_size", 0, u64::MAX >> 1),
+                attachment_max_size: self.integer(&mut s, "attachment_max_size", 0, u64::MAX >> 1),
+                double_extension: self.boolean(&mut s, "double_extension").unwrap_or(false),
+                encrypted: self.boolean(&mut s, "encrypted").unwrap_or(false),
+                unscannable: self.boolean(&mut s, "unscannable").unwrap_or(false),
                 action: action.clone().unwrap_or_default(),
             };
             let (path, line) = (s.path.clone(), s.line);

@@ -8,9 +8,11 @@
 //! only ever refuses mail for recipients whose policy says so.
 
 use bulwark_inspect::inspector::{Action, Classes, Report, Verdicts};
+use bulwark_inspect::malware;
 use bulwark_policy::ArchivedPolicy;
 use bulwark_policy::filtering::{
-    ArchivedVerdictPolicy, FilterAction, VerdictClass, header_contains,
+    ArchivedVerdictPolicy, AttachmentFacts, FilterAction, ScanFailure, VerdictClass,
+    header_contains,
 };
 
 use crate::policy::domain_of;
@@ -99,6 +101,21 @@ pub fn verdicts_for(base: &Verdicts, policy: &ArchivedPolicy, rcpt: &str) -> Opt
     Some(v)
 }
 
+/// Whether a clamd that cannot answer defers mail to `rcpt` (`451 4.7.0`) rather than
+/// tagging it: the recipient's domain's choice, else the snapshot's global one, else
+/// `default` (`[antivirus] on_failure`).
+pub fn clamd_tempfail(default: bool, policy: &ArchivedPolicy, rcpt: &str) -> bool {
+    let choice = policy
+        .domain(domain_of(rcpt))
+        .and_then(|d| d.verdicts.antivirus_on_failure.as_ref())
+        .or(policy.verdicts.antivirus_on_failure.as_ref());
+    match choice.map(|c| c.to_native()) {
+        Some(ScanFailure::Tempfail) => true,
+        Some(ScanFailure::Tag) => false,
+        None => default,
+    }
+}
+
 /// The set of verdict classes (as [`VerdictClass::bit`]s) a report found.
 pub fn class_bits(c: &Classes) -> u8 {
     let mut bits = 0;
@@ -121,9 +138,21 @@ pub fn class_bits(c: &Classes) -> u8 {
     bits
 }
 
-/// The first policy rule whose conditions hold for this message: its index, and the
-/// action it sets. `content` is the message (or its first piece: header conditions only
-/// need the header section); `size` the bounds known of its full size (equal once whole).
+/// A policy rule that holds for a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleMatch {
+    /// Its index in the snapshot's rules.
+    pub index: usize,
+    pub action: Action,
+    /// The leaf parts holding the attachments its attachment conditions matched (what
+    /// `strip` removes); empty for a rule without them.
+    pub parts: Vec<usize>,
+}
+
+/// The first policy rule whose conditions hold for this message. `content` is the
+/// message (or its first piece: header conditions only need the header section); `size`
+/// the bounds known of its full size (equal once whole). Attachment conditions see the
+/// attachments in `report.malware` (found by the built-in scan).
 pub fn first_rule(
     policy: &ArchivedPolicy,
     sender: &str,
@@ -131,20 +160,61 @@ pub fn first_rule(
     content: &[u8],
     size: (u64, u64),
     report: &Report,
-) -> Option<(usize, Action)> {
+) -> Option<RuleMatch> {
     let classes = class_bits(&report.classes);
+    let m = &report.malware;
     policy.rules.iter().enumerate().find_map(|(i, r)| {
         let holds = r.sender_matches(sender)
             && r.recipient_matches(rcpt)
             && r.result_matches(size, report.score, classes)
+            && (!r.unscannable || !m.unscannable.is_empty())
             && (r.header.is_empty() || header_contains(content, r.header.as_str(), &r.contains));
-        holds.then(|| (i, to_action(r.action.to_native())))
+        if !holds {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if !r.attachment.is_empty() {
+            for a in &m.attachments {
+                let name = a.name.as_deref();
+                let extension = name.and_then(malware::extension);
+                let facts = AttachmentFacts {
+                    name,
+                    kinds: a.true_type.kinds(),
+                    extension: extension.as_deref(),
+                    double_extension: name.is_some_and(malware::double_extension),
+                    size: a.size,
+                    encrypted: a.encrypted,
+                };
+                if r.attachment.matches(&facts) && !parts.contains(&a.part) {
+                    parts.push(a.part);
+                }
+            }
+            if parts.is_empty() {
+                return None;
+            }
+        }
+        Some(RuleMatch {
+            index: i,
+            action: to_action(r.action.to_native()),
+            parts,
+        })
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn first(
+        policy: &ArchivedPolicy,
+        sender: &str,
+        rcpt: &str,
+        content: &[u8],
+        size: (u64, u64),
+        report: &Report,
+    ) -> Option<(usize, Action)> {
+        first_rule(policy, sender, rcpt, content, size, report).map(|m| (m.index, m.action))
+    }
     use bulwark_policy::filtering::{RuleSpec, VerdictSpec, compile_rules};
     use bulwark_policy::{Domain, Policy, Snapshot};
 
@@ -196,6 +266,24 @@ mod tests {
     }
 
     #[test]
+    fn every_true_type_and_group_can_be_named_by_a_rule() {
+        use bulwark_inspect::attach::TrueType;
+        use bulwark_policy::filtering::ATTACHMENT_TYPES;
+        for t in TrueType::ALL {
+            assert_eq!(t.kinds()[0], t.label());
+            for k in t.kinds() {
+                assert!(ATTACHMENT_TYPES.contains(k), "{k}");
+            }
+        }
+        for name in ATTACHMENT_TYPES {
+            assert!(
+                TrueType::ALL.iter().any(|t| t.kinds().contains(name)),
+                "{name} names nothing"
+            );
+        }
+    }
+
+    #[test]
     fn recipients_share_a_transaction_only_with_the_same_policy() {
         let s = snapshot();
         let p = s.policy();
@@ -244,27 +332,27 @@ mod tests {
         };
         let msg = b"Subject: Urgent WIRE\r\n transfer today\r\n\r\nbody\r\n";
         assert_eq!(
-            first_rule(p, "x@y.test", "boss@strict.test", msg, (10, 10), &report),
+            first(p, "x@y.test", "boss@strict.test", msg, (10, 10), &report),
             Some((0, Action::Quarantine))
         );
         assert_eq!(
-            first_rule(p, "x@y.test", "clerk@strict.test", msg, (10, 10), &report),
+            first(p, "x@y.test", "clerk@strict.test", msg, (10, 10), &report),
             None
         );
         report.classes.suspect = true;
         assert_eq!(
-            first_rule(p, "x@y.test", "clerk@strict.test", msg, (10, 10), &report),
+            first(p, "x@y.test", "clerk@strict.test", msg, (10, 10), &report),
             None,
             "below min_size"
         );
         assert_eq!(
-            first_rule(p, "x@y.test", "clerk@strict.test", msg, (100, 100), &report),
+            first(p, "x@y.test", "clerk@strict.test", msg, (100, 100), &report),
             Some((1, Action::Reject))
         );
         // A message still arriving: 50 octets so far, size unknown. `min_size = 100` is
         // not known to hold yet.
         assert_eq!(
-            first_rule(
+            first(
                 p,
                 "x@y.test",
                 "clerk@strict.test",

@@ -60,10 +60,10 @@ def attach(subject, name, data, text="see attached"):
     m.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
     return m
 
-def send(msg):
+def send(msg, rcpt="bob@example.test"):
     s = smtplib.SMTP("{}", {})
     try:
-        s.sendmail("alice@sender.test", ["bob@example.test"], msg.as_bytes(policy=SMTP))
+        s.sendmail("alice@sender.test", [rcpt], msg.as_bytes(policy=SMTP))
         print("250")
     except smtplib.SMTPDataError as e:
         print(e.smtp_code, e.smtp_error.decode())
@@ -434,9 +434,14 @@ send(attach("clean", "notes.zip", zipped("notes.txt", b"just notes")))
 fn clamd_over_tcp_adds_to_the_builtin_engine_and_its_failures_defer_or_tag() {
     let mut clamd = Clamd::start();
     let sink = Sink::start(sink_addr());
+    // open.test chooses to fail open whatever the engine's default.
     let engine = engine_for(
         sink.addr,
-        &format!("[antivirus]\nclamd = \"{}\"\n", clamd.tcp),
+        &format!(
+            "{}antivirus_on_failure = \"tag\"\n\n[antivirus]\nclamd = \"{}\"\n",
+            domain("open.test", sink.addr),
+            clamd.tcp
+        ),
     );
     let marker = format!(
         r#"send(attach("marker", "m.txt", b"{CLAMD_ONLY}"))
@@ -461,18 +466,23 @@ for i in range(5):
     );
     // Sessions are pooled: one connection (one core) for six scans.
     assert_eq!(engine.metric("bulwark_clamd_connections_total"), 1.0);
-    // clamd gone: the default defers.
+    // clamd gone: the default defers; open.test's mail is delivered, marked.
     let _ = clamd.child.kill();
     let _ = clamd.child.wait();
-    let out = python(&script(&engine, r#"send(attach("later", "n.txt", b"x"))"#));
+    let out = python(&script(
+        &engine,
+        r#"send(attach("later", "n.txt", b"x"))
+send(attach("open", "n.txt", b"x"), "carol@open.test")"#,
+    ));
+    let r = replies(&out);
     assert!(
-        out.trim()
-            .starts_with("451 4.7.0 Message could not be scanned for viruses, try again later"),
+        r[0].starts_with("451 4.7.0 Message could not be scanned for viruses, try again later"),
         "{out}"
     );
+    assert_eq!(r[1], "250", "{out}");
     assert_eq!(
         engine.metric("bulwark_antivirus_scans_total{engine=\"clamd\",result=\"failed\"}"),
-        1.0
+        2.0
     );
     // With on_failure = "tag", the message goes on, marked unchecked.
     let tagging = engine_for(
@@ -487,7 +497,13 @@ for i in range(5):
         r#"send(attach("tagged", "n.txt", b"x"))"#,
     ));
     assert_eq!(out.trim(), "250", "{out}");
-    let msgs = sink.wait_for(6, Duration::from_secs(10));
+    let msgs = sink.wait_for(7, Duration::from_secs(10));
+    let open = msgs
+        .iter()
+        .find(|m| m.header("Subject").as_deref() == Some("open"))
+        .expect("open.test's message");
+    let v = open.header("X-Bulwark-Virus").unwrap_or_default();
+    assert!(v.starts_with("unchecked; clamd: "), "{v}");
     let tagged = msgs
         .iter()
         .find(|m| m.header("Subject").as_deref() == Some("tagged"))
@@ -671,4 +687,139 @@ send(only)
         engine.metric("bulwark_inspection_verdicts_total{verdict=\"virus\",action=\"strip\"}"),
         2.0
     );
+}
+
+#[test]
+fn policy_rules_act_on_true_type_name_size_double_extension_encryption_and_unreadable_archives() {
+    let sink = Sink::start(sink_addr());
+    let rules = r#"
+[[policy_rules]]
+name = "no-programs"
+attachment_types = ["executable"]
+action = "reject"
+
+[[policy_rules]]
+name = "double-extension"
+double_extension = true
+action = "strip"
+
+[[policy_rules]]
+name = "big-images"
+attachment_names = ["*.iso", "disk-?.img"]
+attachment_min_size = 1000
+action = "reject"
+
+[[policy_rules]]
+name = "locked"
+encrypted = true
+action = "quarantine"
+
+[[policy_rules]]
+name = "unreadable"
+unscannable = true
+action = "tag"
+"#;
+    let engine = engine_for(sink.addr, rules);
+    let out = python(&script(
+        &engine,
+        r##"
+import struct
+def encrypted_zip(name, data):
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(name, data)
+    raw = bytearray(b.getvalue())
+    # Set "encrypted" (bit 0 of the flags) in the local and the central header.
+    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = raw.find(sig)
+        flags = struct.unpack_from("<H", raw, at + off)[0] | 1
+        struct.pack_into("<H", raw, at + off, flags)
+    return bytes(raw)
+
+# A program named as text, inside a zip: its bytes say what it is.
+send(attach("program", "notes.zip", zipped("notes.txt", b"MZ\x90\x00" + bytes(300))))
+send(attach("shell", "run.txt", b"#!/bin/sh\nrm -rf ~\n"))
+# A document's extension before a program's: removed, the rest delivered.
+send(attach("double", "invoice.pdf.exe", b"plain words, not a program", "the text stays"))
+# Names and sizes: both conditions on one attachment.
+send(attach("big iso", "disk.iso", bytes(2000)))
+send(attach("small iso", "tiny.iso", bytes(10)))
+send(attach("big img", "disk-7.img", bytes(5000)))
+send(attach("other img", "disk-77.img", bytes(5000)))
+send(attach("locked", "secret.zip", encrypted_zip("plans.txt", b"the plans")))
+send(attach("rar", "old.rar", b"Rar!\x1a\x07\x00" + bytes(100)))
+"##,
+    ));
+    let got = replies(&out);
+    assert_eq!(got.len(), 9, "{out}");
+    for (i, want) in [
+        (0, "550 5.7.1 Message refused by policy"),
+        (1, "550 5.7.1 Message refused by policy"),
+        (2, "250"),
+        (3, "550 5.7.1 Message refused by policy"),
+        (4, "250"),
+        (5, "550 5.7.1 Message refused by policy"),
+        (6, "250"),
+        (7, "250"),
+        (8, "250"),
+    ] {
+        assert!(got[i].starts_with(want), "message {i}: {}", got[i]);
+    }
+    let msgs = sink.wait_for(4, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 4, "the locked one is held");
+    let by_subject = |s: &str| {
+        msgs.iter()
+            .find(|m| m.header("Subject").as_deref() == Some(s))
+            .unwrap_or_else(|| panic!("no {s:?}"))
+    };
+    let double = by_subject("double");
+    assert!(
+        double.content.contains(
+            "The attachment \"invoice.pdf.exe\" was removed by the mail gateway: the policy of this domain removes it."
+        ),
+        "{}",
+        double.content
+    );
+    assert!(double.content.contains("the text stays"));
+    assert!(
+        !double.content.contains("cGxhaW4gd29yZHM"),
+        "{}",
+        double.content
+    );
+    assert_eq!(
+        double.header("X-Bulwark-Policy-Rule").as_deref(),
+        Some("double-extension")
+    );
+    assert_eq!(
+        by_subject("small iso").header("X-Bulwark-Policy-Rule"),
+        None
+    );
+    let rar = by_subject("rar");
+    assert_eq!(
+        rar.header("X-Bulwark-Policy-Rule").as_deref(),
+        Some("unreadable")
+    );
+    assert_eq!(
+        rar.header("X-Bulwark-Unscannable").as_deref(),
+        Some("2:old.rar (rar is not opened)")
+    );
+    let held = wait_until(Duration::from_secs(10), || {
+        engine.quarantine(&["list", "--json"]).1.contains("locked")
+    });
+    assert!(held, "{}", engine.quarantine(&["list", "--json"]).1);
+    for (rule, hits) in [
+        ("no-programs", 2.0),
+        ("double-extension", 1.0),
+        ("big-images", 2.0),
+        ("locked", 1.0),
+        ("unreadable", 1.0),
+    ] {
+        assert_eq!(
+            engine.metric(&format!(
+                "bulwark_policy_rule_hits_total{{rule=\"{rule}\"}}"
+            )),
+            hits,
+            "{rule}"
+        );
+    }
 }

@@ -203,7 +203,7 @@ fn a_bad_policy_rule_stops_the_engine_naming_key_and_line() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"127.0.0.1:{}\"]\n[spool]\ndir = \"{}\"\n\n[[policy_rules]]\nname = \"r1\"\nverdicts = [\"worm\"]\naction = \"reject\"\n",
+            "[server]\nhostname = \"mx.bulwark.test\"\nlisten = [\"127.0.0.1:{}\"]\n[spool]\ndir = \"{}\"\n\n[[policy_rules]]\nname = \"r1\"\nverdicts = [\"worm\"]\naction = \"reject\"\n[[policy_rules]]\nname = \"r2\"\nattachment_types = [\"exe\"]\naction = \"reject\"\n",
             free_port(),
             dir.path().join("spool").display(),
         ),
@@ -221,6 +221,12 @@ fn a_bad_policy_rule_stops_the_engine_naming_key_and_line() {
         "{err}"
     );
     assert!(err.contains("\"worm\" is not a verdict"), "{err}");
+    assert!(
+        err.contains("policy_rules[1].attachment_types[0]")
+            && err.contains("line 11")
+            && err.contains("\"exe\" is not a type"),
+        "{err}"
+    );
 }
 
 /// Regression: a streamed message's first piece was judged as if it were the whole

@@ -81,6 +81,57 @@ impl TrueType {
                 | TrueType::PdfJavaScript
         )
     }
+
+    /// Its label and the groups it belongs to (`executable`, `macro`, `archive`,
+    /// `document`): the names policy rules use.
+    pub fn kinds(self) -> &'static [&'static str] {
+        match self {
+            TrueType::Pe => &["pe", "executable"],
+            TrueType::Elf => &["elf", "executable"],
+            TrueType::MachO => &["macho", "executable"],
+            TrueType::Script => &["script", "executable"],
+            TrueType::OleMacro => &["ole_macro", "executable", "macro", "document"],
+            TrueType::Ole => &["ole", "document"],
+            TrueType::OoxmlMacro => &["ooxml_macro", "executable", "macro", "document"],
+            TrueType::Ooxml => &["ooxml", "document"],
+            TrueType::PdfJavaScript => &["pdf_javascript", "executable", "document"],
+            TrueType::Pdf => &["pdf", "document"],
+            TrueType::Html => &["html"],
+            TrueType::Zip => &["zip", "archive"],
+            TrueType::Gzip => &["gzip", "archive"],
+            TrueType::Tar => &["tar", "archive"],
+            TrueType::Bzip2 => &["bzip2", "archive"],
+            TrueType::Xz => &["xz", "archive"],
+            TrueType::SevenZip => &["7z", "archive"],
+            TrueType::Rar => &["rar", "archive"],
+            TrueType::Image => &["image"],
+            TrueType::Other => &["other"],
+        }
+    }
+
+    /// Every type, for tests and documentation.
+    pub const ALL: [TrueType; 20] = [
+        TrueType::Pe,
+        TrueType::Elf,
+        TrueType::MachO,
+        TrueType::Script,
+        TrueType::OleMacro,
+        TrueType::Ole,
+        TrueType::OoxmlMacro,
+        TrueType::Ooxml,
+        TrueType::PdfJavaScript,
+        TrueType::Pdf,
+        TrueType::Html,
+        TrueType::Zip,
+        TrueType::Gzip,
+        TrueType::Tar,
+        TrueType::Bzip2,
+        TrueType::Xz,
+        TrueType::SevenZip,
+        TrueType::Rar,
+        TrueType::Image,
+        TrueType::Other,
+    ];
 }
 
 /// How far into a part the sniffer looks for markers (PDF JavaScript, VBA storage).

@@ -247,6 +247,23 @@ pub struct MalwareVerdict {
     pub limit: Option<String>,
     /// An engine that could not answer, when the message was delivered anyway (tagged).
     pub unchecked: Option<String>,
+    /// The attachments the walk found (archive members included), for policy rules.
+    pub attachments: Vec<Attachment>,
+    /// Archives (or members) that could not be read: where, and why.
+    pub unscannable: Vec<(String, String)>,
+}
+
+/// An attachment (a part with a file name or of a non-text type, or an archive member).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// `2:invoice.zip/a.exe`.
+    pub path: String,
+    pub name: Option<String>,
+    pub true_type: crate::attach::TrueType,
+    pub size: u64,
+    pub encrypted: bool,
+    /// The leaf part it is in (what stripping it removes).
+    pub part: usize,
 }
 
 /// What the external antivirus engine (clamd) said.
@@ -534,6 +551,22 @@ impl Inspector {
         if let Some(l) = limit {
             m.limit = Some(l.summary());
         }
+        if let Some(b) = builtin {
+            m.attachments = b
+                .objects
+                .iter()
+                .filter(|o| o.is_attachment())
+                .map(|o| Attachment {
+                    path: o.path.clone(),
+                    name: o.name.clone(),
+                    true_type: o.true_type,
+                    size: o.size,
+                    encrypted: o.encrypted,
+                    part: o.part,
+                })
+                .collect();
+            m.unscannable = b.unscannable.clone();
+        }
         let mut take = |class: Verdict, action: Action| {
             if report.verdict == Verdict::Clean || action >= report.action {
                 report.verdict = class;
@@ -583,6 +616,24 @@ impl Inspector {
                 "X-Bulwark-Attachment-Limit: {}\r\n",
                 header_safe(limit, 200)
             );
+        }
+        // What could not be looked into, so that the reader knows the verdict did not
+        // cover it: unreadable archives, and encrypted ones.
+        let unscanned: Vec<String> = m
+            .unscannable
+            .iter()
+            .map(|(path, why)| (path.as_str(), why.as_str()))
+            .chain(
+                m.attachments
+                    .iter()
+                    .filter(|a| a.encrypted)
+                    .map(|a| (a.path.as_str(), "encrypted")),
+            )
+            .take(10)
+            .map(|(path, why)| format!("{} ({})", header_safe(path, 100), header_safe(why, 60)))
+            .collect();
+        if !unscanned.is_empty() {
+            fold_into(&mut h, "X-Bulwark-Unscannable:", &unscanned, ";");
         }
         let _ = write!(h, "X-Bulwark-Product-Ver: {}\r\n", s.product);
         let _ = write!(h, "X-Spam-Flag: {}\r\n", if spam { "YES" } else { "NO" });

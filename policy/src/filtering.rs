@@ -70,6 +70,43 @@ impl ArchivedFilterAction {
     }
 }
 
+/// What a message gets when an external antivirus engine (clamd) cannot answer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanFailure {
+    /// Deferred with `451 4.7.0` (fail closed).
+    Tempfail,
+    /// Delivered with `X-Bulwark-Virus: unchecked` (fail open).
+    Tag,
+}
+
+impl ScanFailure {
+    pub const NAMES: &'static str = "\"tempfail\" or \"tag\"";
+
+    pub fn parse(s: &str) -> Option<ScanFailure> {
+        match s {
+            "tempfail" => Some(ScanFailure::Tempfail),
+            "tag" => Some(ScanFailure::Tag),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScanFailure::Tempfail => "tempfail",
+            ScanFailure::Tag => "tag",
+        }
+    }
+}
+
+impl ArchivedScanFailure {
+    pub fn to_native(&self) -> ScanFailure {
+        match self {
+            ArchivedScanFailure::Tempfail => ScanFailure::Tempfail,
+            ArchivedScanFailure::Tag => ScanFailure::Tag,
+        }
+    }
+}
+
 /// The verdict classes a policy rule can test for.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VerdictClass {
@@ -154,6 +191,7 @@ pub struct VerdictPolicy {
     pub dmarc_quarantine_action: Option<FilterAction>,
     pub virus_action: Option<FilterAction>,
     pub limit_action: Option<FilterAction>,
+    pub antivirus_on_failure: Option<ScanFailure>,
     pub subject_tag: Option<String>,
 }
 
@@ -176,6 +214,7 @@ impl ArchivedVerdictPolicy {
             dmarc_quarantine_action: action(self.dmarc_quarantine_action.as_ref()),
             virus_action: action(self.virus_action.as_ref()),
             limit_action: action(self.limit_action.as_ref()),
+            antivirus_on_failure: self.antivirus_on_failure.as_ref().map(|f| f.to_native()),
             subject_tag: self.subject_tag.as_ref().map(|t| t.as_str().to_string()),
         }
     }
@@ -190,6 +229,7 @@ impl ArchivedVerdictPolicy {
             && self.dmarc_quarantine_action.is_none()
             && self.virus_action.is_none()
             && self.limit_action.is_none()
+            && self.antivirus_on_failure.is_none()
             && self.subject_tag.is_none()
     }
 }
@@ -216,7 +256,133 @@ pub struct PolicyRule {
     pub max_score: Option<i64>,
     /// Any of these classes (empty: any).
     pub verdicts: Vec<VerdictClass>,
+    /// Conditions one attachment must meet together (see [`AttachmentRule`]).
+    pub attachment: AttachmentRule,
+    /// An archive could not be read (RAR, a corrupt one).
+    pub unscannable: bool,
     pub action: FilterAction,
+}
+
+/// The true types (and groups of them) an attachment condition may name: what
+/// `bulwark_inspect::attach::TrueType::kinds` gives.
+pub const ATTACHMENT_TYPES: &[&str] = &[
+    "pe",
+    "elf",
+    "macho",
+    "script",
+    "ole_macro",
+    "ole",
+    "ooxml_macro",
+    "ooxml",
+    "pdf_javascript",
+    "pdf",
+    "html",
+    "zip",
+    "gzip",
+    "tar",
+    "bzip2",
+    "xz",
+    "7z",
+    "rar",
+    "image",
+    "other",
+    // Groups.
+    "executable",
+    "macro",
+    "archive",
+    "document",
+];
+
+/// What a rule asks of one attachment (a part with a file name or of a non-text type,
+/// or a member of an archive); every condition set must hold for the same attachment.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttachmentRule {
+    /// True types or groups ([`ATTACHMENT_TYPES`]); any.
+    pub types: Vec<String>,
+    /// File name extensions, lower case without the dot; any.
+    pub extensions: Vec<String>,
+    /// File name patterns (`*` any run, `?` one character), lower case; any.
+    pub names: Vec<String>,
+    /// Decoded size bounds in octets (0: none; `max` inclusive).
+    pub min_size: u64,
+    pub max_size: u64,
+    /// A program's extension behind a document's (`invoice.pdf.exe`).
+    pub double_extension: bool,
+    /// Encrypted (a password-protected archive or member).
+    pub encrypted: bool,
+}
+
+impl AttachmentRule {
+    pub fn is_empty(&self) -> bool {
+        *self == AttachmentRule::default()
+    }
+}
+
+/// One attachment as a rule sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct AttachmentFacts<'a> {
+    /// The file name, if it has one.
+    pub name: Option<&'a str>,
+    /// Its true type and the groups it belongs to ([`ATTACHMENT_TYPES`]).
+    pub kinds: &'a [&'static str],
+    /// The name's last extension, lower case.
+    pub extension: Option<&'a str>,
+    pub double_extension: bool,
+    pub size: u64,
+    pub encrypted: bool,
+}
+
+impl ArchivedAttachmentRule {
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty()
+            && self.extensions.is_empty()
+            && self.names.is_empty()
+            && self.min_size == 0
+            && self.max_size == 0
+            && !self.double_extension
+            && !self.encrypted
+    }
+
+    /// Whether `a` meets every condition.
+    pub fn matches(&self, a: &AttachmentFacts<'_>) -> bool {
+        let (min, max) = (self.min_size.to_native(), self.max_size.to_native());
+        (self.types.is_empty() || self.types.iter().any(|t| a.kinds.contains(&t.as_str())))
+            && (self.extensions.is_empty()
+                || a.extension
+                    .is_some_and(|e| self.extensions.iter().any(|x| x.as_str() == e)))
+            && (self.names.is_empty()
+                || a.name.is_some_and(|n| {
+                    let n = n.to_lowercase();
+                    self.names.iter().any(|p| glob(p.as_bytes(), n.as_bytes()))
+                }))
+            && (min == 0 || a.size >= min)
+            && (max == 0 || a.size <= max)
+            && (!self.double_extension || a.double_extension)
+            && (!self.encrypted || a.encrypted)
+    }
+}
+
+/// `*` (any run of characters, `/` included) and `?` (one octet) against `s`, in linear
+/// time (backtracking only to the last `*`).
+pub fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 impl ArchivedPolicyRule {
@@ -287,6 +453,8 @@ pub struct VerdictSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_action: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub antivirus_on_failure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_tag: Option<String>,
 }
 
@@ -347,6 +515,18 @@ impl VerdictSpec {
             )?,
             virus_action: action("virus_action", &self.virus_action)?,
             limit_action: action("limit_action", &self.limit_action)?,
+            antivirus_on_failure: self
+                .antivirus_on_failure
+                .as_deref()
+                .map(|f| {
+                    ScanFailure::parse(f).ok_or_else(|| {
+                        field_error(
+                            "antivirus_on_failure",
+                            format!("{f:?} must be {}", ScanFailure::NAMES),
+                        )
+                    })
+                })
+                .transpose()?,
             subject_tag: self.subject_tag.clone(),
         };
         if let Some(tag) = &p.subject_tag
@@ -385,6 +565,7 @@ impl VerdictSpec {
             dmarc_quarantine_action: name(p.dmarc_quarantine_action),
             virus_action: name(p.virus_action),
             limit_action: name(p.limit_action),
+            antivirus_on_failure: p.antivirus_on_failure.map(|f| f.as_str().to_string()),
             subject_tag: p.subject_tag.clone(),
         }
     }
@@ -413,7 +594,40 @@ pub struct RuleSpec {
     pub max_score: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verdicts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachment_types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachment_extensions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachment_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment_min_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment_max_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub double_extension: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unscannable: bool,
     pub action: String,
+}
+
+/// Lower-cased entries of `list`, each checked by `check`, sorted and deduplicated.
+fn lowered(
+    field: &str,
+    list: &[String],
+    check: impl Fn(&str) -> Result<(), String>,
+) -> Result<Vec<String>, FieldError> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, x) in list.iter().enumerate() {
+        let x = x.trim().to_lowercase();
+        check(&x).map_err(|m| field_error(format!("{field}[{i}]"), m))?;
+        out.push(x);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 fn patterns(field: &str, list: &[String]) -> Result<Vec<String>, FieldError> {
@@ -498,6 +712,53 @@ impl RuleSpec {
         {
             return Err(field_error("max_score", "must be above min_score"));
         }
+        let extensions: Vec<String> = self
+            .attachment_extensions
+            .iter()
+            .map(|e| e.trim().trim_start_matches('.').to_string())
+            .collect();
+        let attachment = AttachmentRule {
+            types: lowered("attachment_types", &self.attachment_types, |t| {
+                if ATTACHMENT_TYPES.contains(&t) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{t:?} is not a type (use {})",
+                        ATTACHMENT_TYPES.join(", ")
+                    ))
+                }
+            })?,
+            extensions: lowered("attachment_extensions", &extensions, |e| {
+                if e.is_empty()
+                    || e.len() > 20
+                    || !e.chars().all(|c| c.is_alphanumeric() || "-_~".contains(c))
+                {
+                    Err(format!("{e:?} is not an extension (like \"exe\", no dot)"))
+                } else {
+                    Ok(())
+                }
+            })?,
+            names: lowered("attachment_names", &self.attachment_names, |n| {
+                if n.is_empty() || n.len() > 200 || n.chars().any(char::is_control) {
+                    Err("must be a file name pattern of 1 to 200 characters".into())
+                } else {
+                    Ok(())
+                }
+            })?,
+            min_size: self.attachment_min_size.unwrap_or(0),
+            max_size: self.attachment_max_size.unwrap_or(0),
+            double_extension: self.double_extension,
+            encrypted: self.encrypted,
+        };
+        if attachment.max_size > 0 && attachment.min_size > attachment.max_size {
+            return Err(field_error(
+                "attachment_max_size",
+                format!(
+                    "{} is below attachment_min_size ({})",
+                    attachment.max_size, attachment.min_size
+                ),
+            ));
+        }
         Ok(PolicyRule {
             name: name.to_string(),
             senders: patterns("senders", &self.senders)?,
@@ -509,6 +770,8 @@ impl RuleSpec {
             min_score,
             max_score,
             verdicts,
+            attachment,
+            unscannable: self.unscannable,
             action: parse_action("action", &self.action)?,
         })
     }
@@ -525,6 +788,14 @@ impl RuleSpec {
             min_score: r.min_score.map(|v| v as f64 / 1000.0),
             max_score: r.max_score.map(|v| v as f64 / 1000.0),
             verdicts: r.verdicts.iter().map(|v| v.as_str().to_string()).collect(),
+            attachment_types: r.attachment.types.clone(),
+            attachment_extensions: r.attachment.extensions.clone(),
+            attachment_names: r.attachment.names.clone(),
+            attachment_min_size: (r.attachment.min_size > 0).then_some(r.attachment.min_size),
+            attachment_max_size: (r.attachment.max_size > 0).then_some(r.attachment.max_size),
+            double_extension: r.attachment.double_extension,
+            encrypted: r.attachment.encrypted,
+            unscannable: r.unscannable,
             action: r.action.as_str().to_string(),
         }
     }
@@ -614,10 +885,11 @@ mod tests {
     #[test]
     fn verdict_spec_round_trips_and_names_bad_fields() {
         let spec: VerdictSpec =
-            serde_json::from_str(r#"{"spam_threshold": 8.5, "spam_action": "quarantine"}"#)
+            serde_json::from_str(r#"{"spam_threshold": 8.5, "spam_action": "quarantine", "antivirus_on_failure": "tag"}"#)
                 .unwrap();
         let p = spec.compile().unwrap();
         assert_eq!(p.spam_threshold, Some(8500));
+        assert_eq!(p.antivirus_on_failure, Some(ScanFailure::Tag));
         assert_eq!(p.spam_action, Some(FilterAction::Quarantine));
         assert_eq!(VerdictSpec::of(&p), spec);
         let bad = VerdictSpec {
@@ -625,6 +897,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.compile().unwrap_err().field, "phishing_action");
+        let bad = VerdictSpec {
+            antivirus_on_failure: Some("open".into()),
+            ..Default::default()
+        };
+        assert_eq!(bad.compile().unwrap_err().field, "antivirus_on_failure");
         let inverted = VerdictSpec {
             tag_threshold: Some(9.0),
             spam_threshold: Some(4.0),
@@ -663,6 +940,93 @@ mod tests {
             compile_rules(&[bad]).unwrap_err().field,
             "rules[0].verdicts[0]"
         );
+    }
+
+    #[test]
+    fn globs_match_whole_names_with_stars_and_question_marks() {
+        assert!(glob(b"*.pdf.*", b"invoice.pdf.exe"));
+        assert!(!glob(b"*.pdf.*", b"invoice.pdf"));
+        assert!(glob(b"invoice?.zip", b"invoice7.zip"));
+        assert!(!glob(b"invoice?.zip", b"invoice77.zip"));
+        assert!(glob(b"*", b""));
+        assert!(glob(b"a*b*c", b"axxbyyc"));
+        assert!(!glob(b"a*b*c", b"axxbyy"));
+        // Linear: a long name of near misses is answered at once.
+        let name = vec![b'a'; 10_000];
+        assert!(!glob(b"*a*a*a*a*a*b", &name));
+    }
+
+    #[test]
+    fn attachment_conditions_compile_round_trip_and_match_one_attachment() {
+        let spec = RuleSpec {
+            name: "no-programs".into(),
+            attachment_types: vec!["Executable".into()],
+            attachment_extensions: vec!["exe".into(), ".SCR".into()],
+            attachment_min_size: Some(10),
+            action: "reject".into(),
+            ..Default::default()
+        };
+        let rule = spec.compile().unwrap();
+        assert_eq!(rule.attachment.types, ["executable"]);
+        assert_eq!(rule.attachment.extensions, ["exe", "scr"]);
+        assert_eq!(RuleSpec::of(&rule).compile().unwrap(), rule);
+        let snap = crate::Snapshot::from_policy(&crate::Policy {
+            rules: vec![rule],
+            ..Default::default()
+        })
+        .unwrap();
+        let r = &snap.policy().rules[0];
+        let exe = AttachmentFacts {
+            name: Some("a.exe"),
+            kinds: &["pe", "executable"],
+            extension: Some("exe"),
+            double_extension: false,
+            size: 100,
+            encrypted: false,
+        };
+        assert!(r.attachment.matches(&exe));
+        // Each condition on the same attachment: a small one, or one named .txt, fails.
+        assert!(!r.attachment.matches(&AttachmentFacts { size: 5, ..exe }));
+        assert!(!r.attachment.matches(&AttachmentFacts {
+            extension: Some("txt"),
+            ..exe
+        }));
+        assert!(!r.attachment.matches(&AttachmentFacts {
+            kinds: &["pdf", "document"],
+            ..exe
+        }));
+        for (field, bad) in [
+            (
+                "attachment_types[0]",
+                RuleSpec {
+                    attachment_types: vec!["exe".into()],
+                    ..spec.clone()
+                },
+            ),
+            (
+                "attachment_extensions[0]",
+                RuleSpec {
+                    attachment_extensions: vec!["a b".into()],
+                    ..spec.clone()
+                },
+            ),
+            (
+                "attachment_names[0]",
+                RuleSpec {
+                    attachment_names: vec!["".into()],
+                    ..spec.clone()
+                },
+            ),
+            (
+                "attachment_max_size",
+                RuleSpec {
+                    attachment_max_size: Some(5),
+                    ..spec.clone()
+                },
+            ),
+        ] {
+            assert_eq!(bad.compile().unwrap_err().field, field);
+        }
     }
 
     #[test]

@@ -904,7 +904,13 @@ async fn accept_message(
     let mut header = Vec::with_capacity(1024);
     received_header(&mut header, core, session, stream, peer, &id, &tx, now);
     let auth = authenticate(core, session, peer, &tx, pending_auth, Some(&tx.body)).await;
-    let (scanned, body) = crate::antivirus::scan_message(core, std::mem::take(&mut tx.body)).await;
+    let tempfail = crate::filtering::clamd_tempfail(
+        core.antivirus.tempfail,
+        snapshot.policy(),
+        tx.rcpts.first().map_or("", String::as_str),
+    );
+    let (scanned, body) =
+        crate::antivirus::scan_message(core, std::mem::take(&mut tx.body), tempfail).await;
     tx.body = body;
     let malware = match scanned {
         Ok(m) => m,
@@ -1130,7 +1136,7 @@ fn inspect(
     } else {
         (here, here)
     };
-    apply_policy_rules(
+    let rule_parts = apply_policy_rules(
         core,
         snapshot,
         (&tx.mail_from, rcpt),
@@ -1179,14 +1185,15 @@ fn inspect(
     // Strip: the offending attachments replaced by notices, or, when they cannot be
     // told apart from the message (its only part, or a virus only clamd saw), held.
     let replace = if report.action == Action::Strip {
+        let by_rule = !rule_parts.is_empty();
         let stripped = malware.and_then(|m| m.builtin.as_ref()).and_then(|b| {
-            let parts = bulwark_inspect::malware::offending_parts(b);
+            let parts = parts_to_strip(b, rule_parts);
             if parts.is_empty() {
                 return None;
             }
-            bulwark_inspect::malware::strip(content, b, &parts, &strip_reason(&report))
+            bulwark_inspect::malware::strip(content, b, &parts, &strip_reason(&report, by_rule))
         });
-        let nothing_found = !report.classes.virus && !report.classes.limit;
+        let nothing_found = !by_rule && !report.classes.virus && !report.classes.limit;
         if stripped.is_none() && !nothing_found {
             report.action = Action::Quarantine;
         }
@@ -1242,7 +1249,8 @@ fn inspect(
 }
 
 /// Lets the first policy rule that holds set the message's action (counted, and named in
-/// the report for the log and the stamped headers).
+/// the report for the log and the stamped headers). Gives the parts holding the
+/// attachments the rule matched (what `strip` removes).
 fn apply_policy_rules(
     core: &Core,
     snapshot: &Snapshot,
@@ -1250,17 +1258,32 @@ fn apply_policy_rules(
     content: &[u8],
     size: (u64, u64),
     report: &mut bulwark_inspect::inspector::Report,
-) {
+) -> Vec<usize> {
     let policy = snapshot.policy();
     if policy.rules.is_empty() {
-        return;
+        return Vec::new();
     }
-    if let Some((i, action)) =
-        crate::filtering::first_rule(policy, sender, rcpt, content, size, report)
-    {
-        report.action = action;
-        report.policy_rule = Some(policy.rules[i].name.as_str().to_string());
-        core.policy_rule_hit(snapshot, i);
+    match crate::filtering::first_rule(policy, sender, rcpt, content, size, report) {
+        Some(m) => {
+            report.action = m.action;
+            report.policy_rule = Some(policy.rules[m.index].name.as_str().to_string());
+            core.policy_rule_hit(snapshot, m.index);
+            m.parts
+        }
+        None => Vec::new(),
+    }
+}
+
+/// The parts `strip` removes: those a policy rule matched, else those with a virus or
+/// past a limit.
+fn parts_to_strip(
+    builtin: &bulwark_inspect::malware::Report,
+    rule_parts: Vec<usize>,
+) -> Vec<usize> {
+    if rule_parts.is_empty() {
+        bulwark_inspect::malware::offending_parts(builtin)
+    } else {
+        rule_parts
     }
 }
 
@@ -1285,8 +1308,9 @@ fn restamp_virus(content: Vec<u8>, report: &bulwark_inspect::inspector::Report) 
 }
 
 /// Why attachments were replaced, for the notice part.
-fn strip_reason(report: &bulwark_inspect::inspector::Report) -> String {
+fn strip_reason(report: &bulwark_inspect::inspector::Report, by_rule: bool) -> String {
     match (&report.malware.virus, &report.malware.limit) {
+        _ if by_rule => "the policy of this domain removes it".to_string(),
         (Some(v), _) => format!("the virus {} was found in it", reply_safe(&v.0)),
         (None, Some(l)) => format!("it exceeds a limit ({l})"),
         (None, None) => "the policy of this domain removes it".to_string(),
@@ -1515,7 +1539,9 @@ async fn full_scan(
     };
     let mut builtin = None;
     let content = if antivirus {
-        let (scanned, content) = crate::antivirus::scan_message(core, content).await;
+        // Always deferred when clamd cannot answer: the headers stamped when it began to
+        // stream cannot say "unchecked".
+        let (scanned, content) = crate::antivirus::scan_message(core, content, true).await;
         match scanned {
             Ok(m) => {
                 ins.apply_malware(
@@ -1532,7 +1558,7 @@ async fn full_scan(
     } else {
         content
     };
-    apply_policy_rules(
+    let rule_parts = apply_policy_rules(
         core,
         &st.snapshot,
         (mail_from, rcpt),
@@ -1546,9 +1572,11 @@ async fn full_scan(
     if report.action == Action::Strip
         && let Some(b) = &builtin
     {
-        let parts = bulwark_inspect::malware::offending_parts(b);
+        let by_rule = !rule_parts.is_empty();
+        let parts = parts_to_strip(b, rule_parts);
         if !parts.is_empty() {
-            stripped = bulwark_inspect::malware::strip(&content, b, &parts, &strip_reason(&report))
+            let why = strip_reason(&report, by_rule);
+            stripped = bulwark_inspect::malware::strip(&content, b, &parts, &why)
                 .map(|c| restamp_virus(c, &report));
             if stripped.is_none() {
                 report.action = Action::Quarantine;
