@@ -33,6 +33,11 @@ impl Budget {
         })
     }
 
+    /// The budget's size in octets.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Octets charged now.
     pub fn used(&self) -> usize {
         self.used.get()

@@ -823,3 +823,61 @@ send(attach("rar", "old.rar", b"Rar!\x1a\x07\x00" + bytes(100)))
         );
     }
 }
+
+/// Regression: the whole scan of a streamed message asked the core's memory budget once
+/// and, with antivirus on, deferred the message (`451 4.7.0`) when other sessions held
+/// the budget at that moment; a burst of large messages was partly deferred. It now waits
+/// for room until its deadline.
+#[test]
+fn a_streamed_message_waits_for_memory_to_be_scanned_instead_of_being_deferred() {
+    let sink = Sink::start(sink_addr());
+    // 24 MiB: the large message's scan needs about 14 MiB, the held sessions 13 MiB.
+    let engine = Engine::start(EngineConfig {
+        server_extra: "memory_per_core = 25165824\n".into(),
+        extra: domain("example.test", sink.addr),
+        ..Default::default()
+    });
+    let mut big = Raw::connect(engine.smtp);
+    big.send(b"EHLO c\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n");
+    assert!(big.replies(4)[3].starts_with("354"));
+    let chunk = format!("{}\r\n", "m".repeat(198)).repeat(1000);
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut raw = Raw::connect(engine.smtp);
+        raw.send(b"EHLO c\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n");
+        let r = raw.replies(4);
+        assert_eq!(r[3], "354 End data with <CR><LF>.<CR><LF>", "{r:?}");
+        raw.send(chunk.as_bytes());
+        held.push(raw);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || engine
+            .metric("bulwark_content_memory_bytes")
+            >= 12_000_000.0),
+        "{}",
+        engine.metric("bulwark_content_memory_bytes")
+    );
+    // 3 MiB of base64 in an attachment: streamed to the spool, then scanned whole.
+    let line = format!("{}\r\n", "QUJD".repeat(19));
+    let mut msg = String::from(
+        "From: s@sender.test\r\nTo: u@example.test\r\nSubject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nattached\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"data.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+    );
+    msg.push_str(&line.repeat(3 * 1024 * 1024 / line.len()));
+    msg.push_str("--b--\r\n.\r\n");
+    let sender = std::thread::spawn(move || {
+        big.send(msg.as_bytes());
+        big.replies(1).pop().unwrap_or_default()
+    });
+    // Long enough for the scan to have asked for its memory and found none.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!sender.is_finished(), "answered while the budget was held");
+    for raw in &mut held {
+        raw.send(b"\r\n.\r\n");
+    }
+    for raw in &mut held {
+        assert!(raw.replies(1)[0].starts_with("250 2.0.0"));
+    }
+    let reply = sender.join().unwrap();
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    assert_eq!(sink.wait_for(41, Duration::from_secs(20)).len(), 41);
+}

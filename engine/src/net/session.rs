@@ -1396,6 +1396,25 @@ fn scan_charge(want: u64, max_scan: u64, antivirus: bool) -> usize {
     want.saturating_add(views).saturating_add(decoded)
 }
 
+/// A charge of `n` octets against `budget`: at once, or, with a deadline, as soon as the
+/// budget has room before it (never when `n` is more than the whole budget).
+async fn charge_within(
+    budget: &Rc<crate::memory::Budget>,
+    n: usize,
+    until: Option<Instant>,
+) -> Option<crate::memory::Charge> {
+    loop {
+        if let Some(c) = budget.try_charge(n) {
+            return Some(c);
+        }
+        let until = until?;
+        if n > budget.limit() || Instant::now() >= until {
+            return None;
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What the full scan of a streamed message found.
 enum FullScan {
     /// Nothing stronger than the first piece showed (or it was not run).
@@ -1461,12 +1480,12 @@ async fn full_scan(
         return FullScan::TimedOut;
     };
     // Held in memory while it is scanned (the content, and what parsing makes of it, about
-    // three times as much again): charged to the core's budget, or not scanned.
-    let Some(_charge) = core.memory.try_charge(scan_charge(
-        want,
-        ins.settings.limits.max_scan_bytes as u64,
-        antivirus,
-    )) else {
+    // three times as much again): charged to the core's budget, or not scanned. A virus
+    // scan, which the message cannot go without, waits for the budget until its deadline
+    // (a burst of large messages takes turns rather than being deferred).
+    let charge = scan_charge(want, ins.settings.limits.max_scan_bytes as u64, antivirus);
+    let until = antivirus.then(|| started + timeout);
+    let Some(_charge) = charge_within(&core.memory, charge, until).await else {
         shard.full_scans[3].inc();
         if antivirus {
             warn!(id = %st.id, "memory budget spent: cannot scan the message for viruses");
