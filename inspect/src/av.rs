@@ -411,6 +411,7 @@ impl SignatureSet {
         };
         let counts = self.counts();
         Ok(Antivirus {
+            hashed_sizes: hashed_sizes(&self),
             set: self,
             hs,
             serialized,
@@ -650,6 +651,24 @@ pub struct Antivirus {
     hs: Option<BlockDatabase>,
     serialized: Vec<u8>,
     counts: Counts,
+    /// The sizes hash signatures name: an object of another size is not hashed (as
+    /// ClamAV does); `None` when a signature matches any size.
+    hashed_sizes: Option<std::collections::HashSet<u64>>,
+}
+
+/// The sizes `set`'s hash signatures name, or `None` when one matches any size.
+fn hashed_sizes(set: &SignatureSet) -> Option<std::collections::HashSet<u64>> {
+    let mut out = std::collections::HashSet::new();
+    let all = set
+        .md5
+        .values()
+        .chain(set.sha1.values())
+        .chain(set.sha256.values())
+        .flatten();
+    for sig in all {
+        out.insert(sig.size?);
+    }
+    Some(out)
 }
 
 impl std::fmt::Debug for Antivirus {
@@ -733,6 +752,11 @@ impl Antivirus {
 
     fn hash_match(&self, object: &[u8]) -> Option<&str> {
         let size = object.len() as u64;
+        if let Some(sizes) = &self.hashed_sizes
+            && !sizes.contains(&size)
+        {
+            return None;
+        }
         let pick = |sigs: Option<&Vec<HashSig>>| {
             sigs.and_then(|v| v.iter().find(|s| s.size.is_none_or(|n| n == size)))
                 .map(|s| s.name)
@@ -848,6 +872,7 @@ impl Antivirus {
         };
         let counts = set.counts();
         Ok(Antivirus {
+            hashed_sizes: hashed_sizes(&set),
             set,
             hs,
             serialized: db_bytes.to_vec(),
