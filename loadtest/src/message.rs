@@ -124,10 +124,42 @@ fn base64_lines(data: &[u8], out: &mut String) {
     }
 }
 
+/// What a message's attachment is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachmentKind {
+    /// Random octets (`data.bin`): nothing to unpack.
+    Bin,
+    /// A zip of four deflated text files (`documents.zip`), the octets counted before
+    /// compression: what antivirus has to unpack.
+    Zip,
+}
+
+/// A zip of four text files holding `n` octets of prose in all, deflated.
+fn documents_zip(rng: &mut Rng, n: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for i in 0..4 {
+        let mut text = String::with_capacity(n / 4 + 80);
+        prose(rng, n / 4, &mut text);
+        // Writing to memory cannot fail.
+        let _ = w.start_file(format!("documents/report-{i}.txt"), opts);
+        let _ = w.write_all(text.as_bytes());
+    }
+    w.finish().map(|c| c.into_inner()).unwrap_or_default()
+}
+
 impl Template {
     /// A body for messages of about `size` octets in all, with an attachment of
-    /// `attachment` octets (before base64) when non-zero.
-    pub fn new(size: usize, attachment: usize, from: &str, seed: u64) -> Template {
+    /// `attachment.0` octets (before base64; for a zip, of text before compression) when
+    /// non-zero.
+    pub fn new(
+        size: usize,
+        attachment: (usize, AttachmentKind),
+        from: &str,
+        seed: u64,
+    ) -> Template {
         // Measure what the structure costs with no text, then fill the rest with text.
         let bare = Self::build(seed, 0, attachment, from);
         let mut sample = Vec::new();
@@ -141,7 +173,12 @@ impl Template {
         Self::build(seed, room, attachment, from)
     }
 
-    fn build(seed: u64, text: usize, attachment: usize, from: &str) -> Template {
+    fn build(
+        seed: u64,
+        text: usize,
+        (attachment, kind): (usize, AttachmentKind),
+        from: &str,
+    ) -> Template {
         let mut rng = Rng::new(seed);
         let boundary = format!("=_bulwark_load_{:016x}", rng.next());
         let mut b = String::with_capacity(text + attachment * 2 + 1024);
@@ -169,10 +206,21 @@ impl Template {
         b.push_str("</p>\r\n</body></html>\r\n");
         let _ = write!(b, "\r\n--{inner}--\r\n");
         if mixed {
-            let data: Vec<u8> = (0..attachment).map(|_| rng.next() as u8).collect();
+            let (data, name, ctype) = match kind {
+                AttachmentKind::Bin => (
+                    (0..attachment).map(|_| rng.next() as u8).collect(),
+                    "data.bin",
+                    "application/octet-stream",
+                ),
+                AttachmentKind::Zip => (
+                    documents_zip(&mut rng, attachment),
+                    "documents.zip",
+                    "application/zip",
+                ),
+            };
             let _ = write!(
                 b,
-                "\r\n--{boundary}\r\nContent-Type: application/octet-stream; name=\"data.bin\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"data.bin\"\r\n\r\n"
+                "\r\n--{boundary}\r\nContent-Type: {ctype}; name=\"{name}\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n\r\n"
             );
             base64_lines(&data, &mut b);
             let _ = write!(b, "\r\n--{boundary}--\r\n");
@@ -244,7 +292,7 @@ mod tests {
     #[test]
     fn sizes_are_close_to_what_was_asked() {
         for size in [1024usize, 4096, 65536] {
-            let t = Template::new(size, 0, "a@b.test", 1);
+            let t = Template::new(size, (0, AttachmentKind::Bin), "a@b.test", 1);
             let mut m = Vec::new();
             t.render(
                 &mut m,
@@ -262,7 +310,7 @@ mod tests {
 
     #[test]
     fn attachment_is_base64_and_counted() {
-        let t = Template::new(8192, 3000, "a@b.test", 2);
+        let t = Template::new(8192, (3000, AttachmentKind::Bin), "a@b.test", 2);
         let mut m = Vec::new();
         t.render(&mut m, "u@example.test", "x", "d");
         let text = String::from_utf8(m.clone()).unwrap();
@@ -273,8 +321,30 @@ mod tests {
     }
 
     #[test]
+    fn a_zip_attachment_holds_four_text_files_of_the_size_asked() {
+        use std::io::Read;
+        let data = documents_zip(&mut Rng::new(7), 40_000);
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(&data)).unwrap();
+        assert_eq!(z.len(), 4);
+        let mut total = 0;
+        for i in 0..4 {
+            let mut text = String::new();
+            z.by_index(i).unwrap().read_to_string(&mut text).unwrap();
+            total += text.len();
+        }
+        assert!((39_000..=41_000).contains(&total), "{total}");
+        assert!(data.len() < total / 2, "deflated: {}", data.len());
+        let t = Template::new(60_000, (40_000, AttachmentKind::Zip), "a@b.test", 2);
+        let mut m = Vec::new();
+        t.render(&mut m, "u@example.test", "x", "d");
+        let text = String::from_utf8(m.clone()).unwrap();
+        assert!(text.contains("filename=\"documents.zip\""));
+        assert_eq!(verify(&m), Some(true));
+    }
+
+    #[test]
     fn damage_is_detected() {
-        let t = Template::new(2048, 0, "a@b.test", 3);
+        let t = Template::new(2048, (0, AttachmentKind::Bin), "a@b.test", 3);
         let mut m = Vec::new();
         t.render(&mut m, "u@example.test", "x", "d");
         let mut cut = m.clone();

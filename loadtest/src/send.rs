@@ -51,6 +51,10 @@ pub struct Options {
     /// Add a base64 attachment of this many octets.
     #[arg(long, default_value_t = 0)]
     pub attachment: usize,
+    /// What the attachment is: `bin` (random octets, `data.bin`) or `zip` (`documents.zip`:
+    /// four deflated text files holding `--attachment` octets in all).
+    #[arg(long, value_enum, default_value_t = crate::message::AttachmentKind::Bin)]
+    pub attachment_kind: crate::message::AttachmentKind,
     /// Open N connections, say EHLO, and hold them idle until stopped (Ctrl-C).
     #[arg(long)]
     pub hold: Option<usize>,
@@ -535,7 +539,7 @@ async fn thread_main(thread: usize, conns: usize, shared: Arc<Shared>) -> Thread
     let opts = &shared.opts;
     let template = Rc::new(Template::new(
         opts.size,
-        opts.attachment,
+        (opts.attachment, opts.attachment_kind),
         &opts.from,
         thread as u64 + 1,
     ));
