@@ -45,6 +45,8 @@ pub fn may_carry_attachments(raw: &[u8]) -> bool {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub timeout: Duration,
+    /// How long a streamed message's whole scan may wait for its turn and for memory.
+    pub queue_timeout: Duration,
     pub tempfail: bool,
     /// The most of a streamed message read back to scan it (the message size limit).
     pub max_scan: u64,

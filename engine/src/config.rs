@@ -64,6 +64,8 @@ pub struct AntivirusConfig {
     pub on_failure_tempfail: bool,
     /// The deadline of a message's attachment walk and virus scans.
     pub timeout: Duration,
+    /// How long a streamed message's whole scan may wait for its turn and for memory.
+    pub queue_timeout: Duration,
     /// clamd's own deadline (connect, send, answer).
     pub clamd_timeout: Duration,
     /// Largest message sent whole to clamd (clamd's `StreamMaxLength` should allow it).
@@ -811,6 +813,9 @@ impl<'t> Validator<'t> {
         let timeout = self
             .duration(&mut s, "timeout")
             .unwrap_or(Duration::from_secs(30));
+        let queue_timeout = self
+            .duration(&mut s, "queue_timeout")
+            .unwrap_or(Duration::from_secs(300));
         let clamd_timeout = self
             .duration(&mut s, "clamd_timeout")
             .unwrap_or(Duration::from_secs(20));
@@ -859,6 +864,7 @@ impl<'t> Validator<'t> {
             clamd,
             on_failure_tempfail,
             timeout,
+            queue_timeout,
             clamd_timeout,
             clamd_max_size,
             limits,

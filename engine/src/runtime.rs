@@ -685,6 +685,7 @@ async fn run_core(
         }),
         antivirus: crate::antivirus::Settings {
             timeout: cfg.antivirus.timeout,
+            queue_timeout: cfg.antivirus.queue_timeout,
             tempfail: cfg.antivirus.on_failure_tempfail,
             max_scan: cfg.limits.message_size,
         },

@@ -881,3 +881,42 @@ fn a_streamed_message_waits_for_memory_to_be_scanned_instead_of_being_deferred()
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     assert_eq!(sink.wait_for(41, Duration::from_secs(20)).len(), 41);
 }
+
+/// Regression: the whole scans of streamed messages take turns on a core, and the time a
+/// message waited for its turn counted against `[antivirus] timeout`, so a burst of large
+/// messages was partly deferred (100 × 50 MiB on two cores: 96 got `451 4.7.0`). The
+/// wait now has `queue_timeout`; the scan itself still has `timeout`.
+#[test]
+fn a_burst_of_large_messages_waits_its_turn_to_be_scanned_instead_of_being_deferred() {
+    let sink = Sink::start(sink_addr());
+    let engine = engine_for(
+        sink.addr,
+        "[inspection]\ntimeout = \"4s\"\n[antivirus]\ntimeout = \"4s\"\n",
+    );
+    let line = format!("{}\r\n", "QUJD".repeat(19));
+    let mut msg = String::from(
+        "From: s@sender.test\r\nTo: bob@example.test\r\nSubject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nattached\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"data.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+    );
+    msg.push_str(&line.repeat(4 * 1024 * 1024 / line.len()));
+    msg.push_str("--b--\r\n.\r\n");
+    let msg = std::sync::Arc::new(msg);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut raw = Raw::connect(engine.smtp);
+        raw.send(b"EHLO c\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n");
+        assert!(raw.replies(4)[3].starts_with("354"));
+        // The turns of twenty scans may add up to more than the usual 10 s in a debug build.
+        raw.read_timeout(Duration::from_secs(120));
+        let msg = msg.clone();
+        clients.push(std::thread::spawn(move || {
+            raw.send(msg.as_bytes());
+            raw.replies(1).pop().unwrap_or_default()
+        }));
+    }
+    let replies: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(
+        replies.iter().all(|r| r.starts_with("250 2.0.0")),
+        "{replies:?}"
+    );
+    assert_eq!(sink.wait_for(20, Duration::from_secs(60)).len(), 20);
+}

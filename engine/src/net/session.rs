@@ -1460,20 +1460,28 @@ async fn full_scan(
     } else {
         core.inspect_timeout
     };
-    let started = Instant::now();
-    // One whole scan at a time per core: the others wait here, holding nothing, and the
-    // wait counts against the deadline.
+    // One whole scan at a time per core: the others wait here, holding nothing. The wait
+    // counts against the deadline of a scan for rules only; a virus scan, which the
+    // message cannot go without, may wait `[antivirus] queue_timeout` for its turn and
+    // its memory (a burst of large messages takes turns rather than being deferred; the
+    // client waits up to 10 minutes for the reply, RFC 5321 4.5.3.2.6).
+    let queued = Instant::now();
+    let wait = if antivirus {
+        core.antivirus.queue_timeout
+    } else {
+        timeout
+    };
     let gate = futures_lite::future::or(
         async { core.full_scans.acquire_permit(1).await.ok() },
         async {
-            glommio::timer::sleep(timeout).await;
+            glommio::timer::sleep(wait).await;
             None
         },
     )
     .await;
     let Some(_permit) = gate else {
         shard.full_scans[2].inc();
-        warn!(id = %st.id, ?timeout, "full scan did not start in time");
+        warn!(id = %st.id, ?wait, "full scan did not start in time");
         if antivirus {
             return FullScan::Unscanned("the scan did not start in time".into());
         }
@@ -1481,10 +1489,9 @@ async fn full_scan(
     };
     // Held in memory while it is scanned (the content, and what parsing makes of it, about
     // three times as much again): charged to the core's budget, or not scanned. A virus
-    // scan, which the message cannot go without, waits for the budget until its deadline
-    // (a burst of large messages takes turns rather than being deferred).
+    // scan waits for room within the same wait.
     let charge = scan_charge(want, ins.settings.limits.max_scan_bytes as u64, antivirus);
-    let until = antivirus.then(|| started + timeout);
+    let until = antivirus.then(|| queued + wait);
     let Some(_charge) = charge_within(&core.memory, charge, until).await else {
         shard.full_scans[3].inc();
         if antivirus {
@@ -1494,6 +1501,8 @@ async fn full_scan(
         info!(id = %st.id, "memory budget spent: inspected on its first piece only");
         return FullScan::Same;
     };
+    // The scan's own deadline runs from here for a virus scan, from the arrival for rules.
+    let started = if antivirus { Instant::now() } else { queued };
     let content = match core.spool.read_range(location, 0, want).await {
         Ok(c) => c,
         Err(e) => {

@@ -415,6 +415,11 @@ impl Raw {
         r
     }
 
+    /// How long a read waits for the server (10 s unless set).
+    pub fn read_timeout(&mut self, t: Duration) {
+        self.s.set_read_timeout(Some(t)).unwrap();
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.s.write_all(bytes).unwrap();
     }
