@@ -130,8 +130,11 @@ def run_client(args, client, port, size, messages):
     """Runs one load; returns seconds until every reply was in."""
     t0 = time.time()
     if client == "bulwark-load":
+        extra = []
+        if args.attachment:
+            extra = ["--attachment", str(args.attachment), "--attachment-kind", args.attachment_kind]
         out = subprocess.run([args.load, "send", "--target", "127.0.0.1:%d" % port, "--connections", str(args.connections),
-                              "--messages", str(messages), "--size", str(size), "--json"],
+                              "--messages", str(messages), "--size", str(size), "--json"] + extra,
                              check=True, stdout=subprocess.PIPE).stdout
         r = json.loads(out)
         if r["accepted"] != messages:
@@ -179,8 +182,12 @@ class Bulwark:
     name = "bulwark"
     filtering = False
     sa_rules = False
+    clamd = False
 
     def __init__(self, args, work, port, sink_port):
+        self.cg = Cgroup("bench-%s" % self.name)
+        self.helpers = []
+        clamd = start_clamd(self.cg, work, self.helpers) if self.clamd else None
         cfg = os.path.join(work, "bulwark.toml")
         with open(cfg, "w") as f:
             f.write('[server]\nhostname = "bw.bench.test"\nlisten = ["127.0.0.1:%d"]\nmetrics = ""\n' % port)
@@ -194,9 +201,10 @@ class Bulwark:
                 f.write('[inspection]\nmodel = "%s"\ncache_dir = "%s"\n' % (args.model, args.rules_cache))
                 if self.sa_rules:
                     f.write('rules = ["/usr/share/spamassassin"]\n')
+                if clamd:
+                    f.write('[antivirus]\nclamd = "127.0.0.1:%d"\n' % clamd)
             else:
                 f.write('[inspection]\nenabled = false\n[authentication]\nenabled = false\n')
-        self.cg = Cgroup("bench-%s" % self.name)
         self.p = subprocess.Popen(self.cg.prefix() + [args.bulwark, "serve", "--config", cfg],
                                   stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "bulwark.log"), "w"),
                                   env=dict(os.environ, BULWARK_LOG="warn"))
@@ -205,7 +213,36 @@ class Bulwark:
     def stop(self):
         self.p.send_signal(signal.SIGTERM)
         self.p.wait()
+        for h in self.helpers:
+            h.terminate()
+            h.wait()
         self.cg.remove()
+
+
+# clamd's database for every peer that runs one: EICAR by its MD5 and one body
+# signature. There is no network for freshclam here: ClamAV's own databases (about a
+# million signatures) would make clamd slower and far larger than this.
+CLAMD_DB = {"bench.hdb": "44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-Signature\n",
+            "bench.ndb": "Bulwark.Bench.Marker:0:*:42554c5741524b2d42454e43482d4d41524b4552\n"}
+
+
+def start_clamd(cg, work, helpers):
+    """Debian's clamd in the peer's cgroup, on a free TCP port; returns the port."""
+    port = free_port()
+    db = os.path.join(work, "clamd-db")
+    os.makedirs(db)
+    for name, text in CLAMD_DB.items():
+        with open(os.path.join(db, name), "w") as f:
+            f.write(text)
+    conf = os.path.join(work, "clamd.conf")
+    with open(conf, "w") as f:
+        f.write("Foreground yes\nUser root\nDatabaseDirectory %s\nTCPSocket %d\nTCPAddr 127.0.0.1\n"
+                "StreamMaxLength 100M\nMaxThreads %d\nLogFile %s\n"
+                % (db, port, 2 * os.cpu_count(), os.path.join(work, "clamd.log")))
+    helpers.append(subprocess.Popen(cg.prefix() + ["clamd", "--config-file", conf],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_port(port)
+    return port
 
 
 POSTFIX_MAIN = """compatibility_level = 3.6
@@ -234,6 +271,13 @@ class BulwarkFilter(Bulwark):
     filtering = True
 
 
+class BulwarkAvClamd(Bulwark):
+    """Every check, the built-in antivirus (on by default) and clamd on every message."""
+    name = "bulwark-av-clamd"
+    filtering = True
+    clamd = True
+
+
 class BulwarkFilterSa(Bulwark):
     name = "bulwark-filter-sa"
     filtering = True
@@ -254,6 +298,7 @@ class Postfix:
             f.write(POSTFIX_MAIN.format(work=work, sink=sink_port))
             if milter:
                 f.write("smtpd_milters = %s\nmilter_default_action = tempfail\nmilter_protocol = 6\n" % milter)
+                f.write("milter_content_timeout = 300s\n")
         lines = []
         with open("/etc/postfix/master.cf") as f:
             for line in f.read().splitlines():
@@ -370,6 +415,27 @@ class PostfixRspamd(Postfix):
         return "inet:127.0.0.1:%d" % port
 
 
+class PostfixRspamdClamav(PostfixRspamd):
+    """Postfix with rspamd (as above) and clamav-milter in front of Debian's clamd (the
+    same small database as Bulwark's clamd): the usual open-source filtering stack."""
+    name = "postfix-rspamd-clamav"
+
+    def start_milter(self, args, work):
+        rspamd = PostfixRspamd.start_milter(self, args, work)
+        clamd = start_clamd(self.cg, work, self.helpers)
+        port = free_port()
+        conf = os.path.join(work, "clamav-milter.conf")
+        with open(conf, "w") as f:
+            f.write("MilterSocket inet:%d@127.0.0.1\nUser root\nForeground yes\nClamdSocket tcp:127.0.0.1:%d\n"
+                    "OnInfected Reject\nOnFail Defer\nAddHeader Replace\nMaxFileSize 100M\nReadTimeout 300\n"
+                    "LogFile %s\n" % (port, clamd, os.path.join(work, "clamav-milter.log")))
+        self.helpers.append(subprocess.Popen(self.cg.prefix() + ["clamav-milter", "--config-file", conf],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(port)
+        # Both milters see every message: rspamd first, then clamav-milter.
+        return "%s, inet:127.0.0.1:%d" % (rspamd, port)
+
+
 class Haraka:
     """Haraka with rcpt_to.in_host_list and queue/smtp_forward: it forwards each message
     during the client's DATA phase and keeps no queue of its own."""
@@ -415,8 +481,10 @@ class Haraka:
 
 PEERS = {"bulwark": Bulwark, "postfix": Postfix, "haraka": Haraka,
          "bulwark-filter": BulwarkFilter, "bulwark-filter-sa": BulwarkFilterSa,
-         "postfix-sa": PostfixSpamAssassin, "postfix-rspamd": PostfixRspamd}
-FILTERING = ("bulwark-filter", "bulwark-filter-sa", "postfix-sa", "postfix-rspamd")
+         "postfix-sa": PostfixSpamAssassin, "postfix-rspamd": PostfixRspamd,
+         "bulwark-av-clamd": BulwarkAvClamd, "postfix-rspamd-clamav": PostfixRspamdClamav}
+FILTERING = ("bulwark-filter", "bulwark-filter-sa", "postfix-sa", "postfix-rspamd", "bulwark-av-clamd",
+             "postfix-rspamd-clamav")
 
 # What the local DNS server answers for the filtering peers: the load generators'
 # sender domains publish SPF and DMARC, the client's address has a name, and every
@@ -451,6 +519,8 @@ def main():
     ap.add_argument("--messages", type=int, default=5000, help="per run (a quarter of it for sizes over 16 KiB)")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--attachment", type=int, default=0, help="octets of attachment per message (bulwark-load)")
+    ap.add_argument("--attachment-kind", default="bin", choices=("bin", "zip"))
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--port-base", type=int, default=26000)
     ap.add_argument("--json", help="write every run here")
@@ -461,6 +531,8 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (cgroups, postfix)")
+    if args.attachment and "smtp-source" in args.clients.split(","):
+        raise SystemExit("--attachment needs --clients bulwark-load (smtp-source sends no attachments)")
     peers = [p for p in args.peers.split(",") if p]
     for p in peers:
         if p not in PEERS:
@@ -543,12 +615,14 @@ def write_results(args, table):
     section = "\n".join([
         begin,
         "## %s" % {"peers": "Peers: Bulwark, Postfix and Haraka side by side",
-                    "filter-peers": "Filtering peers: Bulwark with every check on, Postfix + SpamAssassin, Postfix + rspamd"}
+                    "filter-peers": "Filtering peers: Bulwark with every check on, Postfix + SpamAssassin, Postfix + rspamd",
+                    "av-peers": "Antivirus peers: Bulwark with every check and antivirus, Postfix + rspamd + clamav-milter"}
         .get(args.section, "Relay of record: %s" % ", ".join(args.peers.split(","))),
         "",
         "- Command: `scripts/bench-%s.sh` (= `scripts/bench_peers.py %s`)." % (args.section, " ".join(
             a for a in ["--sizes " + args.sizes, "--clients " + args.clients, "--peers " + args.peers,
-                        "--messages %d" % args.messages, "--connections %d" % args.connections, "--runs %d" % args.runs])),
+                        "--messages %d" % args.messages, "--connections %d" % args.connections, "--runs %d" % args.runs]
+            + (["--attachment %d --attachment-kind %s" % (args.attachment, args.attachment_kind)] if args.attachment else []))),
         "- Each peer relays to the same `bulwark-load sink`. Bulwark: `bulwark serve` with its defaults (2 cores,",
         "  spool fsynced before 250). Postfix %s: a private instance on loopback, durable queue as shipped." % postfix,
     ] + ([
@@ -563,7 +637,16 @@ def write_results(args, table):
     ] if any(p in FILTERING for p in args.peers.split(",")) else []) + ([
         "- Haraka %s: `rcpt_to.in_host_list` and `queue/smtp_forward`, `nodes=cpus`; it forwards during the" % haraka,
         "  client's DATA phase and keeps no queue of its own.",
-    ] if "haraka" in args.peers else []) + [
+    ] if "haraka" in args.peers else []) + ([
+        "- Every message carries an attachment: %s." % (
+            "`documents.zip`, four deflated text files holding %d octets in all, base64" % args.attachment
+            if args.attachment_kind == "zip" else "%d random octets, base64" % args.attachment),
+        "- bulwark-filter here includes the built-in antivirus (on by default: the archive walk, EICAR and the",
+        "  hash and body signatures); bulwark-av-clamd also sends every message to clamd. postfix-rspamd-clamav:",
+        "  Postfix with rspamd (as a milter) then clamav-milter 1.4 (`OnInfected Reject`, `OnFail Defer`).",
+        "  Every clamd is Debian's 1.4, in its peer's cgroup, with the same two-signature database (no",
+        "  network for freshclam: ClamAV's own million signatures would make clamd slower and larger).",
+    ] if args.attachment else []) + [
         "- Messages above 16 KiB: a quarter of the count per run.",
         "- Machine: %s %s, %d CPUs. Date: %s." % (uname.sysname, uname.release, os.cpu_count(), time.strftime("%Y-%m-%d")),
         "- Chart: `bench/peers.png`; every run: `bench/peers.json`." if args.section == "peers" else
@@ -580,8 +663,8 @@ def make_table(results, peers):
                ("CPU s / 1000 msgs", "cpu_s_per_1000"), ("peak RSS MiB", "rss_mib"), ("peak PSS MiB", "pss_mib"))
     # Each Bulwark against each peer of its kind, and the filtering one against the relay.
     pairs = [("bulwark", o) for o in peers if o in ("postfix", "haraka")]
-    for f in ("bulwark-filter", "bulwark-filter-sa"):
-        pairs += [(f, o) for o in peers if o in ("postfix-rspamd", "postfix-sa")]
+    for f in ("bulwark-filter", "bulwark-filter-sa", "bulwark-av-clamd"):
+        pairs += [(f, o) for o in peers if o in ("postfix-rspamd", "postfix-sa", "postfix-rspamd-clamav")]
         if "bulwark" in peers:
             pairs.append((f, "bulwark"))
     pairs = [(a, b) for a, b in pairs if a in peers]
