@@ -882,6 +882,32 @@ fn a_streamed_message_waits_for_memory_to_be_scanned_instead_of_being_deferred()
     assert_eq!(sink.wait_for(41, Duration::from_secs(20)).len(), 41);
 }
 
+/// Sends `n` messages of 4 MiB (a base64 attachment) at once, each on its own
+/// connection, and gives the final replies.
+fn burst_of_large_messages(engine: &Engine, n: usize) -> Vec<String> {
+    let line = format!("{}\r\n", "QUJD".repeat(19));
+    let mut msg = String::from(
+        "From: s@sender.test\r\nTo: bob@example.test\r\nSubject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nattached\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"data.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+    );
+    msg.push_str(&line.repeat(4 * 1024 * 1024 / line.len()));
+    msg.push_str("--b--\r\n.\r\n");
+    let msg = std::sync::Arc::new(msg);
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let mut raw = Raw::connect(engine.smtp);
+        raw.send(b"EHLO c\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n");
+        assert!(raw.replies(4)[3].starts_with("354"));
+        // The turns of the scans may add up to more than the usual 10 s in a debug build.
+        raw.read_timeout(Duration::from_secs(120));
+        let msg = msg.clone();
+        clients.push(std::thread::spawn(move || {
+            raw.send(msg.as_bytes());
+            raw.replies(1).pop().unwrap_or_default()
+        }));
+    }
+    clients.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
 /// Regression: the whole scans of streamed messages take turns on a core, and the time a
 /// message waited for its turn counted against `[antivirus] timeout`, so a burst of large
 /// messages was partly deferred (100 × 50 MiB on two cores: 96 got `451 4.7.0`). The
@@ -893,27 +919,32 @@ fn a_burst_of_large_messages_waits_its_turn_to_be_scanned_instead_of_being_defer
         sink.addr,
         "[inspection]\ntimeout = \"4s\"\n[antivirus]\ntimeout = \"4s\"\n",
     );
-    let line = format!("{}\r\n", "QUJD".repeat(19));
-    let mut msg = String::from(
-        "From: s@sender.test\r\nTo: bob@example.test\r\nSubject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nattached\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"data.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+    let replies = burst_of_large_messages(&engine, 20);
+    assert!(
+        replies.iter().all(|r| r.starts_with("250 2.0.0")),
+        "{replies:?}"
     );
-    msg.push_str(&line.repeat(4 * 1024 * 1024 / line.len()));
-    msg.push_str("--b--\r\n.\r\n");
-    let msg = std::sync::Arc::new(msg);
-    let mut clients = Vec::new();
-    for _ in 0..20 {
-        let mut raw = Raw::connect(engine.smtp);
-        raw.send(b"EHLO c\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n");
-        assert!(raw.replies(4)[3].starts_with("354"));
-        // The turns of twenty scans may add up to more than the usual 10 s in a debug build.
-        raw.read_timeout(Duration::from_secs(120));
-        let msg = msg.clone();
-        clients.push(std::thread::spawn(move || {
-            raw.send(msg.as_bytes());
-            raw.replies(1).pop().unwrap_or_default()
-        }));
-    }
-    let replies: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(sink.wait_for(20, Duration::from_secs(60)).len(), 20);
+}
+
+/// Regression: a session whose streamed message waited for its whole scan kept its last
+/// piece (256 KiB) charged to the memory budget, so waiting sessions could hold the room
+/// the scan they waited for needed, until `queue_timeout` deferred them all (100 × 50 MiB
+/// on two cores: 84 deferred after 5 minutes). Once written, the piece is given back.
+#[test]
+fn sessions_waiting_for_their_scan_do_not_hold_the_memory_it_needs() {
+    let sink = Sink::start(sink_addr());
+    // A 4 MiB message's scan is charged 19 MiB; 20 sessions holding their last piece
+    // would take 6 MiB more than the 24 MiB budget has room for, their read buffers 1.3.
+    let engine = Engine::start(EngineConfig {
+        server_extra: "memory_per_core = 25165824\n".into(),
+        extra: format!(
+            "{}[antivirus]\nqueue_timeout = \"30s\"\n",
+            domain("example.test", sink.addr)
+        ),
+        ..Default::default()
+    });
+    let replies = burst_of_large_messages(&engine, 20);
     assert!(
         replies.iter().all(|r| r.starts_with("250 2.0.0")),
         "{replies:?}"

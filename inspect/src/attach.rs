@@ -349,7 +349,7 @@ pub struct Found {
 pub struct Walk {
     pub found: Vec<Found>,
     pub violation: Option<Violation>,
-    /// Archives that could not be read (corrupt, RAR, 7z, bzip2, xz for now), and why.
+    /// Archives (or members) that could not be read (corrupt, RAR, a size that lies), and why.
     pub unscannable: Vec<(String, String)>,
     /// Decompressed bytes read.
     pub bytes: u64,

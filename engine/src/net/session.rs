@@ -310,7 +310,10 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                     let t0 = Instant::now();
                     let pending = pending_auth.take();
                     let result = match streaming.take() {
-                        Some(st) => accept_streamed(&core, peer, st, tx).await,
+                        Some(st) => {
+                            let held = (&memory, buf.capacity());
+                            accept_streamed(&core, peer, st, tx, held).await
+                        }
                         None => {
                             accept_message(&core, &session, &stream, peer, tx, pending, &snapshot)
                                 .await
@@ -659,12 +662,15 @@ async fn stream_piece(
     }
 }
 
-/// Completes a streamed message: the rest of the content, the commit, the queue.
+/// Completes a streamed message: the rest of the content, the commit, the queue. Once the
+/// rest is written, the session's memory charge drops to `held.1` (its read buffer): it
+/// holds no content while its whole scan waits for its turn and for memory.
 async fn accept_streamed(
     core: &Rc<Core>,
     peer: SocketAddr,
     mut st: Streaming,
     tx: Transaction,
+    held: (&crate::memory::Charge, usize),
 ) -> Result<String, String> {
     if let Some(reply) = st.refused.take() {
         if let Some(m) = st.message.take() {
@@ -682,7 +688,9 @@ async fn accept_streamed(
         let size = m.written();
         m.commit().await.map(|loc| (loc, size))
     };
-    match written.await {
+    let written = written.await;
+    held.0.set(held.1);
+    match written {
         Ok((mut location, mut size)) => {
             let shard = core.shard();
             shard.messages_received.inc();
