@@ -619,7 +619,8 @@ def write_results(args, table):
                     "av-peers": "Antivirus peers: Bulwark with every check and antivirus, Postfix + rspamd + clamav-milter"}
         .get(args.section, "Relay of record: %s" % ", ".join(args.peers.split(","))),
         "",
-        "- Command: `scripts/bench-%s.sh` (= `scripts/bench_peers.py %s`)." % (args.section, " ".join(
+        "- Command: `scripts/bench-%s.sh` (= `scripts/bench_peers.py %s`)." % (
+            {"av-peers": "av"}.get(args.section, args.section), " ".join(
             a for a in ["--sizes " + args.sizes, "--clients " + args.clients, "--peers " + args.peers,
                         "--messages %d" % args.messages, "--connections %d" % args.connections, "--runs %d" % args.runs]
             + (["--attachment %d --attachment-kind %s" % (args.attachment, args.attachment_kind)] if args.attachment else []))),
