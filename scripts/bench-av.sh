@@ -10,16 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# rspamd as bench-filter-peers.sh installs it (unpacked beside vectorscan).
-RSPAMD_DIR=${RSPAMD_DIR:-/opt/bulwark-peers/rspamd/root}
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q libluajit2-5.1-2 >/dev/null
-if [ ! -x "$RSPAMD_DIR/usr/bin/rspamd" ]; then
-  debs=$(mktemp -d)
-  (cd "$debs" && apt-get download rspamd libhyperscan5)
-  mkdir -p "$RSPAMD_DIR"
-  for d in "$debs"/*.deb; do dpkg -x "$d" "$RSPAMD_DIR"; done
-  rm -rf "$debs"
-fi
+source scripts/install-rspamd.sh
 cargo build --release -p bulwark -p bulwark-load -p bulwark-bench --bin bulwark --bin bulwark-load --bin av-scan
 
 work=$(mktemp -d /tmp/bulwark-bench-av.XXXXXX)

@@ -8,18 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# spamd + spamass-milter from Debian; rspamd's package needs libhyperscan5, which
-# conflicts with the vectorscan Bulwark builds against: it is unpacked into a directory
-# of its own and runs with its libraries from there.
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q spamd spamc spamass-milter libluajit2-5.1-2 >/dev/null
-RSPAMD_DIR=${RSPAMD_DIR:-/opt/bulwark-peers/rspamd/root}
-if [ ! -x "$RSPAMD_DIR/usr/bin/rspamd" ]; then
-  debs=$(mktemp -d)
-  (cd "$debs" && apt-get download rspamd libhyperscan5)
-  mkdir -p "$RSPAMD_DIR"
-  for d in "$debs"/*.deb; do dpkg -x "$d" "$RSPAMD_DIR"; done
-  rm -rf "$debs"
-fi
+# spamd + spamass-milter from Debian; rspamd unpacked beside vectorscan.
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q spamd spamc spamass-milter >/dev/null
+source scripts/install-rspamd.sh
 cargo build --release -p bulwark -p bulwark-load --bin bulwark --bin bulwark-load
 RSPAMD_DIR="$RSPAMD_DIR" /usr/bin/python3 scripts/bench_peers.py \
   --peers bulwark,bulwark-filter,bulwark-filter-sa,postfix,postfix-sa,postfix-rspamd \

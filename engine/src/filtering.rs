@@ -204,6 +204,8 @@ pub fn first_rule(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bulwark_policy::filtering::{RuleSpec, VerdictSpec, compile_rules};
+    use bulwark_policy::{Domain, Policy, Snapshot};
 
     fn first(
         policy: &ArchivedPolicy,
@@ -215,8 +217,6 @@ mod tests {
     ) -> Option<(usize, Action)> {
         first_rule(policy, sender, rcpt, content, size, report).map(|m| (m.index, m.action))
     }
-    use bulwark_policy::filtering::{RuleSpec, VerdictSpec, compile_rules};
-    use bulwark_policy::{Domain, Policy, Snapshot};
 
     fn snapshot() -> Snapshot {
         let strict = VerdictSpec {
