@@ -34,6 +34,9 @@ pub struct AppState {
     pub engines: Vec<SocketAddr>,
     /// The engine's admin sockets on this host (`[control] engine_admin_dir`).
     pub engine_admin_dir: Option<std::path::PathBuf>,
+    /// Searches over the tracking store, and what its ingester has done.
+    pub tracking: Arc<dyn crate::tracking::TrackingSearch>,
+    pub tracking_stats: Arc<crate::tracking::ingest::Stats>,
 }
 
 /// An error as the API reports it: a status, a message, and the field at fault.
@@ -45,14 +48,21 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             field: Some(field),
             message: message.into(),
         }
     }
-    fn internal(e: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            field: None,
+            message: message.into(),
+        }
+    }
+    pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             field: None,
@@ -480,7 +490,7 @@ async fn remove_url_blocklist(State(state): State<Arc<AppState>>) -> Result<Json
     remove_artifact(state, "urls").await
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -526,6 +536,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/policy-rules/{name}", delete(remove_policy_rule))
         .route("/api/v1/snapshot", get(snapshot))
+        .route("/api/v1/tracking", get(crate::api_tracking::search))
+        .route(
+            "/api/v1/tracking/messages/{qid}",
+            get(crate::api_tracking::timeline),
+        )
+        .route("/api/v1/tracking/volume", get(crate::api_tracking::volume))
+        .route("/api/v1/tracking/status", get(crate::api_tracking::status))
         .route(
             "/api/v1/rules",
             get(get_rules)

@@ -16,6 +16,12 @@ pub struct Config {
     /// The admin socket directory of the engine on this host (`[server] admin_dir`),
     /// for `ip check` and dynamic blocks.
     pub engine_admin_dir: Option<PathBuf>,
+    /// The engines' tracking directories (`[tracking] dir` of each).
+    pub tracking_dirs: Vec<PathBuf>,
+    /// Where the tracking store keeps its partitions (default: `tracking` beside the
+    /// database).
+    pub tracking_store: PathBuf,
+    pub tracking_retention_days: i64,
 }
 
 #[derive(Deserialize)]
@@ -32,6 +38,9 @@ struct Section {
     snapshot: Option<String>,
     engines: Option<Vec<String>>,
     engine_admin_dir: Option<String>,
+    tracking_dirs: Option<Vec<String>>,
+    tracking_store: Option<String>,
+    tracking_retention_days: Option<i64>,
 }
 
 impl Config {
@@ -85,12 +94,44 @@ impl Config {
                 d.display()
             );
         }
+        let mut tracking_dirs = Vec::new();
+        for (i, d) in c.tracking_dirs.unwrap_or_default().iter().enumerate() {
+            let p = PathBuf::from(d);
+            if !p.is_absolute() {
+                bail!(
+                    "{}: control.tracking_dirs[{i}]: {d:?} must be an absolute path",
+                    path.display()
+                );
+            }
+            tracking_dirs.push(p);
+        }
+        let tracking_store = match c.tracking_store {
+            Some(s) => PathBuf::from(s),
+            None => database.parent().unwrap_or(Path::new("/")).join("tracking"),
+        };
+        if !tracking_store.is_absolute() {
+            bail!(
+                "{}: control.tracking_store: {} must be an absolute path",
+                path.display(),
+                tracking_store.display()
+            );
+        }
+        let tracking_retention_days = c.tracking_retention_days.unwrap_or(30);
+        if !(1..=3650).contains(&tracking_retention_days) {
+            bail!(
+                "{}: control.tracking_retention_days: {tracking_retention_days} must be from 1 to 3650",
+                path.display()
+            );
+        }
         Ok(Config {
             listen,
             database,
             snapshot,
             engines,
             engine_admin_dir,
+            tracking_dirs,
+            tracking_store,
+            tracking_retention_days,
         })
     }
 }

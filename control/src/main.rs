@@ -3,8 +3,11 @@
 //! the store directly).
 
 mod api;
+mod api_tracking;
+mod cli_tracking;
 mod config;
 mod store;
+mod tracking;
 
 use bulwark_policy::directory_csv as csv;
 
@@ -125,6 +128,11 @@ enum Command {
     Dnsbl {
         #[command(subcommand)]
         command: DnsblCommand,
+    },
+    /// Message tracking: search accepted and blocked traffic, a message's timeline.
+    Tracking {
+        #[command(subcommand)]
+        command: cli_tracking::TrackingCommand,
     },
     /// Policy rules: conditions and an action, tried in order after inspection.
     PolicyRules {
@@ -411,6 +419,7 @@ fn main() -> ExitCode {
         Command::Av { command } => antivirus(command, &remote),
         Command::PolicyRules { command } => policy_rules(command, &remote),
         Command::Dnsbl { command } => dnsbl(command, &remote),
+        Command::Tracking { command } => cli_tracking::run(command, &remote),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -435,12 +444,33 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("control.database: {}", cfg.database.display()))?;
     let publisher = bulwark_policy::shm::Publisher::open(&cfg.snapshot, Duration::from_secs(60))
         .with_context(|| format!("control.snapshot: {}", cfg.snapshot.display()))?;
+    let mut tracking_writer =
+        tracking::sqlite::SqliteTracking::open(&cfg.tracking_store, cfg.tracking_retention_days)
+            .with_context(|| format!("control.tracking_store: {}", cfg.tracking_store.display()))?;
+    let tracking_stats = Arc::new(tracking::ingest::Stats::default());
+    let ingester = tracking::ingest::Ingester::open(
+        cfg.tracking_dirs.clone(),
+        &cfg.tracking_store.join("segments.sqlite"),
+        tracking_stats.clone(),
+    )
+    .with_context(|| format!("control.tracking_store: {}", cfg.tracking_store.display()))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ingest_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("tracking-ingest".into())
+            .spawn(move || {
+                ingester.run(&mut tracking_writer, Duration::from_millis(200), &stop);
+            })?
+    };
     let state = Arc::new(api::AppState {
         store: Mutex::new(store),
         publisher: Mutex::new(publisher),
         published: Mutex::new(None),
         engines: cfg.engines.clone(),
         engine_admin_dir: cfg.engine_admin_dir.clone(),
+        tracking: Arc::new(tracking::sqlite::SqliteSearch::new(&cfg.tracking_store)),
+        tracking_stats,
     });
     // What the store holds is what the engines should run, from the first moment.
     api::publish(&state).map_err(|e| anyhow::anyhow!("publishing the stored policy: {e:?}"))?;
@@ -455,8 +485,11 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;
-        Ok(())
-    })
+        anyhow::Ok(())
+    })?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = ingest_thread.join();
+    Ok(())
 }
 
 fn token_create(path: &std::path::Path, name: &str) -> anyhow::Result<()> {

@@ -32,6 +32,8 @@ pub struct Config {
     pub policy_rules: Vec<bulwark_policy::filtering::PolicyRule>,
     pub inspection: Inspection,
     pub quarantine: QuarantineConfig,
+    /// `[tracking]`: the event files the control service reads.
+    pub tracking: TrackingConfig,
     pub authentication: AuthConfig,
     /// `[reputation]`: DNS lists.
     pub reputation: crate::reputation::dnsbl::Settings,
@@ -88,6 +90,18 @@ pub struct AuthConfig {
     pub enabled: bool,
     /// The longest the end of data waits for the results.
     pub timeout: Duration,
+}
+
+/// Tracking events (`[tracking]`).
+#[derive(Debug, Clone)]
+pub struct TrackingConfig {
+    pub enabled: bool,
+    /// Default: `tracking` in the spool directory.
+    pub dir: Option<PathBuf>,
+    pub segment_size: u64,
+    pub max_size: u64,
+    pub flush_interval: Duration,
+    pub sync_interval: Duration,
 }
 
 /// The quarantine store (`[quarantine]`).
@@ -264,6 +278,22 @@ impl Config {
             .dir
             .clone()
             .unwrap_or_else(|| self.spool.dir.join("quarantine"))
+    }
+
+    /// Where tracking events are written, and how.
+    pub fn tracking(&self) -> crate::tracking::Settings {
+        let t = &self.tracking;
+        crate::tracking::Settings {
+            enabled: t.enabled,
+            dir: t
+                .dir
+                .clone()
+                .unwrap_or_else(|| self.spool.dir.join("tracking")),
+            segment_size: t.segment_size,
+            max_size: t.max_size,
+            flush_interval: t.flush_interval,
+            sync_interval: t.sync_interval,
+        }
     }
 
     pub fn admin_dir(&self) -> PathBuf {
@@ -683,7 +713,7 @@ impl<'t> Validator<'t> {
     }
 
     fn config(&mut self, root: &Table<'_>) -> Config {
-        const SECTIONS: [&str; 22] = [
+        const SECTIONS: [&str; 23] = [
             "server",
             "spool",
             "queue",
@@ -700,6 +730,7 @@ impl<'t> Validator<'t> {
             "policy_rules",
             "inspection",
             "quarantine",
+            "tracking",
             "authentication",
             "reputation",
             "xdp",
@@ -731,6 +762,7 @@ impl<'t> Validator<'t> {
         let policy_rules = self.policy_rules(root);
         let inspection = self.inspection(root);
         let quarantine = self.quarantine(root);
+        let tracking = self.tracking(root);
         let authentication = self.authentication(root);
         let (reputation, pregreet) = self.reputation(root);
         let throttle = self.throttle(root);
@@ -762,6 +794,7 @@ impl<'t> Validator<'t> {
             policy_rules,
             inspection,
             quarantine,
+            tracking,
             authentication,
             reputation,
             pregreet,
@@ -1118,6 +1151,33 @@ impl<'t> Validator<'t> {
             .unwrap_or(Duration::from_secs(30 * 86400));
         self.finish(s);
         QuarantineConfig { dir, retention }
+    }
+
+    fn tracking(&mut self, root: &Table<'_>) -> TrackingConfig {
+        let mut s = self.section(root, "tracking");
+        let enabled = self.boolean(&mut s, "enabled").unwrap_or(true);
+        let dir = self.string(&mut s, "dir").map(|(d, _)| PathBuf::from(d));
+        let segment_size = self
+            .integer(&mut s, "segment_size", 1 << 16, 1 << 34)
+            .unwrap_or(64 << 20);
+        let max_size = self
+            .integer(&mut s, "max_size", 1 << 20, 1 << 44)
+            .unwrap_or(2 << 30);
+        let flush_interval = self
+            .duration(&mut s, "flush_interval")
+            .unwrap_or(Duration::from_millis(100));
+        let sync_interval = self
+            .duration(&mut s, "sync_interval")
+            .unwrap_or(Duration::from_secs(1));
+        self.finish(s);
+        TrackingConfig {
+            enabled,
+            dir,
+            segment_size,
+            max_size,
+            flush_interval,
+            sync_interval,
+        }
     }
 
     fn float(&mut self, s: &mut Section<'_, '_>, key: &'static str) -> Option<f64> {

@@ -16,4 +16,5 @@ pub mod queue;
 pub mod reputation;
 pub mod runtime;
 pub mod smtp;
+pub mod tracking;
 pub mod util;

@@ -614,6 +614,7 @@ fn quarantine(
         QuarantineOp::Delete { id, recipient } => Request::QuarantineDelete {
             id: id.clone(),
             recipient: recipient.clone(),
+            by: Some(by),
         },
     };
     let r: Response = bulwark::admin::ask_core(&dir, 0, &req)?;

@@ -287,6 +287,12 @@ pub struct Shard {
     pub tls_handshakes_failed: Counter,
     pub deliveries: [Counter; 3],
     pub dsns: Counter,
+    /// Tracking events recorded, dropped (writes failing too long), write errors and
+    /// segments removed unread (`[tracking] max_size`).
+    pub tracking_events: Counter,
+    pub tracking_dropped: Counter,
+    pub tracking_write_errors: Counter,
+    pub tracking_segments_removed: Counter,
     /// "Delivery delayed" notices sent.
     pub delay_notices: Counter,
     pub queue_messages: Gauge,
@@ -368,6 +374,10 @@ impl Shard {
             tls_handshakes_failed: Counter::default(),
             deliveries: Default::default(),
             dsns: Counter::default(),
+            tracking_events: Counter::default(),
+            tracking_dropped: Counter::default(),
+            tracking_write_errors: Counter::default(),
+            tracking_segments_removed: Counter::default(),
             delay_notices: Counter::default(),
             queue_messages: Gauge::default(),
             queue_held: Gauge::default(),
@@ -757,6 +767,27 @@ impl Collector for Families {
                 "Delivery status notifications (bounces) generated.",
                 c,
                 vec![counter(m.sum(|s| s.dsns.get()), &[])],
+            ),
+            family(
+                "bulwark_tracking_events_total",
+                "Tracking events recorded for the control service, or dropped while their writes kept failing.",
+                c,
+                vec![
+                    counter(m.sum(|s| s.tracking_events.get()), &[("result", "recorded")]),
+                    counter(m.sum(|s| s.tracking_dropped.get()), &[("result", "dropped")]),
+                ],
+            ),
+            family(
+                "bulwark_tracking_write_errors_total",
+                "Failed writes of tracking segments (the events are kept and written to a new segment).",
+                c,
+                vec![counter(m.sum(|s| s.tracking_write_errors.get()), &[])],
+            ),
+            family(
+                "bulwark_tracking_segments_removed_total",
+                "Tracking segments removed unread because a core's segments exceeded [tracking] max_size.",
+                c,
+                vec![counter(m.sum(|s| s.tracking_segments_removed.get()), &[])],
             ),
             family(
                 "bulwark_delay_notices_total",

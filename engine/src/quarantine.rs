@@ -410,6 +410,9 @@ pub enum Request {
         id: String,
         #[serde(default)]
         recipient: Option<String>,
+        /// Who deleted it, for tracking and the log.
+        #[serde(default)]
+        by: Option<String>,
     },
 }
 
@@ -579,14 +582,23 @@ impl Desk {
                 self.release(&id, recipient.as_deref(), by.as_deref().unwrap_or("admin"))
                     .await
             }
-            Request::QuarantineDelete { id, recipient } => {
+            Request::QuarantineDelete { id, recipient, by } => {
                 let Some(_busy) = self.claim(&id) else {
                     return Response::error(format!("{id}: another operation is under way"));
                 };
                 match self.store.take(&id, recipient.as_deref()).await {
                     Ok((_, _, taken)) => {
                         self.count(1, 1);
-                        info!(%id, recipients = %taken.join(","), "quarantined message deleted");
+                        let by = clean_by(by.as_deref().unwrap_or("admin"));
+                        info!(%id, recipients = %taken.join(","), %by, "quarantined message deleted");
+                        self.deliverer.tracker().record(crate::tracking::Event {
+                            ev: "deleted",
+                            qid: &id,
+                            rcpts: &taken,
+                            stage: "quarantine",
+                            by: &by,
+                            ..Default::default()
+                        });
                         Response {
                             ok: true,
                             recipients: taken,
@@ -635,11 +647,7 @@ impl Desk {
         }
         let new_id = self.ids.next();
         let now = unix_now();
-        let by: String = by
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(128)
-            .collect::<String>();
+        let by = clean_by(by);
         let header = format!(
             "X-Bulwark-Released: from quarantine {id} by {by}; {}\r\n",
             crate::util::rfc5322_date(now)
@@ -661,6 +669,29 @@ impl Desk {
             Ok(l) => l,
             Err(e) => return Response::error(format!("{id}: cannot queue the release: {e}")),
         };
+        let tracker = self.deliverer.tracker();
+        tracker.record(crate::tracking::Event {
+            ev: "released",
+            qid: id,
+            rcpts: &rcpts,
+            queued_as: &new_id,
+            by: &by,
+            ..Default::default()
+        });
+        tracker.record(crate::tracking::Event {
+            ev: "accepted",
+            qid: &new_id,
+            from: Some(&meta.sender),
+            rcpts: &rcpts,
+            size: Some((header.len() + content.len()) as u64),
+            subject: &meta.subject,
+            verdict: &meta.verdict,
+            action: "deliver",
+            stage: "release",
+            queued_as: id,
+            by: &by,
+            ..Default::default()
+        });
         let cached = self.deliverer.cache_content(header, content);
         self.deliverer.enqueue(Message::new(
             new_id.clone(),
@@ -684,6 +715,11 @@ impl Desk {
             ..Default::default()
         }
     }
+}
+
+/// Who released or deleted a message, as it may appear in a header and the log.
+fn clean_by(by: &str) -> String {
+    by.chars().filter(|c| !c.is_control()).take(128).collect()
 }
 
 fn describe(id: &str, e: &io::Error) -> String {

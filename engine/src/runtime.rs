@@ -604,6 +604,10 @@ async fn run_core(
         id,
         shared.metrics.clone(),
     );
+    let tracking = cfg.tracking();
+    let tracker = crate::tracking::Tracker::start(id, &tracking, shared.metrics.clone())
+        .await
+        .with_context(|| format!("tracking.dir: cannot write in {}", tracking.dir.display()))?;
     let deliverer = Deliverer::new(
         id,
         settings,
@@ -615,6 +619,7 @@ async fn run_core(
         shared.client_tls.clone(),
         memory.clone(),
         Rc::new(deliver::clock::SystemClock),
+        tracker,
     );
     let quarantine =
         crate::quarantine::Quarantine::new(cfg.quarantine_dir(), cfg.quarantine.retention);

@@ -230,6 +230,8 @@ pub struct Deliverer {
     messages: RefCell<HashMap<String, Rc<Message>>>,
     /// Verifying TLS client configurations, by CA file ("" is the web PKI).
     verifying: RefCell<HashMap<String, Arc<ClientConfig>>>,
+    /// This core's tracking events (shared with its sessions and quarantine desk).
+    tracker: Rc<crate::tracking::Tracker>,
 }
 
 impl Deliverer {
@@ -245,6 +247,7 @@ impl Deliverer {
         tls: Arc<ClientConfig>,
         memory: Rc<Budget>,
         clock: Rc<dyn Clock>,
+        tracker: Rc<crate::tracking::Tracker>,
     ) -> Rc<Deliverer> {
         let d = Rc::new(Deliverer {
             core,
@@ -263,10 +266,16 @@ impl Deliverer {
             next_retry_key: Cell::new(0),
             messages: RefCell::new(HashMap::new()),
             verifying: RefCell::new(HashMap::new()),
+            tracker,
         });
         let ticker = d.clone();
         glommio::spawn_local(async move { ticker.retry_loop().await }).detach();
         d
+    }
+
+    /// This core's tracking events.
+    pub fn tracker(&self) -> &crate::tracking::Tracker {
+        &self.tracker
     }
 
     fn shard(&self) -> &crate::metrics::Shard {
@@ -770,8 +779,10 @@ impl Deliverer {
         let shard = self.shard();
         let mut delivered = Vec::new();
         let settle;
+        let delay = self.clock.unix().saturating_sub(msg.arrival);
         {
             let mut st = msg.state.borrow_mut();
+            let attempt = st.attempts;
             for (i, o, remote) in outcomes {
                 let r = &mut st.rcpts[i];
                 if r.status != Status::Pending {
@@ -779,6 +790,21 @@ impl Deliverer {
                     continue;
                 }
                 let mut error = None;
+                let (ev, reply) = match &o {
+                    Outcome::Delivered => ("delivered", ""),
+                    Outcome::Deferred(reply) => ("deferred", reply.text.as_str()),
+                    Outcome::Failed(reply) => ("bounced", reply.text.as_str()),
+                };
+                self.tracker.record(crate::tracking::Event {
+                    ev,
+                    qid: &msg.id,
+                    rcpt: &r.addr,
+                    dest: remote.as_deref().unwrap_or_default(),
+                    reply,
+                    delay: Some(delay),
+                    attempt: Some(attempt),
+                    ..Default::default()
+                });
                 match o {
                     Outcome::Delivered => {
                         r.status = Status::Delivered;
@@ -909,9 +935,18 @@ impl Deliverer {
 
     /// The lifetime ran out: every pending recipient fails with its last error.
     fn expire(self: &Rc<Self>, msg: Rc<Message>) {
+        let delay = self.clock.unix().saturating_sub(msg.arrival);
         {
             let mut st = msg.state.borrow_mut();
             for r in st.rcpts.iter_mut().filter(|r| r.status == Status::Pending) {
+                self.tracker.record(crate::tracking::Event {
+                    ev: "expired",
+                    qid: &msg.id,
+                    rcpt: &r.addr,
+                    reply: r.last.as_ref().map_or("", |(rep, _)| rep.text.as_str()),
+                    delay: Some(delay),
+                    ..Default::default()
+                });
                 r.status = Status::Failed;
                 let last = r
                     .last
@@ -1056,6 +1091,28 @@ impl Deliverer {
             "bounce"
         };
         info!(id = %msg.id, dsn = %dsn_id, to = %msg.sender, "{kind} queued");
+        self.tracker.record(crate::tracking::Event {
+            ev: "dsn",
+            qid: &msg.id,
+            queued_as: &dsn_id,
+            rcpt: &msg.sender,
+            action: if delayed.is_some() {
+                "delayed"
+            } else {
+                "failed"
+            },
+            ..Default::default()
+        });
+        self.tracker.record(crate::tracking::Event {
+            ev: "accepted",
+            qid: &dsn_id,
+            from: Some(""),
+            rcpts: &to,
+            size: Some(body.len() as u64),
+            action: "deliver",
+            stage: "dsn",
+            ..Default::default()
+        });
         let cached = self.cache_content(Vec::new(), body);
         let m = Message::new(dsn_id, now, 0, String::new(), to, loc, cached);
         self.enqueue(m);

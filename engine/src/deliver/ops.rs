@@ -285,6 +285,13 @@ impl Deliverer {
             self.waiting.borrow_mut().remove(&key);
         }
         self.shard().queue_deleted.add(removed as u64);
+        self.tracker.record(crate::tracking::Event {
+            ev: "deleted",
+            qid: id,
+            stage: "queue",
+            by: "operator",
+            ..Default::default()
+        });
         self.forget(&m);
         info!(%id, recipients = removed, "deleted from the queue by an operator");
         Ok(removed)
@@ -324,6 +331,14 @@ impl Deliverer {
             recipients += removed.len();
             self.shard().queue_deleted.add(removed.len() as u64);
             self.spool.mark_delivered(m.location, &m.id, &removed);
+            self.tracker.record(crate::tracking::Event {
+                ev: "deleted",
+                qid: &m.id,
+                rcpt: &domain,
+                stage: "queue",
+                by: "operator",
+                ..Default::default()
+            });
             info!(id = %m.id, %domain, recipients = removed.len(), "recipients deleted from the queue by an operator");
             if pending {
                 continue;

@@ -103,6 +103,7 @@ fn retries_delay_notice_and_expiry_follow_the_schedule_exactly() {
                 crate::net::tls::opportunistic_client_config(),
                 Budget::new(1 << 20, 0, metrics.clone()),
                 clock.clone(),
+                crate::tracking::Tracker::disabled(),
             );
             let rcpts = vec!["u@example.test".to_string()];
             let loc = spool

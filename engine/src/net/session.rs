@@ -50,6 +50,8 @@ struct SessionPolicy<'a> {
     /// per hour), and whether it did.
     throttle: Option<Limit>,
     throttled: std::cell::Cell<bool>,
+    /// The client's address, for tracking.
+    ip: &'a str,
 }
 
 impl EnvelopePolicy for SessionPolicy<'_> {
@@ -63,6 +65,23 @@ impl EnvelopePolicy for SessionPolicy<'_> {
             return 0;
         }
         crate::filtering::class_of(self.snapshot.0.policy(), rcpt)
+    }
+
+    fn refused(&self, helo: &str, sender: &str, rcpt: &str, reply: &str) {
+        let tracker = self.core.deliverer.tracker();
+        tracker.record(crate::tracking::Event {
+            ev: if rcpt.is_empty() {
+                "mail_refused"
+            } else {
+                "rcpt_refused"
+            },
+            ip: self.ip,
+            helo,
+            from: Some(sender),
+            rcpt,
+            reply,
+            ..Default::default()
+        });
     }
 
     fn check_mail(&self) -> Option<&str> {
@@ -102,6 +121,8 @@ struct Streaming {
     /// end of the message gets this reply.
     message: Option<StreamedMessage>,
     failure: &'static str,
+    /// What inspection decided so far, for tracking.
+    decided: Decided,
 }
 
 enum ReadOutcome {
@@ -135,18 +156,18 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
     let mut stream = Stream::Plain(tcp);
     if core.sessions.get() > core.max_sessions {
         shard.reject(Reject::TooManyConnections);
-        let _ = stream
-            .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
-            .await;
+        let reply = b"421 4.7.0 Too many connections, try again later\r\n";
+        track_refused(&core, peer, "capacity", reply);
+        let _ = stream.write_all(reply).await;
         let _ = stream.close().await;
         return;
     }
     let ip_listed = core.policy.current().policy().ips.verdict(peer.ip());
     if ip_listed.is_none() && core.pregreet.is_offender(peer.ip()) {
         shard.reputation(crate::metrics::ReputationReason::EarlyTalker);
-        let _ = stream
-            .write_all(b"554 5.7.1 Connection refused: you talked before the greeting\r\n")
-            .await;
+        let reply = b"554 5.7.1 Connection refused: you talked before the greeting\r\n";
+        track_refused(&core, peer, "early_talker", reply);
+        let _ = stream.write_all(reply).await;
         let _ = stream.close().await;
         return;
     }
@@ -157,9 +178,9 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         shard.reject(Reject::IpBlocked);
         shard.reputation(crate::metrics::ReputationReason::BlockedIp);
         info!(%peer, "connection refused: address blocked by policy");
-        let _ = stream
-            .write_all(b"554 5.7.1 Connection refused: your address is blocked by policy\r\n")
-            .await;
+        let reply = b"554 5.7.1 Connection refused: your address is blocked by policy\r\n";
+        track_refused(&core, peer, "blocked_ip", reply);
+        let _ = stream.write_all(reply).await;
         let _ = stream.close().await;
         return;
     }
@@ -168,15 +189,20 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
     // Dynamic blocks (harvest, throttles); approved addresses override them.
     if !approved && let Some(b) = core.guard.blocked(client) {
         shard.reputation(R::DynamicBlock);
-        let reply: &[u8] = match b.reason {
+        let (stage, reply): (&str, &[u8]) = match b.reason {
             BlockReason::Harvest => {
                 shard.reject(Reject::HarvestRefused);
-                b"421 4.7.0 Too many unknown recipients from your address; try again later\r\n"
+                (
+                    "harvest_block",
+                    b"421 4.7.0 Too many unknown recipients from your address; try again later\r\n",
+                )
             }
-            BlockReason::Throttle(_) => {
-                b"421 4.7.0 Your address is blocked for a while: it kept exceeding its limits\r\n"
-            }
+            BlockReason::Throttle(_) => (
+                "throttle_block",
+                b"421 4.7.0 Your address is blocked for a while: it kept exceeding its limits\r\n",
+            ),
         };
+        track_refused(&core, peer, stage, reply);
         let _ = stream.write_all(reply).await;
         let _ = stream.close().await;
         return;
@@ -187,6 +213,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         shard.reputation(R::throttle(l));
         core.guard
             .count(client, Group::Unknown, Counted::Refused(l), 1);
+        track_refused(&core, peer, "throttle", l.reply().as_bytes());
         let _ = stream.write_all(l.reply().as_bytes()).await;
         let _ = stream.write_all(b"\r\n").await;
         let _ = stream.close().await;
@@ -222,6 +249,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         match a {
             Admission::Ready(Some(l)) => {
                 shard.reputation(R::throttle(l));
+                track_refused(&core, peer, "throttle", l.reply().as_bytes());
                 let _ = stream.write_all(l.reply().as_bytes()).await;
                 let _ = stream.write_all(b"\r\n").await;
                 let _ = stream.close().await;
@@ -243,9 +271,9 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                 core.pregreet.offended(peer.ip());
                 shard.reputation(R::Pregreet);
                 info!(%peer, "connection refused: the client talked before the greeting");
-                let _ = stream
-                    .write_all(b"554 5.5.1 Protocol error: you talked before the greeting\r\n")
-                    .await;
+                let reply = b"554 5.5.1 Protocol error: you talked before the greeting\r\n";
+                track_refused(&core, peer, "pregreet", reply);
+                let _ = stream.write_all(reply).await;
                 let _ = stream.close().await;
                 return;
             }
@@ -260,6 +288,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
         bulwark_policy::GroupLimits::default()
     };
     let mut session = Session::new(core.session_cfg.clone());
+    let peer_ip = peer.ip().to_string();
     let deadline = Instant::now() + core.smtp.session_time;
     let mut buf = vec![0u8; COMMAND_BUFFER];
     let (mut start, mut end) = (0usize, 0usize);
@@ -295,6 +324,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                 reputation: reputation.as_deref(),
                 throttle,
                 throttled: std::cell::Cell::new(false),
+                ip: &peer_ip,
             };
             let progress = session.feed(&buf[start..end], &policy);
             if policy.throttled.get()
@@ -309,16 +339,28 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                 Some(Event::Message(tx)) => {
                     let t0 = Instant::now();
                     let pending = pending_auth.take();
+                    let envelope = core
+                        .deliverer
+                        .tracker()
+                        .enabled()
+                        .then(|| (tx.mail_from.clone(), tx.rcpts.clone()));
+                    let mut decided = Decided::default();
                     let result = match streaming.take() {
                         Some(st) => {
                             let held = (&memory, buf.capacity());
-                            accept_streamed(&core, peer, st, tx, held).await
+                            accept_streamed(&core, peer, st, tx, held, &mut decided).await
                         }
                         None => {
-                            accept_message(&core, &session, &stream, peer, tx, pending, &snapshot)
+                            let tx_ctx = (&session, &stream, peer);
+                            accept_message(&core, tx_ctx, tx, pending, &snapshot, &mut decided)
                                 .await
                         }
                     };
+                    if let Some((from, rcpts)) = &envelope {
+                        let tls = stream.is_tls();
+                        let who = (from.as_str(), rcpts.as_slice());
+                        track_message(&core, peer, session.helo(), tls, who, &decided, &result);
+                    }
                     match result {
                         Ok(id) => {
                             messages += 1;
@@ -435,14 +477,16 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                 if b.reason == BlockReason::Harvest {
                     shard.reject(Reject::HarvestClosed);
                     session.harvest_blocked();
+                    track_refused(&core, peer, "harvest_block", b"421 4.7.0 Too many unknown recipients from your address; closing connection");
                 } else {
-                    session.close_with(
-                        "421 4.7.0 Your address is blocked for a while: it kept exceeding its limits",
-                    );
+                    let reply = "421 4.7.0 Your address is blocked for a while: it kept exceeding its limits";
+                    session.close_with(reply);
+                    track_refused(&core, peer, "throttle_block", reply.as_bytes());
                 }
             } else if throttled && let Some(l) = core.guard.throttled_at_connect(client) {
                 shard.reputation(R::throttle(l));
                 session.close_with(l.reply());
+                track_refused(&core, peer, "throttle", l.reply().as_bytes());
             }
         }
         if !flush(&mut stream, &mut session).await || session.is_closed() {
@@ -512,6 +556,7 @@ pub async fn run(core: Rc<Core>, tcp: TcpStream) {
                     && let Some(l) = a.verdict().await
                 {
                     shard.reputation(R::throttle(l));
+                    track_refused(&core, peer, "throttle", l.reply().as_bytes());
                     let _ = stream.write_all(l.reply().as_bytes()).await;
                     let _ = stream.write_all(b"\r\n").await;
                     break;
@@ -582,6 +627,10 @@ async fn stream_piece(
             None,
         )
         .await;
+        let mut decided = Decided {
+            qid: id.clone(),
+            ..Default::default()
+        };
         let inspected = inspect(
             core,
             session,
@@ -592,6 +641,7 @@ async fn stream_piece(
             auth.as_ref(),
             snapshot,
             None,
+            &mut decided,
         );
         let (refused, stamp, quarantine, first_action) = match inspected {
             Inspected::Refuse(reply) => (
@@ -626,6 +676,7 @@ async fn stream_piece(
             auth,
             message: None,
             failure: SPOOL_ERROR,
+            decided,
         };
         match core
             .spool
@@ -671,7 +722,9 @@ async fn accept_streamed(
     mut st: Streaming,
     tx: Transaction,
     held: (&crate::memory::Charge, usize),
+    decided: &mut Decided,
 ) -> Result<String, String> {
+    *decided = std::mem::take(&mut st.decided);
     if let Some(reply) = st.refused.take() {
         if let Some(m) = st.message.take() {
             m.abort().await;
@@ -692,12 +745,13 @@ async fn accept_streamed(
     held.0.set(held.1);
     match written {
         Ok((mut location, mut size)) => {
+            decided.size = size;
             let shard = core.shard();
             shard.messages_received.inc();
             shard.streamed.inc();
             if st.quarantine.is_none() {
                 let envelope = (tx.mail_from.as_str(), tx.rcpts.as_slice(), flags);
-                match full_scan(core, peer, &st, envelope, location, size).await {
+                match full_scan(core, peer, &st, envelope, (location, size), decided).await {
                     FullScan::Same => {}
                     FullScan::Replace(content) => {
                         // Spooled again whole (our header fields are in it already),
@@ -719,6 +773,7 @@ async fn accept_streamed(
                                 core.spool.mark_done(location, &st.id);
                                 location = replaced;
                                 size = content.len() as u64;
+                                decided.size = size;
                                 info!(id = %st.id, %peer, "attachments replaced by notices");
                             }
                             Err(e) => {
@@ -790,6 +845,122 @@ async fn accept_streamed(
             Err(spool_reply(&e).to_string())
         }
     }
+}
+
+/// What became of a message, for its tracking event: its queue id and size, and what
+/// inspection decided (left at "none" / "deliver" when inspection is off).
+#[derive(Debug, Clone)]
+struct Decided {
+    qid: String,
+    size: u64,
+    verdict: &'static str,
+    score: Option<f64>,
+    rules: Vec<String>,
+    action: &'static str,
+    subject: String,
+}
+
+impl Default for Decided {
+    fn default() -> Decided {
+        Decided {
+            qid: String::new(),
+            size: 0,
+            verdict: "none",
+            score: None,
+            rules: Vec::new(),
+            action: "deliver",
+            subject: String::new(),
+        }
+    }
+}
+
+impl Decided {
+    fn inspected(&mut self, report: &bulwark_inspect::inspector::Report) {
+        self.verdict = report.verdict.as_str();
+        self.score = Some(report.score);
+        self.rules = report.hits.iter().map(|h| h.name.clone()).collect();
+        if let Some(r) = &report.policy_rule {
+            self.rules.push(r.clone());
+        }
+        self.action = report.action.as_str();
+        self.subject.clone_from(&report.subject);
+    }
+}
+
+/// Records a message's tracking events: `accepted` (and `quarantined`), or `rejected`
+/// with the reply it got.
+#[allow(clippy::too_many_arguments)]
+fn track_message(
+    core: &Core,
+    peer: SocketAddr,
+    helo: &str,
+    tls: bool,
+    (from, rcpts): (&str, &[String]),
+    decided: &Decided,
+    result: &Result<String, String>,
+) {
+    let tracker = core.deliverer.tracker();
+    if !tracker.enabled() {
+        return;
+    }
+    let ip = peer.ip().to_string();
+    let mut ev = crate::tracking::Event {
+        qid: &decided.qid,
+        ip: &ip,
+        helo,
+        tls: Some(tls),
+        from: Some(from),
+        rcpts,
+        size: Some(decided.size),
+        subject: &decided.subject,
+        verdict: decided.verdict,
+        score: decided.score,
+        rules: &decided.rules,
+        action: decided.action,
+        ..Default::default()
+    };
+    match result {
+        Ok(_) => {
+            ev.ev = "accepted";
+            tracker.record(ev);
+            if decided.action == "quarantine" {
+                tracker.record(crate::tracking::Event {
+                    ev: "quarantined",
+                    qid: &decided.qid,
+                    rcpts,
+                    verdict: decided.verdict,
+                    ..Default::default()
+                });
+            }
+        }
+        Err(reply) => {
+            ev.ev = "rejected";
+            ev.reply = reply.trim_end();
+            if reply.starts_with('4') {
+                ev.action = "defer";
+            } else if ev.action != "reject" {
+                ev.action = "reject";
+            }
+            tracker.record(ev);
+        }
+    }
+}
+
+/// Records a connection refused before the session began (`stage`: the check).
+fn track_refused(core: &Core, peer: SocketAddr, stage: &str, reply: &[u8]) {
+    let tracker = core.deliverer.tracker();
+    if !tracker.enabled() {
+        return;
+    }
+    let ip = peer.ip().to_string();
+    let reply = std::str::from_utf8(reply).unwrap_or_default().trim_end();
+    tracker.record(crate::tracking::Event {
+        ev: "refused",
+        ip: &ip,
+        stage,
+        reply,
+        ..Default::default()
+    });
 }
 
 /// The reply when a message to quarantine cannot be written.
@@ -900,14 +1071,15 @@ async fn flush(stream: &mut Stream, session: &mut Session) -> bool {
 /// Spools a complete message and queues it for delivery. The `Err` is the reply.
 async fn accept_message(
     core: &Rc<Core>,
-    session: &Session,
-    stream: &Stream,
-    peer: SocketAddr,
+    (session, stream, peer): (&Session, &Stream, SocketAddr),
     mut tx: Transaction,
     pending_auth: Option<crate::auth::Pending>,
     snapshot: &Snapshot,
+    decided: &mut Decided,
 ) -> Result<String, String> {
     let id = core.ids.next();
+    decided.qid.clone_from(&id);
+    decided.size = tx.body.len() as u64;
     let now = unix_now();
     let mut header = Vec::with_capacity(1024);
     received_header(&mut header, core, session, stream, peer, &id, &tx, now);
@@ -939,6 +1111,7 @@ async fn accept_message(
         auth.as_ref(),
         snapshot,
         Some(&malware),
+        decided,
     );
     let quarantine = match inspected {
         Inspected::Refuse(reply) => return Err(reply),
@@ -959,6 +1132,7 @@ async fn accept_message(
             quarantine
         }
     };
+    decided.size = (header.len() + tx.body.len()) as u64;
     if let Some(mut meta) = quarantine {
         meta.size = (header.len() + tx.body.len()) as u64;
         return match core.quarantine.store(&mut meta, &[&header, &tx.body]).await {
@@ -1080,6 +1254,7 @@ fn inspect(
     auth: Option<&crate::auth::Outcome>,
     snapshot: &Snapshot,
     malware: Option<&crate::antivirus::Scan>,
+    decided: &mut Decided,
 ) -> Inspected {
     use bulwark_inspect::inspector::{self, Action, Envelope, Verdict};
     let hostname = core.session_cfg.hostname.as_str();
@@ -1210,6 +1385,7 @@ fn inspect(
         None
     };
     let content = replace.as_deref().unwrap_or(content);
+    decided.inspected(&report);
     match report.action {
         Action::Reject => Inspected::Refuse(refusal(&report, id, auth)),
         Action::Tag | Action::Deliver | Action::Strip | Action::Quarantine => {
@@ -1447,8 +1623,8 @@ async fn full_scan(
     peer: SocketAddr,
     st: &Streaming,
     (mail_from, rcpts, flags): (&str, &[String], u8),
-    location: crate::queue::Location,
-    size: u64,
+    (location, size): (crate::queue::Location, u64),
+    decided: &mut Decided,
 ) -> FullScan {
     use bulwark_inspect::inspector::{Action, Envelope};
     let shard = core.shard();
@@ -1641,6 +1817,7 @@ async fn full_scan(
         return FullScan::Same;
     }
     shard.full_scans[1].inc();
+    decided.inspected(&report);
     for h in &report.hits {
         if let Some(c) = ci.hits.counts.get(h.index) {
             c.inc();

@@ -39,6 +39,10 @@ pub trait EnvelopePolicy {
     fn filter_class(&self, _rcpt: &str) -> u64 {
         0
     }
+
+    /// The session refused MAIL (`rcpt` empty) or RCPT with `reply` because of policy,
+    /// limits or the server's condition (not a syntax or sequence error): for tracking.
+    fn refused(&self, _helo: &str, _sender: &str, _rcpt: &str, _reply: &str) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -600,6 +604,7 @@ impl Session {
         }
         if let Some(refusal) = policy.check_mail() {
             // The server's condition, not the client's mistake: no error count.
+            policy.refused(&self.helo, path, "", refusal);
             self.reply(refusal);
             if refusal.starts_with("421") {
                 self.state = State::Closed;
@@ -611,7 +616,9 @@ impl Session {
             && size > self.cfg.max_message_size
         {
             self.stats.message_size += 1;
-            return self.fail("552 5.3.4 Message size exceeds fixed maximum message size");
+            let reply = "552 5.3.4 Message size exceeds fixed maximum message size";
+            policy.refused(&self.helo, path, "", reply);
+            return self.fail(reply);
         }
         self.reset_transaction();
         self.tx.mail_from.push_str(path);
@@ -674,15 +681,21 @@ impl Session {
             }
             RcptVerdict::RelayDenied => {
                 self.stats.relay_denied += 1;
-                self.fail("550 5.7.1 Relaying denied: recipient domain is not served here")
+                let reply = "550 5.7.1 Relaying denied: recipient domain is not served here";
+                policy.refused(&self.helo, &self.tx.mail_from, &addr, reply);
+                self.fail(reply)
             }
             RcptVerdict::UnknownUser => {
                 self.stats.unknown_user += 1;
-                self.fail("550 5.1.1 Recipient address rejected: user unknown")
+                let reply = "550 5.1.1 Recipient address rejected: user unknown";
+                policy.refused(&self.helo, &self.tx.mail_from, &addr, reply);
+                self.fail(reply)
             }
             RcptVerdict::SenderBlocked => {
                 self.stats.sender_blocked += 1;
-                self.fail("550 5.7.1 Sender address rejected: blocked by policy")
+                let reply = "550 5.7.1 Sender address rejected: blocked by policy";
+                policy.refused(&self.helo, &self.tx.mail_from, &addr, reply);
+                self.fail(reply)
             }
         }
     }
