@@ -16,6 +16,7 @@ PACKAGES=(
   spamassassin            # stock rules to import, and the detection peer (spamd/spamc)
   clamav-daemon           # clamd: the external antivirus engine the tests start offline
   clamav-milter           # the antivirus peer of the relay benchmark (Postfix + clamd)
+  chromium chromium-driver # the consoles' browser tests (Selenium drives headless Chromium)
 )
 # With `xdp`: what the XDP program (ebpf/) builds with. Debian's rustc-web has a prebuilt
 # `core` for the BPF target, and bpf-linker is built against LLVM 22.
@@ -45,6 +46,11 @@ fi
 if ! python3 -c "import schemathesis" 2>/dev/null; then
   echo "setup: installing schemathesis"
   python3 -m pip install --quiet --disable-pip-version-check schemathesis
+fi
+# Selenium (PyPI) drives Debian's chromium through chromium-driver in the browser tests.
+if ! python3 -c "import selenium" 2>/dev/null; then
+  echo "setup: installing selenium"
+  python3 -m pip install --quiet --disable-pip-version-check selenium
 fi
 
 if ! command -v cargo >/dev/null; then

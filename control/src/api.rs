@@ -10,13 +10,14 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bulwark_policy::address::{check_sender_pattern, is_hostname, parse_route};
 use bulwark_policy::filtering::{RuleSpec, VerdictSpec};
 use bulwark_policy::shm::Publisher;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use crate::accounts::Actor;
 use crate::store::{Store, StoreError};
 
 /// What was published last.
@@ -37,6 +38,12 @@ pub struct AppState {
     /// Searches over the tracking store, and what its ingester has done.
     pub tracking: Arc<dyn crate::tracking::TrackingSearch>,
     pub tracking_stats: Arc<crate::tracking::ingest::Stats>,
+    /// Accounts at most, the main administrator included (`[control] max_accounts`).
+    pub max_accounts: usize,
+    /// Failed console logins.
+    pub throttle: crate::accounts::Throttle,
+    /// Whether session cookies carry `Secure` (`[control] cookie_secure`).
+    pub cookie_secure: bool,
 }
 
 /// An error as the API reports it: a status, a message, and the field at fault.
@@ -52,6 +59,24 @@ impl ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             field: Some(field),
+            message: message.into(),
+        }
+    }
+    /// What went wrong, as a person reads it (the field first when there is one).
+    pub(crate) fn text(&self) -> String {
+        self.message.clone()
+    }
+    pub(crate) fn conflict(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            field: Some(field),
+            message: message.into(),
+        }
+    }
+    pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            field: None,
             message: message.into(),
         }
     }
@@ -104,7 +129,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -544,6 +569,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tracking/volume", get(crate::api_tracking::volume))
         .route("/api/v1/tracking/status", get(crate::api_tracking::status))
         .route(
+            "/api/v1/accounts",
+            get(crate::api_accounts::list).post(crate::api_accounts::create),
+        )
+        .route(
+            "/api/v1/accounts/{name}",
+            axum::routing::put(crate::api_accounts::update).delete(crate::api_accounts::remove),
+        )
+        .route(
+            "/api/v1/tokens",
+            get(crate::api_accounts::tokens).post(crate::api_accounts::create_token),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            delete(crate::api_accounts::remove_token),
+        )
+        .route("/api/v1/audit", get(crate::api_accounts::audit))
+        .route(
             "/api/v1/rules",
             get(get_rules)
                 .post(import_rules)
@@ -575,6 +617,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .merge(protected)
+        .merge(crate::web::router())
         .fallback(not_found)
         .with_state(state)
 }
@@ -587,7 +630,7 @@ async fn not_found() -> ApiError {
     }
 }
 
-async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn auth(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -603,25 +646,78 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         .into_response();
     };
     let st = state.clone();
-    match blocking(move || lock(&st.store).token_valid(&token).map_err(ApiError::from)).await {
-        Ok(true) => next.run(req).await,
-        Ok(false) => ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            field: None,
-            message: "the bearer token is not valid".into(),
+    let actor = match blocking(move || {
+        lock(&st.store)
+            .token_actor(&token)
+            .map_err(|e| ApiError::internal(e.to_string()))
+    })
+    .await
+    {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                field: None,
+                message: "the bearer token is not valid".into(),
+            }
+            .into_response();
         }
-        .into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => return e.into_response(),
+    };
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let Some(need) = crate::authz::required(&method, &path) else {
+        return not_found().await.into_response();
+    };
+    if let Some(why) = crate::authz::refuse(&actor, &need) {
+        return ApiError::forbidden(why).into_response();
     }
+    req.extensions_mut().insert(actor.clone());
+    let query = req.uri().query().map(str::to_string);
+    let response = next.run(req).await;
+    if method != "GET" && method != "HEAD" && response.status().is_success() {
+        // Every change, by whom (the bodies are in the API's own log lines).
+        let target = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let _ = blocking(move || {
+            lock(&state.store).audit(&actor.name, &method, &target, "api");
+            Ok(())
+        })
+        .await;
+    }
+    response
 }
 
-async fn list_domains(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let domains = blocking(move || lock(&state.store).domains().map_err(ApiError::from)).await?;
+async fn list_domains(
+    State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Value>, ApiError> {
+    let mut domains =
+        blocking(move || lock(&state.store).domains().map_err(ApiError::from)).await?;
+    domains.retain(|d| actor.covers(&d.name));
     Ok(Json(json!(domains)))
 }
 
+/// A sender entry's scope as the caller may touch it: global entries only for accounts
+/// not limited to domains.
+fn sender_scope(actor: &Actor, domain: Option<&str>) -> Result<(), ApiError> {
+    match domain {
+        None if !actor.unrestricted() => Err(ApiError::forbidden(format!(
+            "{} is limited to domains: name the domain of the entry",
+            actor.name
+        ))),
+        Some(d) if !actor.covers(d) => Err(ApiError::forbidden(format!(
+            "{d} is not one of the domains of {}",
+            actor.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Reads a JSON object whose keys are all known, naming the field at fault otherwise.
-fn object(
+pub(crate) fn object(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
     known: &[&'static str],
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
@@ -654,7 +750,7 @@ fn string_field(
     }
 }
 
-async fn add_domain(
+pub(crate) async fn add_domain(
     State(state): State<Arc<AppState>>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -707,7 +803,7 @@ async fn add_domain(
     ))
 }
 
-async fn remove_domain(
+pub(crate) async fn remove_domain(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -782,13 +878,18 @@ async fn import_directory(
     )
 }
 
-async fn list_senders(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let rows = blocking(move || lock(&state.store).senders().map_err(ApiError::from)).await?;
+async fn list_senders(
+    State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Value>, ApiError> {
+    let mut rows = blocking(move || lock(&state.store).senders().map_err(ApiError::from)).await?;
+    rows.retain(|r| sender_scope(&actor, r.domain.as_deref()).is_ok());
     Ok(Json(json!(rows)))
 }
 
 async fn add_sender(
     State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let map = object(body, &["pattern", "action", "domain"])?;
@@ -806,6 +907,7 @@ async fn add_sender(
         Some(Value::String(d)) => Some(d.to_ascii_lowercase()),
         Some(_) => return Err(ApiError::bad("domain", "domain must be a string")),
     };
+    sender_scope(&actor, domain.as_deref())?;
     let st = state.clone();
     let (p, a, d) = (pattern.clone(), action.clone(), domain.clone());
     let generation = blocking(move || {
@@ -838,6 +940,7 @@ struct SenderQuery {
 
 async fn remove_sender(
     State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
     Query(q): Query<SenderQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let Some(pattern) = q.pattern.map(|p| p.to_ascii_lowercase()) else {
@@ -848,6 +951,7 @@ async fn remove_sender(
     };
     check_sender_pattern(&pattern).map_err(|e| ApiError::bad("pattern", e))?;
     let domain = q.domain.map(|d| d.to_ascii_lowercase());
+    sender_scope(&actor, domain.as_deref())?;
     let generation = blocking(move || {
         lock(&state.store)
             .remove_sender(domain.as_deref(), &pattern)
@@ -953,7 +1057,7 @@ fn address_param(q: AddressQuery) -> Result<(String, std::net::IpAddr), ApiError
 }
 
 /// One request to the engine's core 0 admin socket; its JSON answer.
-fn engine_request(state: &AppState, req: Value) -> Result<Value, ApiError> {
+pub(crate) fn engine_request(state: &AppState, req: Value) -> Result<Value, ApiError> {
     use std::io::{BufRead, Write};
     let Some(dir) = &state.engine_admin_dir else {
         return Err(ApiError {
@@ -1486,7 +1590,7 @@ async fn openapi() -> impl IntoResponse {
 }
 
 /// The OpenAPI 3.0 description of this API, kept beside the routes it describes.
-const OPENAPI: &str = r##"{
+pub(crate) const OPENAPI: &str = r##"{
   "openapi": "3.0.3",
   "info": {"title": "Bulwark control API", "version": "1"},
   "servers": [{"url": "/"}],
@@ -1809,6 +1913,74 @@ const OPENAPI: &str = r##"{
       "get": {"summary": "The published snapshot and the generation each engine runs", "responses": {
         "200": {"description": "snapshot", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Snapshot"}}}},
         "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/tracking": {
+      "get": {"summary": "Search tracked messages and refused connections (newest first; an account limited to domains sees only theirs)",
+        "parameters": [
+          {"name": "since", "in": "query", "required": false, "description": "from: 2026-12-01, 2026-12-01T10:00:00Z, Unix seconds, or an age (2h, 7d); default a day before until", "schema": {"type": "string"}},
+          {"name": "until", "in": "query", "required": false, "description": "until (default now)", "schema": {"type": "string"}},
+          {"name": "traffic", "in": "query", "required": false, "schema": {"type": "string", "enum": ["accepted", "blocked", "all"]}},
+          {"name": "sender", "in": "query", "required": false, "description": "address, or @domain", "schema": {"type": "string"}},
+          {"name": "recipient", "in": "query", "required": false, "description": "address, or @domain", "schema": {"type": "string"}},
+          {"name": "ip", "in": "query", "required": false, "description": "client IP address", "schema": {"type": "string"}},
+          {"name": "qid", "in": "query", "required": false, "description": "queue id", "schema": {"type": "string"}},
+          {"name": "subject", "in": "query", "required": false, "description": "3 or more characters of the subject", "schema": {"type": "string"}},
+          {"name": "verdict", "in": "query", "required": false, "description": "none, clean, spam, phishing, malformed, authfail, virus, limit", "schema": {"type": "string"}},
+          {"name": "action", "in": "query", "required": false, "description": "deliver, tag, quarantine, strip, reject, defer", "schema": {"type": "string"}},
+          {"name": "status", "in": "query", "required": false, "description": "queued, delivered, deferred, bounced, expired, quarantined, released, deleted, rejected, refused, mixed", "schema": {"type": "string"}},
+          {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+          {"name": "before", "in": "query", "required": false, "description": "paging: the next of the previous page", "schema": {"type": "string"}}],
+        "responses": {
+          "200": {"description": "rows, next page mark", "content": {"application/json": {"schema": {"type": "object"}}}},
+          "400": {"description": "a field is invalid (named in field)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/tracking/messages/{qid}": {
+      "get": {"summary": "A message and its whole timeline",
+        "parameters": [{"name": "qid", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "the message and its events", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": {"description": "not a queue id", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "404": {"description": "not tracked (or another domain's)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/tracking/volume": {
+      "get": {"summary": "Hourly counts (accepted, blocked, delivered, quarantined, by verdict)",
+        "parameters": [{"name": "since", "in": "query", "required": false, "description": "from", "schema": {"type": "string"}}, {"name": "until", "in": "query", "required": false, "description": "until", "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "hours", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "limited to domains", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/tracking/status": {
+      "get": {"summary": "What the ingester has done: events, duplicates skipped, damaged lines, backlog",
+        "responses": {"200": {"description": "counters", "content": {"application/json": {"schema": {"type": "object"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "limited to domains", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/accounts": {
+      "get": {"summary": "Console accounts", "responses": {"200": {"description": "accounts", "content": {"application/json": {"schema": {"type": "array"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an unrestricted administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "post": {"summary": "Create a sub-account (the first account is the main administrator)",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name", "password"], "additionalProperties": false,
+          "properties": {"name": {"type": "string"}, "password": {"type": "string", "minLength": 10}, "role": {"type": "string", "enum": ["readonly", "quarantine", "policy", "admin"]},
+            "domains": {"type": "array", "items": {"type": "string"}}}}}}},
+        "responses": {"201": {"description": "created", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an unrestricted administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "409": {"description": "exists", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/accounts/{name}": {
+      "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+      "put": {"summary": "Change an account's role, domains, password or disabled state",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+          "properties": {"password": {"type": "string"}, "role": {"type": "string", "enum": ["readonly", "quarantine", "policy", "admin"]},
+            "domains": {"type": "array", "items": {"type": "string"}}, "disabled": {"type": "boolean"}}}}}},
+        "responses": {"200": {"description": "changed", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an unrestricted administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "404": {"description": "no such account", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "delete": {"summary": "Delete a sub-account (its sessions and tokens with it)", "responses": {"200": {"description": "deleted", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": {"description": "the main administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an unrestricted administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "404": {"description": "no such account", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/tokens": {
+      "get": {"summary": "API tokens (names and owners; never the tokens)", "responses": {"200": {"description": "tokens", "content": {"application/json": {"schema": {"type": "array"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an unrestricted administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
+      "post": {"summary": "Create an API token for an account (or the main administrator); shown once",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name"], "additionalProperties": false,
+          "properties": {"name": {"type": "string"}, "account": {"type": "string"}}}}}},
+        "responses": {"201": {"description": "the token", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an unrestricted administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/tokens/{id}": {
+      "delete": {"summary": "Revoke a token", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "revoked", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": {"description": "not a token id", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an unrestricted administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "404": {"description": "no such token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/audit": {
+      "get": {"summary": "The audit log: who changed what, when (newest first)",
+        "parameters": [{"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}],
+        "responses": {"200": {"description": "entries", "content": {"application/json": {"schema": {"type": "array"}}}}, "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an unrestricted administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
     "/api/v1/openapi.json": {
       "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}

@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, Query as Params, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
+use crate::accounts::Actor;
 use crate::api::{ApiError, AppState, blocking};
 use crate::tracking::sqlite::now_ms;
 use crate::tracking::{DAY_MS, MAX_LIMIT, MAX_RANGE_DAYS, Query, Traffic, parse_time, valid_qid};
@@ -247,9 +248,11 @@ pub fn parse_query(params: &HashMap<String, String>, now: i64) -> Result<Query, 
 
 pub async fn search(
     State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
     Params(params): Params<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let q = parse_query(&params, now_ms())?;
+    let mut q = parse_query(&params, now_ms())?;
+    q.domains = actor.domains.clone();
     let store = state.tracking.clone();
     let started = std::time::Instant::now();
     let limit = q.limit;
@@ -266,6 +269,7 @@ pub async fn search(
 
 pub async fn timeline(
     State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
     Path(qid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     if !valid_qid(&qid) {
@@ -278,9 +282,20 @@ pub async fn timeline(
     let q = qid.clone();
     let found = blocking(move || store.timeline(&q).map_err(ApiError::internal)).await?;
     match found {
-        Some(t) => Ok(Json(json!(t))),
-        None => Err(ApiError::not_found(format!("no message {qid} is tracked"))),
+        Some(t) if visible(&actor, &t.message) => Ok(Json(json!(t))),
+        // Another domain's message is as absent as one never seen.
+        _ => Err(ApiError::not_found(format!("no message {qid} is tracked"))),
     }
+}
+
+/// Whether `actor` may see `row`: a sender or a recipient in its domains.
+pub fn visible(actor: &Actor, row: &crate::tracking::Row) -> bool {
+    actor.unrestricted()
+        || actor.covers_address(&row.sender)
+        || row
+            .recipients
+            .iter()
+            .any(|r| actor.covers_address(&r.address))
 }
 
 pub async fn volume(

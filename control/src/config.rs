@@ -22,6 +22,11 @@ pub struct Config {
     /// database).
     pub tracking_store: PathBuf,
     pub tracking_retention_days: i64,
+    /// Accounts at most, the main administrator included.
+    pub max_accounts: usize,
+    /// Session cookies carry `Secure` (browsers then send them only over HTTPS, or to
+    /// localhost).
+    pub cookie_secure: bool,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +46,8 @@ struct Section {
     tracking_dirs: Option<Vec<String>>,
     tracking_store: Option<String>,
     tracking_retention_days: Option<i64>,
+    max_accounts: Option<i64>,
+    cookie_secure: Option<bool>,
 }
 
 impl Config {
@@ -123,7 +130,16 @@ impl Config {
                 path.display()
             );
         }
+        let max_accounts = c.max_accounts.unwrap_or(100);
+        if !(1..=100_000).contains(&max_accounts) {
+            bail!(
+                "{}: control.max_accounts: {max_accounts} must be from 1 to 100000",
+                path.display()
+            );
+        }
         Ok(Config {
+            max_accounts: max_accounts as usize,
+            cookie_secure: c.cookie_secure.unwrap_or(true),
             listen,
             database,
             snapshot,

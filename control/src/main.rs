@@ -2,12 +2,16 @@
 //! snapshots; the other commands talk to a running service (or, for `token create`, to
 //! the store directly).
 
+mod accounts;
 mod api;
+mod api_accounts;
 mod api_tracking;
+mod authz;
 mod cli_tracking;
 mod config;
 mod store;
 mod tracking;
+mod web;
 
 use bulwark_policy::directory_csv as csv;
 
@@ -53,6 +57,12 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Console accounts (works on the store directly, to bootstrap: the first account
+    /// is the main administrator).
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
     },
     /// API tokens (works on the store directly, to bootstrap).
     Token {
@@ -225,6 +235,24 @@ enum ModelCommand {
     Show,
     /// Remove the model.
     Remove,
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account; its password comes from BULWARK_PASSWORD, or is made up and
+    /// printed.
+    Create {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// readonly, quarantine, policy or admin (the first account is always admin).
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// The domains it is limited to (space or comma separated); none: every domain.
+        #[arg(long, default_value = "")]
+        domains: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -403,6 +431,15 @@ fn main() -> ExitCode {
         Command::Token {
             command: TokenCommand::Create { config, name },
         } => token_create(&config, &name),
+        Command::Account {
+            command:
+                AccountCommand::Create {
+                    config,
+                    name,
+                    role,
+                    domains,
+                },
+        } => account_create(&config, &name, &role, &domains),
         Command::Domain { command } => domain(command, &remote),
         Command::Directory { command } => directory(command, &remote),
         Command::Sender { command } => sender(command, &remote),
@@ -471,6 +508,9 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         engine_admin_dir: cfg.engine_admin_dir.clone(),
         tracking: Arc::new(tracking::sqlite::SqliteSearch::new(&cfg.tracking_store)),
         tracking_stats,
+        max_accounts: cfg.max_accounts,
+        throttle: accounts::Throttle::default(),
+        cookie_secure: cfg.cookie_secure,
     });
     // What the store holds is what the engines should run, from the first moment.
     api::publish(&state).map_err(|e| anyhow::anyhow!("publishing the stored policy: {e:?}"))?;
@@ -480,15 +520,67 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("control.listen: cannot listen on {}", cfg.listen))?;
         tracing::info!(listen = %cfg.listen, "control API listening");
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        axum::serve(
+            listener,
+            api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
         anyhow::Ok(())
     })?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = ingest_thread.join();
+    Ok(())
+}
+
+fn account_create(
+    path: &std::path::Path,
+    name: &str,
+    role: &str,
+    domains: &str,
+) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let mut store = Store::open(&cfg.database)
+        .with_context(|| format!("control.database: {}", cfg.database.display()))?;
+    let role = accounts::Role::parse(role).with_context(|| {
+        format!("--role: {role:?} is not readonly, quarantine, policy or admin")
+    })?;
+    let domains = accounts::parse_domains(domains)?;
+    let (password, made_up) = match std::env::var("BULWARK_PASSWORD") {
+        Ok(p) if !p.is_empty() => (p, false),
+        _ => {
+            let mut raw = [0u8; 15];
+            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            (
+                raw.iter()
+                    .map(|b| {
+                        const A: &[u8] =
+                            b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+                        A[*b as usize % A.len()] as char
+                    })
+                    .collect(),
+                true,
+            )
+        }
+    };
+    let a = store.create_account(name, &password, role, &domains, cfg.max_accounts)?;
+    store.audit(
+        "bulwark-control account create",
+        "account create",
+        name,
+        a.role.as_str(),
+    );
+    println!(
+        "account {} created: role {}{}",
+        a.name,
+        a.role.as_str(),
+        if a.main { ", main administrator" } else { "" }
+    );
+    if made_up {
+        println!("password: {password}");
+    }
     Ok(())
 }
 
