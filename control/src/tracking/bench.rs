@@ -251,7 +251,11 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
                 let Ok(event) = serde_json::from_str::<Event>(l) else {
                     continue;
                 };
-                if d == a.days / 2 && i == a.per_day / 2 && !event.qid.is_empty() {
+                if d == a.days / 2
+                    && i >= a.per_day / 2
+                    && sample_qid.is_empty()
+                    && !event.qid.is_empty()
+                {
                     sample_qid = event.qid.clone();
                 }
                 key += 1;

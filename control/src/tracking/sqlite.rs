@@ -52,12 +52,12 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE INDEX IF NOT EXISTS recipients_rcpt ON recipients(rcpt);
 CREATE INDEX IF NOT EXISTS recipients_domain ON recipients(domain);
 CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
     msg INTEGER NOT NULL,
+    id INTEGER NOT NULL,
     t INTEGER NOT NULL,
-    line TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_msg ON events(msg);
+    line TEXT NOT NULL,
+    PRIMARY KEY (msg, id)
+) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS subjects USING fts5(subject, content='', tokenize='trigram', detail='none');
 CREATE TABLE IF NOT EXISTS counts (
     hour INTEGER NOT NULL,
@@ -170,7 +170,7 @@ impl SqliteTracking {
             }
             let conn = Connection::open(self.search.path(day))?;
             conn.execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-32768;
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-262144;
                  PRAGMA temp_store=MEMORY;",
             )?;
             conn.execute_batch(SCHEMA)?;
