@@ -212,16 +212,21 @@ pub fn parse_domains(text: &str) -> Result<Vec<String>, AccountError> {
 }
 
 fn account_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
-    let role: String = r.get(2)?;
-    let domains: String = r.get(3)?;
+    account_at(r, 0)
+}
+
+/// An account from `ACCOUNT_COLUMNS` starting at column `i`.
+fn account_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Account> {
+    let role: String = r.get(i + 2)?;
+    let domains: String = r.get(i + 3)?;
     Ok(Account {
-        id: r.get(0)?,
-        name: r.get(1)?,
+        id: r.get(i)?,
+        name: r.get(i + 1)?,
         role: Role::parse(&role).unwrap_or(Role::ReadOnly),
         domains: domains.split_whitespace().map(str::to_string).collect(),
-        main: r.get::<_, i64>(4)? != 0,
-        disabled: r.get::<_, i64>(5)? != 0,
-        created_at: r.get(6)?,
+        main: r.get::<_, i64>(i + 4)? != 0,
+        disabled: r.get::<_, i64>(i + 5)? != 0,
+        created_at: r.get(i + 6)?,
     })
 }
 
@@ -372,43 +377,24 @@ impl Store {
         Ok(())
     }
 
-    /// The account `name` with `password`, if it may log in.
-    pub fn verify_login(&self, name: &str, password: &str) -> Result<Option<Actor>, AccountError> {
-        let row: Option<(String, Account)> = self
+    /// What a sign-in as `name` is checked against: the stored hash and the account
+    /// (`None` for an unknown name). Checked with [`check_login`] outside the store's
+    /// lock: argon2 takes tens of milliseconds.
+    pub fn login_record(&self, name: &str) -> Result<Option<(String, Account)>, AccountError> {
+        Ok(self
             .conn
             .query_row(
                 &format!("SELECT password, {ACCOUNT_COLUMNS} FROM accounts WHERE name = ?1"),
                 [name],
-                |r| {
-                    let hash: String = r.get(0)?;
-                    let a = Account {
-                        id: r.get(1)?,
-                        name: r.get(2)?,
-                        role: Role::parse(&r.get::<_, String>(3)?).unwrap_or(Role::ReadOnly),
-                        domains: r
-                            .get::<_, String>(4)?
-                            .split_whitespace()
-                            .map(str::to_string)
-                            .collect(),
-                        main: r.get::<_, i64>(5)? != 0,
-                        disabled: r.get::<_, i64>(6)? != 0,
-                        created_at: r.get(7)?,
-                    };
-                    Ok((hash, a))
-                },
+                |r| Ok((r.get(0)?, account_at(r, 1)?)),
             )
-            .optional()?;
-        match row {
-            Some((hash, a)) if !a.disabled && verify_password(password, &hash) => {
-                Ok(Some(actor_of(&a)))
-            }
-            Some(_) => Ok(None),
-            None => {
-                // As long as a wrong password, so timing does not tell names apart.
-                let _ = verify_password(password, DUMMY_HASH);
-                Ok(None)
-            }
-        }
+            .optional()?)
+    }
+
+    /// The account `name` with `password`, if it may log in.
+    #[cfg(test)]
+    pub fn verify_login(&self, name: &str, password: &str) -> Result<Option<Actor>, AccountError> {
+        Ok(check_login(self.login_record(name)?, password))
     }
 
     /// Starts a session; returns its token (for the cookie) and its CSRF token.
@@ -427,36 +413,20 @@ impl Store {
 
     /// The actor and CSRF token of a live session.
     pub fn session(&self, token: &str) -> Result<Option<(Actor, String)>, AccountError> {
+        let columns = ACCOUNT_COLUMNS
+            .split(", ")
+            .map(|c| format!("a.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let row = self
             .conn
             .query_row(
                 &format!(
-                    "SELECT s.csrf, {} FROM sessions s JOIN accounts a ON a.id = s.account
-                     WHERE s.hash = ?1 AND s.expires_at > ?2 AND a.disabled = 0",
-                    ACCOUNT_COLUMNS
-                        .split(", ")
-                        .map(|c| format!("a.{c}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "SELECT s.csrf, {columns} FROM sessions s JOIN accounts a ON a.id = s.account
+                     WHERE s.hash = ?1 AND s.expires_at > ?2 AND a.disabled = 0"
                 ),
                 params![token_hash(token), now()],
-                |r| {
-                    let csrf: String = r.get(0)?;
-                    let a = Account {
-                        id: r.get(1)?,
-                        name: r.get(2)?,
-                        role: Role::parse(&r.get::<_, String>(3)?).unwrap_or(Role::ReadOnly),
-                        domains: r
-                            .get::<_, String>(4)?
-                            .split_whitespace()
-                            .map(str::to_string)
-                            .collect(),
-                        main: r.get::<_, i64>(5)? != 0,
-                        disabled: r.get::<_, i64>(6)? != 0,
-                        created_at: r.get(7)?,
-                    };
-                    Ok((actor_of(&a), csrf))
-                },
+                |r| Ok((actor_of(&account_at(r, 1)?), r.get::<_, String>(0)?)),
             )
             .optional()?;
         Ok(row)
@@ -575,6 +545,19 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Whether `password` opens the account of a [`Store::login_record`]; an unknown name
+/// costs as long as a wrong password, so timing does not tell names apart.
+pub fn check_login(record: Option<(String, Account)>, password: &str) -> Option<Actor> {
+    match record {
+        Some((hash, a)) if !a.disabled && verify_password(password, &hash) => Some(actor_of(&a)),
+        Some(_) => None,
+        None => {
+            let _ = verify_password(password, DUMMY_HASH);
+            None
+        }
     }
 }
 

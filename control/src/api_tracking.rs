@@ -77,6 +77,32 @@ fn word_field(
     Ok(Some(v))
 }
 
+/// `since` and `until` (default: the day before `default_until`), checked.
+fn time_range(
+    params: &HashMap<String, String>,
+    now: i64,
+    default_until: i64,
+) -> Result<(i64, i64), ApiError> {
+    let time = |name: &'static str, default: i64| -> Result<i64, ApiError> {
+        match text_field(params, name)? {
+            Some(v) => parse_time(&v, now).map_err(|e| ApiError::bad(name, format!("{name}: {e}"))),
+            None => Ok(default),
+        }
+    };
+    let until = time("until", default_until)?;
+    let since = time("since", until - DAY_MS)?;
+    if since > until {
+        return Err(ApiError::bad("since", "since is after until"));
+    }
+    if until - since > MAX_RANGE_DAYS * DAY_MS {
+        return Err(ApiError::bad(
+            "since",
+            format!("the range from since to until may span at most {MAX_RANGE_DAYS} days"),
+        ));
+    }
+    Ok((since, until))
+}
+
 /// Reads a search from query parameters, naming the field at fault.
 pub fn parse_query(params: &HashMap<String, String>, now: i64) -> Result<Query, ApiError> {
     for k in params.keys() {
@@ -90,23 +116,7 @@ pub fn parse_query(params: &HashMap<String, String>, now: i64) -> Result<Query, 
             ));
         }
     }
-    let time = |name: &'static str, default: i64| -> Result<i64, ApiError> {
-        match text_field(params, name)? {
-            Some(v) => parse_time(&v, now).map_err(|e| ApiError::bad(name, format!("{name}: {e}"))),
-            None => Ok(default),
-        }
-    };
-    let until = time("until", now + 60_000)?;
-    let since = time("since", until - DAY_MS)?;
-    if since > until {
-        return Err(ApiError::bad("since", "since is after until"));
-    }
-    if until - since > MAX_RANGE_DAYS * DAY_MS {
-        return Err(ApiError::bad(
-            "since",
-            format!("the range from since to until may span at most {MAX_RANGE_DAYS} days"),
-        ));
-    }
+    let (since, until) = time_range(params, now, now + 60_000)?;
     let traffic = match word_field(params, "traffic", &["accepted", "blocked", "all"])?.as_deref() {
         Some("accepted") => Some(Traffic::Accepted),
         Some("blocked") => Some(Traffic::Blocked),
@@ -311,23 +321,7 @@ pub async fn volume(
             ));
         }
     }
-    let time = |name: &'static str, default: i64| -> Result<i64, ApiError> {
-        match params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
-            Some(v) => parse_time(v, now).map_err(|e| ApiError::bad(name, format!("{name}: {e}"))),
-            None => Ok(default),
-        }
-    };
-    let until = time("until", now)?;
-    let since = time("since", until - DAY_MS)?;
-    if since > until {
-        return Err(ApiError::bad("since", "since is after until"));
-    }
-    if until - since > MAX_RANGE_DAYS * DAY_MS {
-        return Err(ApiError::bad(
-            "since",
-            format!("the range may span at most {MAX_RANGE_DAYS} days"),
-        ));
-    }
+    let (since, until) = time_range(&params, now, now)?;
     let store = state.tracking.clone();
     let hours = blocking(move || store.volume(since, until).map_err(ApiError::internal)).await?;
     Ok(Json(

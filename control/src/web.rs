@@ -337,16 +337,17 @@ async fn login(
     let st = state.clone();
     let (n, p) = (name.clone(), password);
     let result = blocking(move || {
-        let mut store = lock(&st.store);
-        let Some(actor) = store
-            .verify_login(&n, &p)
-            .map_err(|e| ApiError::internal(e.to_string()))?
-        else {
+        let record = lock(&st.store)
+            .login_record(&n)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        // The password is checked without holding the store.
+        let Some(actor) = crate::accounts::check_login(record, &p) else {
             return Ok(None);
         };
         let Some(id) = actor.account else {
             return Ok(None);
         };
+        let mut store = lock(&st.store);
         let (token, _) = store
             .create_session(id)
             .map_err(|e| ApiError::internal(e.to_string()))?;
