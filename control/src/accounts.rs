@@ -561,6 +561,18 @@ pub fn check_login(record: Option<(String, Account)>, password: &str) -> Option<
     }
 }
 
+/// Whether `password` matches a stored hash; with none, the same work is done against a
+/// dummy, so the time taken does not tell whether the address has an account.
+pub fn check_hash(stored: Option<&str>, password: &str) -> bool {
+    match stored {
+        Some(h) => verify_password(password, h),
+        None => {
+            let _ = verify_password(password, DUMMY_HASH);
+            false
+        }
+    }
+}
+
 /// An argon2 hash of nothing anyone types, verified against when the name is unknown.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0P6WVP1a0o6UB3dXAVmkFRCtk5NwfuPmnhGqwYkf2T8";
 

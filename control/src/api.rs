@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use bulwark_policy::address::{check_sender_pattern, is_hostname, parse_route};
 use bulwark_policy::filtering::{RuleSpec, VerdictSpec};
@@ -44,6 +44,10 @@ pub struct AppState {
     pub throttle: crate::accounts::Throttle,
     /// Whether session cookies carry `Secure` (`[control] cookie_secure`).
     pub cookie_secure: bool,
+    /// The console's address as users reach it (`[control] console_url`).
+    pub console_url: String,
+    /// Sender of the consoles' mail (`[control] notify_from`).
+    pub notify_from: String,
 }
 
 /// An error as the API reports it: a status, a message, and the field at fault.
@@ -63,6 +67,9 @@ impl ApiError {
         }
     }
     /// What went wrong, as a person reads it (the field first when there is one).
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
     pub(crate) fn text(&self) -> String {
         self.message.clone()
     }
@@ -585,6 +592,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             delete(crate::api_accounts::remove_token),
         )
         .route("/api/v1/audit", get(crate::api_accounts::audit))
+        .route("/api/v1/quarantine/digest", post(send_digests))
+        .route("/api/v1/end-users", get(end_users))
         .route(
             "/api/v1/rules",
             get(get_rules)
@@ -618,8 +627,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .merge(protected)
         .merge(crate::web::router())
+        .merge(crate::web_user::router())
         .fallback(not_found)
         .with_state(state)
+}
+
+async fn end_users(
+    State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Value>, ApiError> {
+    let users = blocking(move || Ok(lock(&state.store).end_users()?)).await?;
+    let mine: Vec<_> = users
+        .into_iter()
+        .filter(|u| actor.covers_address(&u.address))
+        .collect();
+    Ok(Json(json!(mine)))
+}
+
+async fn send_digests(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let run = blocking(move || crate::web_user::send_digests(&state)).await?;
+    Ok(Json(json!(run)))
 }
 
 async fn not_found() -> ApiError {
@@ -1981,6 +2008,14 @@ pub(crate) const OPENAPI: &str = r##"{
       "get": {"summary": "The audit log: who changed what, when (newest first)",
         "parameters": [{"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}],
         "responses": {"200": {"description": "entries", "content": {"application/json": {"schema": {"type": "array"}}}}, "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an unrestricted administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/quarantine/digest": {
+      "post": {"summary": "Sends the quarantine digests now: each recipient in a managed domain gets the quarantined messages not yet in one of their digests, with signed release links (the control service also does this daily at [control] digest_hour)",
+        "responses": {"200": {"description": "what was sent", "content": {"application/json": {"schema": {"type": "object", "properties": {"recipients": {"type": "integer"}, "messages": {"type": "integer"}, "failed": {"type": "integer"}}}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an unrestricted administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "409": {"description": "no engine admin socket configured", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "502": {"description": "the engine did not answer", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/end-users": {
+      "get": {"summary": "End users registered on the quarantine console (of the account's domains): address, active, digest, created_at",
+        "responses": {"200": {"description": "end users", "content": {"application/json": {"schema": {"type": "array"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
     "/api/v1/openapi.json": {
       "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}

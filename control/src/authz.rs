@@ -56,6 +56,8 @@ pub fn required(method: &str, path: &str) -> Option<Need> {
         | ["antivirus"]
         | ["model"] => need(if read { ReadOnly } else { Policy }, Global),
         ["snapshot"] => need(ReadOnly, Global),
+        ["quarantine", "digest"] => need(Admin, Global),
+        ["end-users"] => need(ReadOnly, Filtered),
         ["accounts"] | ["accounts", _] | ["tokens"] | ["tokens", _] | ["audit"] => {
             need(Admin, Global)
         }

@@ -27,6 +27,13 @@ pub struct Config {
     /// Session cookies carry `Secure` (browsers then send them only over HTTPS, or to
     /// localhost).
     pub cookie_secure: bool,
+    /// The console's address as users reach it, for the links in account mail and
+    /// digests (default `http://` and `listen`).
+    pub console_url: String,
+    /// Envelope sender and From of the mail the consoles send.
+    pub notify_from: String,
+    /// Hour of the day (UTC) the quarantine digest goes out; `None`: no digests.
+    pub digest_hour: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +55,9 @@ struct Section {
     tracking_retention_days: Option<i64>,
     max_accounts: Option<i64>,
     cookie_secure: Option<bool>,
+    console_url: Option<String>,
+    notify_from: Option<String>,
+    digest_hour: Option<i64>,
 }
 
 impl Config {
@@ -137,7 +147,43 @@ impl Config {
                 path.display()
             );
         }
+        let console_url = c
+            .console_url
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_string();
+        if !(console_url.starts_with("http://") || console_url.starts_with("https://"))
+            || console_url
+                .bytes()
+                .any(|b| b <= b' ' || b == b'"' || b == b'<' || b == b'>')
+        {
+            bail!(
+                "{}: control.console_url: {console_url:?} must be an http:// or https:// URL",
+                path.display()
+            );
+        }
+        let notify_from = match c.notify_from {
+            Some(a) => a,
+            None => format!("quarantine@{}", host_name()),
+        };
+        if bulwark_policy::address::check_directory_address(&notify_from).is_err() {
+            bail!(
+                "{}: control.notify_from: {notify_from:?} is not an address",
+                path.display()
+            );
+        }
+        let digest_hour = match c.digest_hour.unwrap_or(7) {
+            -1 => None,
+            h @ 0..=23 => Some(h as u32),
+            h => bail!(
+                "{}: control.digest_hour: {h} must be an hour from 0 to 23, or -1 for no digests",
+                path.display()
+            ),
+        };
         Ok(Config {
+            console_url,
+            notify_from,
+            digest_hour,
             max_accounts: max_accounts as usize,
             cookie_secure: c.cookie_secure.unwrap_or(true),
             listen,
@@ -150,4 +196,13 @@ impl Config {
             tracking_retention_days,
         })
     }
+}
+
+/// This host's name, for the default sender of the consoles' mail.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty() && h.contains('.'))
+        .unwrap_or_else(|| "localhost.localdomain".into())
 }

@@ -9,9 +9,11 @@ mod api_tracking;
 mod authz;
 mod cli_tracking;
 mod config;
+mod endusers;
 mod store;
 mod tracking;
 mod web;
+mod web_user;
 
 use bulwark_policy::directory_csv as csv;
 
@@ -49,6 +51,14 @@ struct Remote {
     /// API token (or the BULWARK_TOKEN environment variable).
     #[arg(long, env = "BULWARK_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// Send the quarantine digests now (they also go out daily at [control] digest_hour).
+    Digest,
+    /// End users registered on the quarantine console (of your domains).
+    Users,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +153,11 @@ enum Command {
     Tracking {
         #[command(subcommand)]
         command: cli_tracking::TrackingCommand,
+    },
+    /// The end-user quarantine console: its accounts, and the daily digest.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
     },
     /// Policy rules: conditions and an action, tried in order after inspection.
     PolicyRules {
@@ -457,6 +472,7 @@ fn main() -> ExitCode {
         Command::PolicyRules { command } => policy_rules(command, &remote),
         Command::Dnsbl { command } => dnsbl(command, &remote),
         Command::Tracking { command } => cli_tracking::run(command, &remote),
+        Command::Quarantine { command } => quarantine(command, &remote),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -511,7 +527,20 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         max_accounts: cfg.max_accounts,
         throttle: accounts::Throttle::default(),
         cookie_secure: cfg.cookie_secure,
+        console_url: cfg.console_url.clone(),
+        notify_from: cfg.notify_from.clone(),
     });
+    let digest_thread = match cfg.digest_hour {
+        Some(hour) => {
+            let (state, stop) = (state.clone(), stop.clone());
+            Some(
+                std::thread::Builder::new()
+                    .name("quarantine-digest".into())
+                    .spawn(move || web_user::digest_loop(state, hour, stop))?,
+            )
+        }
+        None => None,
+    };
     // What the store holds is what the engines should run, from the first moment.
     api::publish(&state).map_err(|e| anyhow::anyhow!("publishing the stored policy: {e:?}"))?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -532,6 +561,9 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     })?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = ingest_thread.join();
+    if let Some(t) = digest_thread {
+        let _ = t.join();
+    }
     Ok(())
 }
 
@@ -731,6 +763,43 @@ fn model(command: ModelCommand, remote: &Remote) -> anyhow::Result<()> {
 }
 
 /// Calls the API; returns the JSON body of a 2xx, or an error with the service's message.
+fn quarantine(command: QuarantineCommand, remote: &Remote) -> anyhow::Result<()> {
+    match command {
+        QuarantineCommand::Digest => {
+            let v = call(remote, "POST", "/api/v1/quarantine/digest", None)?;
+            println!(
+                "{} digests queued listing {} messages; {} could not be queued",
+                v["recipients"], v["messages"], v["failed"]
+            );
+        }
+        QuarantineCommand::Users => {
+            let v = call(remote, "GET", "/api/v1/end-users", None)?;
+            println!(
+                "{:<40} {:<8} {:<7} REGISTERED",
+                "ADDRESS", "ACTIVE", "DIGEST"
+            );
+            for u in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<40} {:<8} {:<7} {}",
+                    u["address"].as_str().unwrap_or(""),
+                    if u["active"] == json!(true) {
+                        "yes"
+                    } else {
+                        "pending"
+                    },
+                    if u["digest"] == json!(true) {
+                        "on"
+                    } else {
+                        "off"
+                    },
+                    tracking::rfc3339(u["created_at"].as_i64().unwrap_or(0) * 1000)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
     call_for(remote, method, path, body, Duration::from_secs(30))
 }

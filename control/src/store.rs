@@ -161,6 +161,46 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
      );
      CREATE INDEX audit_t ON audit(t);",
+    // 12: end users of the quarantine console (registered recipients), the links mailed
+    // to them, their sessions and their own approved senders; secrets (the key that
+    // signs digest links).
+    "CREATE TABLE end_users (
+        address TEXT PRIMARY KEY NOT NULL COLLATE NOCASE,
+        password TEXT NOT NULL DEFAULT '',
+        active INTEGER NOT NULL DEFAULT 0,
+        digest INTEGER NOT NULL DEFAULT 1,
+        created_at INTEGER NOT NULL,
+        activated_at INTEGER
+     );
+     CREATE TABLE end_user_links (
+        hash TEXT PRIMARY KEY NOT NULL,
+        address TEXT NOT NULL COLLATE NOCASE REFERENCES end_users(address) ON DELETE CASCADE,
+        purpose TEXT NOT NULL CHECK (purpose IN ('activate', 'reset')),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+     );
+     CREATE INDEX end_user_links_address ON end_user_links(address, created_at);
+     CREATE TABLE end_user_sessions (
+        hash TEXT PRIMARY KEY NOT NULL,
+        address TEXT NOT NULL COLLATE NOCASE REFERENCES end_users(address) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+     );
+     CREATE TABLE personal_senders (
+        address TEXT NOT NULL COLLATE NOCASE,
+        pattern TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (address, pattern)
+     );
+     CREATE TABLE secrets (
+        name TEXT PRIMARY KEY NOT NULL,
+        value BLOB NOT NULL
+     );
+     CREATE TABLE digested (
+        id TEXT NOT NULL,
+        address TEXT NOT NULL,
+        PRIMARY KEY (id, address)
+     );",
 ];
 
 /// The settable limits and their allowed ranges.
@@ -580,6 +620,19 @@ impl Store {
             // A domain has a directory as soon as one address is listed for it.
             d.has_directory = !d.directory.is_empty();
         }
+        for (address, pattern) in self.all_personal_senders()? {
+            let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+            let Some(d) = domains.iter_mut().find(|d| d.name == domain) else {
+                continue;
+            };
+            match d.personal.last_mut() {
+                Some(l) if l.address == address => l.approved.push(pattern),
+                _ => d.personal.push(bulwark_policy::PersonalList {
+                    address,
+                    approved: vec![pattern],
+                }),
+            }
+        }
         for s in senders {
             let lists = match &s.domain {
                 None => &mut global,
@@ -871,7 +924,7 @@ impl Store {
     }
 }
 
-fn bump(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
+pub(crate) fn bump(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
     tx.execute(
         "UPDATE meta SET value = value + 1 WHERE key = 'generation'",
         [],

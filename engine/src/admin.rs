@@ -26,6 +26,30 @@ enum AnyRequest {
     Queue(Request),
     Quarantine(quarantine::Request),
     Clients(ClientRequest),
+    Local(LocalRequest),
+}
+
+/// Mail the gateway sends itself (`submit`), queued on the core asked.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum LocalRequest {
+    Submit {
+        /// The envelope sender; empty for a null sender.
+        #[serde(default)]
+        sender: String,
+        recipients: Vec<String>,
+        /// The whole message (header and body).
+        content: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct LocalResponse {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_as: Option<String>,
 }
 
 /// The connection tier (`bulwark ip …`, `bulwark-control ip …`, the XDP loader).
@@ -298,7 +322,7 @@ async fn clients(core: &Rc<crate::runtime::Core>, req: ClientRequest) -> ClientR
 }
 
 /// The longest request line accepted.
-const MAX_REQUEST: usize = 64 * 1024;
+const MAX_REQUEST: usize = 1 << 20;
 
 pub fn socket_path(dir: &Path, core: usize) -> PathBuf {
     dir.join(format!("core-{core}.sock"))
@@ -377,6 +401,24 @@ async fn session(
                     }),
                 },
                 Ok(AnyRequest::Clients(req)) => serde_json::to_vec(&clients(&core, req).await),
+                Ok(AnyRequest::Local(LocalRequest::Submit {
+                    sender,
+                    recipients,
+                    content,
+                })) => serde_json::to_vec(&match deliverer
+                    .submit(&sender, &recipients, &content)
+                    .await
+                {
+                    Ok(id) => LocalResponse {
+                        ok: true,
+                        queued_as: Some(id),
+                        ..Default::default()
+                    },
+                    Err(e) => LocalResponse {
+                        error: Some(e),
+                        ..Default::default()
+                    },
+                }),
                 Err(_) => serde_json::to_vec(&Response {
                     ok: false,
                     error: Some(format!(

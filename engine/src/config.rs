@@ -327,6 +327,8 @@ impl Config {
                     directory: d.directory.clone().unwrap_or_default(),
                     senders: d.senders.to_policy(),
                     verdicts: d.verdicts.clone(),
+                    // Personal lists come from the end-user console, through control.
+                    personal: Vec::new(),
                 })
                 .collect(),
             limits: Limits {

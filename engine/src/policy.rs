@@ -160,7 +160,8 @@ pub struct SnapshotPolicy<'a>(pub &'a Snapshot);
 
 impl EnvelopePolicy for SnapshotPolicy<'_> {
     /// Order: managed domain; then the sender lists (the domain's own, then the global
-    /// ones; approval wins over a block at the same level); then the directory. An
+    /// ones; approval wins over a block at the same level); then the directory; then
+    /// the recipient's own approved senders (a block by the lists above still wins). An
     /// approved sender still cannot reach an address that does not exist.
     fn check_rcpt(&self, sender: &str, rcpt: &str) -> RcptVerdict {
         let policy = self.0.policy();
@@ -179,7 +180,54 @@ impl EnvelopePolicy for SnapshotPolicy<'_> {
         }
         match senders {
             Some(SenderVerdict::Approved) => RcptVerdict::Approved,
+            _ if domain.personally_approved(rcpt, sender) => RcptVerdict::Approved,
             _ => RcptVerdict::Accept,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_policy::{Domain, PersonalList, Policy, SenderLists};
+
+    #[test]
+    fn personal_approvals_apply_to_their_recipient_and_never_beat_a_block() {
+        let p = Policy {
+            domains: vec![Domain {
+                name: "example.test".into(),
+                has_directory: true,
+                directory: vec!["alice@example.test".into(), "bob@example.test".into()],
+                senders: SenderLists {
+                    blocked: vec!["bad.test".into()],
+                    ..Default::default()
+                },
+                personal: vec![PersonalList {
+                    address: "alice@example.test".into(),
+                    approved: vec!["bad.test".into(), "news.test".into()],
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let snap = Snapshot::from_policy(&p).unwrap();
+        let policy = SnapshotPolicy(&snap);
+        let check = |from: &str, to: &str| policy.check_rcpt(from, to);
+        assert_eq!(
+            check("x@news.test", "alice@example.test"),
+            RcptVerdict::Approved
+        );
+        assert_eq!(
+            check("x@news.test", "bob@example.test"),
+            RcptVerdict::Accept
+        );
+        assert_eq!(
+            check("x@bad.test", "alice@example.test"),
+            RcptVerdict::SenderBlocked
+        );
+        assert_eq!(
+            check("x@news.test", "carol@example.test"),
+            RcptVerdict::UnknownUser
+        );
     }
 }

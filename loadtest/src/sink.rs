@@ -41,6 +41,10 @@ pub struct Options {
     /// Write the Message-ID of every message received here, one per line.
     #[arg(long)]
     pub ids: Option<PathBuf>,
+    /// Keep every message received as a file in this directory (`000001.eml`, …, each
+    /// written whole under a temporary name first), for tests that read the mail.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
     /// Receiver threads (one executor each); default: all CPUs.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -125,11 +129,19 @@ struct Config {
     tls: Option<futures_rustls::TlsAcceptor>,
     /// Set by SIGTERM/SIGINT: no message is acknowledged any more.
     stop: Arc<AtomicBool>,
+    /// `--save`: messages on their way to the directory.
+    save: Option<flume::Sender<Vec<u8>>>,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
+    let (save_tx, save_rx) = flume::unbounded::<Vec<u8>>();
+    if let Some(d) = &opts.save {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("--save: cannot create {}", d.display()))?;
+    }
     let cfg = Arc::new(Config {
+        save: opts.save.as_ref().map(|_| save_tx),
         reply_rcpt: opts
             .reply_rcpt
             .as_deref()
@@ -209,11 +221,21 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let mut saved = 0u64;
     loop {
         let stopping = stop.load(Relaxed);
         if stopping {
             // Messages recorded just before the flag was seen are still on their way.
             std::thread::sleep(Duration::from_millis(300));
+        }
+        if let Some(dir) = &opts.save {
+            for m in save_rx.try_iter() {
+                saved += 1;
+                let tmp = dir.join(format!(".{saved:06}.tmp"));
+                std::fs::write(&tmp, &m)
+                    .and_then(|()| std::fs::rename(&tmp, dir.join(format!("{saved:06}.eml"))))
+                    .with_context(|| format!("--save: cannot write into {}", dir.display()))?;
+            }
         }
         if let Some(f) = ids_file.as_mut() {
             for id in id_rx.try_iter() {
@@ -297,6 +319,9 @@ async fn session(
                         return;
                     }
                     record(counters, &message, rcpts, ids);
+                    if let Some(tx) = &cfg.save {
+                        let _ = tx.send(message.clone());
+                    }
                     out.extend_from_slice(b"250 2.0.0 Ok: stored\r\n");
                 }
                 message.clear();

@@ -19,8 +19,8 @@ mod snapshot;
 pub use schema::{
     ArchivedCidr, ArchivedDnsblPolicy, ArchivedDomain, ArchivedIpLists, ArchivedLimits,
     ArchivedPolicy, ArchivedRoute, ArchivedSenderLists, Cidr, DnsblPolicy, DnsblZone, Domain,
-    GroupLimits, Harvest, InspectionArtifacts, IpLists, IpVerdict, Limits, Policy, Route,
-    SenderLists, SenderVerdict, Throttle, TlsPolicy, artifact_path, dynamic_key,
+    GroupLimits, Harvest, InspectionArtifacts, IpLists, IpVerdict, Limits, PersonalList, Policy,
+    Route, SenderLists, SenderVerdict, Throttle, TlsPolicy, artifact_path, dynamic_key,
     dynamic_key_network,
 };
 pub use snapshot::{HEADER_LEN, MAGIC, SCHEMA_VERSION, Snapshot, SnapshotError, encode};

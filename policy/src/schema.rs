@@ -231,6 +231,20 @@ pub struct Domain {
     pub senders: SenderLists,
     /// This domain's own thresholds and actions; they take precedence.
     pub verdicts: VerdictPolicy,
+    /// Senders approved by one recipient for their own mail (the end-user console),
+    /// sorted by address.
+    pub personal: Vec<PersonalList>,
+}
+
+/// One recipient's own approved senders: their mail to that recipient skips content
+/// filtering, as the domain's approved list does. A block by the domain or the global
+/// lists still wins.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct PersonalList {
+    /// Lower-case full address of the recipient.
+    pub address: String,
+    /// Sender patterns as in [`SenderLists`], lower case, sorted.
+    pub approved: Vec<String>,
 }
 
 /// Sender patterns: `user@domain`, `domain` (that domain exactly) or `*.domain` (any
@@ -514,6 +528,13 @@ impl ArchivedDomain {
         }
         Some(sorted_contains(&self.directory, rcpt))
     }
+
+    /// Whether `rcpt` approved `sender` on their own list. Allocation-free.
+    pub fn personally_approved(&self, rcpt: &str, sender: &str) -> bool {
+        self.personal
+            .binary_search_by(|p| cmp_ignore_ascii_case(p.address.as_str(), rcpt))
+            .is_ok_and(|i| pattern_matches(&self.personal[i].approved, sender))
+    }
 }
 
 impl ArchivedPolicy {
@@ -585,6 +606,16 @@ mod tests {
                     blocked: vec!["foe@ok.test".into()],
                 },
                 verdicts: Default::default(),
+                personal: vec![
+                    PersonalList {
+                        address: "alice@example.test".into(),
+                        approved: vec!["news.test".into(), "pal@other.test".into()],
+                    },
+                    PersonalList {
+                        address: "bob@example.test".into(),
+                        approved: vec!["*.lists.test".into()],
+                    },
+                ],
             }],
             senders: SenderLists {
                 approved: vec!["*.partner.test".into()],
@@ -636,6 +667,18 @@ mod tests {
         assert_eq!(d.verdict("Friend@Spam.test"), Some(SenderVerdict::Approved));
         assert_eq!(d.verdict("foe@ok.test"), Some(SenderVerdict::Blocked));
         assert_eq!(d.verdict("other@ok.test"), None);
+    }
+
+    #[test]
+    fn personal_approvals_belong_to_their_recipient() {
+        let s = snapshot();
+        let d = s.policy().domain("example.test").unwrap();
+        assert!(d.personally_approved("Alice@example.test", "x@NEWS.test"));
+        assert!(d.personally_approved("alice@example.test", "pal@other.test"));
+        assert!(!d.personally_approved("alice@example.test", "foe@other.test"));
+        assert!(!d.personally_approved("bob@example.test", "x@news.test"));
+        assert!(d.personally_approved("bob@example.test", "x@a.lists.test"));
+        assert!(!d.personally_approved("carol@example.test", "x@news.test"));
     }
 
     #[test]

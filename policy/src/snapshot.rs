@@ -8,7 +8,7 @@ use crate::schema::{ArchivedPolicy, Policy};
 /// First four bytes of every snapshot image.
 pub const MAGIC: [u8; 4] = *b"BWPS";
 /// Bumped whenever the archived layout of [`Policy`] changes.
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 /// magic(4) + schema(4) + generation(8) + payload length(8) + crc32(4) + reserved(4).
 pub const HEADER_LEN: usize = 32;
 

@@ -1050,6 +1050,86 @@ impl Deliverer {
         }
     }
 
+    /// Spools and queues a message the gateway itself sends (the control service's
+    /// account mail and quarantine digests, through the admin socket): durable before
+    /// it returns, then delivered, retried and bounced like any other. `content` is a
+    /// whole RFC 5322 message; bare LFs become CRLF. Returns the queue id.
+    pub async fn submit(
+        self: &Rc<Self>,
+        sender: &str,
+        rcpts: &[String],
+        content: &str,
+    ) -> Result<String, String> {
+        let bad = |a: &str| {
+            a.is_empty()
+                || a.len() > 254
+                || a.bytes()
+                    .any(|b| b <= b' ' || b == b'<' || b == b'>' || b == 0x7f)
+        };
+        if rcpts.is_empty() || rcpts.len() > 100 {
+            return Err("a submitted message has 1 to 100 recipients".into());
+        }
+        if let Some(r) = rcpts.iter().find(|r| bad(r) || !r.contains('@')) {
+            return Err(format!("recipient {r:?} is not an address"));
+        }
+        if !sender.is_empty() && bad(sender) {
+            return Err(format!("sender {sender:?} is not an address"));
+        }
+        let mut body = Vec::with_capacity(content.len() + content.len() / 32 + 2);
+        let mut prev = 0u8;
+        for &b in content.as_bytes() {
+            if b == b'\n' && prev != b'\r' {
+                body.push(b'\r');
+            }
+            body.push(b);
+            prev = b;
+        }
+        if !body.ends_with(b"\r\n") {
+            body.extend_from_slice(b"\r\n");
+        }
+        let id = self.ids.next();
+        let now = self.clock.unix();
+        let header = format!(
+            "Received: by {} (Bulwark) with local id {id};\r\n\t{}\r\n",
+            self.settings.hostname,
+            crate::util::rfc5322_date(now)
+        )
+        .into_bytes();
+        let flags = if content.is_ascii() {
+            0
+        } else {
+            crate::queue::record::FLAG_8BIT
+        };
+        let loc = self
+            .spool
+            .append_message(&id, now, flags, sender, rcpts, &header, &body)
+            .await
+            .map_err(|e| format!("cannot spool the message: {e}"))?;
+        info!(%id, from = %sender, to = %rcpts.join(","), "local message queued");
+        self.tracker.record(crate::tracking::Event {
+            ev: "accepted",
+            qid: &id,
+            from: Some(sender),
+            rcpts,
+            size: Some((header.len() + body.len()) as u64),
+            action: "deliver",
+            stage: "local",
+            ..Default::default()
+        });
+        let cached = self.cache_content(header, body);
+        let m = Message::new(
+            id.clone(),
+            now,
+            flags,
+            sender.to_string(),
+            rcpts.to_vec(),
+            loc,
+            cached,
+        );
+        self.enqueue(m);
+        Ok(id)
+    }
+
     /// Spools and queues a DSN to the message's sender: a bounce (`delayed: None`) or a
     /// "delivery delayed" notice.
     async fn report_to_sender(
