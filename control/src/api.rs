@@ -628,6 +628,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(protected)
         .merge(crate::web::router())
         .merge(crate::web_user::router())
+        .merge(crate::web_admin::router())
         .fallback(not_found)
         .with_state(state)
 }
@@ -914,7 +915,7 @@ async fn list_senders(
     Ok(Json(json!(rows)))
 }
 
-async fn add_sender(
+pub(crate) async fn add_sender(
     State(state): State<Arc<AppState>>,
     Extension(actor): Extension<Actor>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
@@ -960,12 +961,12 @@ async fn add_sender(
 }
 
 #[derive(serde::Deserialize)]
-struct SenderQuery {
-    pattern: Option<String>,
-    domain: Option<String>,
+pub(crate) struct SenderQuery {
+    pub(crate) pattern: Option<String>,
+    pub(crate) domain: Option<String>,
 }
 
-async fn remove_sender(
+pub(crate) async fn remove_sender(
     State(state): State<Arc<AppState>>,
     Extension(actor): Extension<Actor>,
     Query(q): Query<SenderQuery>,
@@ -999,7 +1000,7 @@ fn canonical_cidr(text: &str) -> Option<String> {
     bulwark_policy::Cidr::parse(text).map(|c| c.to_string())
 }
 
-async fn add_ip(
+pub(crate) async fn add_ip(
     State(state): State<Arc<AppState>>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -1032,11 +1033,11 @@ async fn add_ip(
 }
 
 #[derive(serde::Deserialize)]
-struct IpQuery {
-    cidr: Option<String>,
+pub(crate) struct IpQuery {
+    pub(crate) cidr: Option<String>,
 }
 
-async fn remove_ip(
+pub(crate) async fn remove_ip(
     State(state): State<Arc<AppState>>,
     Query(q): Query<IpQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -1085,6 +1086,15 @@ fn address_param(q: AddressQuery) -> Result<(String, std::net::IpAddr), ApiError
 
 /// One request to the engine's core 0 admin socket; its JSON answer.
 pub(crate) fn engine_request(state: &AppState, req: Value) -> Result<Value, ApiError> {
+    engine_request_core(state, 0, req)
+}
+
+/// A request to the admin socket of one core of the engine on this host.
+pub(crate) fn engine_request_core(
+    state: &AppState,
+    core: usize,
+    req: Value,
+) -> Result<Value, ApiError> {
     use std::io::{BufRead, Write};
     let Some(dir) = &state.engine_admin_dir else {
         return Err(ApiError {
@@ -1095,7 +1105,7 @@ pub(crate) fn engine_request(state: &AppState, req: Value) -> Result<Value, ApiE
                     .into(),
         });
     };
-    let path = dir.join("core-0.sock");
+    let path = dir.join(format!("core-{core}.sock"));
     let unreachable = |e: std::io::Error| ApiError {
         status: StatusCode::BAD_GATEWAY,
         field: None,
@@ -1435,7 +1445,7 @@ async fn set_verdicts(
 }
 
 /// Replaces the thresholds and actions for every domain (`{}`: the engines' own).
-async fn put_global_verdicts(
+pub(crate) async fn put_global_verdicts(
     State(state): State<Arc<AppState>>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -1568,7 +1578,8 @@ async fn remove_policy_rule(
 }
 
 /// The generation an engine reports on its metrics endpoint.
-fn engine_generation(addr: SocketAddr) -> Result<u64, String> {
+/// An engine's Prometheus metrics, as text.
+pub(crate) fn engine_metrics(addr: SocketAddr) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| e.to_string())?;
@@ -1580,7 +1591,12 @@ fn engine_generation(addr: SocketAddr) -> Result<u64, String> {
     .map_err(|e| e.to_string())?;
     let mut text = String::new();
     s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    text.lines()
+    Ok(text)
+}
+
+fn engine_generation(addr: SocketAddr) -> Result<u64, String> {
+    engine_metrics(addr)?
+        .lines()
         .find_map(|l| l.strip_prefix("bulwark_policy_generation "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)

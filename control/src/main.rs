@@ -13,6 +13,7 @@ mod endusers;
 mod store;
 mod tracking;
 mod web;
+mod web_admin;
 mod web_user;
 
 use bulwark_policy::directory_csv as csv;

@@ -87,6 +87,12 @@ fn templates() -> &'static Environment<'static> {
                 "user/message.html",
                 include_str!("../templates/user/message.html"),
             ),
+            ("policy.html", include_str!("../templates/policy.html")),
+            (
+                "directory.html",
+                include_str!("../templates/directory.html"),
+            ),
+            ("queue.html", include_str!("../templates/queue.html")),
         ] {
             // Templates are part of the binary: one that does not parse fails the tests.
             if let Err(e) = env.add_template(name, text) {
@@ -181,12 +187,12 @@ pub struct Session {
 }
 
 impl Session {
-    fn admin(&self) -> bool {
+    pub(crate) fn admin(&self) -> bool {
         self.actor.can(Role::Admin) && self.actor.unrestricted()
     }
 
     /// The context every page has.
-    fn base(&self, nav: &str) -> minijinja::Value {
+    pub(crate) fn base(&self, nav: &str) -> minijinja::Value {
         context! {
             actor => self.actor,
             csrf => self.csrf,
@@ -195,7 +201,7 @@ impl Session {
         }
     }
 
-    fn check(&self, form: &HashMap<String, String>) -> Result<(), Response> {
+    pub(crate) fn check(&self, form: &HashMap<String, String>) -> Result<(), Response> {
         match form.get("csrf") {
             Some(t) if same(t, &self.csrf) => Ok(()),
             _ => Err(page_error(
@@ -206,7 +212,7 @@ impl Session {
     }
 }
 
-fn page_error(status: StatusCode, text: &str) -> Response {
+pub(crate) fn page_error(status: StatusCode, text: &str) -> Response {
     let mut r = render(
         "message.html",
         context! { title => "Not done", text => text, link => "/", link_text => "Back to the console" },
@@ -217,7 +223,7 @@ fn page_error(status: StatusCode, text: &str) -> Response {
 }
 
 /// The session of the request, or a redirect to the login page.
-async fn session(
+pub(crate) async fn session(
     state: &Arc<AppState>,
     headers: &HeaderMap,
     here: &str,
@@ -1065,7 +1071,13 @@ async fn add_domain(
     }
 }
 
-async fn audit(state: &Arc<AppState>, actor: &Actor, action: &str, target: &str, detail: &str) {
+pub(crate) async fn audit(
+    state: &Arc<AppState>,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: &str,
+) {
     let st = state.clone();
     let (a, b, c, d) = (
         actor.name.clone(),
@@ -1521,7 +1533,7 @@ mod tests {
         // One that does not parse is left out of the environment (and logged).
         let env = templates();
         let names: Vec<&str> = env.templates().map(|(n, _)| n).collect();
-        assert_eq!(names.len(), 20, "{names:?}");
+        assert_eq!(names.len(), 23, "{names:?}");
         for want in ["base.html", "user/base.html", "user/release.html"] {
             assert!(names.contains(&want), "{want}");
         }

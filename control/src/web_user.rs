@@ -162,22 +162,25 @@ fn held_one(state: &AppState, id: &str, address: &str) -> Result<Value, ApiError
     Ok(v)
 }
 
-/// Why a message was held, in words.
+/// Why a message was held, in words: the verdict class said plainly, with the rest of
+/// the verdict (a rule's name, a reason) when there is more.
 fn why(meta: &Value) -> String {
-    let verdict = meta["verdict"].as_str().unwrap_or("");
-    let class = verdict.split([':', ' ']).next().unwrap_or("");
-    let text = match class {
+    let verdict = meta["verdict"].as_str().unwrap_or("").trim();
+    let (class, detail) = verdict
+        .split_once([':', ' '])
+        .map_or((verdict, ""), |(c, d)| (c, d.trim()));
+    let text = match class.to_ascii_lowercase().as_str() {
         "spam" => "Looks like spam",
         "phish" | "phishing" => "Looks like phishing",
         "virus" | "malware" => "Carries a virus",
         "bulk" => "Bulk mail",
         "" => "Held by policy",
-        _ => "Held by policy",
+        _ => return format!("Held by policy ({verdict})"),
     };
-    if verdict.is_empty() {
+    if detail.is_empty() {
         text.to_string()
     } else {
-        format!("{text} ({verdict})")
+        format!("{text} ({detail})")
     }
 }
 

@@ -69,3 +69,59 @@ fn the_administrator_console_in_a_browser() {
     assert!(text.contains("browser journeys passed"), "{text}");
     assert!(shots.join("07-quarantine.png").exists());
 }
+
+#[test]
+fn the_end_user_console_in_a_browser() {
+    let dir = tmp("browser-user");
+    let load = Path::new(CONTROL).with_file_name("bulwark-load");
+    let mailbox = dir.join("mailbox");
+    let sink_port = free_port();
+    let _sink = Proc(
+        Command::new(&load)
+            .args(["sink", "--threads", "1", "--listen"])
+            .arg(format!("127.0.0.1:{sink_port}"))
+            .arg("--save")
+            .arg(&mailbox)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(sink_port);
+    let (c, _engine, smtp, _) = control_and_engine(&dir);
+    let route = format!("127.0.0.1:{sink_port}");
+    let csv = dir.join("users.csv");
+    std::fs::write(&csv, "Email,Name\ncarol@example.test,Carol\n").unwrap();
+    for args in [
+        vec!["domain", "add", "example.test", "--route", &route],
+        vec!["directory", "import", "example.test", csv.to_str().unwrap()],
+        vec!["verdicts", "set", "spam_action=quarantine"],
+    ] {
+        let (ok, out) = cli(&c, &args);
+        assert!(ok, "{args:?}: {out}");
+    }
+    let shots = std::env::var("BULWARK_SCREENSHOTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| dir.join("screenshots"));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/browser/enduser_console.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .env("CONSOLE_URL", &c.url)
+        .env("API_TOKEN", &c.token)
+        .env("SMTP_PORT", smtp.to_string())
+        .env("MAILBOX", &mailbox)
+        .env("SHOTS", &shots)
+        .output()
+        .expect("python3 with selenium (scripts/setup.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "the browser journeys failed:\n{text}");
+    assert!(text.contains("end-user journeys passed"), "{text}");
+    assert!(shots.join("14-user-quarantine.png").exists());
+}

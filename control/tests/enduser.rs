@@ -352,7 +352,8 @@ fn end_users_register_see_only_their_mail_approve_senders_and_release_from_diges
     );
     assert_eq!(p.status, 303, "{}", p.body);
     assert!(
-        p.location.starts_with("/quarantine/?done=Your%20account%20is%20active"),
+        p.location
+            .starts_with("/quarantine/?done=Your%20account%20is%20active"),
         "{}",
         p.location
     );

@@ -48,8 +48,27 @@ pub fn parse(text: &str, domain: &str) -> (Vec<Entry>, Vec<LineError>) {
     let mut errors = Vec::new();
     let mut record = csv::StringRecord::new();
     let mut first = true;
+    // Line numbers from the byte offsets, counting LFs: the reader's own count is one
+    // short per CRLF line end (as spreadsheets write them).
+    let (mut counted_to, mut lines) = (0usize, 1usize);
+    let mut n = |p: Option<&csv::Position>| {
+        let Some(p) = p else { return 0 };
+        // A record's position can be that of the blank lines before it.
+        let mut at = (p.byte() as usize).min(text.len());
+        while matches!(text.as_bytes().get(at), Some(b'\r' | b'\n')) {
+            at += 1;
+        }
+        if at < counted_to {
+            (counted_to, lines) = (0, 1);
+        }
+        lines += text.as_bytes()[counted_to..at]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        counted_to = at;
+        lines
+    };
     loop {
-        let n = |p: Option<&csv::Position>| p.map_or(0, |p| p.line() as usize);
         match reader.read_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
@@ -107,6 +126,24 @@ pub fn parse(text: &str, domain: &str) -> (Vec<Entry>, Vec<LineError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_numbers_are_right_with_crlf_line_ends() {
+        for eol in ["\n", "\r\n"] {
+            let text = [
+                "Email,Name",
+                "bob@example.test,Bob",
+                "not-an-address,X",
+                "",
+                "x@other.test,Y",
+            ]
+            .join(eol);
+            let (entries, errors) = parse(&text, "example.test");
+            assert_eq!(entries.len(), 1, "{eol:?}");
+            let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+            assert_eq!(lines, [3, 5], "{eol:?}: {errors:?}");
+        }
+    }
 
     #[test]
     fn good_file_with_heading_and_quotes() {

@@ -4,8 +4,11 @@ engine, the control service and a sink, and passes where they are in the environ
 
 Journeys: sign in (a wrong password first), add a domain and test its route, send a
 message with smtplib and find it in tracking with its timeline, release a quarantined
-message and see it reach the sink, see refused mail in the blocked tab, create a
-sub-account limited to another domain and see that it cannot see this domain's mail.
+message and see it reach the sink, see refused mail in the blocked tab, block a sender
+and set a threshold (a bad one refused with its field named) and see the rules' hit
+counts, import a directory (a bad line named), hold, release and delete a waiting
+message in the queue, create a sub-account limited to another domain and see that it
+cannot see this domain's mail, the queue or the global policy.
 Screenshots of each page go to $SHOTS.
 """
 
@@ -198,6 +201,66 @@ def main():
             assert time.time() < end, "the released message did not reach the sink"
             time.sleep(0.2)
 
+        step("policy: block a sender, thresholds checked, rules with their hit counts")
+        d.get(URL + "/policy")
+        d.find_element(By.NAME, "pattern").send_keys("spammer.test")
+        Select(d.find_element(By.NAME, "action")).select_by_visible_text("blocked")
+        d.find_element(By.XPATH, "//form[@action='/policy/senders']//button").click()
+        wait(d, EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "spammer.test blocked"))
+        box = d.find_element(By.NAME, "spam_threshold")
+        box.clear()
+        box.send_keys("lots")
+        d.find_element(By.XPATH, "//form[@action='/policy/verdicts']//button").click()
+        err = wait(d, EC.presence_of_element_located((By.CSS_SELECTOR, ".error")))
+        assert "spam_threshold" in err.text and "not a number" in err.text, err.text
+        box = d.find_element(By.NAME, "spam_threshold")
+        box.clear()
+        box.send_keys("12")
+        d.find_element(By.XPATH, "//form[@action='/policy/verdicts']//button").click()
+        wait(d, EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "saved"))
+        assert d.find_element(By.NAME, "spam_threshold").get_attribute("value") == "12.0"
+        rule = d.find_element(By.XPATH, "//h2[@id='rules']/following-sibling::table[1]//tr[td[2]='hold-partner']")
+        assert int(rule.find_elements(By.TAG_NAME, "td")[4].text) >= 1, rule.text
+        shot(d, "18-policy")
+
+        step("a directory import names each bad line and imports nothing")
+        d.get(URL + "/domains")
+        d.find_element(By.XPATH, "//tr[@id='d-example.test']//a[text()='Directory']").click()
+        area = wait(d, EC.presence_of_element_located((By.NAME, "csv")))
+        area.send_keys("Email,Name\nbob@example.test,Bob\nnot-an-address,X\n")
+        d.find_element(By.XPATH, "//form[@class='stack']//button").click()
+        table = wait(d, EC.presence_of_element_located((By.CSS_SELECTOR, "table.line-errors")))
+        assert "3" in table.text, table.get_attribute("outerHTML")
+        assert "No directory" in d.page_source
+        shot(d, "19-directory")
+        area = d.find_element(By.NAME, "csv")
+        area.clear()
+        area.send_keys("Email,Name\nbob@example.test,Bob\n")
+        d.find_element(By.XPATH, "//form[@class='stack']//button").click()
+        wait(d, EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "1 address imported"))
+
+        step("the queue: a message for a route that is down waits; hold, release, delete")
+        api("POST", "/api/v1/domains", {"name": "down.test", "route": "127.0.0.1:9"})
+        send("alice@sender.test", "x@down.test", "Waiting for down.test")
+        d.get(URL + "/queue")
+        end = time.time() + 10
+        while "x@down.test" not in d.find_element(By.CSS_SELECTOR, "table.rows").text:
+            assert time.time() < end, d.page_source
+            time.sleep(0.3)
+            d.refresh()
+        row = d.find_element(By.XPATH, "//tr[td[4][contains(., 'x@down.test')]]")
+        row.find_element(By.XPATH, ".//button[text()='Hold']").click()
+        wait(d, EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "held"))
+        row = d.find_element(By.XPATH, "//tr[td[4][contains(., 'x@down.test')]]")
+        assert "held" in row.text, row.text
+        shot(d, "20-queue")
+        row.find_element(By.XPATH, ".//button[text()='Release']").click()
+        wait(d, EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "released"))
+        row = d.find_element(By.XPATH, "//tr[td[4][contains(., 'x@down.test')]]")
+        row.find_element(By.XPATH, ".//button[text()='Delete']").click()
+        wait(d, EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".notice"), "deleted"))
+        assert "x@down.test" not in d.find_element(By.CSS_SELECTOR, "table.rows").text
+
         step("a sub-account limited to another domain sees none of this one's mail")
         d.get(URL + "/accounts")
         d.find_element(By.NAME, "name").send_keys("helpdesk")
@@ -224,6 +287,11 @@ def main():
         assert "hold@sender.test" not in d.page_source
         d.get(URL + "/accounts")
         assert "Only an administrator" in d.page_source
+        d.get(URL + "/queue")
+        assert "Only an administrator" in d.page_source
+        d.get(URL + "/policy")
+        assert "spammer.test" not in d.page_source, "a global entry shown to a limited account"
+        assert not d.find_elements(By.NAME, "spam_threshold")
         print("browser journeys passed", flush=True)
     finally:
         d.quit()
