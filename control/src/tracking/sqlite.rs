@@ -67,8 +67,25 @@ CREATE TABLE IF NOT EXISTS counts (
 ) WITHOUT ROWID;
 ";
 
-/// Partitions kept open for writing at once.
+/// Each day is split by message into this many files, written by as many threads at
+/// once (SQLite has one writer per file) and searched together.
+pub const SHARDS: usize = 2;
+
+/// Days kept open for writing at once.
 const OPEN_WRITERS: usize = 4;
+
+/// The shard of a message (by its queue id), or of an event without one (by its key).
+/// FNV-1a: stable across versions and runs.
+fn shard_of(qid: &str, key: i64) -> usize {
+    if qid.is_empty() {
+        return key.rem_euclid(SHARDS as i64) as usize;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in qid.bytes() {
+        h = (h ^ u64::from(b.to_ascii_uppercase())).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % SHARDS as u64) as usize
+}
 
 /// Searches over the partitions in a directory (opened read-only per search).
 #[derive(Debug, Clone)]
@@ -83,8 +100,13 @@ impl SqliteSearch {
         }
     }
 
-    pub fn path(&self, day: i64) -> PathBuf {
-        self.dir.join(format!("{}.sqlite", day_name(day)))
+    /// A day's file of one shard: `YYYY-MM-DD.sqlite` for the first (as a store of one
+    /// shard had it), `YYYY-MM-DD.N.sqlite` for the others.
+    pub fn path(&self, day: i64, shard: usize) -> PathBuf {
+        match shard {
+            0 => self.dir.join(format!("{}.sqlite", day_name(day))),
+            n => self.dir.join(format!("{}.{n}.sqlite", day_name(day))),
+        }
     }
 
     /// The days that have a partition, oldest first.
@@ -106,8 +128,8 @@ impl SqliteSearch {
         Ok(out)
     }
 
-    fn reader(&self, day: i64) -> Result<Option<Connection>, TrackingError> {
-        let path = self.path(day);
+    fn reader(&self, day: i64, shard: usize) -> Result<Option<Connection>, TrackingError> {
+        let path = self.path(day, shard);
         if !path.exists() {
             return Ok(None);
         }
@@ -124,7 +146,8 @@ impl SqliteSearch {
 pub struct SqliteTracking {
     search: SqliteSearch,
     retention_days: i64,
-    writers: HashMap<i64, Connection>,
+    /// Each open day's connections, one per shard.
+    writers: HashMap<i64, Vec<Connection>>,
     /// Use order of `writers`, most recent last.
     recent: Vec<i64>,
     /// Events dropped because their day is past the retention.
@@ -161,51 +184,111 @@ impl SqliteTracking {
         })
     }
 
-    fn writer(&mut self, day: i64) -> Result<&mut Connection, TrackingError> {
-        if !self.writers.contains_key(&day) {
-            if self.writers.len() >= OPEN_WRITERS
-                && let Some(old) = (!self.recent.is_empty()).then(|| self.recent.remove(0))
-            {
-                self.writers.remove(&old);
-            }
-            let conn = Connection::open(self.search.path(day))?;
-            conn.execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-262144;
-                 PRAGMA temp_store=MEMORY;",
-            )?;
-            conn.execute_batch(SCHEMA)?;
-            conn.set_prepared_statement_cache_capacity(64);
-            self.writers.insert(day, conn);
-        }
+    /// A day's connections (opened, and its files created, on first use).
+    fn take_writers(&mut self, day: i64) -> Result<Vec<Connection>, TrackingError> {
         self.recent.retain(|d| *d != day);
-        self.recent.push(day);
-        self.writers
-            .get_mut(&day)
-            .ok_or_else(|| TrackingError::Io(std::io::Error::other("partition not open")))
+        if let Some(w) = self.writers.remove(&day) {
+            return Ok(w);
+        }
+        while self.writers.len() >= OPEN_WRITERS && !self.recent.is_empty() {
+            let old = self.recent.remove(0);
+            self.writers.remove(&old);
+        }
+        (0..SHARDS)
+            .map(|shard| {
+                let conn = Connection::open(self.search.path(day, shard))?;
+                conn.execute_batch(
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-131072;
+                     PRAGMA wal_autocheckpoint=16384; PRAGMA temp_store=MEMORY;",
+                )?;
+                conn.execute_batch(SCHEMA)?;
+                conn.set_prepared_statement_cache_capacity(64);
+                Ok(conn)
+            })
+            .collect()
     }
 
-    fn apply_day(&mut self, day: i64, events: &[&Ingested]) -> Result<usize, TrackingError> {
-        let conn = self.writer(day)?;
-        let tx = conn.transaction()?;
-        let mut new = 0;
-        let mut counts: BTreeMap<(i64, String), i64> = BTreeMap::new();
-        let mut ids: HashMap<String, i64> = HashMap::new();
+    fn put_writers(&mut self, day: i64, w: Vec<Connection>) {
+        self.recent.push(day);
+        self.writers.insert(day, w);
+    }
+}
+
+/// Applies one day's events of one shard in one transaction; how many were new.
+fn apply_batch(conn: &mut Connection, events: &[&Ingested]) -> Result<usize, TrackingError> {
+    let tx = conn.transaction()?;
+    let mut new = 0;
+    let mut counts: BTreeMap<(i64, String), i64> = BTreeMap::new();
+    let mut ids: HashMap<String, i64> = HashMap::new();
+    let mut plan = Fold::plan(events);
+    for e in events {
+        if apply(&tx, e, &mut ids, &mut counts, &mut plan)? {
+            new += 1;
+        }
+    }
+    {
+        let mut up = tx.prepare_cached(
+            "INSERT INTO counts (hour, name, n) VALUES (?1, ?2, ?3)
+             ON CONFLICT (hour, name) DO UPDATE SET n = n + excluded.n",
+        )?;
+        for ((hour, name), n) in counts {
+            up.execute(params![hour, name, n])?;
+        }
+    }
+    tx.commit()?;
+    Ok(new)
+}
+
+fn is_outcome(ev: &str) -> bool {
+    matches!(ev, "delivered" | "deferred" | "bounced" | "expired")
+}
+
+/// Delivery outcomes that follow their message's `accepted` in the same batch (as nearly
+/// all do: a delivery takes milliseconds) are folded into the message's first write: its
+/// recipients are inserted with their outcome and the message with its final status,
+/// last time and reply, instead of an update of both per outcome. Only their timeline
+/// rows are written when their turn comes. A message with any other event after its
+/// `accepted` in the batch is not folded.
+#[derive(Default)]
+struct Fold<'a> {
+    /// By the key of an `accepted` event: the outcomes to fold into it, in order.
+    later: HashMap<i64, Vec<&'a Ingested>>,
+    /// Keys of outcomes already folded into their message.
+    folded: std::collections::HashSet<i64>,
+}
+
+impl<'a> Fold<'a> {
+    fn plan(events: &[&'a Ingested]) -> Fold<'a> {
+        let mut accepted: HashMap<&str, i64> = HashMap::new();
+        let mut spoiled: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut later: HashMap<i64, Vec<&'a Ingested>> = HashMap::new();
         for e in events {
-            if apply(&tx, e, &mut ids, &mut counts)? {
-                new += 1;
+            let ev = &e.event;
+            if ev.qid.is_empty() {
+                continue;
+            }
+            match accepted.get(ev.qid.as_str()) {
+                None if ev.ev == "accepted" => {
+                    accepted.insert(&ev.qid, e.key);
+                }
+                None => {}
+                Some(&key) if is_outcome(&ev.ev) && !ev.rcpt.is_empty() => {
+                    later.entry(key).or_default().push(*e);
+                }
+                Some(_) => {
+                    spoiled.insert(&ev.qid);
+                }
             }
         }
-        {
-            let mut up = tx.prepare_cached(
-                "INSERT INTO counts (hour, name, n) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (hour, name) DO UPDATE SET n = n + excluded.n",
-            )?;
-            for ((hour, name), n) in counts {
-                up.execute(params![hour, name, n])?;
-            }
+        later.retain(|_, outcomes| {
+            outcomes
+                .first()
+                .is_some_and(|o| !spoiled.contains(o.event.qid.as_str()))
+        });
+        Fold {
+            later,
+            folded: Default::default(),
         }
-        tx.commit()?;
-        Ok(new)
     }
 }
 
@@ -303,6 +386,7 @@ fn apply(
     e: &Ingested,
     ids: &mut HashMap<String, i64>,
     counts: &mut BTreeMap<(i64, String), i64>,
+    fold: &mut Fold<'_>,
 ) -> Result<bool, TrackingError> {
     let ev = &e.event;
     let t = ev.t;
@@ -311,6 +395,7 @@ fn apply(
     }
     let existing = message_id(tx, &ev.qid, ids)?;
     let message_event = matches!(ev.ev.as_str(), "accepted" | "rejected");
+    let mut recipients_written = false;
     let msg = match existing {
         Some(msg) => {
             // Seen before: the event may be too (applied, then control stopped before
@@ -330,7 +415,17 @@ fn apply(
             // always is), then the event.
             let msg = e.key;
             if message_event {
-                insert_message(tx, msg, ev)?;
+                let outcomes = match fold.later.remove(&e.key) {
+                    Some(o) if ev.ev == "accepted" => o,
+                    _ => Vec::new(),
+                };
+                if !outcomes.is_empty() {
+                    insert_folded(tx, msg, ev, &outcomes)?;
+                    fold.folded.extend(outcomes.iter().map(|o| o.key));
+                    recipients_written = true;
+                } else {
+                    insert_message(tx, msg, ev)?;
+                }
             } else {
                 tx.prepare_cached(
                     "INSERT INTO messages (id, qid, first_t, last_t, status) VALUES (?1, ?2, ?3, ?3, 'queued')",
@@ -350,7 +445,7 @@ fn apply(
             if existing.is_some() {
                 update_message(tx, msg, ev)?;
             }
-            for r in &ev.rcpts {
+            for r in ev.rcpts.iter().filter(|_| !recipients_written) {
                 // Outcomes read first (another core's file) stay.
                 let rcpt = lower(r);
                 tx.prepare_cached(
@@ -377,6 +472,9 @@ fn apply(
         "quarantined" => {
             touch(tx, msg, t, None)?;
             count(counts, t, "quarantined");
+        }
+        "delivered" | "deferred" | "bounced" | "expired" if fold.folded.remove(&e.key) => {
+            count(counts, t, &ev.ev);
         }
         "delivered" | "deferred" | "bounced" | "expired" => {
             set_recipient(tx, msg, &ev.rcpt, &ev.ev, t)?;
@@ -474,6 +572,67 @@ fn insert_message(
          VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
     ))?
     .execute(rusqlite::params_from_iter(args))?;
+    Ok(())
+}
+
+/// A new message with the outcomes that follow it in the batch: what `set_recipient`
+/// and `touch` would leave after each of them, written once.
+fn insert_folded(
+    tx: &rusqlite::Transaction<'_>,
+    msg: i64,
+    ev: &super::Event,
+    outcomes: &[&Ingested],
+) -> Result<(), TrackingError> {
+    let initial = message_status(ev);
+    // Recipient -> (status, time), in the order they were first named.
+    let mut rcpts: Vec<(String, &str, i64)> = Vec::new();
+    for r in &ev.rcpts {
+        let r = lower(r);
+        if !rcpts.iter().any(|(x, ..)| *x == r) {
+            rcpts.push((r, initial, ev.t));
+        }
+    }
+    let (mut first, mut last) = (ev.t, ev.t);
+    let mut reply = ev.reply.as_str();
+    for o in outcomes {
+        let oe = &o.event;
+        let r = lower(&oe.rcpt);
+        match rcpts.iter_mut().find(|(x, ..)| *x == r) {
+            Some(entry) if oe.t >= entry.2 => (entry.1, entry.2) = (oe.ev.as_str(), oe.t),
+            Some(_) => {}
+            None => rcpts.push((r, oe.ev.as_str(), oe.t)),
+        }
+        (first, last) = (first.min(oe.t), last.max(oe.t));
+        if oe.ev != "delivered" {
+            reply = &oe.reply;
+        }
+    }
+    let status = match rcpts.first() {
+        Some((_, s, _)) if rcpts.iter().all(|(_, x, _)| x == s) => s.to_string(),
+        Some(_) => "mixed".to_string(),
+        None => initial.to_string(),
+    };
+    let mut args = vec![
+        Sql::Integer(msg),
+        Sql::Text(ev.qid.clone()),
+        Sql::Integer(first),
+        Sql::Integer(last),
+    ];
+    let mut values = message_values(ev);
+    values[13] = Sql::Text(reply.to_string());
+    values[14] = Sql::Text(status);
+    args.extend(values);
+    tx.prepare_cached(&format!(
+        "INSERT INTO messages (id, qid, first_t, last_t, {MESSAGE_FIELDS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+    ))?
+    .execute(rusqlite::params_from_iter(args))?;
+    let mut st = tx.prepare_cached(
+        "INSERT OR IGNORE INTO recipients (msg, rcpt, domain, status, t) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (r, status, t) in &rcpts {
+        st.execute(params![msg, r, domain_of(r), status, t])?;
+    }
     Ok(())
 }
 
@@ -701,7 +860,7 @@ fn recipients(conn: &Connection, msg: i64) -> Result<Vec<Recipient>, TrackingErr
 
 impl TrackingIngest for SqliteTracking {
     fn ingest(&mut self, events: &[Ingested]) -> Result<usize, TrackingError> {
-        let mut by_day: BTreeMap<i64, Vec<&Ingested>> = BTreeMap::new();
+        let mut by_day: BTreeMap<i64, Vec<Vec<&Ingested>>> = BTreeMap::new();
         let oldest = day_of_ms(now_ms()) - self.retention_days;
         for e in events {
             let day = partition(&e.event);
@@ -709,11 +868,36 @@ impl TrackingIngest for SqliteTracking {
                 self.expired_events += 1;
                 continue;
             }
-            by_day.entry(day).or_default().push(e);
+            by_day
+                .entry(day)
+                .or_insert_with(|| vec![Vec::new(); SHARDS])[shard_of(&e.event.qid, e.key)]
+            .push(e);
         }
         let mut new = 0;
-        for (day, evs) in by_day {
-            new += self.apply_day(day, &evs)?;
+        for (day, shards) in by_day {
+            let mut conns = self.take_writers(day)?;
+            // The shards of a day are written at once, one thread each.
+            let results: Vec<Result<usize, TrackingError>> = std::thread::scope(|scope| {
+                let running: Vec<_> = conns
+                    .iter_mut()
+                    .zip(&shards)
+                    .map(|(conn, evs)| scope.spawn(move || apply_batch(conn, evs)))
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(TrackingError::Io(std::io::Error::other(
+                                "a tracking writer thread panicked",
+                            )))
+                        })
+                    })
+                    .collect()
+            });
+            self.put_writers(day, conns);
+            for r in results {
+                new += r?;
+            }
         }
         Ok(new)
     }
@@ -727,13 +911,17 @@ impl TrackingIngest for SqliteTracking {
             }
             self.writers.remove(&day);
             self.recent.retain(|d| *d != day);
-            let path = self.search.path(day);
-            for suffix in ["-wal", "-shm"] {
-                let mut p = path.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
+            for shard in 0..SHARDS {
+                let path = self.search.path(day, shard);
+                for suffix in ["-wal", "-shm"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+                if shard == 0 || path.exists() {
+                    std::fs::remove_file(&path)?;
+                }
             }
-            std::fs::remove_file(&path)?;
             dropped += 1;
         }
         Ok(dropped)
@@ -756,29 +944,38 @@ impl TrackingSearch for SqliteSearch {
             if out.len() >= limit {
                 break;
             }
-            let Some(conn) = self.reader(day)? else {
-                continue;
-            };
-            let (cond, mut args) = where_clause(q, q.since, q.until);
-            args.push(Sql::Integer((limit - out.len()) as i64));
-            let sql = format!(
-                "SELECT {COLUMNS} FROM messages m WHERE {cond} ORDER BY m.first_t DESC, m.id DESC LIMIT ?"
-            );
-            let mut st = match conn.prepare(&sql) {
-                Ok(st) => st,
-                // A partition being created right now has no tables yet.
-                Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => {
+            // Each shard's newest, merged: the page is the newest of them all.
+            let mut found: Vec<Row> = Vec::new();
+            for shard in 0..SHARDS {
+                let Some(conn) = self.reader(day, shard)? else {
                     continue;
+                };
+                let (cond, mut args) = where_clause(q, q.since, q.until);
+                args.push(Sql::Integer((limit - out.len()) as i64));
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM messages m WHERE {cond} ORDER BY m.first_t DESC, m.id DESC LIMIT ?"
+                );
+                let mut st = match conn.prepare(&sql) {
+                    Ok(st) => st,
+                    // A partition being created right now has no tables yet.
+                    Err(rusqlite::Error::SqliteFailure(_, Some(m)))
+                        if m.contains("no such table") =>
+                    {
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let rows: Vec<Row> = st
+                    .query_map(rusqlite::params_from_iter(args), row_of)?
+                    .collect::<Result<_, _>>()?;
+                for mut row in rows {
+                    row.recipients = recipients(&conn, row.id)?;
+                    found.push(row);
                 }
-                Err(e) => return Err(e.into()),
-            };
-            let rows: Vec<Row> = st
-                .query_map(rusqlite::params_from_iter(args), row_of)?
-                .collect::<Result<_, _>>()?;
-            for mut row in rows {
-                row.recipients = recipients(&conn, row.id)?;
-                out.push(row);
             }
+            found.sort_by_key(|r| std::cmp::Reverse((r.first, r.id)));
+            found.truncate(limit - out.len());
+            out.extend(found);
         }
         Ok(out)
     }
@@ -787,7 +984,7 @@ impl TrackingSearch for SqliteSearch {
         let Some(arrival) = arrival_of(qid) else {
             return Ok(None);
         };
-        let Some(conn) = self.reader(day_of_ms(arrival))? else {
+        let Some(conn) = self.reader(day_of_ms(arrival), shard_of(qid, 0))? else {
             return Ok(None);
         };
         let sql = format!("SELECT {COLUMNS} FROM messages m WHERE m.qid = ?1");
@@ -817,36 +1014,38 @@ impl TrackingSearch for SqliteSearch {
             if !(first_day..=last_day).contains(&day) {
                 continue;
             }
-            let Some(conn) = self.reader(day)? else {
-                continue;
-            };
-            let mut st = match conn
-                .prepare("SELECT hour, name, n FROM counts WHERE hour >= ?1 AND hour < ?2")
-            {
-                Ok(st) => st,
-                Err(_) => continue,
-            };
-            let rows = st.query_map(params![since, until], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })?;
-            for r in rows {
-                let (hour, name, n) = r?;
-                let v = hours.entry(hour).or_insert_with(|| Volume {
-                    hour,
-                    ..Default::default()
-                });
-                match name.as_str() {
-                    "accepted" => v.accepted += n,
-                    "blocked" => v.blocked += n,
-                    "delivered" => v.delivered += n,
-                    "quarantined" => v.quarantined += n,
-                    other => {
-                        if let Some(verdict) = other.strip_prefix("verdict:") {
-                            *v.verdicts.entry(verdict.to_string()).or_default() += n;
+            for shard in 0..SHARDS {
+                let Some(conn) = self.reader(day, shard)? else {
+                    continue;
+                };
+                let mut st = match conn
+                    .prepare("SELECT hour, name, n FROM counts WHERE hour >= ?1 AND hour < ?2")
+                {
+                    Ok(st) => st,
+                    Err(_) => continue,
+                };
+                let rows = st.query_map(params![since, until], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?;
+                for r in rows {
+                    let (hour, name, n) = r?;
+                    let v = hours.entry(hour).or_insert_with(|| Volume {
+                        hour,
+                        ..Default::default()
+                    });
+                    match name.as_str() {
+                        "accepted" => v.accepted += n,
+                        "blocked" => v.blocked += n,
+                        "delivered" => v.delivered += n,
+                        "quarantined" => v.quarantined += n,
+                        other => {
+                            if let Some(verdict) = other.strip_prefix("verdict:") {
+                                *v.verdicts.entry(verdict.to_string()).or_default() += n;
+                            }
                         }
                     }
                 }
@@ -908,6 +1107,104 @@ mod tests {
             until: since + DAY_MS,
             limit: 100,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn outcomes_folded_into_their_message_leave_what_one_by_one_would() {
+        let d = dir("fold");
+        let t = now_ms() - 60_000;
+        let q = qid(t, 9);
+        let events = || {
+            vec![
+                accepted(1, t, &q, "hello"),
+                outcome(2, t + 5, &q, "deferred", "bob@example.test"),
+                outcome(3, t + 9, &q, "delivered", "bob@example.test"),
+                outcome(4, t + 7, &q, "bounced", "carol@other.test"),
+                // Older than what carol has: ignored either way.
+                outcome(5, t + 6, &q, "delivered", "carol@other.test"),
+            ]
+        };
+        let mut seen = Vec::new();
+        for together in [true, false] {
+            let _ = std::fs::remove_dir_all(&d);
+            let mut w = SqliteTracking::open(&d, 30).unwrap();
+            if together {
+                assert_eq!(w.ingest(&events()).unwrap(), 5);
+            } else {
+                for e in events() {
+                    assert_eq!(w.ingest(&[e]).unwrap(), 1);
+                }
+            }
+            let tl = SqliteSearch::new(&d).timeline(&q).unwrap().unwrap();
+            let m = tl.message;
+            let rcpts: Vec<_> = m
+                .recipients
+                .iter()
+                .map(|r| (r.address.clone(), r.status.clone()))
+                .collect();
+            seen.push((m.status, m.reply, m.first, m.last, rcpts, tl.events.len()));
+        }
+        assert_eq!(seen[0], seen[1]);
+        assert_eq!(seen[0].0, "mixed");
+        assert_eq!(seen[0].1, "451 later");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn messages_spread_over_shards_are_found_in_time_order() {
+        let d = dir("shards");
+        let mut w = SqliteTracking::open(&d, 30).unwrap();
+        let r = SqliteSearch::new(&d);
+        let t = now_ms() - 60_000;
+        let mut batch = Vec::new();
+        let mut qids = Vec::new();
+        for n in 0..40u32 {
+            let q = qid(t + i64::from(n) * 100, n);
+            batch.push(accepted(
+                i64::from(n) * 2 + 1,
+                t + i64::from(n) * 100,
+                &q,
+                "hello",
+            ));
+            batch.push(outcome(
+                i64::from(n) * 2 + 2,
+                t + i64::from(n) * 100 + 5,
+                &q,
+                "delivered",
+                "bob@example.test",
+            ));
+            qids.push(q);
+        }
+        assert_eq!(w.ingest(&batch).unwrap(), 80);
+        let day = day_of_ms(arrival_of(&qids[0]).unwrap());
+        for shard in 0..SHARDS {
+            assert!(r.path(day, shard).exists(), "shard {shard} has no file");
+        }
+        let rows = r.search(&all(t - 1000)).unwrap();
+        assert_eq!(rows.len(), 40);
+        assert!(
+            rows.windows(2).all(|p| p[0].first >= p[1].first),
+            "not newest first"
+        );
+        let mut q = all(t - 1000);
+        q.limit = 7;
+        let page = r.search(&q).unwrap();
+        let newest: Vec<_> = rows.iter().take(7).map(|m| m.id).collect();
+        assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), newest);
+        for q in &qids {
+            let tl = r.timeline(q).unwrap().unwrap();
+            assert_eq!(tl.message.status, "mixed", "{q}");
+            assert_eq!(tl.events.len(), 2);
+        }
+        let v = r.volume(t - DAY_MS, t + DAY_MS).unwrap();
+        assert_eq!(v.iter().map(|h| h.accepted).sum::<i64>(), 40);
+        assert_eq!(w.expire(now_ms() + 40 * DAY_MS).unwrap(), 1);
+        for shard in 0..SHARDS {
+            assert!(
+                !r.path(day, shard).exists(),
+                "shard {shard} outlived its day"
+            );
         }
     }
 
