@@ -5,28 +5,42 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::*;
+
+fn screenshots(dir: &Path) -> PathBuf {
+    std::env::var("BULWARK_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| dir.join("screenshots"))
+}
+
+/// Runs `tests/browser/SCRIPT` with `env`; fails unless it prints `passed`.
+fn journeys(script: &str, env: &[(&str, &std::ffi::OsStr)], passed: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/browser")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .expect("python3 with selenium (scripts/setup.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "the browser journeys failed:\n{text}");
+    assert!(text.contains(passed), "{text}");
+}
 
 #[test]
 fn the_administrator_console_in_a_browser() {
     let dir = tmp("browser-admin");
-    let load = Path::new(CONTROL).with_file_name("bulwark-load");
     let report = dir.join("sink.json");
-    let sink_port = free_port();
-    let _sink = Proc(
-        Command::new(&load)
-            .args(["sink", "--threads", "1", "--listen"])
-            .arg(format!("127.0.0.1:{sink_port}"))
-            .arg("--report")
-            .arg(&report)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(sink_port);
+    let (_sink, sink_port) = load_sink(&["--report".as_ref(), report.as_os_str()]);
     let (c, _engine, smtp, _) = control_and_engine(&dir);
     let password = "correct horse battery staple";
     let out = Command::new(CONTROL)
@@ -40,88 +54,53 @@ fn the_administrator_console_in_a_browser() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let shots = std::env::var("BULWARK_SCREENSHOTS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| dir.join("screenshots"));
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/browser/admin_console.py"
+    let shots = screenshots(&dir);
+    let (smtp, sink) = (smtp.to_string(), sink_port.to_string());
+    journeys(
+        "admin_console.py",
+        &[
+            ("CONSOLE_URL", c.url.as_ref()),
+            ("ADMIN_NAME", "admin".as_ref()),
+            ("ADMIN_PASSWORD", password.as_ref()),
+            ("API_TOKEN", c.token.as_ref()),
+            ("SMTP_PORT", smtp.as_ref()),
+            ("SINK_PORT", sink.as_ref()),
+            ("SINK_REPORT", report.as_os_str()),
+            ("SHOTS", shots.as_os_str()),
+        ],
+        "browser journeys passed",
     );
-    let out = Command::new("python3")
-        .arg(script)
-        .env("CONSOLE_URL", &c.url)
-        .env("ADMIN_NAME", "admin")
-        .env("ADMIN_PASSWORD", password)
-        .env("API_TOKEN", &c.token)
-        .env("SMTP_PORT", smtp.to_string())
-        .env("SINK_PORT", sink_port.to_string())
-        .env("SINK_REPORT", &report)
-        .env("SHOTS", &shots)
-        .output()
-        .expect("python3 with selenium (scripts/setup.sh installs it)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "the browser journeys failed:\n{text}");
-    assert!(text.contains("browser journeys passed"), "{text}");
     assert!(shots.join("07-quarantine.png").exists());
 }
 
 #[test]
 fn the_end_user_console_in_a_browser() {
     let dir = tmp("browser-user");
-    let load = Path::new(CONTROL).with_file_name("bulwark-load");
     let mailbox = dir.join("mailbox");
-    let sink_port = free_port();
-    let _sink = Proc(
-        Command::new(&load)
-            .args(["sink", "--threads", "1", "--listen"])
-            .arg(format!("127.0.0.1:{sink_port}"))
-            .arg("--save")
-            .arg(&mailbox)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(sink_port);
+    let (_sink, sink_port) = load_sink(&["--save".as_ref(), mailbox.as_os_str()]);
     let (c, _engine, smtp, _) = control_and_engine(&dir);
-    let route = format!("127.0.0.1:{sink_port}");
+    add_domain_routed_to(&c, "example.test", sink_port);
     let csv = dir.join("users.csv");
     std::fs::write(&csv, "Email,Name\ncarol@example.test,Carol\n").unwrap();
     for args in [
-        vec!["domain", "add", "example.test", "--route", &route],
         vec!["directory", "import", "example.test", csv.to_str().unwrap()],
         vec!["verdicts", "set", "spam_action=quarantine"],
     ] {
         let (ok, out) = cli(&c, &args);
         assert!(ok, "{args:?}: {out}");
     }
-    let shots = std::env::var("BULWARK_SCREENSHOTS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| dir.join("screenshots"));
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/browser/enduser_console.py"
+    let shots = screenshots(&dir);
+    let smtp = smtp.to_string();
+    journeys(
+        "enduser_console.py",
+        &[
+            ("CONSOLE_URL", c.url.as_ref()),
+            ("API_TOKEN", c.token.as_ref()),
+            ("SMTP_PORT", smtp.as_ref()),
+            ("MAILBOX", mailbox.as_os_str()),
+            ("SHOTS", shots.as_os_str()),
+        ],
+        "end-user journeys passed",
     );
-    let out = Command::new("python3")
-        .arg(script)
-        .env("CONSOLE_URL", &c.url)
-        .env("API_TOKEN", &c.token)
-        .env("SMTP_PORT", smtp.to_string())
-        .env("MAILBOX", &mailbox)
-        .env("SHOTS", &shots)
-        .output()
-        .expect("python3 with selenium (scripts/setup.sh installs it)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "the browser journeys failed:\n{text}");
-    assert!(text.contains("end-user journeys passed"), "{text}");
     assert!(shots.join("14-user-quarantine.png").exists());
 }

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -114,24 +113,6 @@ fn field(body: &str, name: &str) -> String {
     rest[..rest.find('"').unwrap()].to_string()
 }
 
-/// A sink that keeps every message in `dir`.
-fn sink(dir: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let load = Path::new(CONTROL).with_file_name("bulwark-load");
-    let p = Proc(
-        Command::new(load)
-            .args(["sink", "--threads", "1", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--save")
-            .arg(dir)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(port);
-    (p, port)
-}
-
 fn mail_in(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut v: Vec<(PathBuf, String)> = std::fs::read_dir(dir)
         .map(|r| {
@@ -179,35 +160,16 @@ fn link(mail: &str, prefix: &str) -> String {
 
 const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
-/// Sends one message; the reply to its end of data.
+/// Sends one message (spam: GTUBE); the reply to its end of data.
 fn smtp_send(smtp: u16, from: &str, to: &str, subject: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", smtp)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "EHLO c.test\r\nMAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nDATA\r\n"
+    send_mail(
+        smtp,
+        from,
+        to,
+        &format!(
+            "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\r\nSee http://example.invalid/x\r\n{GTUBE}"
+        ),
     )
-    .unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("354") {
-        let n = s.read(&mut buf).unwrap();
-        if n == 0 {
-            return seen;
-        }
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    write!(
-        s,
-        "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\r\nSee http://example.invalid/x\r\n{GTUBE}\r\n.\r\nQUIT\r\n"
-    )
-    .unwrap();
-    let _ = s.read_to_string(&mut seen);
-    seen.lines()
-        .skip_while(|l| !l.starts_with("354"))
-        .nth(1)
-        .unwrap_or("")
-        .to_string()
 }
 
 /// The queue id of the newest message to `rcpt` with `subject`, from tracking.
@@ -244,19 +206,9 @@ fn tracked(c: &Control, rcpt: &str, subject: &str, want_status: &str) -> String 
 fn end_users_register_see_only_their_mail_approve_senders_and_release_from_digests() {
     let dir = tmp("enduser");
     let mailbox = dir.join("mailbox");
-    let (_sink, sink_port) = sink(&mailbox);
+    let (_sink, sink_port) = load_sink(&["--save".as_ref(), mailbox.as_os_str()]);
     let (c, _engine, smtp, _) = control_and_engine(&dir);
-    let (ok, out) = cli(
-        &c,
-        &[
-            "domain",
-            "add",
-            "example.test",
-            "--route",
-            &format!("127.0.0.1:{sink_port}"),
-        ],
-    );
-    assert!(ok, "{out}");
+    add_domain_routed_to(&c, "example.test", sink_port);
     let csv = dir.join("users.csv");
     std::fs::write(
         &csv,

@@ -21,26 +21,9 @@ fn load_bin() -> PathBuf {
     load
 }
 
-/// A `bulwark-load sink` on a free port, reporting to `report`.
+/// A sink reporting to `report`.
 fn sink(report: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let p = Proc(
-        Command::new(load_bin())
-            .args([
-                "sink",
-                "--threads",
-                "1",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--report",
-            ])
-            .arg(report)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(port);
-    (p, port)
+    load_sink(&["--report".as_ref(), report.as_os_str()])
 }
 
 fn sink_received(report: &Path) -> u64 {
@@ -115,17 +98,7 @@ fn a_message_sent_through_the_engine_is_tracked_with_its_outcome() {
     let report = dir.join("sink.json");
     let (_sink, sink_port) = sink(&report);
     let (c, _engine, smtp, _) = control_and_engine(&dir);
-    let (ok, out) = cli(
-        &c,
-        &[
-            "domain",
-            "add",
-            "example.test",
-            "--route",
-            &format!("127.0.0.1:{sink_port}"),
-        ],
-    );
-    assert!(ok, "{out}");
+    add_domain_routed_to(&c, "example.test", sink_port);
     assert!(
         eventually("250", || rcpt_from(
             smtp,
@@ -356,17 +329,7 @@ fn no_tracking_event_is_lost_or_duplicated_when_control_is_killed_under_load() {
     let report = dir.join("sink.json");
     let (_sink, sink_port) = sink(&report);
     let (mut c, _engine, smtp, _) = control_and_engine(&dir);
-    let (ok, out) = cli(
-        &c,
-        &[
-            "domain",
-            "add",
-            "example.test",
-            "--route",
-            &format!("127.0.0.1:{sink_port}"),
-        ],
-    );
-    assert!(ok, "{out}");
+    add_domain_routed_to(&c, "example.test", sink_port);
     assert!(
         eventually("250", || rcpt_from(
             smtp,

@@ -20,12 +20,12 @@ import time
 import urllib.request
 from email.message import EmailMessage
 
-from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
+
+from common import browser, shot, step, wait
 
 URL = os.environ["CONSOLE_URL"]
 NAME = os.environ["ADMIN_NAME"]
@@ -34,33 +34,6 @@ TOKEN = os.environ["API_TOKEN"]
 SMTP = int(os.environ["SMTP_PORT"])
 SINK = int(os.environ["SINK_PORT"])
 SINK_REPORT = os.environ["SINK_REPORT"]
-SHOTS = os.environ["SHOTS"]
-
-
-def step(text):
-    print(f"-- {text}", flush=True)
-
-
-def browser():
-    o = webdriver.ChromeOptions()
-    o.binary_location = "/usr/bin/chromium"
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1366,900",
-              "--disable-gpu", "--no-first-run"):
-        o.add_argument(a)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=o)
-
-
-def shot(d, name):
-    os.makedirs(SHOTS, exist_ok=True)
-    # The whole page, not just the window.
-    h = d.execute_script("return document.documentElement.scrollHeight")
-    d.set_window_size(1366, min(max(h, 700), 2400))
-    d.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
-    d.set_window_size(1366, 900)
-
-
-def wait(d, cond, secs=15):
-    return WebDriverWait(d, secs).until(cond)
 
 
 def sign_in(d, name, password):

@@ -309,25 +309,34 @@ pub fn eventually(want: &str, mut f: impl FnMut() -> String) -> String {
 
 /// The whole message exchange; the reply to the end of data.
 pub fn send_message(smtp: u16, body: &str) -> String {
+    send_mail(
+        smtp,
+        "a@b.test",
+        "u@fleet.test",
+        &format!("Subject: fleet\r\nFrom: a@b.test\r\n\r\n{body}"),
+    )
+}
+
+/// One message from `from` to `to` (`message`: its header and body, CRLF lines); the
+/// reply to the end of data, or what the server said instead of 354.
+pub fn send_mail(smtp: u16, from: &str, to: &str, message: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", smtp)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         s,
-        "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@fleet.test>\r\nDATA\r\n"
+        "EHLO c\r\nMAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nDATA\r\n"
     )
     .unwrap();
     let mut buf = [0u8; 4096];
     let mut seen = String::new();
     while !seen.contains("354") {
         let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "{seen}");
+        if n == 0 {
+            return seen;
+        }
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    write!(
-        s,
-        "Subject: fleet\r\nFrom: a@b.test\r\n\r\n{body}\r\n.\r\nQUIT\r\n"
-    )
-    .unwrap();
+    write!(s, "{message}\r\n.\r\nQUIT\r\n").unwrap();
     let _ = s.read_to_string(&mut seen);
     seen.lines()
         .skip_while(|l| !l.starts_with("354"))
@@ -344,4 +353,34 @@ pub fn metric(port: u16, name: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
+}
+
+/// A `bulwark-load sink` (one thread) on a free port, with `args` (`--report FILE`,
+/// `--save DIR`, …).
+pub fn load_sink(args: &[&std::ffi::OsStr]) -> (Proc, u16) {
+    let load = Path::new(CONTROL).with_file_name("bulwark-load");
+    assert!(
+        load.exists(),
+        "build the workspace first: {} is missing",
+        load.display()
+    );
+    let port = free_port();
+    let p = Proc(
+        Command::new(load)
+            .args(["sink", "--threads", "1", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    (p, port)
+}
+
+/// Adds `domain` routed to 127.0.0.1:`port` through the CLI.
+pub fn add_domain_routed_to(c: &Control, domain: &str, port: u16) {
+    let route = format!("127.0.0.1:{port}");
+    let (ok, out) = cli(c, &["domain", "add", domain, "--route", &route]);
+    assert!(ok, "{out}");
 }
