@@ -1984,9 +1984,9 @@ pub(crate) const OPENAPI: &str = r##"{
         "responses": {"200": {"description": "the message and its events", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": {"description": "not a queue id", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "404": {"description": "not tracked (or another domain's)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
     "/api/v1/tracking/volume": {
-      "get": {"summary": "Hourly counts (accepted, blocked, delivered, quarantined, by verdict)",
+      "get": {"summary": "Hourly counts (accepted, blocked, delivered, quarantined, by verdict); for a domain-limited account, of the mail to its domains",
         "parameters": [{"name": "since", "in": "query", "required": false, "description": "from", "schema": {"type": "string"}}, {"name": "until", "in": "query", "required": false, "description": "until", "schema": {"type": "string"}}],
-        "responses": {"200": {"description": "hours", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "limited to domains", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+        "responses": {"200": {"description": "hours", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": {"description": "invalid field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
     "/api/v1/tracking/status": {
       "get": {"summary": "What the ingester has done: events, duplicates skipped, damaged lines, backlog",

@@ -310,6 +310,7 @@ pub fn visible(actor: &Actor, row: &crate::tracking::Row) -> bool {
 
 pub async fn volume(
     State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
     Params(params): Params<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let now = now_ms();
@@ -323,7 +324,13 @@ pub async fn volume(
     }
     let (since, until) = time_range(&params, now, now)?;
     let store = state.tracking.clone();
-    let hours = blocking(move || store.volume(since, until).map_err(ApiError::internal)).await?;
+    // A domain-limited account sees the mail to its domains.
+    let hours = blocking(move || {
+        store
+            .volume(since, until, actor.domains.as_deref())
+            .map_err(ApiError::internal)
+    })
+    .await?;
     Ok(Json(
         json!({ "since": since, "until": until, "hours": hours }),
     ))

@@ -42,7 +42,8 @@ pub fn required(method: &str, path: &str) -> Option<Need> {
         ),
         ["senders"] => need(if read { ReadOnly } else { Policy }, Filtered),
         ["tracking"] | ["tracking", "messages", _] => need(ReadOnly, Filtered),
-        ["tracking", "status"] | ["tracking", "volume"] => need(ReadOnly, Global),
+        ["tracking", "status"] => need(ReadOnly, Global),
+        ["tracking", "volume"] => need(ReadOnly, Filtered),
         ["limits"] => need(if read { ReadOnly } else { Admin }, Global),
         ["ips"]
         | ["ips", "check"]

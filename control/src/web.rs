@@ -492,13 +492,15 @@ async fn dashboard(
     let now = now_ms();
     let since = (now / 3_600_000 - hours + 1) * 3_600_000;
     let store = state.tracking.clone();
-    let volume = if s.actor.unrestricted() {
-        blocking(move || store.volume(since, now).map_err(ApiError::internal))
-            .await
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    // A domain-limited account sees the mail to its domains.
+    let domains = s.actor.domains.clone();
+    let volume = blocking(move || {
+        store
+            .volume(since, now, domains.as_deref())
+            .map_err(ApiError::internal)
+    })
+    .await
+    .unwrap_or_default();
     let (width, height) = (960.0, 200.0);
     let n = hours as usize;
     let slot = width / n as f64;

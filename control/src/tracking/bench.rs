@@ -414,7 +414,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..a.repeat.min(5) {
         let t = Instant::now();
-        search.volume(now - a.days * DAY_MS, now)?;
+        search.volume(now - a.days * DAY_MS, now, None)?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let (p50, p95, max) = percentiles(times);

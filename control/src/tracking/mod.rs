@@ -170,8 +170,14 @@ pub trait TrackingSearch: Send + Sync {
     fn search(&self, q: &Query) -> Result<Vec<Row>, TrackingError>;
     /// A message and its events, by queue id.
     fn timeline(&self, qid: &str) -> Result<Option<Timeline>, TrackingError>;
-    /// Hourly counts between two times.
-    fn volume(&self, since: i64, until: i64) -> Result<Vec<Volume>, TrackingError>;
+    /// Hourly counts from `since` to `until`: of all mail, or of the mail to `domains`
+    /// (a message to several of them counts once for each).
+    fn volume(
+        &self,
+        since: i64,
+        until: i64,
+        domains: Option<&[String]>,
+    ) -> Result<Vec<Volume>, TrackingError>;
 }
 
 /// Writing the tracking store (one ingesting thread).

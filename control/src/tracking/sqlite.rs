@@ -292,6 +292,24 @@ impl<'a> Fold<'a> {
     }
 }
 
+/// Counts `name` for each distinct domain of `rcpts` too, as `d:DOMAIN:NAME` (the
+/// volume a domain-limited account sees).
+fn count_domains<'r>(
+    counts: &mut BTreeMap<(i64, String), i64>,
+    t: i64,
+    rcpts: impl IntoIterator<Item = &'r String>,
+    name: &str,
+) {
+    let mut seen: Vec<String> = Vec::new();
+    for r in rcpts {
+        let d = domain_of(&lower(r));
+        if !d.is_empty() && !seen.contains(&d) {
+            count(counts, t, &format!("d:{d}:{name}"));
+            seen.push(d);
+        }
+    }
+}
+
 fn count(counts: &mut BTreeMap<(i64, String), i64>, t: i64, name: &str) {
     *counts
         .entry((t.div_euclid(3_600_000) * 3_600_000, name.to_string()))
@@ -461,9 +479,13 @@ fn apply(
                 tx.prepare_cached("INSERT INTO subjects (rowid, subject) VALUES (?1, ?2)")?
                     .execute(params![msg, ev.subject])?;
             }
-            count(counts, t, if rejected { "blocked" } else { "accepted" });
+            let traffic = if rejected { "blocked" } else { "accepted" };
+            count(counts, t, traffic);
+            count_domains(counts, t, &ev.rcpts, traffic);
             if !ev.verdict.is_empty() {
-                count(counts, t, &format!("verdict:{}", ev.verdict));
+                let verdict = format!("verdict:{}", ev.verdict);
+                count(counts, t, &verdict);
+                count_domains(counts, t, &ev.rcpts, &verdict);
             }
             if rejected {
                 count(counts, t, &format!("reason:{}", ev.verdict));
@@ -472,15 +494,18 @@ fn apply(
         "quarantined" => {
             touch(tx, msg, t, None)?;
             count(counts, t, "quarantined");
+            count_domains(counts, t, &ev.rcpts, "quarantined");
         }
         "delivered" | "deferred" | "bounced" | "expired" if fold.folded.remove(&e.key) => {
             count(counts, t, &ev.ev);
+            count_domains(counts, t, [&ev.rcpt], &ev.ev);
         }
         "delivered" | "deferred" | "bounced" | "expired" => {
             set_recipient(tx, msg, &ev.rcpt, &ev.ev, t)?;
             let reply = (ev.ev != "delivered").then_some(ev.reply.as_str());
             touch(tx, msg, t, reply)?;
             count(counts, t, &ev.ev);
+            count_domains(counts, t, [&ev.rcpt], &ev.ev);
         }
         "released" => {
             for r in &ev.rcpts {
@@ -697,6 +722,7 @@ fn apply_blocked(
     }
     count(counts, t, "blocked");
     count(counts, t, &format!("reason:{verdict}"));
+    count_domains(counts, t, [&ev.rcpt], "blocked");
     Ok(true)
 }
 
@@ -1007,7 +1033,12 @@ impl TrackingSearch for SqliteSearch {
         }))
     }
 
-    fn volume(&self, since: i64, until: i64) -> Result<Vec<Volume>, TrackingError> {
+    fn volume(
+        &self,
+        since: i64,
+        until: i64,
+        domains: Option<&[String]>,
+    ) -> Result<Vec<Volume>, TrackingError> {
         let mut hours: BTreeMap<i64, Volume> = BTreeMap::new();
         let (first_day, last_day) = (day_of_ms(since), day_of_ms(until));
         for day in self.days()? {
@@ -1033,11 +1064,20 @@ impl TrackingSearch for SqliteSearch {
                 })?;
                 for r in rows {
                     let (hour, name, n) = r?;
+                    // Every domain's counts, or the listed domains' (`d:DOMAIN:NAME`).
+                    let name = match (domains, name.strip_prefix("d:")) {
+                        (None, None) => name.as_str(),
+                        (Some(list), Some(rest)) => match rest.split_once(':') {
+                            Some((d, name)) if list.iter().any(|x| x == d) => name,
+                            _ => continue,
+                        },
+                        _ => continue,
+                    };
                     let v = hours.entry(hour).or_insert_with(|| Volume {
                         hour,
                         ..Default::default()
                     });
-                    match name.as_str() {
+                    match name {
                         "accepted" => v.accepted += n,
                         "blocked" => v.blocked += n,
                         "delivered" => v.delivered += n,
@@ -1197,7 +1237,7 @@ mod tests {
             assert_eq!(tl.message.status, "mixed", "{q}");
             assert_eq!(tl.events.len(), 2);
         }
-        let v = r.volume(t - DAY_MS, t + DAY_MS).unwrap();
+        let v = r.volume(t - DAY_MS, t + DAY_MS, None).unwrap();
         assert_eq!(v.iter().map(|h| h.accepted).sum::<i64>(), 40);
         assert_eq!(w.expire(now_ms() + 40 * DAY_MS).unwrap(), 1);
         for shard in 0..SHARDS {
@@ -1223,9 +1263,25 @@ mod tests {
         assert_eq!(w.ingest(&batch).unwrap(), 0);
         let rows = r.search(&all(t - 1000)).unwrap();
         assert_eq!(rows.len(), 1);
-        let v = r.volume(t - DAY_MS, t + DAY_MS).unwrap();
+        let v = r.volume(t - DAY_MS, t + DAY_MS, None).unwrap();
         assert_eq!(v.iter().map(|h| h.accepted).sum::<i64>(), 1);
         assert_eq!(v.iter().map(|h| h.delivered).sum::<i64>(), 1);
+        // A domain-limited view: the mail to its domains only.
+        let mine = |d: &[&str]| {
+            let d: Vec<String> = d.iter().map(|x| x.to_string()).collect();
+            let v = r.volume(t - DAY_MS, t + DAY_MS, Some(&d)).unwrap();
+            (
+                v.iter().map(|h| h.accepted).sum::<i64>(),
+                v.iter().map(|h| h.delivered).sum::<i64>(),
+                v.iter()
+                    .map(|h| h.verdicts.values().sum::<i64>())
+                    .sum::<i64>(),
+            )
+        };
+        assert_eq!(mine(&["example.test"]), (1, 1, 1));
+        assert_eq!(mine(&["other.test"]), (1, 0, 1));
+        assert_eq!(mine(&["example.test", "other.test"]), (2, 1, 2));
+        assert_eq!(mine(&["elsewhere.test"]), (0, 0, 0));
         let tl = r.timeline(&q).unwrap().unwrap();
         assert_eq!(tl.events.len(), 2);
         std::fs::remove_dir_all(&d).unwrap();
