@@ -594,6 +594,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/audit", get(crate::api_accounts::audit))
         .route("/api/v1/quarantine/digest", post(send_digests))
         .route("/api/v1/end-users", get(end_users))
+        .route("/api/v1/end-users/{address}", delete(remove_end_user))
         .route(
             "/api/v1/rules",
             get(get_rules)
@@ -643,6 +644,22 @@ async fn end_users(
         .filter(|u| actor.covers_address(&u.address))
         .collect();
     Ok(Json(json!(mine)))
+}
+
+async fn remove_end_user(
+    State(state): State<Arc<AppState>>,
+    Path(address): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let address = address.to_ascii_lowercase();
+    let generation = blocking(move || {
+        let changed = lock(&state.store).remove_end_user(&address)?;
+        match changed {
+            Some(_) => publish(&state).map(|p| Some(p.generation)),
+            None => Ok(None),
+        }
+    })
+    .await?;
+    Ok(Json(json!({"removed": true, "generation": generation})))
 }
 
 async fn send_digests(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
@@ -2032,6 +2049,11 @@ pub(crate) const OPENAPI: &str = r##"{
     "/api/v1/end-users": {
       "get": {"summary": "End users registered on the quarantine console (of the account's domains): address, active, digest, created_at",
         "responses": {"200": {"description": "end users", "content": {"application/json": {"schema": {"type": "array"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/v1/end-users/{address}": {
+      "delete": {"summary": "Removes an end user of the quarantine console: their account, sessions and approved senders",
+        "parameters": [{"name": "address", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object"}}}}, "401": {"description": "no or bad token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "403": {"description": "not an unrestricted administrator", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "404": {"description": "no such end user", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
     },
     "/api/v1/openapi.json": {
       "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}

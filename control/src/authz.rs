@@ -59,6 +59,7 @@ pub fn required(method: &str, path: &str) -> Option<Need> {
         ["snapshot"] => need(ReadOnly, Global),
         ["quarantine", "digest"] => need(Admin, Global),
         ["end-users"] => need(ReadOnly, Filtered),
+        ["end-users", _] => need(Admin, Global),
         ["accounts"] | ["accounts", _] | ["tokens"] | ["tokens", _] | ["audit"] => {
             need(Admin, Global)
         }

@@ -277,6 +277,24 @@ impl Store {
         Ok(())
     }
 
+    /// Removes an end user: their account, sessions, links and approved senders (they
+    /// may register again while their address is in a directory). Returns the new
+    /// generation when they had approved senders.
+    pub fn remove_end_user(&mut self, address: &str) -> Result<Option<u64>, StoreError> {
+        let tx = self.conn.transaction()?;
+        if tx.execute("DELETE FROM end_users WHERE address = ?1", [address])? == 0 {
+            return Err(StoreError::NotFound(address.to_string()));
+        }
+        let generation =
+            if tx.execute("DELETE FROM personal_senders WHERE address = ?1", [address])? > 0 {
+                Some(crate::store::bump(&tx)?)
+            } else {
+                None
+            };
+        tx.commit()?;
+        Ok(generation)
+    }
+
     pub fn set_digest(&mut self, address: &str, on: bool) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE end_users SET digest = ?2 WHERE address = ?1",

@@ -288,6 +288,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/tokens", post(create_token))
         .route("/tokens/{id}/delete", post(delete_token))
         .route("/audit", get(audit_log_page))
+        .route("/end-users/remove", post(remove_end_user))
 }
 
 async fn css() -> Response {
@@ -1265,10 +1266,11 @@ async fn accounts_page(
         Ok((
             store.accounts().map_err(ApiError::from)?,
             store.tokens(None).map_err(ApiError::from)?,
+            store.end_users().map_err(ApiError::from)?,
         ))
     })
     .await;
-    let (accounts, tokens) = match data {
+    let (accounts, tokens, end_users) = match data {
         Ok(d) => d,
         Err(e) => return page_error(StatusCode::INTERNAL_SERVER_ERROR, &e.text()),
     };
@@ -1280,10 +1282,18 @@ async fn accounts_page(
             v
         })
         .collect();
+    let end_users: Vec<serde_json::Value> = end_users
+        .into_iter()
+        .map(|u| {
+            let mut v = json!(u);
+            v["created"] = rfc3339(u.created_at * 1000).into();
+            v
+        })
+        .collect();
     let ctx = context! {
         ..s.base("accounts"),
         ..extra,
-        ..context! { accounts => accounts, tokens => tokens, max => state.max_accounts }
+        ..context! { accounts, tokens, end_users, max => state.max_accounts }
     };
     let mut r = render("accounts.html", ctx, None);
     *r.status_mut() = status;
@@ -1462,6 +1472,40 @@ async fn create_token(
             )
             .await
         }
+    }
+}
+
+async fn remove_end_user(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let s = match admin_session(&state, &headers, "/accounts").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Err(r) = s.check(&form) {
+        return r;
+    }
+    let address = form.get("address").cloned().unwrap_or_default();
+    let (st, a) = (state.clone(), address.clone());
+    let done = blocking(move || {
+        if lock(&st.store).remove_end_user(&a)?.is_some() {
+            crate::api::publish(&st)?;
+        }
+        Ok(())
+    })
+    .await;
+    match done {
+        Ok(()) => {
+            audit(&state, &s.actor, "end user remove", &address, "console").await;
+            Redirect::to(&format!(
+                "/accounts?done={}",
+                url_encode(&format!("{address} removed"))
+            ))
+            .into_response()
+        }
+        Err(e) => page_error(StatusCode::NOT_FOUND, &e.text()),
     }
 }
 

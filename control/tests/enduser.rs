@@ -528,10 +528,31 @@ fn end_users_register_see_only_their_mail_approve_senders_and_release_from_diges
         ],
     );
     assert_eq!(p.status, 429, "{}", p.body);
-    // The administrator sees who registered.
+    // The administrator sees who registered, and removes an end user: their session
+    // ends with them.
     let (ok, out) = cli(&c, &["quarantine", "users"]);
     assert!(
         ok && out.contains("alice@example.test") && out.contains("yes"),
         "{out}"
     );
+    assert_eq!(web.get("/quarantine/").status, 200);
+    let (status, v) = http(
+        &c.url,
+        "DELETE",
+        "/api/v1/end-users/alice@example.test",
+        Some(&c.token),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(web.get("/quarantine/").status, 303);
+    let (status, _) = http(
+        &c.url,
+        "DELETE",
+        "/api/v1/end-users/alice@example.test",
+        Some(&c.token),
+        None,
+    );
+    assert_eq!(status, 404);
+    let (_, out) = cli(&c, &["quarantine", "users"]);
+    assert!(!out.contains("alice@example.test"), "{out}");
 }
