@@ -884,14 +884,19 @@ pub fn send_digests(state: &AppState) -> Result<DigestRun, ApiError> {
     Ok(run)
 }
 
+/// Whether the day's digest is due at `now` (Unix seconds): it is the hour, and it has
+/// not gone out today. Returns the day to record.
+fn digest_due(now: i64, hour: u32, last_day: Option<i64>) -> Option<i64> {
+    let (today, h) = (now.div_euclid(86400), now.rem_euclid(86400) / 3600);
+    (h == i64::from(hour) && last_day != Some(today)).then_some(today)
+}
+
 /// Sends the digests once a day at `hour` (UTC) until `stop`.
 pub fn digest_loop(state: Arc<AppState>, hour: u32, stop: Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::Ordering::Relaxed;
     while !stop.load(Relaxed) {
-        let now = crate::store::now();
-        let (today, h) = (now.div_euclid(86400), (now.rem_euclid(86400) / 3600) as u32);
         let last = lock(&state.store).digest_day().unwrap_or(None);
-        if h == hour && last != Some(today) {
+        if let Some(today) = digest_due(crate::store::now(), hour, last) {
             match send_digests(&state) {
                 Ok(_) => {
                     if let Err(e) = lock(&state.store).set_digest_day(today) {
@@ -907,5 +912,36 @@ pub fn digest_loop(state: Arc<AppState>, hour: u32, stop: Arc<std::sync::atomic:
             }
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_goes_out_once_a_day_in_its_hour() {
+        let day = 20_424; // 2025-12-02
+        let at = |h: i64, m: i64| day * 86400 + h * 3600 + m * 60;
+        assert_eq!(digest_due(at(7, 0), 7, None), Some(day));
+        assert_eq!(digest_due(at(7, 59), 7, Some(day - 1)), Some(day));
+        assert_eq!(
+            digest_due(at(7, 30), 7, Some(day)),
+            None,
+            "sent today already"
+        );
+        assert_eq!(digest_due(at(6, 59), 7, None), None);
+        assert_eq!(digest_due(at(8, 0), 7, Some(day - 1)), None);
+        assert_eq!(digest_due(at(0, 0), 0, Some(day - 1)), Some(day));
+    }
+
+    #[test]
+    fn why_says_what_the_verdict_means() {
+        let w = |v: &str| why(&json!({ "verdict": v }));
+        assert_eq!(w("spam"), "Looks like spam");
+        assert_eq!(w("phishing: url"), "Looks like phishing (url)");
+        assert_eq!(w("virus Eicar-Test"), "Carries a virus (Eicar-Test)");
+        assert_eq!(w(""), "Held by policy");
+        assert_eq!(w("policy:hold"), "Held by policy (policy:hold)");
     }
 }

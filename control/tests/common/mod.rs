@@ -81,7 +81,8 @@ pub fn start_control_with(dir: &Path, snapshot: &Path, engines: &[String], extra
     std::fs::write(
         &config,
         format!(
-            "[control]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\nsnapshot = \"{}\"\nengines = [{}]\n{extra}\n",
+            // No scheduled digest: a test running in its hour would see it.
+            "[control]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\nsnapshot = \"{}\"\nengines = [{}]\ndigest_hour = -1\n{extra}\n",
             dir.join("control.sqlite").display(),
             snapshot.display(),
             engines.join(", ")
