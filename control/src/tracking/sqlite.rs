@@ -198,7 +198,7 @@ impl SqliteTracking {
             .map(|shard| {
                 let conn = Connection::open(self.search.path(day, shard))?;
                 conn.execute_batch(
-                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-131072;
+                    "PRAGMA page_size=8192; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-131072;
                      PRAGMA wal_autocheckpoint=16384; PRAGMA temp_store=MEMORY;",
                 )?;
                 conn.execute_batch(SCHEMA)?;
@@ -411,13 +411,58 @@ fn apply(
     if ev.qid.is_empty() {
         return apply_blocked(tx, e, counts);
     }
-    let existing = message_id(tx, &ev.qid, ids)?;
     let message_event = matches!(ev.ev.as_str(), "accepted" | "rejected");
+    // A message event whose queue id this batch has not seen is nearly always a new
+    // message: its row is inserted without looking first, and only when the queue id
+    // has a row already (the unique index says so) is that row looked up.
+    let mut existing = match ids.get(&ev.qid) {
+        Some(id) => Some(*id),
+        None if message_event => None,
+        None => message_id(tx, &ev.qid, ids)?,
+    };
     let mut recipients_written = false;
+    if existing.is_none() {
+        let msg = e.key;
+        let inserted = if message_event {
+            let outcomes = match fold.later.remove(&e.key) {
+                Some(o) if ev.ev == "accepted" => o,
+                _ => Vec::new(),
+            };
+            let done = if outcomes.is_empty() {
+                new_row(insert_message(tx, msg, ev))?
+            } else {
+                new_row(insert_folded(tx, msg, ev, &outcomes))?
+            };
+            if done && !outcomes.is_empty() {
+                fold.folded.extend(outcomes.iter().map(|o| o.key));
+                recipients_written = true;
+            }
+            done
+        } else {
+            tx.prepare_cached(
+                "INSERT INTO messages (id, qid, first_t, last_t, status) VALUES (?1, ?2, ?3, ?3, 'queued')",
+            )?
+            .execute(params![msg, ev.qid, t])?;
+            true
+        };
+        if inserted {
+            remember(ids, &ev.qid, msg);
+            tx.prepare_cached("INSERT INTO events (id, msg, t, line) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![e.key, msg, t, timeline_line(e)])?;
+        } else {
+            existing = message_id(tx, &ev.qid, ids)?;
+            if existing.is_none() {
+                return Err(TrackingError::Io(std::io::Error::other(format!(
+                    "message {} conflicts with a row that is not there",
+                    ev.qid
+                ))));
+            }
+        }
+    }
     let msg = match existing {
+        // Seen before: the event may be too (applied, then control stopped before its
+        // cursor was stored).
         Some(msg) => {
-            // Seen before: the event may be too (applied, then control stopped before
-            // its cursor was stored).
             let n = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO events (id, msg, t, line) VALUES (?1, ?2, ?3, ?4)",
@@ -428,33 +473,7 @@ fn apply(
             }
             msg
         }
-        None => {
-            // A new message: its row (whole when this is its first event, as it nearly
-            // always is), then the event.
-            let msg = e.key;
-            if message_event {
-                let outcomes = match fold.later.remove(&e.key) {
-                    Some(o) if ev.ev == "accepted" => o,
-                    _ => Vec::new(),
-                };
-                if !outcomes.is_empty() {
-                    insert_folded(tx, msg, ev, &outcomes)?;
-                    fold.folded.extend(outcomes.iter().map(|o| o.key));
-                    recipients_written = true;
-                } else {
-                    insert_message(tx, msg, ev)?;
-                }
-            } else {
-                tx.prepare_cached(
-                    "INSERT INTO messages (id, qid, first_t, last_t, status) VALUES (?1, ?2, ?3, ?3, 'queued')",
-                )?
-                .execute(params![msg, ev.qid, t])?;
-            }
-            remember(ids, &ev.qid, msg);
-            tx.prepare_cached("INSERT INTO events (id, msg, t, line) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![e.key, msg, t, timeline_line(e)])?;
-            msg
-        }
+        None => e.key,
     };
     match ev.ev.as_str() {
         "accepted" | "rejected" => {
@@ -598,6 +617,20 @@ fn insert_message(
     ))?
     .execute(rusqlite::params_from_iter(args))?;
     Ok(())
+}
+
+/// Whether an insert made a new message row: false when its queue id (or its id) has one
+/// already.
+fn new_row(r: Result<(), TrackingError>) -> Result<bool, TrackingError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(TrackingError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A new message with the outcomes that follow it in the batch: what `set_recipient`
