@@ -269,7 +269,7 @@ impl Store {
             .optional()?)
     }
 
-    pub fn end_user_session(&mut self, token: &str) -> Result<(), StoreError> {
+    pub fn close_user_session(&mut self, token: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "DELETE FROM end_user_sessions WHERE hash = ?1",
             [token_hash(token)],
@@ -562,28 +562,15 @@ fn httpdate(t: i64) -> String {
     ];
     let days = t.div_euclid(86400);
     let secs = t.rem_euclid(86400);
-    let (y, m, d) = civil(days);
+    let (y, m, d) = crate::tracking::civil_from_days(days);
     format!(
         "{}, {d} {} {y} {:02}:{:02}:{:02} +0000",
         DAYS[days.rem_euclid(7) as usize],
-        MONTHS[(m - 1) as usize],
+        MONTHS[(m as usize).saturating_sub(1) % 12],
         secs / 3600,
         secs / 60 % 60,
         secs % 60
     )
-}
-
-/// Year, month, day of a count of days since 1970-01-01 (Howard Hinnant's algorithm).
-pub fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// The activation or reset mail.
@@ -638,8 +625,8 @@ pub fn digest_mail(
         RELEASE_LINK_LIFETIME / 86400,
     );
     for e in entries.iter().take(DIGEST_MAX) {
-        let (y, m, d) = civil(e.arrival.div_euclid(86400));
-        let secs = e.arrival.rem_euclid(86400);
+        // "2026-12-02T03:00:36Z" as "2026-12-02 03:00 UTC".
+        let at = crate::tracking::rfc3339(e.arrival * 1000);
         let clean = |s: &str| -> String {
             s.chars()
                 .filter(|c| !c.is_control())
@@ -648,9 +635,9 @@ pub fn digest_mail(
         };
         let sig = sign_release(key, &e.id, to, expires);
         body.push_str(&format!(
-            "{y}-{m:02}-{d:02} {:02}:{:02} UTC  From: {}\n  Subject: {}\n  Why: {}\n  Release: {console_url}/quarantine/release?id={}&to={}&exp={expires}&sig={sig}\n\n",
-            secs / 3600,
-            secs / 60 % 60,
+            "{} {} UTC  From: {}\n  Subject: {}\n  Why: {}\n  Release: {console_url}/quarantine/release?id={}&to={}&exp={expires}&sig={sig}\n\n",
+            at.get(..10).unwrap_or(""),
+            at.get(11..16).unwrap_or(""),
             clean(if e.sender.is_empty() { "<>" } else { &e.sender }),
             clean(if e.subject.is_empty() { "(no subject)" } else { &e.subject }),
             clean(&e.verdict),
@@ -805,8 +792,6 @@ mod tests {
         );
         assert!(header.contains("Subject: xBcc: y@evil.test"), "{header}");
         assert!(m.ends_with("hello\r\n"));
-        assert_eq!(civil(0), (1970, 1, 1));
-        assert_eq!(civil(20_454), (2026, 1, 1));
         assert_eq!(httpdate(0), "Thu, 1 Jan 1970 00:00:00 +0000");
     }
 }

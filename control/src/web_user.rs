@@ -312,7 +312,7 @@ async fn logout(
         }
         if let Some(token) = cookie(&headers, USER_COOKIE) {
             let st = state.clone();
-            let _ = blocking(move || Ok(lock(&st.store).end_user_session(&token)?)).await;
+            let _ = blocking(move || Ok(lock(&st.store).close_user_session(&token)?)).await;
         }
     }
     let mut r = Redirect::to("/quarantine/login").into_response();

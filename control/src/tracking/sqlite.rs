@@ -420,7 +420,6 @@ fn apply(
         None if message_event => None,
         None => message_id(tx, &ev.qid, ids)?,
     };
-    let mut recipients_written = false;
     if existing.is_none() {
         let msg = e.key;
         let inserted = if message_event {
@@ -428,14 +427,9 @@ fn apply(
                 Some(o) if ev.ev == "accepted" => o,
                 _ => Vec::new(),
             };
-            let done = if outcomes.is_empty() {
-                new_row(insert_message(tx, msg, ev))?
-            } else {
-                new_row(insert_folded(tx, msg, ev, &outcomes))?
-            };
-            if done && !outcomes.is_empty() {
+            let done = new_row(insert_new(tx, msg, ev, &outcomes))?;
+            if done {
                 fold.folded.extend(outcomes.iter().map(|o| o.key));
-                recipients_written = true;
             }
             done
         } else {
@@ -482,7 +476,8 @@ fn apply(
             if existing.is_some() {
                 update_message(tx, msg, ev)?;
             }
-            for r in ev.rcpts.iter().filter(|_| !recipients_written) {
+            // A new message's recipients went in with its row.
+            for r in ev.rcpts.iter().filter(|_| existing.is_some()) {
                 // Outcomes read first (another core's file) stay.
                 let rcpt = lower(r);
                 tx.prepare_cached(
@@ -600,25 +595,6 @@ fn message_values(ev: &super::Event) -> [Sql; 15] {
     ]
 }
 
-fn insert_message(
-    tx: &rusqlite::Transaction<'_>,
-    msg: i64,
-    ev: &super::Event,
-) -> Result<(), TrackingError> {
-    let mut args = vec![
-        Sql::Integer(msg),
-        Sql::Text(ev.qid.clone()),
-        Sql::Integer(ev.t),
-    ];
-    args.extend(message_values(ev));
-    tx.prepare_cached(&format!(
-        "INSERT INTO messages (id, qid, first_t, last_t, {MESSAGE_FIELDS})
-         VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
-    ))?
-    .execute(rusqlite::params_from_iter(args))?;
-    Ok(())
-}
-
 /// Whether an insert made a new message row: false when its queue id (or its id) has one
 /// already.
 fn new_row(r: Result<(), TrackingError>) -> Result<bool, TrackingError> {
@@ -633,9 +609,10 @@ fn new_row(r: Result<(), TrackingError>) -> Result<bool, TrackingError> {
     }
 }
 
-/// A new message with the outcomes that follow it in the batch: what `set_recipient`
-/// and `touch` would leave after each of them, written once.
-fn insert_folded(
+/// A new message's row and recipients, with the outcomes that follow it in the batch
+/// (if any): what `set_recipient` and `touch` would leave after each of them, written
+/// once.
+fn insert_new(
     tx: &rusqlite::Transaction<'_>,
     msg: i64,
     ev: &super::Event,
