@@ -222,7 +222,8 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         stats.clone(),
     )?;
     let t0 = Instant::now();
-    while ingester.round(&mut store)? > 0 {}
+    let no_stop = std::sync::atomic::AtomicBool::new(false);
+    while ingester.drain(&mut store, &no_stop)? > 0 {}
     let took = t0.elapsed().as_secs_f64();
     let applied = stats.view().events;
     println!(

@@ -9,7 +9,9 @@
 //!
 //! Work is done in batches of at most [`BATCH`] events, each its own transaction, so a
 //! backlog after an outage never holds the store for long and searches (which read
-//! through their own connections) go on meanwhile.
+//! through their own connections) go on meanwhile. While a batch is written the next
+//! one is read and parsed: its cursors are kept apart (`read`) and stored only once it
+//! is applied in turn, and if a write fails reading starts again from the stored ones.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -83,7 +85,10 @@ impl Stats {
 #[derive(Debug, Clone)]
 struct Cursor {
     no: i64,
+    /// Up to here its events are in the store (as stored in the state database).
     offset: u64,
+    /// Up to here its events have been read (ahead of `offset` while they are written).
+    read: u64,
     /// The first octets of the file when first seen: a file of the same name with other
     /// content is another file.
     head: Vec<u8>,
@@ -141,6 +146,7 @@ impl Ingester {
                     Cursor {
                         no,
                         offset: offset as u64,
+                        read: offset as u64,
                         head,
                     },
                 );
@@ -241,27 +247,29 @@ impl Ingester {
         let c = Cursor {
             no,
             offset: 0,
+            read: 0,
             head,
         };
         self.cursors.insert(path.to_path_buf(), c.clone());
         Ok(c)
     }
 
-    /// One round: reads what is new (up to a batch), applies it, stores the cursors,
-    /// removes finished segments. Returns the events applied (0: nothing was new).
-    pub fn round(&mut self, store: &mut dyn TrackingIngest) -> Result<usize, TrackingError> {
+    /// Reads what is new, up to a batch, from where the last read stopped (which may be
+    /// ahead of the stored cursors while a batch is being written).
+    fn read(&mut self) -> Result<Pending, TrackingError> {
         let found = self.scan();
         let mut batch: Vec<Ingested> = Vec::new();
-        let mut advanced: Vec<(PathBuf, u64)> = Vec::new();
+        let mut advanced: Vec<(PathBuf, i64, u64)> = Vec::new();
         let mut finished_read: Vec<PathBuf> = Vec::new();
         for f in &found {
             let cur = self.cursor(&f.path)?;
-            if f.size < cur.offset {
+            let from = cur.read;
+            if f.size < from {
                 // Truncated under us: nothing there to read again.
-                advanced.push((f.path.clone(), f.size));
+                advanced.push((f.path.clone(), cur.no, f.size));
                 continue;
             }
-            let left = f.size - cur.offset;
+            let left = f.size - from;
             if left == 0 {
                 if f.finished {
                     finished_read.push(f.path.clone());
@@ -274,7 +282,7 @@ impl Ingester {
             let want = left.min(READ_CHUNK);
             let mut buf = vec![0u8; want as usize];
             let read = std::fs::File::open(&f.path).and_then(|mut file| {
-                file.seek(SeekFrom::Start(cur.offset))?;
+                file.seek(SeekFrom::Start(from))?;
                 file.read_exact(&mut buf)
             });
             if read.is_err() {
@@ -287,7 +295,7 @@ impl Ingester {
                     break;
                 };
                 let line = &buf[at..at + nl];
-                let offset = cur.offset + at as u64;
+                let offset = from + at as u64;
                 at += nl + 1;
                 consumed = at;
                 if line.is_empty() {
@@ -304,11 +312,11 @@ impl Ingester {
                     }
                 }
             }
-            let mut new_offset = cur.offset + consumed as u64;
+            let mut new_offset = from + consumed as u64;
             if consumed == 0 && want as usize >= MAX_LINE && left >= MAX_LINE as u64 {
                 // No line end in a whole chunk: not an event; skip to the next line end.
                 self.stats.damaged.fetch_add(1, Ordering::Relaxed);
-                new_offset = cur.offset + want;
+                new_offset = from + want;
             }
             // A finished segment whose remainder has no line end (its core stopped in
             // the middle of a write): that remainder is never completed.
@@ -320,17 +328,42 @@ impl Ingester {
                 self.stats.damaged.fetch_add(1, Ordering::Relaxed);
                 new_offset = f.size;
             }
-            if new_offset != cur.offset {
-                advanced.push((f.path.clone(), new_offset));
+            if new_offset != from {
+                advanced.push((f.path.clone(), cur.no, new_offset));
             }
         }
+        for (path, no, offset) in &advanced {
+            if let Some(c) = self.cursors.get_mut(path)
+                && c.no == *no
+            {
+                c.read = *offset;
+            }
+        }
+        Ok(Pending {
+            batch,
+            advanced,
+            finished_read,
+            found,
+        })
+    }
+
+    /// After `pending`'s events are in the store (`applied` of them new): stores the
+    /// cursors past them, removes the segments read to their end.
+    fn finish(&mut self, pending: Pending, applied: usize) -> Result<(), TrackingError> {
+        let Pending {
+            batch,
+            advanced,
+            finished_read,
+            found,
+        } = pending;
         let n = batch.len();
         if n > 0 {
-            let new = store.ingest(&batch)?;
-            self.stats.events.fetch_add(new as u64, Ordering::Relaxed);
+            self.stats
+                .events
+                .fetch_add(applied as u64, Ordering::Relaxed);
             self.stats
                 .duplicates
-                .fetch_add((n - new) as u64, Ordering::Relaxed);
+                .fetch_add((n - applied) as u64, Ordering::Relaxed);
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
             if let Some(t) = batch.iter().map(|e| e.event.t).max() {
                 self.stats.newest_event.fetch_max(t, Ordering::Relaxed);
@@ -338,8 +371,10 @@ impl Ingester {
         }
         if !advanced.is_empty() {
             let tx = self.state.transaction()?;
-            for (path, offset) in &advanced {
-                if let Some(c) = self.cursors.get_mut(path) {
+            for (path, no, offset) in &advanced {
+                if let Some(c) = self.cursors.get_mut(path)
+                    && c.no == *no
+                {
                     c.offset = *offset;
                     tx.execute(
                         "UPDATE segments SET offset = ?2 WHERE no = ?1",
@@ -384,11 +419,70 @@ impl Ingester {
         self.stats
             .last_round
             .store(super::sqlite::now_ms(), Ordering::Relaxed);
-        Ok(n)
+        Ok(())
     }
 
-    /// Runs rounds until `stop` says so: at once again while there is a backlog, else
-    /// after `poll`. Old partitions are dropped once an hour.
+    /// Reading starts again from the stored cursors (what was read past them was not
+    /// applied).
+    fn rewind(&mut self) {
+        for c in self.cursors.values_mut() {
+            c.read = c.offset;
+        }
+    }
+
+    /// Applies everything there is, reading (and parsing) each batch while the one
+    /// before it is written, until the segments hold nothing new or `stop` says so.
+    /// Returns the events read.
+    pub fn drain(
+        &mut self,
+        store: &mut dyn TrackingIngest,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<usize, TrackingError> {
+        let mut total = 0;
+        let mut pending = self.read()?;
+        loop {
+            let n = pending.batch.len();
+            if n == 0 {
+                self.finish(pending, 0)?;
+                return Ok(total);
+            }
+            let more = n >= BATCH && !stop.load(Ordering::Relaxed);
+            let (applied, next) = std::thread::scope(|scope| {
+                let batch = &pending.batch;
+                let store = &mut *store;
+                let writing = scope.spawn(move || store.ingest(batch));
+                let next = more.then(|| self.read());
+                let applied = writing.join().unwrap_or_else(|_| {
+                    Err(TrackingError::Io(std::io::Error::other(
+                        "the tracking writer panicked",
+                    )))
+                });
+                (applied, next)
+            });
+            let applied = match applied {
+                Ok(new) => new,
+                Err(e) => {
+                    // The next batch was read past cursors that are not stored: read
+                    // it again next time.
+                    self.rewind();
+                    return Err(e);
+                }
+            };
+            self.finish(pending, applied)?;
+            total += n;
+            match next {
+                Some(Ok(p)) => pending = p,
+                Some(Err(e)) => {
+                    self.rewind();
+                    return Err(e);
+                }
+                None => return Ok(total),
+            }
+        }
+    }
+
+    /// Runs until `stop` says so: everything there is, then again after `poll`. Old
+    /// partitions are dropped once an hour.
     pub fn run(
         mut self,
         store: &mut dyn TrackingIngest,
@@ -405,18 +499,26 @@ impl Ingester {
                 }
                 last_expiry = Some(Instant::now());
             }
-            match self.round(store) {
-                Ok(n) if n >= BATCH => continue,
-                Ok(_) => {}
-                Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("tracking ingestion: {e}");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
+            if let Err(e) = self.drain(store, stop) {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("tracking ingestion: {e}");
+                std::thread::sleep(Duration::from_secs(1));
             }
             std::thread::sleep(poll);
         }
     }
+}
+
+/// A batch read from the segments and not yet applied.
+struct Pending {
+    batch: Vec<Ingested>,
+    /// Segments (path and number) and the offsets their cursors move to once the batch
+    /// is applied.
+    advanced: Vec<(PathBuf, i64, u64)>,
+    /// Finished segments read to their end: removed once the batch is applied.
+    finished_read: Vec<PathBuf>,
+    /// The segments as found when the batch was read.
+    found: Vec<Found>,
 }
 
 /// An event line, parsed; `None` when it is not one.
@@ -439,6 +541,9 @@ fn parse(line: &[u8]) -> Option<(Event, String)> {
 mod tests {
     use super::*;
     use crate::tracking::sqlite::SqliteTracking;
+    use std::sync::atomic::AtomicBool;
+
+    static NO_STOP: AtomicBool = AtomicBool::new(false);
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(
@@ -483,11 +588,11 @@ mod tests {
         let full = line(t, 1);
         let (a, b) = full.split_at(30);
         append(&seg, a);
-        assert_eq!(ing.round(&mut store).unwrap(), 0);
+        assert_eq!(ing.drain(&mut store, &NO_STOP).unwrap(), 0);
         append(&seg, b);
         append(&seg, &line(t, 2));
-        assert_eq!(ing.round(&mut store).unwrap(), 2);
-        assert_eq!(ing.round(&mut store).unwrap(), 0);
+        assert_eq!(ing.drain(&mut store, &NO_STOP).unwrap(), 2);
+        assert_eq!(ing.drain(&mut store, &NO_STOP).unwrap(), 0);
         // Started again from the stored cursors: nothing read twice.
         let mut again = Ingester::open(
             vec![d.join("events")],
@@ -495,7 +600,7 @@ mod tests {
             stats.clone(),
         )
         .unwrap();
-        assert_eq!(again.round(&mut store).unwrap(), 0);
+        assert_eq!(again.drain(&mut store, &NO_STOP).unwrap(), 0);
         assert_eq!(stats.view().events, 2);
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -517,9 +622,9 @@ mod tests {
         append(&old, &line(t, 1));
         append(&old, "{\"t\":1,\"ev\":\"acc");
         append(&events.join("core-0-0000000002.events"), &line(t, 2));
-        assert_eq!(ing.round(&mut store).unwrap(), 2);
+        assert_eq!(ing.drain(&mut store, &NO_STOP).unwrap(), 2);
         assert_eq!(stats.view().damaged_lines, 1);
-        ing.round(&mut store).unwrap();
+        ing.drain(&mut store, &NO_STOP).unwrap();
         assert!(!old.exists());
         assert!(events.join("core-0-0000000002.events").exists());
         std::fs::remove_dir_all(&d).unwrap();
@@ -541,12 +646,113 @@ mod tests {
         let t = crate::tracking::sqlite::now_ms();
         append(&seg, &line(t, 1));
         append(&seg, &line(t, 2));
-        assert_eq!(ing.round(&mut store).unwrap(), 2);
+        assert_eq!(ing.drain(&mut store, &NO_STOP).unwrap(), 2);
         // The spool was recreated: a new segment 1 with other events.
         std::fs::remove_file(&seg).unwrap();
         append(&seg, &line(t + 7, 3));
-        assert_eq!(ing.round(&mut store).unwrap(), 1);
+        assert_eq!(ing.drain(&mut store, &NO_STOP).unwrap(), 1);
         assert_eq!(stats.view().events, 3);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Messages stored, over every partition of the store in `dir`.
+    fn stored(dir: &Path) -> i64 {
+        let search = crate::tracking::sqlite::SqliteSearch::new(dir);
+        let mut n = 0;
+        for day in search.days().unwrap() {
+            for shard in 0..crate::tracking::sqlite::SHARDS {
+                let conn = Connection::open(search.path(day, shard)).unwrap();
+                n += conn
+                    .query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))
+                    .unwrap();
+            }
+        }
+        n
+    }
+
+    fn backlog(seg: &Path, t: i64, n: u32) {
+        let text: String = (0..n).map(|i| line(t, i)).collect();
+        append(seg, &text);
+    }
+
+    #[test]
+    fn a_backlog_of_several_batches_is_applied_once_each() {
+        let d = dir("backlog");
+        let seg = d.join("events/core-0-0000000001.events");
+        let n = (BATCH * 5 / 2) as u32;
+        backlog(&seg, crate::tracking::sqlite::now_ms(), n);
+        let mut store = SqliteTracking::open(&d.join("store"), 30).unwrap();
+        let stats = Arc::new(Stats::default());
+        let mut ing = Ingester::open(
+            vec![d.join("events")],
+            &d.join("cursors.sqlite"),
+            stats.clone(),
+        )
+        .unwrap();
+        assert_eq!(ing.drain(&mut store, &NO_STOP).unwrap(), n as usize);
+        assert_eq!(stats.view().batches, 3);
+        assert_eq!(stats.view().backlog_bytes, 0);
+        // The cursors stored are past every batch: started again, nothing is read.
+        let mut again = Ingester::open(
+            vec![d.join("events")],
+            &d.join("cursors.sqlite"),
+            stats.clone(),
+        )
+        .unwrap();
+        assert_eq!(again.drain(&mut store, &NO_STOP).unwrap(), 0);
+        assert_eq!(stats.view().events, n as u64);
+        assert_eq!(stats.view().duplicates, 0);
+        assert_eq!(stored(&d.join("store")), n as i64);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The real store, failing its `fail`th batch (the disk full, say).
+    struct Failing {
+        store: SqliteTracking,
+        calls: usize,
+        fail: usize,
+    }
+
+    impl TrackingIngest for Failing {
+        fn ingest(&mut self, events: &[Ingested]) -> Result<usize, TrackingError> {
+            self.calls += 1;
+            if self.calls == self.fail {
+                return Err(TrackingError::Io(std::io::Error::other("disk full")));
+            }
+            self.store.ingest(events)
+        }
+        fn expire(&mut self, now: i64) -> Result<usize, TrackingError> {
+            self.store.expire(now)
+        }
+    }
+
+    #[test]
+    fn a_batch_read_while_a_failing_one_was_written_is_read_again() {
+        let d = dir("failing");
+        let seg = d.join("events/core-0-0000000001.events");
+        let n = (BATCH * 5 / 2) as u32;
+        backlog(&seg, crate::tracking::sqlite::now_ms(), n);
+        let mut store = Failing {
+            store: SqliteTracking::open(&d.join("store"), 30).unwrap(),
+            calls: 0,
+            fail: 2,
+        };
+        let stats = Arc::new(Stats::default());
+        let mut ing = Ingester::open(
+            vec![d.join("events")],
+            &d.join("cursors.sqlite"),
+            stats.clone(),
+        )
+        .unwrap();
+        // The first batch goes in; the second fails while the third is being read.
+        assert!(ing.drain(&mut store, &NO_STOP).is_err());
+        assert_eq!(stats.view().events, BATCH as u64);
+        assert_eq!(stored(&d.join("store")), BATCH as i64);
+        // The next drain starts from the second batch: every event once.
+        assert_eq!(ing.drain(&mut store, &NO_STOP).unwrap(), n as usize - BATCH);
+        assert_eq!(stats.view().events, n as u64);
+        assert_eq!(stats.view().duplicates, 0);
+        assert_eq!(stored(&d.join("store")), n as i64);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
