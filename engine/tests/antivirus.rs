@@ -892,19 +892,33 @@ fn burst_of_large_messages(engine: &Engine, n: usize) -> Vec<String> {
     msg.push_str(&line.repeat(4 * 1024 * 1024 / line.len()));
     msg.push_str("--b--\r\n.\r\n");
     let msg = std::sync::Arc::new(msg);
-    let mut clients = Vec::new();
-    for _ in 0..n {
-        let mut raw = Raw::connect(engine.smtp);
-        raw.send(b"EHLO c\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n");
-        assert!(raw.replies(4)[3].starts_with("354"));
-        // The turns of the scans may add up to more than the usual 10 s in a debug build.
-        raw.read_timeout(Duration::from_secs(120));
-        let msg = msg.clone();
-        clients.push(std::thread::spawn(move || {
-            raw.send(msg.as_bytes());
-            raw.replies(1).pop().unwrap_or_default()
-        }));
-    }
+    // Every envelope first: a MAIL that arrives while the scans hold the whole budget is
+    // rightly answered `452 4.3.1` (regression: the test sent each message as soon as its
+    // DATA was accepted, so a later MAIL sometimes found the budget spent).
+    let sessions: Vec<Raw> = (0..n)
+        .map(|_| {
+            let mut raw = Raw::connect(engine.smtp);
+            raw.send(
+                b"EHLO c\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n",
+            );
+            let r = raw.replies(4);
+            assert!(r[3].starts_with("354"), "{r:?}");
+            // The turns of the scans may add up to more than the usual 10 s in a debug
+            // build.
+            raw.read_timeout(Duration::from_secs(120));
+            raw
+        })
+        .collect();
+    let clients: Vec<_> = sessions
+        .into_iter()
+        .map(|mut raw| {
+            let msg = msg.clone();
+            std::thread::spawn(move || {
+                raw.send(msg.as_bytes());
+                raw.replies(1).pop().unwrap_or_default()
+            })
+        })
+        .collect();
     clients.into_iter().map(|c| c.join().unwrap()).collect()
 }
 
