@@ -159,7 +159,19 @@ impl Engine {
         // that accepts proves only that one core does).
         if !wait_for_port(self.metrics, Duration::from_secs(20))
             || !wait_until(Duration::from_secs(20), || {
-                http_get(self.metrics, "/healthz") == "ok\n"
+                match try_http_get(self.metrics, "/healthz") {
+                    Ok(body) => body == "ok\n",
+                    // Not a reason to wait: an endpoint that accepts and then resets
+                    // is a fault to see, with the time to find it in the log.
+                    Err(e) => panic!(
+                        "GET /healthz on {} failed at {}: {e}",
+                        self.metrics,
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs_f64())
+                            .unwrap_or_default()
+                    ),
+                }
             })
         {
             panic!("bulwark did not become ready; log:\n{}", self.log_text());
@@ -249,6 +261,11 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The engine logs through a background writer: give it time to write what
+            // it has before the kill, so the log shown is the whole story.
+            std::thread::sleep(Duration::from_millis(500));
+        }
         self.kill9();
         if std::thread::panicking() {
             eprintln!("---- engine log ----\n{}", self.log_text());
@@ -257,17 +274,22 @@ impl Drop for Engine {
 }
 
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
+    try_http_get(addr, path).unwrap()
+}
+
+/// The body of `GET path`.
+pub fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 /// A message the sink stored.
