@@ -239,6 +239,8 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     let mut lines = Vec::new();
     let mut key: i64 = 1 << 62;
     let mut sample_qid = String::new();
+    // A sender of the middle day, so that the address search finds something.
+    let mut sample_sender: Option<String> = None;
     for d in (0..a.days).rev() {
         let day_start = (now / DAY_MS - d) * DAY_MS;
         for i in 0..a.per_day {
@@ -258,6 +260,13 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
                     && !event.qid.is_empty()
                 {
                     sample_qid = event.qid.clone();
+                }
+                if d == a.days / 2
+                    && i >= a.per_day / 2
+                    && sample_sender.is_none()
+                    && event.ev == "accepted"
+                {
+                    sample_sender = event.from.clone();
                 }
                 key += 1;
                 batch.push(Ingested {
@@ -302,7 +311,11 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         (
             "sender (address)",
             Query {
-                sender: Some("user1234@sender42.example".into()),
+                sender: Some(
+                    sample_sender
+                        .clone()
+                        .unwrap_or_else(|| "user1234@sender42.example".into()),
+                ),
                 ..all.clone()
             },
         ),
