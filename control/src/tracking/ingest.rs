@@ -555,6 +555,16 @@ mod tests {
         d
     }
 
+    /// An ingester of `d/events` with its cursors in `d/cursors.sqlite`.
+    fn open_ingester(d: &Path, stats: &Arc<Stats>) -> Ingester {
+        Ingester::open(
+            vec![d.join("events")],
+            &d.join("cursors.sqlite"),
+            stats.clone(),
+        )
+        .unwrap()
+    }
+
     fn line(t: i64, n: u32) -> String {
         format!(
             "{{\"t\":{t},\"ev\":\"accepted\",\"qid\":\"{:013X}000{n:03X}\",\"from\":\"a@b.test\",\"rcpts\":[\"c@d.test\"],\"action\":\"deliver\"}}\n",
@@ -578,12 +588,7 @@ mod tests {
         let seg = d.join("events/core-0-0000000001.events");
         let mut store = SqliteTracking::open(&d.join("store"), 30).unwrap();
         let stats = Arc::new(Stats::default());
-        let mut ing = Ingester::open(
-            vec![d.join("events")],
-            &d.join("cursors.sqlite"),
-            stats.clone(),
-        )
-        .unwrap();
+        let mut ing = open_ingester(&d, &stats);
         let t = crate::tracking::sqlite::now_ms();
         let full = line(t, 1);
         let (a, b) = full.split_at(30);
@@ -594,12 +599,7 @@ mod tests {
         assert_eq!(ing.drain(&mut store, &NO_STOP).unwrap(), 2);
         assert_eq!(ing.drain(&mut store, &NO_STOP).unwrap(), 0);
         // Started again from the stored cursors: nothing read twice.
-        let mut again = Ingester::open(
-            vec![d.join("events")],
-            &d.join("cursors.sqlite"),
-            stats.clone(),
-        )
-        .unwrap();
+        let mut again = open_ingester(&d, &stats);
         assert_eq!(again.drain(&mut store, &NO_STOP).unwrap(), 0);
         assert_eq!(stats.view().events, 2);
         std::fs::remove_dir_all(&d).unwrap();
@@ -611,12 +611,7 @@ mod tests {
         let events = d.join("events");
         let mut store = SqliteTracking::open(&d.join("store"), 30).unwrap();
         let stats = Arc::new(Stats::default());
-        let mut ing = Ingester::open(
-            vec![events.clone()],
-            &d.join("cursors.sqlite"),
-            stats.clone(),
-        )
-        .unwrap();
+        let mut ing = open_ingester(&d, &stats);
         let t = crate::tracking::sqlite::now_ms();
         let old = events.join("core-0-0000000001.events");
         append(&old, &line(t, 1));
@@ -637,12 +632,7 @@ mod tests {
         let seg = events.join("core-0-0000000001.events");
         let mut store = SqliteTracking::open(&d.join("store"), 30).unwrap();
         let stats = Arc::new(Stats::default());
-        let mut ing = Ingester::open(
-            vec![events.clone()],
-            &d.join("cursors.sqlite"),
-            stats.clone(),
-        )
-        .unwrap();
+        let mut ing = open_ingester(&d, &stats);
         let t = crate::tracking::sqlite::now_ms();
         append(&seg, &line(t, 1));
         append(&seg, &line(t, 2));
@@ -683,22 +673,12 @@ mod tests {
         backlog(&seg, crate::tracking::sqlite::now_ms(), n);
         let mut store = SqliteTracking::open(&d.join("store"), 30).unwrap();
         let stats = Arc::new(Stats::default());
-        let mut ing = Ingester::open(
-            vec![d.join("events")],
-            &d.join("cursors.sqlite"),
-            stats.clone(),
-        )
-        .unwrap();
+        let mut ing = open_ingester(&d, &stats);
         assert_eq!(ing.drain(&mut store, &NO_STOP).unwrap(), n as usize);
         assert_eq!(stats.view().batches, 3);
         assert_eq!(stats.view().backlog_bytes, 0);
         // The cursors stored are past every batch: started again, nothing is read.
-        let mut again = Ingester::open(
-            vec![d.join("events")],
-            &d.join("cursors.sqlite"),
-            stats.clone(),
-        )
-        .unwrap();
+        let mut again = open_ingester(&d, &stats);
         assert_eq!(again.drain(&mut store, &NO_STOP).unwrap(), 0);
         assert_eq!(stats.view().events, n as u64);
         assert_eq!(stats.view().duplicates, 0);
@@ -738,12 +718,7 @@ mod tests {
             fail: 2,
         };
         let stats = Arc::new(Stats::default());
-        let mut ing = Ingester::open(
-            vec![d.join("events")],
-            &d.join("cursors.sqlite"),
-            stats.clone(),
-        )
-        .unwrap();
+        let mut ing = open_ingester(&d, &stats);
         // The first batch goes in; the second fails while the third is being read.
         assert!(ing.drain(&mut store, &NO_STOP).is_err());
         assert_eq!(stats.view().events, BATCH as u64);
