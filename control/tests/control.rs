@@ -390,11 +390,15 @@ fn thousand_policy_changes_under_load() {
                 "--report",
             ])
             .arg(&report)
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("sink.log")).unwrap())
             .spawn()
             .unwrap(),
     );
-    wait_port(sink_port);
+    // Regression (CI, once): the sink was not listening after 20 s and its errors had
+    // gone to /dev/null; they are shown now.
+    wait_port_or(sink_port, || {
+        std::fs::read_to_string(dir.join("sink.log")).unwrap_or_default()
+    });
     let (c, _engine, smtp, metrics) = control_and_engine(&dir);
     let (ok, out) = cli(
         &c,

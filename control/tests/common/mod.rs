@@ -27,9 +27,18 @@ pub fn tmp(name: &str) -> PathBuf {
 }
 
 pub fn wait_port(port: u16) {
+    wait_port_or(port, String::new);
+}
+
+/// Waits for a listener on `port`; if none comes, fails with what `log` says.
+pub fn wait_port_or(port: u16, log: impl Fn() -> String) {
     let end = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "nothing listening on {port}");
+        assert!(
+            Instant::now() < end,
+            "nothing listening on {port}; log:\n{}",
+            log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
