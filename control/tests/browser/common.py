@@ -5,6 +5,7 @@ import os
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.support.ui import WebDriverWait
 
 
@@ -32,4 +33,18 @@ def shot(d, name):
 
 
 def wait(d, cond, secs=15):
-    return WebDriverWait(d, secs).until(cond)
+    """Waits for `cond`. An element found on the page a click is replacing is not an
+    error but "not yet": Chromium reports it as a node that no longer belongs to the
+    document (regression: a CI run failed so after the queue's Delete)."""
+
+    def settled(driver):
+        try:
+            return cond(driver)
+        except StaleElementReferenceException:
+            return False
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return False
+            raise
+
+    return WebDriverWait(d, secs).until(settled)
